@@ -1,0 +1,159 @@
+"""fedvault's Flower ClientApp: one site's side of every round.
+
+This module and ``fedvault.client.dp_state`` are the only client modules that touch
+Flower's API. Handlers:
+
+- ``query.stats``: summary counts of the site's training rows (no rows leave);
+- ``train``: DP-SGD on the site's rows from the received global model; replies with
+  weights and metrics, or declines (typed reply) when the privacy budget or the data
+  does not allow training;
+- ``evaluate``: metrics on the site's local validation split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedvault.client.dp_state import DpState
+from fedvault.client.site import load_site_data, site_settings, to_tensors, usable
+from fedvault.client.training import dp_schedule, train_plain, train_private
+from fedvault.common.config import TrainingConfig
+from fedvault.common.errors import PrivacyError
+from fedvault.common.evaluation import evaluate
+from fedvault.common.models import build_model
+from fedvault.common.preprocessing import Preprocessing, site_summary
+from fedvault.common.privacy import Step
+
+logger = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _threads(context: Context) -> None:
+    threads = int(context.run_config.get("client-threads", 0))
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def _decline(msg: Message, reason: str, detail: str) -> Message:
+    logger.warning("declining %s: %s (%s)", msg.metadata.message_type, reason, detail)
+    record = ConfigRecord({"reason": reason, "detail": detail})
+    return Message(RecordDict({"decline": record}), reply_to=msg)
+
+
+def _round_seed(seed: int, site: str, server_round: int, kind: str) -> int:
+    digest = hashlib.sha256(f"{seed}/{site}/{server_round}/{kind}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2**63)
+
+
+@app.query("stats")
+def stats(msg: Message, context: Context) -> Message:
+    """Summary counts of this site's training rows, for federated preprocessing."""
+    settings = TrainingConfig.from_run_config(context.run_config)
+    site = site_settings(context.node_config, context.run_config)
+    target = str(context.run_config["target"])
+    split = load_site_data(site, target=target, seed=settings.seed)
+    reason = usable(split, target)
+    record = ConfigRecord({"site": site.name, "usable": reason is None})
+    if reason is None:
+        record["summary"] = json.dumps(site_summary(split.train, target))
+    else:
+        record["reason"] = reason
+    return Message(RecordDict({"site": record}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of local training on the received global model."""
+    _threads(context)
+    settings = TrainingConfig.from_run_config(context.run_config)
+    site = site_settings(context.node_config, context.run_config)
+    config = msg.content["config"]
+    prep = Preprocessing.from_json(str(config["preprocessing"]))
+    server_round = int(config["server-round"])
+    split = load_site_data(site, target=prep.target, seed=settings.seed)
+    reason = usable(split, prep.target)
+    if reason is not None:
+        return _decline(msg, "data", reason)
+    data = to_tensors(split.train, prep)
+    model = build_model(
+        settings.model,
+        in_features=prep.num_features,
+        num_classes=prep.num_classes,
+        hidden=settings.hidden,
+    )
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    torch.manual_seed(_round_seed(settings.seed, site.name, server_round, "train"))
+    mu = float(config.get("proximal-mu", 0.0))
+    common = {
+        "num_classes": prep.num_classes,
+        "lr": settings.lr,
+        "epochs": settings.local_epochs,
+        "batch_size": settings.batch_size,
+        "proximal_mu": mu,
+        "device": _device(),
+    }
+    metrics: dict[str, float | int] = {"num-examples": len(data)}
+    if settings.dp:
+        dp = DpState.load(context, settings, dp_schedule(len(data), settings.batch_size))
+        try:
+            dp.check_round_fits()
+        except PrivacyError as exc:
+            return _decline(msg, "budget", str(exc))
+        result = train_private(
+            model, data, sigma=dp.sigma, max_grad_norm=settings.max_grad_norm, **common
+        )
+        dp.record(Step(dp.sigma, result.sample_rate, result.steps))
+        dp.save(context)
+        metrics |= {
+            "epsilon": dp.epsilon(),
+            "epsilon-budget": settings.epsilon,
+            "noise-multiplier": dp.sigma,
+            "sample-rate": result.sample_rate,
+        }
+    else:
+        result = train_plain(model, data, **common)
+    metrics |= {"loss": result.loss, "steps": result.steps}
+    model.cpu()
+    reply = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}
+    )
+    return Message(reply, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_local(msg: Message, context: Context) -> Message:
+    """Metrics of the global model on this site's validation split."""
+    _threads(context)
+    settings = TrainingConfig.from_run_config(context.run_config)
+    site = site_settings(context.node_config, context.run_config)
+    config = msg.content["config"]
+    prep = Preprocessing.from_json(str(config["preprocessing"]))
+    split = load_site_data(site, target=prep.target, seed=settings.seed)
+    if len(split.validation) == 0:
+        return _decline(msg, "data", "no validation rows")
+    data = to_tensors(split.validation, prep)
+    model = build_model(
+        settings.model,
+        in_features=prep.num_features,
+        num_classes=prep.num_classes,
+        hidden=settings.hidden,
+    )
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    features, labels = data.tensors
+    result = evaluate(model, features, labels, num_classes=prep.num_classes)
+    metrics = MetricRecord(
+        {"num-examples": result.examples, "loss": result.loss, "accuracy": result.accuracy}
+    )
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+

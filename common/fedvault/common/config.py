@@ -1,0 +1,142 @@
+"""Run settings: parsed once, at the edge, into frozen dataclasses.
+
+Keys are kebab-case everywhere they are written down (TOML files, Flower's run config,
+flags); fields are snake_case. Every validation error is a :class:`ConfigError` that
+names the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from fedvault.common.errors import ConfigError
+from fedvault.common.models import MODEL_NAMES, ModelName
+from fedvault.common.privacy import ACCOUNTANTS, Accountant
+
+StrategyName = Literal["fedavg", "fedprox", "fedadam"]
+STRATEGIES: tuple[StrategyName, ...] = ("fedavg", "fedprox", "fedadam")
+
+T = TypeVar("T")
+
+
+def key_of(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingConfig:
+    """What every site and the coordinator agree on for one federated run."""
+
+    rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.5
+    strategy: StrategyName = "fedavg"
+    proximal_mu: float = 0.01
+    fraction_train: float = 1.0
+    min_sites: int = 2
+    model: ModelName = "mlp"
+    hidden: int = 128
+    seed: int = 0
+    dp: bool = True
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: Accountant = "rdp"
+    round_timeout: float = 600.0
+
+    def __post_init__(self) -> None:  # noqa: C901 - one flat list of range checks
+        _positive(self, "rounds", "local_epochs", "batch_size", "hidden", "min_sites")
+        _positive(self, "lr", "epsilon", "max_grad_norm", "round_timeout")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"delta: must be in (0, 1), got {self.delta}")
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError(
+                f"fraction-train: must be in (0, 1], got {self.fraction_train}"
+            )
+        if self.proximal_mu < 0:
+            raise ConfigError(f"proximal-mu: must be >= 0, got {self.proximal_mu}")
+        _choice(self, "strategy", STRATEGIES)
+        _choice(self, "model", MODEL_NAMES)
+        _choice(self, "accountant", ACCOUNTANTS)
+
+    def to_run_config(self) -> dict[str, bool | int | float | str]:
+        """Flat scalar mapping for Flower's run config."""
+        return {key_of(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_run_config(cls, mapping: Mapping[str, Any]) -> TrainingConfig:
+        """Parse the training keys of a run config, ignoring the others."""
+        names = {key_of(f.name) for f in dataclasses.fields(cls)}
+        return parse_fields(
+            cls, {k: v for k, v in mapping.items() if k in names}, source="run config"
+        )
+
+
+def _positive(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{key_of(name)}: must be > 0, got {value}")
+
+
+def _choice(obj: object, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if value not in allowed:
+        raise ConfigError(f"{key_of(name)}: unknown {value!r}; use one of {allowed}")
+
+
+def parse_fields(cls: type[T], mapping: Mapping[str, Any], *, source: str) -> T:
+    """Build dataclass ``cls`` from kebab-case ``mapping``, coercing scalar types.
+
+    Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key.
+    """
+    fields = {key_of(f.name): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(mapping) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for key, value in mapping.items():
+        field = fields[key]
+        kwargs[field.name] = _coerce(key, value, hints[field.name])
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:  # noqa: C901
+    origin = get_origin(hint)
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ConfigError(f"{key}: unknown {value!r}; use one of {get_args(hint)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value

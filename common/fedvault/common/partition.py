@@ -1,0 +1,110 @@
+"""Splitting one table into simulated sites with flwr-datasets partitioners."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+
+from fedvault.common.errors import ConfigError, DataError
+
+PartitionKind = Literal["iid", "dirichlet", "column"]
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """How rows are dealt to sites: ``iid``, ``dirichlet:ALPHA`` or ``column:NAME``."""
+
+    kind: PartitionKind
+    alpha: float = 0.0
+    column: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> PartitionSpec:
+        """Parse the ``--partition`` value; raises :class:`ConfigError`."""
+        name, _, arg = text.partition(":")
+        if name == "iid" and not arg:
+            return cls("iid")
+        if name == "dirichlet":
+            try:
+                alpha = float(arg)
+            except ValueError:
+                alpha = math.nan
+            if not math.isfinite(alpha) or alpha <= 0:
+                raise ConfigError(
+                    f"partition: dirichlet needs a positive ALPHA, got {arg!r} "
+                    "(e.g. dirichlet:0.5)"
+                )
+            return cls("dirichlet", alpha=alpha)
+        if name == "column" and arg:
+            return cls("column", column=arg)
+        raise ConfigError(
+            f"partition: unknown value {text!r}; use iid, dirichlet:ALPHA or "
+            "column:NAME"
+        )
+
+    def __str__(self) -> str:
+        if self.kind == "dirichlet":
+            return f"dirichlet:{self.alpha:g}"
+        if self.kind == "column":
+            return f"column:{self.column}"
+        return "iid"
+
+
+def partition_table(
+    frame: pd.DataFrame, spec: PartitionSpec, *, num_sites: int, target: str, seed: int
+) -> list[tuple[str, pd.DataFrame]]:
+    """Deal the rows of ``frame`` to sites; returns ``(site_name, rows)`` pairs.
+
+    ``column:NAME`` makes one site per distinct value and drops the column from the
+    features; ``num_sites`` is then ignored. Partitioning itself is done by
+    flwr-datasets on an in-memory ``datasets.Dataset`` (nothing is downloaded).
+    """
+    from datasets import Dataset
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        NaturalIdPartitioner,
+        Partitioner,
+    )
+
+    if spec.kind == "column":
+        if spec.column not in frame.columns:
+            raise DataError(f"partition column {spec.column!r} not in the data")
+        if spec.column == target:
+            raise ConfigError("partition: the site column cannot be the target")
+        keyed = frame.assign(**{spec.column: frame[spec.column].astype(str)})
+        partitioner: Partitioner = NaturalIdPartitioner(partition_by=spec.column)
+        partitioner.dataset = Dataset.from_pandas(keyed, preserve_index=False)
+        ids = partitioner.partition_id_to_natural_id
+        sites = []
+        for pid in sorted(ids, key=lambda i: str(ids[i])):
+            part = partitioner.load_partition(pid).to_pandas()
+            sites.append((f"{spec.column}={ids[pid]}", part.drop(columns=spec.column)))
+        return sites
+
+    if num_sites > len(frame):
+        raise ConfigError(
+            f"sites: {num_sites} sites but only {len(frame)} rows; use fewer sites"
+        )
+    shuffled = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    dataset = Dataset.from_pandas(shuffled, preserve_index=False)
+    if spec.kind == "iid":
+        partitioner = IidPartitioner(num_partitions=num_sites)
+    else:
+        partitioner = DirichletPartitioner(
+            num_partitions=num_sites,
+            partition_by=target,
+            alpha=spec.alpha,
+            min_partition_size=0,
+            self_balancing=False,
+            shuffle=True,
+            seed=seed,
+        )
+    partitioner.dataset = dataset
+    return [
+        (f"site-{pid + 1}", partitioner.load_partition(pid).to_pandas())
+        for pid in range(num_sites)
+    ]

@@ -1,0 +1,209 @@
+"""Federated preprocessing: sites share summary counts, never rows.
+
+Each site computes :func:`site_summary` on its own training rows (per numeric column:
+non-missing count, sum, sum of squares, missing count; per categorical column: counts
+per category; counts per label). The coordinator merges them with
+:func:`merge_summaries` into one :class:`Preprocessing` (impute by global mean/mode,
+one-hot with the global vocabulary, standardize with the global mean/std), which every
+site then applies and which is saved with the model.
+
+These counts are aggregates, not differentially private: see docs/privacy.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedvault.common.errors import DataError
+
+
+def _is_numeric(series: pd.Series) -> bool:
+    return bool(pd.api.types.is_numeric_dtype(series)) and not bool(
+        pd.api.types.is_bool_dtype(series)
+    )
+
+
+def site_summary(frame: pd.DataFrame, target: str) -> dict[str, Any]:
+    """Summary counts of one site's rows (JSON-ready)."""
+    numeric: dict[str, dict[str, float]] = {}
+    categorical: dict[str, dict[str, Any]] = {}
+    for name in frame.columns:
+        if name == target:
+            continue
+        col = frame[name]
+        missing = int(col.isna().sum())
+        if _is_numeric(col):
+            values = col.dropna().to_numpy(dtype=np.float64)
+            numeric[str(name)] = {
+                "n": len(values),
+                "sum": float(values.sum()),
+                "sumsq": float(np.square(values).sum()),
+                "missing": missing,
+            }
+        else:
+            counts = col.dropna().astype(str).value_counts()
+            categorical[str(name)] = {
+                "counts": {str(k): int(v) for k, v in counts.items()},
+                "missing": missing,
+            }
+    labels = frame[target].astype(str).value_counts()
+    return {
+        "rows": len(frame),
+        "labels": {str(k): int(v) for k, v in labels.items()},
+        "numeric": numeric,
+        "categorical": categorical,
+    }
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """One global preprocessing, applied identically at every site and the server."""
+
+    target: str
+    labels: tuple[str, ...]
+    numeric: tuple[str, ...]
+    means: tuple[float, ...]
+    stds: tuple[float, ...]
+    categorical: tuple[str, ...] = ()
+    vocab: tuple[tuple[str, ...], ...] = ()
+    modes: tuple[str, ...] = ()
+    rows: int = 0
+    feature_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = list(self.numeric)
+        for col, cats in zip(self.categorical, self.vocab, strict=True):
+            names.extend(f"{col}={c}" for c in cats)
+        object.__setattr__(self, "feature_names", tuple(names))
+
+    @property
+    def num_features(self) -> int:
+        return len(self.feature_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """Impute, one-hot encode and standardize; returns float32 (n, features)."""
+        missing = [c for c in (*self.numeric, *self.categorical) if c not in frame]
+        if missing:
+            raise DataError(f"columns missing from the site's data: {missing}")
+        parts = []
+        if self.numeric:
+            num = frame[list(self.numeric)].apply(pd.to_numeric, errors="coerce")
+            values = num.to_numpy(dtype=np.float64)
+            means = np.asarray(self.means)
+            values = np.where(np.isnan(values), means, values)
+            parts.append((values - means) / np.asarray(self.stds))
+        for col, cats, mode in zip(self.categorical, self.vocab, self.modes, strict=True):
+            series = frame[col].astype("string").fillna(mode).astype(str)
+            index = {c: i for i, c in enumerate(cats)}
+            onehot = np.zeros((len(frame), len(cats)))
+            codes = series.map(index)
+            rows = codes.notna().to_numpy()
+            onehot[np.nonzero(rows)[0], codes[rows].astype(int).to_numpy()] = 1.0
+            parts.append(onehot)
+        if not parts:
+            return np.zeros((len(frame), 0), dtype=np.float32)
+        return np.hstack(parts).astype(np.float32)
+
+    def encode_labels(self, series: pd.Series) -> np.ndarray:
+        """Map labels to 0..K-1 with the global label list."""
+        index = {label: i for i, label in enumerate(self.labels)}
+        codes = series.astype(str).map(index)
+        if codes.isna().any():
+            unknown = sorted(set(series.astype(str)) - set(index))[:5]
+            raise DataError(f"labels not in the federation's label set: {unknown}")
+        return codes.to_numpy(dtype=np.int64)
+
+    def to_json(self) -> str:
+        data = {
+            k: getattr(self, k)
+            for k in (
+                "target", "labels", "numeric", "means", "stds", "categorical",
+                "vocab", "modes", "rows",
+            )
+        }
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Preprocessing:
+        data = json.loads(text)
+        return cls(
+            target=data["target"],
+            labels=tuple(data["labels"]),
+            numeric=tuple(data["numeric"]),
+            means=tuple(float(v) for v in data["means"]),
+            stds=tuple(float(v) for v in data["stds"]),
+            categorical=tuple(data["categorical"]),
+            vocab=tuple(tuple(v) for v in data["vocab"]),
+            modes=tuple(data["modes"]),
+            rows=int(data["rows"]),
+        )
+
+
+def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessing:
+    """Merge site summaries into the global preprocessing.
+
+    Raises :class:`DataError` when sites disagree on a column's kind or on columns.
+    """
+    if not summaries:
+        raise DataError("no site summaries to merge")
+    numeric_cols = set(summaries[0]["numeric"])
+    categorical_cols = set(summaries[0]["categorical"])
+    for s in summaries[1:]:
+        if set(s["numeric"]) != numeric_cols or set(s["categorical"]) != categorical_cols:
+            diff = (numeric_cols ^ set(s["numeric"])) | (
+                categorical_cols ^ set(s["categorical"])
+            )
+            raise DataError(f"sites disagree on columns or their kind: {sorted(diff)}")
+    labels: Counter[str] = Counter()
+    for s in summaries:
+        labels.update(s["labels"])
+    numeric = sorted(numeric_cols)
+    means, stds = [], []
+    for col in numeric:
+        n = sum(s["numeric"][col]["n"] for s in summaries)
+        total = sum(s["numeric"][col]["sum"] for s in summaries)
+        sumsq = sum(s["numeric"][col]["sumsq"] for s in summaries)
+        mean = total / n if n else 0.0
+        var = max(sumsq / n - mean * mean, 0.0) if n else 0.0
+        std = math.sqrt(var)
+        means.append(mean)
+        stds.append(std if std > 1e-12 else 1.0)
+    categorical = sorted(categorical_cols)
+    vocab, modes = [], []
+    for col in categorical:
+        counts: Counter[str] = Counter()
+        for s in summaries:
+            counts.update(s["categorical"][col]["counts"])
+        cats = tuple(sorted(counts))
+        vocab.append(cats)
+        modes.append(min(cats, key=lambda c: (-counts[c], c)) if cats else "")
+    return Preprocessing(
+        target=target,
+        labels=tuple(sorted(labels, key=_label_key)),
+        numeric=tuple(numeric),
+        means=tuple(means),
+        stds=tuple(stds),
+        categorical=tuple(categorical),
+        vocab=tuple(vocab),
+        modes=tuple(modes),
+        rows=sum(int(s["rows"]) for s in summaries),
+    )
+
+
+def _label_key(label: str) -> tuple[int, float, str]:
+    """Sort numeric-looking labels numerically, others alphabetically."""
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)

@@ -1,0 +1,187 @@
+"""Running Flower's own processes for a local simulation (Flower-facing, private).
+
+Shape (checked against flwr 1.39): a private work folder holds ``FLWR_HOME`` (a
+``config.toml`` naming one SuperLink connection on a free loopback port), an app folder
+whose ``pyproject.toml`` points Flower at ``fedvault.server.app:app`` and
+``fedvault.client.app:app`` and declares every run-config key, and the run-config TOML.
+We start ``flower-superlink --simulation`` in its own process session, submit with
+``flwr run --stream``, read the final status with ``flwr ls`` (``flwr run`` exits 0
+even when the run failed), and always stop and reap every process we started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import tomli_w
+
+from fedvault.common.errors import FederationError
+
+logger = logging.getLogger(__name__)
+
+SERVER_COMPONENT = "fedvault.server.app:app"
+CLIENT_COMPONENT = "fedvault.client.app:app"
+CONNECTION = "fedvault-sim"
+
+RunConfig = Mapping[str, bool | int | float | str]
+
+
+def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for every Flower process: no telemetry, no update check, no
+    runtime dependency installation, and a private FLWR_HOME."""
+    env = dict(os.environ)
+    env |= {
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env |= dict(extra or {})
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+@dataclass(frozen=True)
+class SimulationLayout:
+    """Files of one simulation's private work folder."""
+
+    work: Path
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.work / "flwr-home"
+
+    @property
+    def app_dir(self) -> Path:
+        return self.work / "app"
+
+    @property
+    def run_config_file(self) -> Path:
+        return self.work / "run-config.toml"
+
+    def write(self, run_config: RunConfig, port: int) -> None:
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        self.app_dir.mkdir(parents=True, exist_ok=True)
+        connection = {"superlink": {"default": CONNECTION, CONNECTION: {
+            "address": f"127.0.0.1:{port}", "insecure": True}}}
+        (self.flwr_home / "config.toml").write_text(tomli_w.dumps(connection))
+        project = {
+            "project": {"name": "fedvault-simulation", "version": "1.0.0"},
+            "tool": {"flwr": {"app": {
+                "publisher": "fedvault",
+                "components": {"serverapp": SERVER_COMPONENT, "clientapp": CLIENT_COMPONENT},
+                "config": dict(run_config),
+            }}},
+        }
+        (self.app_dir / "pyproject.toml").write_text(tomli_w.dumps(project))
+        self.run_config_file.write_text(tomli_w.dumps(dict(run_config)))
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}/health"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FederationError("the Flower SuperLink exited during start-up")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        time.sleep(0.3)
+    raise FederationError(f"the Flower SuperLink did not start within {timeout:g} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """TERM, then INT (TERM alone hangs while a --stream client is attached), then KILL."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGINT, 5.0), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait)
+
+
+@contextlib.contextmanager
+def superlink(layout: SimulationLayout, port: int, log: IO[bytes]) -> Iterator[None]:
+    """A simulation SuperLink on 127.0.0.1:port for the duration of the block."""
+    env = flower_env(layout.flwr_home, {"RAY_TMPDIR": str(layout.work / "ray")})
+    (layout.work / "ray").mkdir(exist_ok=True)
+    cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
+           "--port", str(port), "--disable-runtime-dependency-installation"]
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        cmd, cwd=layout.work, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        _wait_healthy(port, proc, timeout=60)
+        yield
+    finally:
+        _stop(proc)
+
+
+def submit_and_wait(layout: SimulationLayout, *, num_sites: int, log: IO[bytes],
+                    timeout: float, on_poll: Callable[[], None] | None = None) -> str:
+    """Submit the app, stream until it ends, and return the run's final status."""
+    env = flower_env(layout.flwr_home, {"RAY_TMPDIR": str(layout.work / "ray")})
+    federation = f"num-supernodes={num_sites} client-resources-num-cpus=1"
+    cmd = [_bin("flwr"), "run", str(layout.app_dir), CONNECTION, "--stream",
+           "--federation-config", federation, "--run-config", str(layout.run_config_file)]
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        cmd, cwd=layout.work, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise FederationError(f"the simulation did not finish within {timeout:g} s")
+            if on_poll is not None:
+                on_poll()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.5)
+    except BaseException:
+        _stop(proc)
+        raise
+    if on_poll is not None:
+        on_poll()
+    return _last_run_status(layout)
+
+
+def _last_run_status(layout: SimulationLayout) -> str:
+    env = flower_env(layout.flwr_home)
+    out = subprocess.run(  # noqa: S603
+        [_bin("flwr"), "ls", CONNECTION, "--format", "json"], cwd=layout.work, env=env,
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    try:
+        runs = json.loads(out.stdout).get("runs", [])
+    except json.JSONDecodeError:
+        raise FederationError(f"cannot read the run status: {out.stdout[-300:]}") from None
+    if not runs:
+        raise FederationError("the SuperLink reports no run")
+    return str(runs[-1].get("status", "unknown"))

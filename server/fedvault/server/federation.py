@@ -1,0 +1,323 @@
+"""The coordinator's round loop on Flower's Grid (Message API).
+
+fedvault drives the strategy's own ``configure_*``/``aggregate_*`` steps itself instead
+of ``Strategy.start`` so that it can, in one place: refuse malformed updates (wrong
+shape, NaN/Inf), record per-site privacy figures and declines, stop cleanly when too
+few sites can train, and checkpoint and report after every round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedvault.common.data import load_table
+from fedvault.common.errors import FederationError
+from fedvault.common.evaluation import evaluate
+from fedvault.common.models import build_model
+from fedvault.common.preprocessing import Preprocessing, merge_summaries
+from fedvault.server.rundir import PREPROCESSING_FILE, SUMMARY_FILE, RunDirectory
+from fedvault.server.settings import ServerSettings
+from fedvault.server.strategy import make_strategy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteRecord:
+    """What the coordinator learned about one site during the run."""
+
+    name: str
+    examples: int = 0
+    rounds_trained: int = 0
+    epsilon_spent: float = 0.0
+    epsilon_budget: float | None = None
+    noise_multiplier: float | None = None
+    declines: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _EligibleGrid:
+    """The grid as the strategy should see it: only sites that can train."""
+
+    def __init__(self, grid: Grid, eligible: set[int]) -> None:
+        self._grid, self._eligible = grid, eligible
+
+    def get_node_ids(self) -> Iterator[int]:
+        return (n for n in self._grid.get_node_ids() if n in self._eligible)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def check_update(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str | None:
+    """Why an update cannot be aggregated (keys, shapes, non-finite values), or None."""
+    if set(arrays.keys()) != set(reference):
+        return "parameter names differ from the global model"
+    for key, array in arrays.items():
+        value = array.numpy()
+        if value.shape != reference[key].shape:
+            return f"{key}: shape {value.shape} != {reference[key].shape}"
+        if not np.all(np.isfinite(value)):
+            return f"{key}: NaN or infinite values"
+    return None
+
+
+class Federation:
+    """One federated run, from federated preprocessing to the final report."""
+
+    def __init__(self, grid: Grid, settings: ServerSettings) -> None:
+        self.grid, self.settings = grid, settings
+        self.training = settings.training
+        self.rundir = RunDirectory(settings.out_dir)
+        self.sites: dict[int, SiteRecord] = {}
+        self.excluded: dict[str, str] = dict(settings.excluded_sites)
+        self.history: list[dict[str, Any]] = []
+        self.stop_reason = ""
+
+    # -- set-up ---------------------------------------------------------------
+    def _wait_for_sites(self) -> list[int]:
+        wanted = max(self.settings.expected_sites, self.training.min_sites)
+        deadline = time.monotonic() + self.training.round_timeout
+        while len(nodes := list(self.grid.get_node_ids())) < wanted:
+            if time.monotonic() > deadline:
+                raise FederationError(
+                    f"only {len(nodes)} of {wanted} sites connected within "
+                    f"{self.training.round_timeout:g} s"
+                )
+            time.sleep(0.5)
+        return sorted(nodes)
+
+    def _preprocessing(self, nodes: list[int]) -> Preprocessing:
+        """Ask every site for summary counts and merge them (no rows are sent)."""
+        messages = [
+            Message(RecordDict(), message_type="query.stats", dst_node_id=n)
+            for n in nodes
+        ]
+        summaries = []
+        for reply in self.grid.send_and_receive(
+            messages, timeout=self.training.round_timeout
+        ):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self.excluded[f"node-{node}"] = f"failed: {reply.error.reason}"
+                continue
+            record = reply.content["site"]
+            name = str(record["site"])
+            if not record["usable"]:
+                self.excluded[name] = str(record["reason"])
+                continue
+            self.sites[node] = SiteRecord(name=name)
+            summaries.append(json.loads(str(record["summary"])))
+        if len(summaries) < self.training.min_sites:
+            raise FederationError(
+                f"only {len(summaries)} site(s) can train; min-sites is "
+                f"{self.training.min_sites} (excluded: {self.excluded})"
+            )
+        return merge_summaries(summaries, self.settings.target)
+
+    # -- replies ----------------------------------------------------------------
+    def _site(self, node: int) -> SiteRecord:
+        return self.sites.setdefault(node, SiteRecord(name=f"node-{node}"))
+
+    def _usable_replies(
+        self, replies: Iterable[Message], server_round: int, reference: dict[str, Any] | None
+    ) -> list[Message]:
+        """Keep replies fit for aggregation; record declines, failures and rejections."""
+        valid = []
+        for reply in replies:
+            site = self._site(reply.metadata.src_node_id)
+            if reply.has_error():
+                site.failures.append({"round": server_round, "reason": reply.error.reason})
+                logger.warning("round %d: %s failed: %s", server_round, site.name,
+                               reply.error.reason)
+                continue
+            if "decline" in reply.content:
+                decline = reply.content["decline"]
+                if reference is not None:
+                    site.declines.append({"round": server_round,
+                                          "reason": str(decline["reason"]),
+                                          "detail": str(decline["detail"])})
+                continue
+            if reference is not None:
+                problem = check_update(reply.content["arrays"], reference)
+                if problem is not None:
+                    site.rejected.append({"round": server_round, "reason": problem})
+                    logger.warning("round %d: rejected update of %s: %s",
+                                   server_round, site.name, problem)
+                    continue
+            valid.append(reply)
+        valid.sort(key=lambda m: self._site(m.metadata.src_node_id).name)
+        return valid
+
+    def _record_training(self, replies: list[Message]) -> None:
+        for reply in replies:
+            site = self._site(reply.metadata.src_node_id)
+            metrics = reply.content["metrics"]
+            site.rounds_trained += 1
+            site.examples = int(metrics["num-examples"])  # type: ignore[call-overload]
+            if "epsilon" in metrics:
+                site.epsilon_spent = float(metrics["epsilon"])  # type: ignore[arg-type]
+                site.epsilon_budget = float(metrics["epsilon-budget"])  # type: ignore[arg-type]
+                site.noise_multiplier = float(metrics["noise-multiplier"])  # type: ignore[arg-type]
+
+    # -- the run ----------------------------------------------------------------
+    def run(self) -> None:
+        """Run all rounds; a clean stop still leaves a summary, an error an event."""
+        try:
+            self._run()
+        except Exception as exc:
+            self.rundir.event("error", message=f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _run(self) -> None:
+        random.seed(self.training.seed)
+        torch.manual_seed(self.training.seed)
+        self.rundir.event("start", rounds=self.training.rounds)
+        nodes = self._wait_for_sites()
+        prep = self._preprocessing(nodes)
+        self.rundir.write_json(PREPROCESSING_FILE, json.loads(prep.to_json()))
+        self.rundir.event("ready", sites=sorted(s.name for s in self.sites.values()),
+                          excluded=self.excluded)
+        model = build_model(self.training.model, in_features=prep.num_features,
+                            num_classes=prep.num_classes, hidden=self.training.hidden)
+        arrays = ArrayRecord(model.state_dict())
+        test = self._test_set(prep)
+        eligible = _EligibleGrid(self.grid, set(self.sites))
+        strategy = make_strategy(self.training, available=len(self.sites))
+        for server_round in range(1, self.training.rounds + 1):
+            new_arrays = self._round(server_round, strategy, eligible, arrays, prep, test)
+            if new_arrays is None:
+                break
+            arrays = new_arrays
+            model.load_state_dict(arrays.to_torch_state_dict())
+            self._checkpoint(model, prep)
+        self._checkpoint(model, prep)
+        self._write_summary(prep)
+
+    def _round(self, server_round: int, strategy: Any, grid: _EligibleGrid,
+               arrays: ArrayRecord, prep: Preprocessing,
+               test: tuple[torch.Tensor, torch.Tensor] | None) -> ArrayRecord | None:
+        started = time.monotonic()
+        config = ConfigRecord({"preprocessing": prep.to_json()})
+        reference = {k: v.numpy() for k, v in arrays.items()}
+        replies = self.grid.send_and_receive(
+            strategy.configure_train(server_round, arrays, config, grid),
+            timeout=self.training.round_timeout,
+        )
+        valid = self._usable_replies(replies, server_round, reference)
+        if len(valid) < strategy.min_train_nodes:
+            self.stop_reason = (
+                f"round {server_round}: only {len(valid)} site(s) trained, fewer than "
+                f"min-sites={strategy.min_train_nodes}"
+            )
+            logger.warning("%s; stopping", self.stop_reason)
+            self.rundir.event("stopped", round=server_round, reason=self.stop_reason)
+            return None
+        self._record_training(valid)
+        new_arrays, _ = strategy.aggregate_train(server_round, valid)
+        if new_arrays is None or check_update(new_arrays, reference) is not None:
+            raise FederationError(f"round {server_round}: aggregation failed")
+        row: dict[str, Any] = {"round": server_round, "sites_trained": len(valid)}
+        row |= self._evaluate(server_round, strategy, grid, new_arrays, prep, test)
+        row["seconds"] = round(time.monotonic() - started, 3)
+        self.history.append(row)
+        self.rundir.event("round", **row, sites=self._site_table())
+        return new_arrays
+
+    def _evaluate(self, server_round: int, strategy: Any, grid: _EligibleGrid,
+                  arrays: ArrayRecord, prep: Preprocessing,
+                  test: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        if test is not None:
+            model = build_model(self.training.model, in_features=prep.num_features,
+                                num_classes=prep.num_classes, hidden=self.training.hidden)
+            model.load_state_dict(arrays.to_torch_state_dict())
+            m = evaluate(model, *test, num_classes=prep.num_classes)
+            row |= {"accuracy": m.accuracy, "auc": m.auc, "loss": m.loss}
+        config = ConfigRecord({"preprocessing": prep.to_json()})
+        replies = self.grid.send_and_receive(
+            strategy.configure_evaluate(server_round, arrays, config, grid),
+            timeout=self.training.round_timeout,
+        )
+        valid = self._usable_replies(replies, server_round, None)
+        if valid:
+            agg = strategy.aggregate_evaluate(server_round, valid)
+            row |= {"val_accuracy": float(agg["accuracy"]), "val_loss": float(agg["loss"])}
+        else:
+            row |= {"val_accuracy": math.nan, "val_loss": math.nan}
+        return row
+
+    def _test_set(self, prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.settings.test_data is None:
+            return None
+        frame = load_table(self.settings.test_data)
+        return (torch.from_numpy(prep.transform(frame)),
+                torch.from_numpy(prep.encode_labels(frame[prep.target])))
+
+    # -- outputs --------------------------------------------------------------------
+    def _site_table(self) -> dict[str, dict[str, Any]]:
+        return {
+            s.name: {
+                "examples": s.examples,
+                "rounds_trained": s.rounds_trained,
+                "epsilon_spent": s.epsilon_spent if self.training.dp else None,
+                "epsilon_budget": s.epsilon_budget if self.training.dp else None,
+                "noise_multiplier": s.noise_multiplier,
+                "declines": s.declines,
+                "rejected_updates": s.rejected,
+                "failures": s.failures,
+            }
+            for s in sorted(self.sites.values(), key=lambda s: s.name)
+        }
+
+    def _checkpoint(self, model: torch.nn.Module, prep: Preprocessing) -> None:
+        self.rundir.save_model({
+            "state_dict": model.state_dict(),
+            "preprocessing": prep.to_json(),
+            "config": self.training.to_run_config(),
+            "rounds_completed": len(self.history),
+        })
+        self.rundir.write_metrics_csv(self.history)
+
+    def _write_summary(self, prep: Preprocessing) -> None:
+        t = self.training
+        final = self.history[-1] if self.history else {}
+        summary = {
+            "rounds_completed": len(self.history),
+            "rounds_planned": t.rounds,
+            "status": "stopped" if self.stop_reason else "completed",
+            "stop_reason": self.stop_reason or None,
+            "strategy": t.strategy,
+            "model": t.model,
+            "dp": {
+                "enabled": t.dp,
+                "level": "sample-level, per site (DP-SGD)" if t.dp else None,
+                "delta": t.delta if t.dp else None,
+                "accountant": t.accountant if t.dp else None,
+                "epsilon_target": t.epsilon if t.dp else None,
+                "max_grad_norm": t.max_grad_norm if t.dp else None,
+                "sampling": "poisson" if t.dp else None,
+            },
+            "history": self.history,
+            "final": {k: final.get(k) for k in ("accuracy", "auc", "loss", "val_accuracy")},
+            "sites": self._site_table(),
+            "excluded_sites": self.excluded,
+            "num_features": prep.num_features,
+            "labels": list(prep.labels),
+            "config": t.to_run_config(),
+        }
+        self.rundir.write_json(SUMMARY_FILE, summary)
+        self.rundir.event("done", status=summary["status"], reason=self.stop_reason)

@@ -1,0 +1,81 @@
+"""The run directory: progress events, checkpoints and final reports, written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROGRESS_FILE = "progress.jsonl"
+SUMMARY_FILE = "summary.json"
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.csv"
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new file, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: write null instead."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+class RunDirectory:
+    """Files of one run under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def event(self, kind: str, **data: Any) -> None:
+        """Append one progress event (read live by the CLI's progress display)."""
+        line = json.dumps(_clean({"event": kind, "time": time.time(), **data}))
+        with (self.root / PROGRESS_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    def write_json(self, name: str, obj: Any) -> None:
+        text = json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n"
+        atomic_write(self.root / name, text.encode())
+
+    def save_model(self, bundle: Mapping[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save(dict(bundle), buffer)
+        atomic_write(self.root / MODEL_FILE, buffer.getvalue())
+
+    def write_metrics_csv(self, history: Sequence[Mapping[str, Any]]) -> None:
+        if not history:
+            return
+        columns = list(history[0])
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row.get(k) for k in columns})
+        atomic_write(self.root / METRICS_FILE, out.getvalue().encode())

@@ -1,0 +1,215 @@
+"""``fedvault simulate``: a whole federation on one machine, on Flower's simulation
+runtime, with the same ServerApp and ClientApp a real deployment runs.
+
+The launcher only prepares files (one data file per simulated site, a held-out test
+file for central evaluation) and starts Flower; sites and coordinator then exchange
+nothing but Flower messages: summary counts, model weights and metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedvault.common.config import TrainingConfig, key_of, parse_fields
+from fedvault.common.data import DEFAULT_TARGET, check_target, default_dataset, load_table
+from fedvault.common.errors import ConfigError, DataError, FederationError
+from fedvault.common.partition import PartitionSpec, partition_table
+from fedvault.server import _flower
+from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DELTA = 1e-5
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulationOptions:
+    """Settings of the simulated federation itself (not of training)."""
+
+    sites: int = 5
+    partition: str = "iid"
+    data: str = ""
+    target: str = DEFAULT_TARGET
+    test_share: float = 0.2
+    out: str = ""
+    timeout: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.sites < 1:
+            raise ConfigError(f"sites: must be >= 1, got {self.sites}")
+        if not 0 < self.test_share < 1:
+            raise ConfigError(f"test-share: must be in (0, 1), got {self.test_share}")
+        if self.timeout <= 0:
+            raise ConfigError(f"timeout: must be > 0, got {self.timeout}")
+        PartitionSpec.parse(self.partition)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    options: SimulationOptions
+    training: TrainingConfig
+    delta_given: bool
+
+
+def load_config(values: Mapping[str, Any]) -> SimulationConfig:
+    """Split one flat kebab-case mapping (TOML file + flags) and validate it."""
+    sim_keys = {key_of(f.name) for f in dataclasses.fields(SimulationOptions)}
+    train_keys = {key_of(f.name) for f in dataclasses.fields(TrainingConfig)}
+    unknown = sorted(set(values) - sim_keys - train_keys)
+    if unknown:
+        raise ConfigError(f"config: unknown key {unknown[0]!r}")
+    options = parse_fields(
+        SimulationOptions, {k: v for k, v in values.items() if k in sim_keys},
+        source="config",
+    )
+    training = parse_fields(
+        TrainingConfig, {k: v for k, v in values.items() if k in train_keys},
+        source="config",
+    )
+    return SimulationConfig(options, training, delta_given="delta" in values)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    sites: list[tuple[str, pd.DataFrame]]
+    test: pd.DataFrame
+    excluded: dict[str, str]
+    training: TrainingConfig
+
+
+def prepare_data(cfg: SimulationConfig) -> PreparedData:
+    """Load, check, hold out a test split and partition; raises before writing."""
+    opts = cfg.options
+    if opts.data:
+        source = opts.data
+        frame = load_table(Path(opts.data))
+    else:
+        source = "embedded breast-cancer data"
+        frame = default_dataset()
+    frame = check_target(frame, opts.target, source=source)
+    spec = PartitionSpec.parse(opts.partition)
+    if spec.kind != "column" and opts.sites > len(frame):
+        raise ConfigError(f"sites: {opts.sites} sites but only {len(frame)} rows")
+    test, rest = _hold_out(frame, opts.target, opts.test_share, cfg.training.seed)
+    parts = partition_table(rest, spec, num_sites=opts.sites, target=opts.target,
+                            seed=cfg.training.seed)
+    excluded = {name: "no rows" for name, part in parts if part.empty}
+    sites = [(name, part) for name, part in parts if not part.empty]
+    if not sites:
+        raise DataError("no site received any rows")
+    training = _with_delta(cfg, max(len(p) for _, p in sites))
+    return PreparedData(sites=sites, test=test, excluded=excluded, training=training)
+
+
+def _hold_out(frame: pd.DataFrame, target: str, share: float,
+              seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from sklearn.model_selection import train_test_split
+
+    counts = frame[target].value_counts()
+    stratify = frame[target] if counts.min() >= 2 else None
+    try:
+        rest, test = train_test_split(frame, test_size=share, random_state=seed,
+                                      stratify=stratify)
+    except ValueError as exc:
+        raise DataError(f"cannot hold out a test split: {exc}") from exc
+    return test.reset_index(drop=True), rest.reset_index(drop=True)
+
+
+def _with_delta(cfg: SimulationConfig, largest_site: int) -> TrainingConfig:
+    """Default delta is 1e-5, lowered below 1/(10 n) for sites with n >= 10,000 rows;
+    a delta given explicitly must stay below 1/n of every site."""
+    training = cfg.training
+    if cfg.delta_given:
+        if training.dp and training.delta >= 1 / largest_site:
+            raise ConfigError(
+                f"delta: {training.delta:g} is not below 1/n = {1 / largest_site:.3g} "
+                f"for the largest site ({largest_site} rows)"
+            )
+        return training
+    delta = min(DEFAULT_DELTA, 0.1 / largest_site)
+    return dataclasses.replace(training, delta=delta)
+
+
+def _run_config(prepared: PreparedData, cfg: SimulationConfig, out: Path,
+                files: list[Path], test_file: Path) -> dict[str, Any]:
+    run_config: dict[str, Any] = dict(prepared.training.to_run_config())
+    run_config |= {
+        "target": cfg.options.target,
+        "out-dir": str(out),
+        "test-data": str(test_file),
+        "expected-sites": len(files),
+        "excluded-sites": json.dumps(prepared.excluded),
+        "client-threads": 1,
+    }
+    for pid, ((name, _), path) in enumerate(zip(prepared.sites, files, strict=True)):
+        run_config[f"site.{pid}.data"] = str(path)
+        run_config[f"site.{pid}.name"] = name
+    return run_config
+
+
+def check_out_dir(out: Path) -> None:
+    if (out / SUMMARY_FILE).exists() or (out / PROGRESS_FILE).exists():
+        raise ConfigError(f"out: {out} already holds a run; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} exists and is not a folder")
+
+
+def run(cfg: SimulationConfig, out: Path, *, on_poll: Callable[[], None] | None = None
+        ) -> dict[str, Any]:
+    """Run the simulation; returns the parsed ``summary.json``.
+
+    Everything is validated before ``out`` is created: bad input leaves no trace.
+    """
+    check_out_dir(out)
+    prepared = prepare_data(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    out = out.resolve()
+    with tempfile.TemporaryDirectory(prefix="fedvault-sim-") as tmp:
+        layout = _flower.SimulationLayout(Path(tmp))
+        data_dir = layout.work / "sites"
+        data_dir.mkdir()
+        files = []
+        for pid, (_, part) in enumerate(prepared.sites):
+            path = data_dir / f"site-{pid}.parquet"
+            part.to_parquet(path, index=False)
+            files.append(path)
+        test_file = layout.work / "test.parquet"
+        prepared.test.to_parquet(test_file, index=False)
+        port = _flower.free_port()
+        layout.write(_run_config(prepared, cfg, out, files, test_file), port)
+        started = time.monotonic()
+        with (out / "flower.log").open("ab") as log, _flower.superlink(layout, port, log):
+            status = _flower.submit_and_wait(
+                layout, num_sites=len(files), log=log, timeout=cfg.options.timeout,
+                on_poll=on_poll,
+            )
+        logger.info("simulation finished in %.1f s with status %s",
+                    time.monotonic() - started, status)
+    if status != "finished:completed" or not (out / SUMMARY_FILE).exists():
+        raise FederationError(f"the run ended as {status!r}: {_last_error(out)}")
+    summary: dict[str, Any] = json.loads((out / SUMMARY_FILE).read_text())
+    return summary
+
+
+def _last_error(out: Path) -> str:
+    """The ServerApp's own error event, else the tail of Flower's log."""
+    progress = out / PROGRESS_FILE
+    if progress.exists():
+        for line in reversed(progress.read_text().splitlines()):
+            event = json.loads(line)
+            if event.get("event") == "error":
+                return str(event.get("message"))
+    log = out / "flower.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    errors = [ln for ln in lines if "ERROR" in ln or "Error" in ln]
+    return (errors or lines or ["no log"])[-1].strip()[:400] + f" (see {log})"
