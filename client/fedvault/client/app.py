@@ -17,18 +17,31 @@ import json
 import logging
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from fedvault.client.dp_state import DpState
 from fedvault.client.site import load_site_data, site_settings, to_tensors, usable
-from fedvault.client.training import dp_schedule, train_plain, train_private
+from fedvault.client.training import (
+    LocalSettings,
+    dp_schedule,
+    train_plain,
+    train_private,
+)
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import PrivacyError
 from fedvault.common.evaluation import evaluate
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, site_summary
 from fedvault.common.privacy import Step
+from fedvault.common.records import array_record, config_record, number, text
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +91,9 @@ def train(msg: Message, context: Context) -> Message:
     _threads(context)
     settings = TrainingConfig.from_run_config(context.run_config)
     site = site_settings(context.node_config, context.run_config)
-    config = msg.content["config"]
-    prep = Preprocessing.from_json(str(config["preprocessing"]))
-    server_round = int(config["server-round"])
+    config = config_record(msg.content, "config")
+    prep = Preprocessing.from_json(text(config, "preprocessing"))
+    server_round = int(number(config, "server-round"))
     split = load_site_data(site, target=prep.target, seed=settings.seed)
     reason = usable(split, prep.target)
     if reason is not None:
@@ -92,26 +105,29 @@ def train(msg: Message, context: Context) -> Message:
         num_classes=prep.num_classes,
         hidden=settings.hidden,
     )
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(array_record(msg.content, "arrays").to_torch_state_dict())
     torch.manual_seed(_round_seed(settings.seed, site.name, server_round, "train"))
-    mu = float(config.get("proximal-mu", 0.0))
-    common = {
-        "num_classes": prep.num_classes,
-        "lr": settings.lr,
-        "epochs": settings.local_epochs,
-        "batch_size": settings.batch_size,
-        "proximal_mu": mu,
-        "device": _device(),
+    local = LocalSettings(
+        num_classes=prep.num_classes,
+        lr=settings.lr,
+        epochs=settings.local_epochs,
+        batch_size=settings.batch_size,
+        proximal_mu=number(config, "proximal-mu", 0.0),
+        device=_device(),
+    )
+    metrics: dict[str, int | float | list[int] | list[float]] = {
+        "num-examples": len(data)
     }
-    metrics: dict[str, float | int] = {"num-examples": len(data)}
     if settings.dp:
-        dp = DpState.load(context, settings, dp_schedule(len(data), settings.batch_size))
+        dp = DpState.load(
+            context, settings, dp_schedule(len(data), settings.batch_size)
+        )
         try:
             dp.check_round_fits()
         except PrivacyError as exc:
             return _decline(msg, "budget", str(exc))
         result = train_private(
-            model, data, sigma=dp.sigma, max_grad_norm=settings.max_grad_norm, **common
+            model, data, local, sigma=dp.sigma, max_grad_norm=settings.max_grad_norm
         )
         dp.record(Step(dp.sigma, result.sample_rate, result.steps))
         dp.save(context)
@@ -122,7 +138,7 @@ def train(msg: Message, context: Context) -> Message:
             "sample-rate": result.sample_rate,
         }
     else:
-        result = train_plain(model, data, **common)
+        result = train_plain(model, data, local)
     metrics |= {"loss": result.loss, "steps": result.steps}
     model.cpu()
     reply = RecordDict(
@@ -137,8 +153,8 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     _threads(context)
     settings = TrainingConfig.from_run_config(context.run_config)
     site = site_settings(context.node_config, context.run_config)
-    config = msg.content["config"]
-    prep = Preprocessing.from_json(str(config["preprocessing"]))
+    config = config_record(msg.content, "config")
+    prep = Preprocessing.from_json(text(config, "preprocessing"))
     split = load_site_data(site, target=prep.target, seed=settings.seed)
     if len(split.validation) == 0:
         return _decline(msg, "data", "no validation rows")
@@ -149,11 +165,14 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         num_classes=prep.num_classes,
         hidden=settings.hidden,
     )
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(array_record(msg.content, "arrays").to_torch_state_dict())
     features, labels = data.tensors
     result = evaluate(model, features, labels, num_classes=prep.num_classes)
     metrics = MetricRecord(
-        {"num-examples": result.examples, "loss": result.loss, "accuracy": result.accuracy}
+        {
+            "num-examples": result.examples,
+            "loss": result.loss,
+            "accuracy": result.accuracy,
+        }
     )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
-

@@ -40,7 +40,9 @@ class DpState:
         return self.schedule.steps_per_epoch * self.settings.local_epochs
 
     @classmethod
-    def load(cls, context: Context, settings: TrainingConfig, schedule: Schedule) -> DpState:
+    def load(
+        cls, context: Context, settings: TrainingConfig, schedule: Schedule
+    ) -> DpState:
         """Restore the state of earlier rounds, or plan the noise for the whole run.
 
         Noise is planned once, for exactly ``rounds x local_epochs x steps_per_epoch``
@@ -49,7 +51,8 @@ class DpState:
         """
         if STATE_KEY in context.state:
             record = context.state[STATE_KEY]
-            assert isinstance(record, ConfigRecord)  # noqa: S101 - written by save()
+            if not isinstance(record, ConfigRecord):
+                raise TypeError(f"context state {STATE_KEY!r} is not a ConfigRecord")
             return cls(
                 settings=settings,
                 schedule=schedule,
@@ -73,7 +76,7 @@ class DpState:
         )
 
     def check_round_fits(self) -> None:
-        """Raise :class:`BudgetExceededError` if one more round would pass the budget."""
+        """Raise :class:`BudgetExceededError` if one more round would pass budget."""
         planned = Step(self.sigma, self.schedule.sample_rate, self.steps_per_round)
         projected = self.epsilon([planned])
         if projected > self.settings.epsilon * (1 + 1e-9):

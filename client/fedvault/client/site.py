@@ -67,7 +67,7 @@ def _load_split(path: str, mtime_ns: int, target: str, seed: int) -> SplitData:
     frame = frame[frame[target].notna()]
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(frame))
-    n_val = int(round(len(frame) * VALIDATION_SHARE)) if len(frame) >= 20 else 0
+    n_val = round(len(frame) * VALIDATION_SHARE) if len(frame) >= 20 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
     return SplitData(
         train=frame.iloc[np.sort(train_idx)].reset_index(drop=True),
@@ -76,7 +76,7 @@ def _load_split(path: str, mtime_ns: int, target: str, seed: int) -> SplitData:
 
 
 def load_site_data(site: SiteSettings, *, target: str, seed: int) -> SplitData:
-    """Load and split the site's data (cached per process while the file is unchanged)."""
+    """Load and split the site's data (cached per process while the file is same)."""
     try:
         mtime = site.data.stat().st_mtime_ns
     except OSError as exc:

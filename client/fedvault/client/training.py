@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -29,6 +29,18 @@ class Schedule:
     steps_per_epoch: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class LocalSettings:
+    """Hyper-parameters of one round of local training."""
+
+    num_classes: int
+    lr: float
+    epochs: int
+    batch_size: int
+    proximal_mu: float = 0.0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
 @dataclass(frozen=True)
 class TrainResult:
     loss: float
@@ -40,12 +52,16 @@ def dp_schedule(num_examples: int, batch_size: int) -> Schedule:
     """The schedule Opacus' Poisson loader runs for ``num_examples`` rows."""
     from opacus.data_loader import DPDataLoader
 
-    base = DataLoader(TensorDataset(torch.zeros(num_examples, 1)), batch_size=batch_size)
+    base = DataLoader(
+        TensorDataset(torch.zeros(num_examples, 1)), batch_size=batch_size
+    )
     loader = DPDataLoader.from_data_loader(base)
     return Schedule(sample_rate=float(loader.sample_rate), steps_per_epoch=len(loader))
 
 
-def _proximal_step(model: nn.Module, anchor: list[torch.Tensor], lr: float, mu: float) -> None:
+def _proximal_step(
+    model: nn.Module, anchor: list[torch.Tensor], lr: float, mu: float
+) -> None:
     """FedProx pull towards the global model, applied after each optimizer step.
 
     It depends only on the current weights and the (public) global model, so it is
@@ -59,15 +75,10 @@ def _proximal_step(model: nn.Module, anchor: list[torch.Tensor], lr: float, mu: 
 def train_private(
     model: nn.Module,
     data: TensorDataset,
+    local: LocalSettings,
     *,
-    num_classes: int,
     sigma: float,
     max_grad_norm: float,
-    lr: float,
-    epochs: int,
-    batch_size: int,
-    proximal_mu: float = 0.0,
-    device: torch.device | None = None,
 ) -> TrainResult:
     """DP-SGD for ``epochs`` local epochs; the model is updated in place.
 
@@ -76,7 +87,8 @@ def train_private(
     """
     from opacus import PrivacyEngine
 
-    device = device or torch.device("cpu")
+    device, num_classes, lr = local.device, local.num_classes, local.lr
+    batch_size, proximal_mu = local.batch_size, local.proximal_mu
     model.to(device)
     expected = dp_schedule(len(data), batch_size)
     anchor = [p.detach().clone() for p in model.parameters()]
@@ -97,7 +109,7 @@ def train_private(
     criterion = loss_fn(num_classes)
     steps, total_loss, seen = 0, 0.0, 0
     private_model.train()
-    for _ in range(epochs):
+    for _ in range(local.epochs):
         for x, y in loader:
             dp_optimizer.zero_grad(set_to_none=True)
             if len(y) == 0:
@@ -113,7 +125,7 @@ def train_private(
             if proximal_mu > 0:
                 _proximal_step(model, anchor, lr, proximal_mu)
             steps += 1
-            total_loss += float(loss) * len(y)
+            total_loss += loss.item() * len(y)
             seen += len(y)
     if hasattr(private_model, "remove_hooks"):
         private_model.remove_hooks()
@@ -123,18 +135,11 @@ def train_private(
 
 
 def train_plain(
-    model: nn.Module,
-    data: TensorDataset,
-    *,
-    num_classes: int,
-    lr: float,
-    epochs: int,
-    batch_size: int,
-    proximal_mu: float = 0.0,
-    device: torch.device | None = None,
+    model: nn.Module, data: TensorDataset, local: LocalSettings
 ) -> TrainResult:
     """Non-private minibatch SGD with the same model, loss and optimizer."""
-    device = device or torch.device("cpu")
+    device, num_classes, lr = local.device, local.num_classes, local.lr
+    batch_size, proximal_mu = local.batch_size, local.proximal_mu
     model.to(device)
     anchor = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
@@ -142,7 +147,7 @@ def train_plain(
     criterion = loss_fn(num_classes)
     steps, total_loss, seen = 0, 0.0, 0
     model.train()
-    for _ in range(epochs):
+    for _ in range(local.epochs):
         for x, y in loader:
             optimizer.zero_grad(set_to_none=True)
             x, y = x.to(device), y.to(device)
@@ -152,6 +157,6 @@ def train_plain(
             if proximal_mu > 0:
                 _proximal_step(model, anchor, lr, proximal_mu)
             steps += 1
-            total_loss += float(loss) * len(y)
+            total_loss += loss.item() * len(y)
             seen += len(y)
     return TrainResult(loss=total_loss / max(seen, 1), steps=steps, sample_rate=0.0)

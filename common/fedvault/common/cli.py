@@ -21,7 +21,7 @@ ENTRY_POINT_GROUP = "fedvault.commands"
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def build_app() -> typer.Typer:
@@ -55,7 +55,9 @@ def fail(message: str, code: int = EXIT_USER_ERROR) -> typer.Exit:
 
 def main() -> None:
     """Console entry point: user errors become one line and a non-zero exit."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         code = build_app()(standalone_mode=False)
         if isinstance(code, int) and code:

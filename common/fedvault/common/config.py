@@ -50,7 +50,7 @@ class TrainingConfig:
     accountant: Accountant = "rdp"
     round_timeout: float = 600.0
 
-    def __post_init__(self) -> None:  # noqa: C901 - one flat list of range checks
+    def __post_init__(self) -> None:
         _positive(self, "rounds", "local_epochs", "batch_size", "hidden", "min_sites")
         _positive(self, "lr", "epsilon", "max_grad_norm", "round_timeout")
         if not 0 < self.delta < 1:
@@ -101,7 +101,8 @@ def parse_fields(cls: type[T], mapping: Mapping[str, Any], *, source: str) -> T:
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(fields))}"
+            f"{source}: unknown key {unknown[0]!r}; "
+            f"known keys: {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for key, value in mapping.items():

@@ -30,7 +30,7 @@ def default_dataset() -> pd.DataFrame:
 
 
 def load_table(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file, raising :class:`DataError` that says what is wrong."""
+    """Read a CSV or Parquet file; :class:`DataError` says what is wrong."""
     if not path.exists():
         raise DataError(f"data file not found: {path}")
     if not path.is_file():

@@ -9,7 +9,7 @@ inherits the builtin it refines, so callers that expect ``ValueError`` still wor
     │   └── SchemaError                 data breaks the site's schema contract
     ├── PrivacyError (RuntimeError)     a privacy budget or policy forbids the request
     │   └── BudgetExceededError         training would spend more epsilon than allowed
-    ├── IntegrityError (ValueError)     wrong key, tampered bytes, bad signature (opaque)
+    ├── IntegrityError (ValueError)     wrong key, tampered bytes, bad signature
     └── FederationError (RuntimeError)  the federation could not run or finish
 
 Only the CLI maps these to exit codes and one-line messages.

@@ -78,6 +78,7 @@ def partition_table(
         keyed = frame.assign(**{spec.column: frame[spec.column].astype(str)})
         partitioner: Partitioner = NaturalIdPartitioner(partition_by=spec.column)
         partitioner.dataset = Dataset.from_pandas(keyed, preserve_index=False)
+        _ = partitioner.num_partitions  # builds the id -> value map
         ids = partitioner.partition_id_to_natural_id
         sites = []
         for pid in sorted(ids, key=lambda i: str(ids[i])):

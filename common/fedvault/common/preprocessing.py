@@ -103,7 +103,9 @@ class Preprocessing:
             means = np.asarray(self.means)
             values = np.where(np.isnan(values), means, values)
             parts.append((values - means) / np.asarray(self.stds))
-        for col, cats, mode in zip(self.categorical, self.vocab, self.modes, strict=True):
+        for col, cats, mode in zip(
+            self.categorical, self.vocab, self.modes, strict=True
+        ):
             series = frame[col].astype("string").fillna(mode).astype(str)
             index = {c: i for i, c in enumerate(cats)}
             onehot = np.zeros((len(frame), len(cats)))
@@ -128,8 +130,15 @@ class Preprocessing:
         data = {
             k: getattr(self, k)
             for k in (
-                "target", "labels", "numeric", "means", "stds", "categorical",
-                "vocab", "modes", "rows",
+                "target",
+                "labels",
+                "numeric",
+                "means",
+                "stds",
+                "categorical",
+                "vocab",
+                "modes",
+                "rows",
             )
         }
         return json.dumps(data, sort_keys=True)
@@ -160,7 +169,10 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
     numeric_cols = set(summaries[0]["numeric"])
     categorical_cols = set(summaries[0]["categorical"])
     for s in summaries[1:]:
-        if set(s["numeric"]) != numeric_cols or set(s["categorical"]) != categorical_cols:
+        if (
+            set(s["numeric"]) != numeric_cols
+            or set(s["categorical"]) != categorical_cols
+        ):
             diff = (numeric_cols ^ set(s["numeric"])) | (
                 categorical_cols ^ set(s["categorical"])
             )

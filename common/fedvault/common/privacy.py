@@ -33,7 +33,9 @@ class Step:
 
 def _check(accountant: str, delta: float) -> None:
     if accountant not in ACCOUNTANTS:
-        raise ConfigError(f"accountant: unknown {accountant!r}; use one of {ACCOUNTANTS}")
+        raise ConfigError(
+            f"accountant: unknown {accountant!r}; use one of {ACCOUNTANTS}"
+        )
     if not 0 < delta < 1:
         raise ConfigError(f"delta: must be in (0, 1), got {delta}")
 

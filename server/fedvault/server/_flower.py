@@ -39,7 +39,9 @@ CONNECTION = "fedvault-sim"
 RunConfig = Mapping[str, bool | int | float | str]
 
 
-def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def flower_env(
+    flwr_home: Path, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Environment for every Flower process: no telemetry, no update check, no
     runtime dependency installation, and a private FLWR_HOME."""
     env = dict(os.environ)
@@ -86,16 +88,27 @@ class SimulationLayout:
     def write(self, run_config: RunConfig, port: int) -> None:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         self.app_dir.mkdir(parents=True, exist_ok=True)
-        connection = {"superlink": {"default": CONNECTION, CONNECTION: {
-            "address": f"127.0.0.1:{port}", "insecure": True}}}
+        connection = {
+            "superlink": {
+                "default": CONNECTION,
+                CONNECTION: {"address": f"127.0.0.1:{port}", "insecure": True},
+            }
+        }
         (self.flwr_home / "config.toml").write_text(tomli_w.dumps(connection))
         project = {
             "project": {"name": "fedvault-simulation", "version": "1.0.0"},
-            "tool": {"flwr": {"app": {
-                "publisher": "fedvault",
-                "components": {"serverapp": SERVER_COMPONENT, "clientapp": CLIENT_COMPONENT},
-                "config": dict(run_config),
-            }}},
+            "tool": {
+                "flwr": {
+                    "app": {
+                        "publisher": "fedvault",
+                        "components": {
+                            "serverapp": SERVER_COMPONENT,
+                            "clientapp": CLIENT_COMPONENT,
+                        },
+                        "config": dict(run_config),
+                    }
+                }
+            },
         }
         (self.app_dir / "pyproject.toml").write_text(tomli_w.dumps(project))
         self.run_config_file.write_text(tomli_w.dumps(dict(run_config)))
@@ -107,17 +120,24 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float) -> N
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise FederationError("the Flower SuperLink exited during start-up")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
-                if response.status == 200:
-                    return
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url, timeout=1) as response,
+        ):
+            if response.status == 200:
+                return
         time.sleep(0.3)
     raise FederationError(f"the Flower SuperLink did not start within {timeout:g} s")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """TERM, then INT (TERM alone hangs while a --stream client is attached), then KILL."""
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGINT, 5.0), (signal.SIGKILL, 5.0)):
+    """TERM, then INT (TERM alone hangs while `flwr run --stream` is attached),
+    then KILL."""
+    for sig, wait in (
+        (signal.SIGTERM, 5.0),
+        (signal.SIGINT, 5.0),
+        (signal.SIGKILL, 5.0),
+    ):
         if proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -131,10 +151,22 @@ def superlink(layout: SimulationLayout, port: int, log: IO[bytes]) -> Iterator[N
     """A simulation SuperLink on 127.0.0.1:port for the duration of the block."""
     env = flower_env(layout.flwr_home, {"RAY_TMPDIR": str(layout.work / "ray")})
     (layout.work / "ray").mkdir(exist_ok=True)
-    cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
-           "--port", str(port), "--disable-runtime-dependency-installation"]
+    cmd = [
+        _bin("flower-superlink"),
+        "--insecure",
+        "--simulation",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
     proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-        cmd, cwd=layout.work, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cmd,
+        cwd=layout.work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
@@ -144,22 +176,43 @@ def superlink(layout: SimulationLayout, port: int, log: IO[bytes]) -> Iterator[N
         _stop(proc)
 
 
-def submit_and_wait(layout: SimulationLayout, *, num_sites: int, log: IO[bytes],
-                    timeout: float, on_poll: Callable[[], None] | None = None) -> str:
+def submit_and_wait(
+    layout: SimulationLayout,
+    *,
+    num_sites: int,
+    log: IO[bytes],
+    timeout: float,
+    on_poll: Callable[[], None] | None = None,
+) -> str:
     """Submit the app, stream until it ends, and return the run's final status."""
     env = flower_env(layout.flwr_home, {"RAY_TMPDIR": str(layout.work / "ray")})
     federation = f"num-supernodes={num_sites} client-resources-num-cpus=1"
-    cmd = [_bin("flwr"), "run", str(layout.app_dir), CONNECTION, "--stream",
-           "--federation-config", federation, "--run-config", str(layout.run_config_file)]
+    cmd = [
+        _bin("flwr"),
+        "run",
+        str(layout.app_dir),
+        CONNECTION,
+        "--stream",
+        "--federation-config",
+        federation,
+        "--run-config",
+        str(layout.run_config_file),
+    ]
     proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-        cmd, cwd=layout.work, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cmd,
+        cwd=layout.work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None:
             if time.monotonic() > deadline:
-                raise FederationError(f"the simulation did not finish within {timeout:g} s")
+                raise FederationError(
+                    f"the simulation did not finish within {timeout:g} s"
+                )
             if on_poll is not None:
                 on_poll()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -175,13 +228,20 @@ def submit_and_wait(layout: SimulationLayout, *, num_sites: int, log: IO[bytes],
 def _last_run_status(layout: SimulationLayout) -> str:
     env = flower_env(layout.flwr_home)
     out = subprocess.run(  # noqa: S603
-        [_bin("flwr"), "ls", CONNECTION, "--format", "json"], cwd=layout.work, env=env,
-        capture_output=True, text=True, timeout=60, check=False,
+        [_bin("flwr"), "ls", CONNECTION, "--format", "json"],
+        cwd=layout.work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     try:
         runs = json.loads(out.stdout).get("runs", [])
     except json.JSONDecodeError:
-        raise FederationError(f"cannot read the run status: {out.stdout[-300:]}") from None
+        raise FederationError(
+            f"cannot read the run status: {out.stdout[-300:]}"
+        ) from None
     if not runs:
         raise FederationError("the SuperLink reports no run")
     return str(runs[-1].get("status", "unknown"))

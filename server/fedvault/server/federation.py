@@ -13,20 +13,28 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
 
 from fedvault.common.data import load_table
 from fedvault.common.errors import FederationError
 from fedvault.common.evaluation import evaluate
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, merge_summaries
+from fedvault.common.records import (
+    array_record,
+    config_record,
+    metric_record,
+    number,
+    text,
+)
 from fedvault.server.rundir import PREPROCESSING_FILE, SUMMARY_FILE, RunDirectory
 from fedvault.server.settings import ServerSettings
 from fedvault.server.strategy import make_strategy
@@ -60,6 +68,34 @@ class _EligibleGrid:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+
+TRAIN_METRICS = {"num-examples", "loss", "steps"}
+DP_METRICS = {"epsilon", "epsilon-budget", "noise-multiplier", "sample-rate"}
+EVALUATE_METRICS = {"num-examples", "loss", "accuracy"}
+
+
+def check_reply(
+    content: RecordDict, reference: dict[str, np.ndarray] | None, keys: set[str]
+) -> str | None:
+    """Why a reply cannot be aggregated, or None. Checks the update (if training)
+    and that metrics hold exactly ``keys``, all finite, with positive num-examples."""
+    try:
+        if reference is not None:
+            problem = check_update(array_record(content, "arrays"), reference)
+            if problem is not None:
+                return problem
+        metrics = metric_record(content, "metrics")
+        if set(metrics) != keys:
+            return f"metrics {sorted(metrics)} differ from the expected {sorted(keys)}"
+        values = [number(metrics, k) for k in keys]
+    except ValueError as exc:
+        return str(exc)
+    if not all(math.isfinite(v) for v in values):
+        return "non-finite metric values"
+    if number(metrics, "num-examples") <= 0:
+        return "num-examples must be positive"
+    return None
 
 
 def check_update(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str | None:
@@ -107,20 +143,25 @@ class Federation:
             for n in nodes
         ]
         summaries = []
-        for reply in self.grid.send_and_receive(
+        replies = self.grid.send_and_receive(
             messages, timeout=self.training.round_timeout
-        ):
+        )
+        for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 self.excluded[f"node-{node}"] = f"failed: {reply.error.reason}"
                 continue
-            record = reply.content["site"]
-            name = str(record["site"])
-            if not record["usable"]:
-                self.excluded[name] = str(record["reason"])
+            try:
+                record = config_record(reply.content, "site")
+                name = text(record, "site")
+                if not record.get("usable"):
+                    self.excluded[name] = text(record, "reason")
+                    continue
+                summaries.append(json.loads(text(record, "summary")))
+            except ValueError as exc:
+                self.excluded[f"node-{node}"] = f"malformed summary: {exc}"
                 continue
             self.sites[node] = SiteRecord(name=name)
-            summaries.append(json.loads(str(record["summary"])))
         if len(summaries) < self.training.min_sites:
             raise FederationError(
                 f"only {len(summaries)} site(s) can train; min-sites is "
@@ -133,45 +174,70 @@ class Federation:
         return self.sites.setdefault(node, SiteRecord(name=f"node-{node}"))
 
     def _usable_replies(
-        self, replies: Iterable[Message], server_round: int, reference: dict[str, Any] | None
+        self,
+        replies: Iterable[Message],
+        server_round: int,
+        reference: dict[str, np.ndarray] | None,
     ) -> list[Message]:
-        """Keep replies fit for aggregation; record declines, failures and rejections."""
+        """Keep replies fit for aggregation; record declines, failures, rejections.
+
+        ``reference`` (the global weights) is given for training replies only.
+        """
         valid = []
         for reply in replies:
             site = self._site(reply.metadata.src_node_id)
+            event = {"round": server_round}
             if reply.has_error():
-                site.failures.append({"round": server_round, "reason": reply.error.reason})
-                logger.warning("round %d: %s failed: %s", server_round, site.name,
-                               reply.error.reason)
+                site.failures.append(event | {"reason": reply.error.reason})
+                logger.warning(
+                    "round %d: %s failed: %s",
+                    server_round,
+                    site.name,
+                    reply.error.reason,
+                )
                 continue
-            if "decline" in reply.content:
-                decline = reply.content["decline"]
+            if "decline" in reply.content.config_records:
+                decline = reply.content.config_records["decline"]
                 if reference is not None:
-                    site.declines.append({"round": server_round,
-                                          "reason": str(decline["reason"]),
-                                          "detail": str(decline["detail"])})
+                    site.declines.append(
+                        event
+                        | {
+                            "reason": str(decline.get("reason", "unknown")),
+                            "detail": str(decline.get("detail", "")),
+                        }
+                    )
                 continue
-            if reference is not None:
-                problem = check_update(reply.content["arrays"], reference)
-                if problem is not None:
-                    site.rejected.append({"round": server_round, "reason": problem})
-                    logger.warning("round %d: rejected update of %s: %s",
-                                   server_round, site.name, problem)
-                    continue
+            problem = check_reply(
+                reply.content, reference, self._metric_keys(reference)
+            )
+            if problem is not None:
+                site.rejected.append(event | {"reason": problem})
+                logger.warning(
+                    "round %d: rejected reply of %s: %s",
+                    server_round,
+                    site.name,
+                    problem,
+                )
+                continue
             valid.append(reply)
         valid.sort(key=lambda m: self._site(m.metadata.src_node_id).name)
         return valid
 
+    def _metric_keys(self, reference: dict[str, np.ndarray] | None) -> set[str]:
+        if reference is None:
+            return EVALUATE_METRICS
+        return TRAIN_METRICS | (DP_METRICS if self.training.dp else set())
+
     def _record_training(self, replies: list[Message]) -> None:
         for reply in replies:
             site = self._site(reply.metadata.src_node_id)
-            metrics = reply.content["metrics"]
+            metrics = metric_record(reply.content, "metrics")
             site.rounds_trained += 1
-            site.examples = int(metrics["num-examples"])  # type: ignore[call-overload]
-            if "epsilon" in metrics:
-                site.epsilon_spent = float(metrics["epsilon"])  # type: ignore[arg-type]
-                site.epsilon_budget = float(metrics["epsilon-budget"])  # type: ignore[arg-type]
-                site.noise_multiplier = float(metrics["noise-multiplier"])  # type: ignore[arg-type]
+            site.examples = int(number(metrics, "num-examples"))
+            if self.training.dp:
+                site.epsilon_spent = number(metrics, "epsilon")
+                site.epsilon_budget = number(metrics, "epsilon-budget")
+                site.noise_multiplier = number(metrics, "noise-multiplier")
 
     # -- the run ----------------------------------------------------------------
     def run(self) -> None:
@@ -189,16 +255,26 @@ class Federation:
         nodes = self._wait_for_sites()
         prep = self._preprocessing(nodes)
         self.rundir.write_json(PREPROCESSING_FILE, json.loads(prep.to_json()))
-        self.rundir.event("ready", sites=sorted(s.name for s in self.sites.values()),
-                          excluded=self.excluded)
-        model = build_model(self.training.model, in_features=prep.num_features,
-                            num_classes=prep.num_classes, hidden=self.training.hidden)
+        self.rundir.event(
+            "ready",
+            sites=sorted(s.name for s in self.sites.values()),
+            excluded=self.excluded,
+        )
+        model = build_model(
+            self.training.model,
+            in_features=prep.num_features,
+            num_classes=prep.num_classes,
+            hidden=self.training.hidden,
+        )
         arrays = ArrayRecord(model.state_dict())
         test = self._test_set(prep)
-        eligible = _EligibleGrid(self.grid, set(self.sites))
+        # Duck-typed view: the strategy only calls get_node_ids() on it.
+        eligible = cast(Grid, _EligibleGrid(self.grid, set(self.sites)))
         strategy = make_strategy(self.training, available=len(self.sites))
         for server_round in range(1, self.training.rounds + 1):
-            new_arrays = self._round(server_round, strategy, eligible, arrays, prep, test)
+            new_arrays = self._round(
+                server_round, strategy, eligible, arrays, prep, test
+            )
             if new_arrays is None:
                 break
             arrays = new_arrays
@@ -207,9 +283,15 @@ class Federation:
         self._checkpoint(model, prep)
         self._write_summary(prep)
 
-    def _round(self, server_round: int, strategy: Any, grid: _EligibleGrid,
-               arrays: ArrayRecord, prep: Preprocessing,
-               test: tuple[torch.Tensor, torch.Tensor] | None) -> ArrayRecord | None:
+    def _round(
+        self,
+        server_round: int,
+        strategy: FedAvg,
+        grid: Grid,
+        arrays: ArrayRecord,
+        prep: Preprocessing,
+        test: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> ArrayRecord | None:
         started = time.monotonic()
         config = ConfigRecord({"preprocessing": prep.to_json()})
         reference = {k: v.numpy() for k, v in arrays.items()}
@@ -237,13 +319,23 @@ class Federation:
         self.rundir.event("round", **row, sites=self._site_table())
         return new_arrays
 
-    def _evaluate(self, server_round: int, strategy: Any, grid: _EligibleGrid,
-                  arrays: ArrayRecord, prep: Preprocessing,
-                  test: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, Any]:
+    def _evaluate(
+        self,
+        server_round: int,
+        strategy: FedAvg,
+        grid: Grid,
+        arrays: ArrayRecord,
+        prep: Preprocessing,
+        test: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> dict[str, Any]:
         row: dict[str, Any] = {}
         if test is not None:
-            model = build_model(self.training.model, in_features=prep.num_features,
-                                num_classes=prep.num_classes, hidden=self.training.hidden)
+            model = build_model(
+                self.training.model,
+                in_features=prep.num_features,
+                num_classes=prep.num_classes,
+                hidden=self.training.hidden,
+            )
             model.load_state_dict(arrays.to_torch_state_dict())
             m = evaluate(model, *test, num_classes=prep.num_classes)
             row |= {"accuracy": m.accuracy, "auc": m.auc, "loss": m.loss}
@@ -254,18 +346,27 @@ class Federation:
         )
         valid = self._usable_replies(replies, server_round, None)
         if valid:
-            agg = strategy.aggregate_evaluate(server_round, valid)
-            row |= {"val_accuracy": float(agg["accuracy"]), "val_loss": float(agg["loss"])}
+            agg: Mapping[str, object] = (
+                strategy.aggregate_evaluate(server_round, valid) or {}
+            )
+            row |= {
+                "val_accuracy": number(agg, "accuracy"),
+                "val_loss": number(agg, "loss"),
+            }
         else:
             row |= {"val_accuracy": math.nan, "val_loss": math.nan}
         return row
 
-    def _test_set(self, prep: Preprocessing) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _test_set(
+        self, prep: Preprocessing
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.settings.test_data is None:
             return None
         frame = load_table(self.settings.test_data)
-        return (torch.from_numpy(prep.transform(frame)),
-                torch.from_numpy(prep.encode_labels(frame[prep.target])))
+        return (
+            torch.from_numpy(prep.transform(frame)),
+            torch.from_numpy(prep.encode_labels(frame[prep.target])),
+        )
 
     # -- outputs --------------------------------------------------------------------
     def _site_table(self) -> dict[str, dict[str, Any]]:
@@ -284,12 +385,14 @@ class Federation:
         }
 
     def _checkpoint(self, model: torch.nn.Module, prep: Preprocessing) -> None:
-        self.rundir.save_model({
-            "state_dict": model.state_dict(),
-            "preprocessing": prep.to_json(),
-            "config": self.training.to_run_config(),
-            "rounds_completed": len(self.history),
-        })
+        self.rundir.save_model(
+            {
+                "state_dict": model.state_dict(),
+                "preprocessing": prep.to_json(),
+                "config": self.training.to_run_config(),
+                "rounds_completed": len(self.history),
+            }
+        )
         self.rundir.write_metrics_csv(self.history)
 
     def _write_summary(self, prep: Preprocessing) -> None:
@@ -312,7 +415,9 @@ class Federation:
                 "sampling": "poisson" if t.dp else None,
             },
             "history": self.history,
-            "final": {k: final.get(k) for k in ("accuracy", "auc", "loss", "val_accuracy")},
+            "final": {
+                k: final.get(k) for k in ("accuracy", "auc", "loss", "val_accuracy")
+            },
             "sites": self._site_table(),
             "excluded_sites": self.excluded,
             "num_features": prep.num_features,

@@ -1,4 +1,4 @@
-"""The run directory: progress events, checkpoints and final reports, written atomically."""
+"""The run directory: progress events, checkpoints, reports; written atomically."""
 
 from __future__ import annotations
 

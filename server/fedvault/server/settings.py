@@ -11,8 +11,14 @@ from typing import Any
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import ConfigError
 
-APP_KEYS = ("target", "out-dir", "test-data", "expected-sites", "excluded-sites",
-            "client-threads")
+APP_KEYS = (
+    "target",
+    "out-dir",
+    "test-data",
+    "expected-sites",
+    "excluded-sites",
+    "client-threads",
+)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,12 @@ from typing import Any
 import pandas as pd
 
 from fedvault.common.config import TrainingConfig, key_of, parse_fields
-from fedvault.common.data import DEFAULT_TARGET, check_target, default_dataset, load_table
+from fedvault.common.data import (
+    DEFAULT_TARGET,
+    check_target,
+    default_dataset,
+    load_table,
+)
 from fedvault.common.errors import ConfigError, DataError, FederationError
 from fedvault.common.partition import PartitionSpec, partition_table
 from fedvault.server import _flower
@@ -69,11 +74,13 @@ def load_config(values: Mapping[str, Any]) -> SimulationConfig:
     if unknown:
         raise ConfigError(f"config: unknown key {unknown[0]!r}")
     options = parse_fields(
-        SimulationOptions, {k: v for k, v in values.items() if k in sim_keys},
+        SimulationOptions,
+        {k: v for k, v in values.items() if k in sim_keys},
         source="config",
     )
     training = parse_fields(
-        TrainingConfig, {k: v for k, v in values.items() if k in train_keys},
+        TrainingConfig,
+        {k: v for k, v in values.items() if k in train_keys},
         source="config",
     )
     return SimulationConfig(options, training, delta_given="delta" in values)
@@ -101,8 +108,9 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     if spec.kind != "column" and opts.sites > len(frame):
         raise ConfigError(f"sites: {opts.sites} sites but only {len(frame)} rows")
     test, rest = _hold_out(frame, opts.target, opts.test_share, cfg.training.seed)
-    parts = partition_table(rest, spec, num_sites=opts.sites, target=opts.target,
-                            seed=cfg.training.seed)
+    parts = partition_table(
+        rest, spec, num_sites=opts.sites, target=opts.target, seed=cfg.training.seed
+    )
     excluded = {name: "no rows" for name, part in parts if part.empty}
     sites = [(name, part) for name, part in parts if not part.empty]
     if not sites:
@@ -111,15 +119,17 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     return PreparedData(sites=sites, test=test, excluded=excluded, training=training)
 
 
-def _hold_out(frame: pd.DataFrame, target: str, share: float,
-              seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _hold_out(
+    frame: pd.DataFrame, target: str, share: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     from sklearn.model_selection import train_test_split
 
     counts = frame[target].value_counts()
     stratify = frame[target] if counts.min() >= 2 else None
     try:
-        rest, test = train_test_split(frame, test_size=share, random_state=seed,
-                                      stratify=stratify)
+        rest, test = train_test_split(
+            frame, test_size=share, random_state=seed, stratify=stratify
+        )
     except ValueError as exc:
         raise DataError(f"cannot hold out a test split: {exc}") from exc
     return test.reset_index(drop=True), rest.reset_index(drop=True)
@@ -140,8 +150,13 @@ def _with_delta(cfg: SimulationConfig, largest_site: int) -> TrainingConfig:
     return dataclasses.replace(training, delta=delta)
 
 
-def _run_config(prepared: PreparedData, cfg: SimulationConfig, out: Path,
-                files: list[Path], test_file: Path) -> dict[str, Any]:
+def _run_config(
+    prepared: PreparedData,
+    cfg: SimulationConfig,
+    out: Path,
+    files: list[Path],
+    test_file: Path,
+) -> dict[str, Any]:
     run_config: dict[str, Any] = dict(prepared.training.to_run_config())
     run_config |= {
         "target": cfg.options.target,
@@ -164,8 +179,9 @@ def check_out_dir(out: Path) -> None:
         raise ConfigError(f"out: {out} exists and is not a folder")
 
 
-def run(cfg: SimulationConfig, out: Path, *, on_poll: Callable[[], None] | None = None
-        ) -> dict[str, Any]:
+def run(
+    cfg: SimulationConfig, out: Path, *, on_poll: Callable[[], None] | None = None
+) -> dict[str, Any]:
     """Run the simulation; returns the parsed ``summary.json``.
 
     Everything is validated before ``out`` is created: bad input leaves no trace.
@@ -188,13 +204,22 @@ def run(cfg: SimulationConfig, out: Path, *, on_poll: Callable[[], None] | None 
         port = _flower.free_port()
         layout.write(_run_config(prepared, cfg, out, files, test_file), port)
         started = time.monotonic()
-        with (out / "flower.log").open("ab") as log, _flower.superlink(layout, port, log):
+        with (
+            (out / "flower.log").open("ab") as log,
+            _flower.superlink(layout, port, log),
+        ):
             status = _flower.submit_and_wait(
-                layout, num_sites=len(files), log=log, timeout=cfg.options.timeout,
+                layout,
+                num_sites=len(files),
+                log=log,
+                timeout=cfg.options.timeout,
                 on_poll=on_poll,
             )
-        logger.info("simulation finished in %.1f s with status %s",
-                    time.monotonic() - started, status)
+        logger.info(
+            "simulation finished in %.1f s with status %s",
+            time.monotonic() - started,
+            status,
+        )
     if status != "finished:completed" or not (out / SUMMARY_FILE).exists():
         raise FederationError(f"the run ended as {status!r}: {_last_error(out)}")
     summary: dict[str, Any] = json.loads((out / SUMMARY_FILE).read_text())

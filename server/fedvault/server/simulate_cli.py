@@ -11,7 +11,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from fedvault.common.errors import ConfigError
@@ -46,45 +52,118 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
 
 
-def simulate(  # noqa: PLR0913 - one option per setting, as documented
-    sites: Annotated[int | None, typer.Option(help="Number of simulated sites (default: 5).")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds (default: 10).")] = None,
-    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round (default: 1).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Expected batch size (Poisson) (default: 32).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Local SGD learning rate (default: 0.5).")] = None,
-    strategy: Annotated[str | None, typer.Option(help="fedavg | fedprox | fedadam (default: fedavg).")] = None,
-    partition: Annotated[str | None, typer.Option(help="iid | dirichlet:ALPHA | column:NAME (default: iid).")] = None,
-    data: Annotated[Path | None, typer.Option(help="CSV or Parquet file (default: embedded breast-cancer data).")] = None,
-    target: Annotated[str | None, typer.Option(help="Label column of --data (default: target).")] = None,
-    epsilon: Annotated[float | None, typer.Option(help="Privacy budget per site for this run (default: 3).")] = None,
-    delta: Annotated[float | None, typer.Option(help="Delta per site (default: 1e-5, below 1/n of the largest site).")] = None,
-    max_grad_norm: Annotated[float | None, typer.Option(help="Per-sample clipping norm C (default: 1.0).")] = None,
-    accountant: Annotated[str | None, typer.Option(help="rdp | prv (default: rdp).")] = None,
-    model: Annotated[str | None, typer.Option(help="mlp | logreg (default: mlp).")] = None,
-    min_sites: Annotated[int | None, typer.Option(help="Fewest sites a round needs (default: 2).")] = None,
-    fraction_train: Annotated[float | None, typer.Option(help="Share of sites sampled per round (default: 1.0).")] = None,
-    no_dp: Annotated[bool, typer.Option("--no-dp", help="Train WITHOUT differential privacy (comparison only).")] = False,
-    seed: Annotated[int | None, typer.Option(help="Seed for partitioning, init and training (default: 0).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (default: fedvault-runs/sim-TIME).")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML file of settings; options override it.")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="text | json")] = "text",
+def simulate(
+    sites: Annotated[
+        int | None, typer.Option(help="Number of simulated sites (default: 5).")
+    ] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="Federated rounds (default: 10).")
+    ] = None,
+    local_epochs: Annotated[
+        int | None, typer.Option(help="Local epochs per round (default: 1).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Expected batch size (Poisson) (default: 32).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Local SGD learning rate (default: 0.5).")
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="fedavg | fedprox | fedadam (default: fedavg).")
+    ] = None,
+    partition: Annotated[
+        str | None,
+        typer.Option(help="iid | dirichlet:ALPHA | column:NAME (default: iid)."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV or Parquet file (default: embedded breast-cancer data)."
+        ),
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="Label column of --data (default: target).")
+    ] = None,
+    epsilon: Annotated[
+        float | None,
+        typer.Option(help="Privacy budget per site for this run (default: 3)."),
+    ] = None,
+    delta: Annotated[
+        float | None,
+        typer.Option(
+            help="Delta per site (default: 1e-5, below 1/n of the largest site)."
+        ),
+    ] = None,
+    max_grad_norm: Annotated[
+        float | None, typer.Option(help="Per-sample clipping norm C (default: 1.0).")
+    ] = None,
+    accountant: Annotated[
+        str | None, typer.Option(help="rdp | prv (default: rdp).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="mlp | logreg (default: mlp).")
+    ] = None,
+    min_sites: Annotated[
+        int | None, typer.Option(help="Fewest sites a round needs (default: 2).")
+    ] = None,
+    fraction_train: Annotated[
+        float | None,
+        typer.Option(help="Share of sites sampled per round (default: 1.0)."),
+    ] = None,
+    no_dp: Annotated[
+        bool,
+        typer.Option(
+            "--no-dp", help="Train WITHOUT differential privacy (comparison only)."
+        ),
+    ] = False,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed for partitioning, init and training (default: 0)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default: fedvault-runs/sim-TIME).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file of settings; options override it.")
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="text | json")
+    ] = "text",
 ) -> None:
     values = _read_toml(config) if config else {}
-    values |= _flags(sites=sites, rounds=rounds, local_epochs=local_epochs,
-                     batch_size=batch_size, lr=lr, strategy=strategy, partition=partition,
-                     data=str(data) if data else None, target=target, epsilon=epsilon,
-                     delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
-                     model=model, min_sites=min_sites, fraction_train=fraction_train,
-                     seed=seed, out=str(out) if out else None)
+    values |= _flags(
+        sites=sites,
+        rounds=rounds,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        strategy=strategy,
+        partition=partition,
+        data=str(data) if data else None,
+        target=target,
+        epsilon=epsilon,
+        delta=delta,
+        max_grad_norm=max_grad_norm,
+        accountant=accountant,
+        model=model,
+        min_sites=min_sites,
+        fraction_train=fraction_train,
+        seed=seed,
+        out=str(out) if out else None,
+    )
     if no_dp:
         values["dp"] = False
     if output_format not in ("text", "json"):
         raise ConfigError(f"format: use text or json, not {output_format!r}")
     cfg = sim.load_config(values)
-    out_dir = Path(cfg.options.out or f"fedvault-runs/sim-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir = Path(
+        cfg.options.out or f"fedvault-runs/sim-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     if not cfg.training.dp:
-        console.print("[bold red]WARNING: --no-dp: training WITHOUT differential privacy; "
-                      "no privacy guarantee applies to this run.[/]")
+        console.print(
+            "[bold red]WARNING: --no-dp: training WITHOUT differential privacy; "
+            "no privacy guarantee applies to this run.[/]"
+        )
     summary = _run_with_progress(cfg, out_dir, quiet=output_format == "json")
     if output_format == "json":
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
@@ -95,13 +174,22 @@ def simulate(  # noqa: PLR0913 - one option per setting, as documented
 simulate.__doc__ = _HELP
 
 
-def _run_with_progress(cfg: sim.SimulationConfig, out: Path, *, quiet: bool) -> dict[str, Any]:
+def _run_with_progress(
+    cfg: sim.SimulationConfig, out: Path, *, quiet: bool
+) -> dict[str, Any]:
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-        console=console, disable=quiet or not console.is_terminal, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+        transient=False,
     )
-    task = progress.add_task("rounds", total=cfg.training.rounds, status="starting Flower")
+    task = progress.add_task(
+        "rounds", total=cfg.training.rounds, status="starting Flower"
+    )
     seen = 0
 
     def poll() -> None:
@@ -133,27 +221,52 @@ def _print_tables(summary: dict[str, Any], out: Path) -> None:
     for col in ("round", "accuracy", "AUC", "loss", "site val. acc.", "sites", "s"):
         rounds.add_column(col, justify="right")
     for row in summary["history"]:
-        rounds.add_row(str(row["round"]), _fmt(row.get("accuracy")), _fmt(row.get("auc")),
-                       _fmt(row.get("loss")), _fmt(row.get("val_accuracy")),
-                       str(row["sites_trained"]), _fmt(row.get("seconds"), ".1f"))
+        rounds.add_row(
+            str(row["round"]),
+            _fmt(row.get("accuracy")),
+            _fmt(row.get("auc")),
+            _fmt(row.get("loss")),
+            _fmt(row.get("val_accuracy")),
+            str(row["sites_trained"]),
+            _fmt(row.get("seconds"), ".1f"),
+        )
     console.print(rounds)
     dp = summary["dp"]
-    title = (f"Privacy per site: sample-level DP-SGD, delta={dp['delta']:g}, "
-             f"{dp['accountant']} accountant" if dp["enabled"]
-             else "Sites ([bold red]NO differential privacy[/])")
+    title = (
+        f"Privacy per site: sample-level DP-SGD, delta={dp['delta']:g}, "
+        f"{dp['accountant']} accountant"
+        if dp["enabled"]
+        else "Sites ([bold red]NO differential privacy[/])"
+    )
     sites = Table(title=title)
-    for col in ("site", "examples", "rounds", "epsilon spent", "budget", "noise mult.", "declines"):
+    for col in (
+        "site",
+        "examples",
+        "rounds",
+        "epsilon spent",
+        "budget",
+        "noise mult.",
+        "declines",
+    ):
         sites.add_column(col, justify="right")
     for name, s in summary["sites"].items():
-        sites.add_row(name, str(s["examples"]), str(s["rounds_trained"]),
-                      _fmt(s["epsilon_spent"], ".3f"), _fmt(s["epsilon_budget"], "g"),
-                      _fmt(s["noise_multiplier"], ".3f"), str(len(s["declines"])))
+        sites.add_row(
+            name,
+            str(s["examples"]),
+            str(s["rounds_trained"]),
+            _fmt(s["epsilon_spent"], ".3f"),
+            _fmt(s["epsilon_budget"], "g"),
+            _fmt(s["noise_multiplier"], ".3f"),
+            str(len(s["declines"])),
+        )
     for name, reason in summary["excluded_sites"].items():
         sites.add_row(name, "-", "0", "-", "-", "-", f"excluded: {reason}")
     console.print(sites)
     if summary["status"] != "completed":
         console.print(f"[yellow]Run stopped early:[/] {summary['stop_reason']}")
     final = summary["final"]
-    console.print(f"Final test accuracy {_fmt(final.get('accuracy'))}, "
-                  f"AUC {_fmt(final.get('auc'))}. Results in [bold]{out}[/] "
-                  "(summary.json, metrics.csv, model.pt).")
+    console.print(
+        f"Final test accuracy {_fmt(final.get('accuracy'))}, "
+        f"AUC {_fmt(final.get('auc'))}. Results in [bold]{out}[/] "
+        "(summary.json, metrics.csv, model.pt)."
+    )

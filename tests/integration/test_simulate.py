@@ -1,0 +1,110 @@
+"""End-to-end simulations on Flower's simulation runtime (real SuperLink, Ray)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedvault.common.data import default_dataset
+from fedvault.server import simulate as sim
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"sites": 3, "rounds": 2, "timeout": 600.0}
+
+
+def _run(tmp_path: Path, name: str, **values):
+    cfg = sim.load_config(SMALL | values)
+    return sim.run(cfg, tmp_path / name)
+
+
+def test_dp_federation_learns_within_budget(tmp_path):
+    summary = _run(tmp_path, "a", seed=7)
+    out = tmp_path / "a"
+    assert summary["rounds_completed"] == 2 and summary["status"] == "completed"
+    assert summary["final"]["accuracy"] > 0.8  # majority class is ~0.63
+    assert summary["dp"] == {
+        "enabled": True,
+        "level": "sample-level, per site (DP-SGD)",
+        "delta": 1e-5,
+        "accountant": "rdp",
+        "epsilon_target": 3.0,
+        "max_grad_norm": 1.0,
+        "sampling": "poisson",
+    }
+    assert len(summary["sites"]) == 3
+    for site in summary["sites"].values():
+        assert 0 < site["epsilon_spent"] <= site["epsilon_budget"] == 3.0
+        assert site["rounds_trained"] == 2 and site["noise_multiplier"] > 0
+    for name in ("summary.json", "metrics.csv", "model.pt", "preprocessing.json"):
+        assert (out / name).is_file()
+    bundle = torch.load(out / "model.pt", weights_only=False)
+    assert bundle["rounds_completed"] == 2
+    assert json.loads(bundle["preprocessing"])["target"] == "target"
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
+
+    again = _run(tmp_path, "b", seed=7)
+    assert again["history"][-1]["accuracy"] == summary["history"][-1]["accuracy"]
+    assert again["history"][-1]["loss"] == pytest.approx(
+        summary["history"][-1]["loss"], rel=1e-6
+    )
+    assert again["sites"] == summary["sites"]
+
+
+def test_no_dp_is_labelled_as_such(tmp_path):
+    summary = _run(tmp_path, "n", dp=False, rounds=1)
+    assert summary["dp"]["enabled"] is False
+    assert all(s["epsilon_spent"] is None for s in summary["sites"].values())
+
+
+def test_natural_partition_from_csv_with_a_tiny_site(tmp_path):
+    frame = default_dataset()
+    rng = np.random.default_rng(0)
+    frame["hospital"] = rng.choice(["north", "south", "east"], size=len(frame))
+    frame.loc[frame.index[:4], "hospital"] = "tiny"
+    frame["ward"] = rng.choice(["icu", "er", None], size=len(frame))
+    frame.loc[frame.index[::7], "mean radius"] = np.nan
+    csv = tmp_path / "hospitals.csv"
+    frame.rename(columns={"target": "diagnosis"}).to_csv(csv, index=False)
+    out = tmp_path / "nat"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from fedvault.common.cli import main; main()",
+            "simulate",
+            "--data",
+            str(csv),
+            "--target",
+            "diagnosis",
+            "--partition",
+            "column:hospital",
+            "--rounds",
+            "2",
+            "--out",
+            str(out),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    assert sorted(summary["sites"]) == [
+        "hospital=east",
+        "hospital=north",
+        "hospital=south",
+    ]
+    assert "hospital=tiny" in summary["excluded_sites"]
+    assert "training rows" in summary["excluded_sites"]["hospital=tiny"]
+    assert summary["final"]["accuracy"] > 0.8
+    prep = json.loads((out / "preprocessing.json").read_text())
+    assert prep["categorical"] == ["ward"] and prep["vocab"] == [["er", "icu"]]
+    assert "hospital" not in prep["numeric"] + prep["categorical"]

@@ -1,0 +1,80 @@
+"""Opacus-style properties of fedvault's local DP-SGD trainer."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from fedvault.client.training import (
+    LocalSettings,
+    dp_schedule,
+    train_plain,
+    train_private,
+)
+from fedvault.common.models import build_model
+
+pytestmark = pytest.mark.privacy
+
+
+def _data(n=24, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = (x[:, 0] > 0).long()
+    return TensorDataset(x, y)
+
+
+def _model(seed=0, d=6):
+    torch.manual_seed(seed)
+    return build_model("mlp", in_features=d, num_classes=2, hidden=16)
+
+
+def _flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_schedule_is_what_the_loader_runs():
+    for n, b in [(77, 16), (100, 10), (5, 32), (1000, 7)]:
+        s = dp_schedule(n, b)
+        assert s.steps_per_epoch == math.ceil(n / b)
+        assert s.sample_rate == pytest.approx(1 / math.ceil(n / b))
+
+
+def test_no_noise_and_no_clipping_equals_plain_training():
+    data = _data()
+    local = LocalSettings(num_classes=2, lr=0.3, epochs=1, batch_size=len(data))
+    private, plain = _model(), _model()
+    torch.manual_seed(1)
+    result = train_private(private, data, local, sigma=0.0, max_grad_norm=1e6)
+    train_plain(plain, data, local)
+    assert result.steps == 1 and result.sample_rate == 1.0
+    torch.testing.assert_close(_flat(private), _flat(plain), rtol=1e-5, atol=1e-6)
+
+
+def test_clipping_bounds_the_update():
+    data = _data()
+    clip, lr = 0.01, 1.0
+    local = LocalSettings(num_classes=2, lr=lr, epochs=1, batch_size=len(data))
+    model = _model()
+    before = _flat(model)
+    torch.manual_seed(2)
+    train_private(model, data, local, sigma=0.0, max_grad_norm=clip)
+    # mean of per-sample gradients each clipped to norm <= C has norm <= C
+    assert torch.linalg.norm(_flat(model) - before) <= lr * clip * (1 + 1e-5)
+
+
+def test_noise_has_the_right_scale():
+    data = _data(n=20, d=40)
+    sigma, clip, lr = 5.0, 1.0, 1.0
+    local = LocalSettings(num_classes=2, lr=lr, epochs=1, batch_size=len(data))
+    torch.manual_seed(0)
+    model = build_model("mlp", in_features=40, num_classes=2, hidden=128)
+    before = _flat(model)
+    torch.manual_seed(3)
+    train_private(model, data, local, sigma=sigma, max_grad_norm=clip)
+    delta = _flat(model) - before
+    # Gaussian noise std sigma*C on the summed gradient, divided by the expected
+    # batch size (q*n = 20); the clipped signal (norm <= C) is negligible here.
+    expected = lr * sigma * clip / 20
+    assert delta.std().item() == pytest.approx(expected, rel=0.03)
+    assert abs(delta.mean().item()) < 4 * expected / math.sqrt(delta.numel())

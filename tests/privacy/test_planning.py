@@ -1,0 +1,77 @@
+"""Noise planning and accounting against the Opacus accountants themselves."""
+
+import pytest
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+from fedvault.common.errors import ConfigError, PrivacyError
+from fedvault.common.privacy import Step, epsilon_spent, plan_noise
+
+pytestmark = pytest.mark.privacy
+
+
+@pytest.mark.parametrize(
+    ("target", "q", "steps"),
+    [(3.0, 0.2, 50), (1.0, 0.05, 400), (8.0, 1 / 3, 30), (0.5, 0.01, 1000)],
+)
+def test_planned_noise_spends_at_most_the_target_and_close_to_it(target, q, steps):
+    sigma = plan_noise(target_epsilon=target, delta=1e-5, sample_rate=q, steps=steps)
+    spent = epsilon_spent([Step(sigma, q, steps)], delta=1e-5)
+    assert spent <= target
+    assert spent >= target - 0.02
+
+
+def test_epsilon_equals_the_opacus_accountant():
+    history = [Step(1.1, 0.02, 100), Step(0.9, 0.05, 40), Step(1.1, 0.02, 100)]
+    acct = RDPAccountant()
+    for s in history:
+        for _ in range(s.steps):
+            acct.step(noise_multiplier=s.sigma, sample_rate=s.q)
+    assert epsilon_spent(history, delta=1e-5) == pytest.approx(
+        acct.get_epsilon(delta=1e-5), rel=1e-9
+    )
+
+
+def test_prv_accountant_is_supported():
+    history = [Step(1.0, 0.1, 50)]
+    acct = PRVAccountant()
+    acct.history = [(1.0, 0.1, 50)]
+    assert epsilon_spent(history, delta=1e-5, accountant="prv") == pytest.approx(
+        acct.get_epsilon(delta=1e-5), rel=1e-6
+    )
+
+
+def test_known_golden_value():
+    # sigma=1, q=0.01, 1000 steps, delta=1e-5: RDP epsilon is about 1.9 (Opacus docs).
+    eps = epsilon_spent([Step(1.0, 0.01, 1000)], delta=1e-5)
+    assert 1.5 < eps < 2.5
+
+
+def test_empty_history_spends_nothing():
+    assert epsilon_spent([], delta=1e-5) == 0.0
+
+
+def test_more_noise_spends_less():
+    a = epsilon_spent([Step(1.0, 0.1, 100)], delta=1e-5)
+    b = epsilon_spent([Step(2.0, 0.1, 100)], delta=1e-5)
+    assert b < a
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"target_epsilon": 0.0},
+        {"delta": 1.0},
+        {"sample_rate": 0.0},
+        {"steps": 0},
+        {"accountant": "gdp"},
+    ],
+)
+def test_planning_rejects_bad_settings(kwargs):
+    args = {"target_epsilon": 3.0, "delta": 1e-5, "sample_rate": 0.1, "steps": 10}
+    with pytest.raises(ConfigError):
+        plan_noise(**(args | kwargs))
+
+
+def test_unreachable_budget_is_a_privacy_error():
+    with pytest.raises(PrivacyError, match="too small"):
+        plan_noise(target_epsilon=1e-4, delta=1e-5, sample_rate=1.0, steps=10_000)
