@@ -44,7 +44,7 @@ def test_load_table_errors(tmp_path):
     with pytest.raises(DataError, match="empty"):
         load_table(tmp_path / "empty.csv")
     (tmp_path / "bad.csv").write_text('a,b\n1,2\n3,"4\n')
-    with pytest.raises(DataError, match="malformed|cannot read"):
+    with pytest.raises(DataError, match=r"malformed|cannot read"):
         load_table(tmp_path / "bad.csv")
     (tmp_path / "x.xlsx").write_text("x")
     with pytest.raises(DataError, match="unsupported"):
