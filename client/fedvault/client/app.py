@@ -13,7 +13,6 @@ Flower's API. Handlers:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 
 import torch
@@ -42,6 +41,7 @@ from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, site_summary
 from fedvault.common.privacy import Step
 from fedvault.common.records import array_record, config_record, number, text
+from fedvault.common.wire import summary_to_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def stats(msg: Message, context: Context) -> Message:
     reason = usable(split, target)
     record = ConfigRecord({"site": site.name, "usable": reason is None})
     if reason is None:
-        record["summary"] = json.dumps(site_summary(split.train, target))
+        record["summary"] = summary_to_bytes(site_summary(split.train, target))
     else:
         record["reason"] = reason
     return Message(RecordDict({"site": record}), reply_to=msg)

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedvault.common.data import load_table
-from fedvault.common.errors import FederationError
+from fedvault.common.errors import DataError, FederationError
 from fedvault.common.evaluation import evaluate
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, merge_summaries
@@ -35,6 +35,7 @@ from fedvault.common.records import (
     number,
     text,
 )
+from fedvault.common.wire import summary_from_bytes
 from fedvault.server.rundir import PREPROCESSING_FILE, SUMMARY_FILE, RunDirectory
 from fedvault.server.settings import ServerSettings
 from fedvault.server.strategy import make_strategy
@@ -157,7 +158,10 @@ class Federation:
                 if not record.get("usable"):
                     self.excluded[name] = text(record, "reason")
                     continue
-                summaries.append(json.loads(text(record, "summary")))
+                raw = record.get("summary")
+                if not isinstance(raw, bytes):
+                    raise DataError("summary is not bytes")
+                summaries.append(summary_from_bytes(raw))
             except ValueError as exc:
                 self.excluded[f"node-{node}"] = f"malformed summary: {exc}"
                 continue

@@ -1,0 +1,56 @@
+"""Serde between fedvault's plain values and its own protobuf wire contracts.
+
+The only module outside generated code that imports ``fedvault.proto``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from fedvault.common.errors import DataError
+from fedvault.proto import summary_pb2
+
+SUMMARY_VERSION = 1
+
+
+def summary_to_bytes(summary: dict[str, Any]) -> bytes:
+    """Encode a :func:`fedvault.common.preprocessing.site_summary` result."""
+    msg = summary_pb2.SiteSummary(version=SUMMARY_VERSION, rows=int(summary["rows"]))
+    msg.labels.update({str(k): int(v) for k, v in summary["labels"].items()})
+    for name, col in summary["numeric"].items():
+        msg.numeric[name].CopyFrom(
+            summary_pb2.NumericColumn(
+                n=int(col["n"]), sum=float(col["sum"]), sumsq=float(col["sumsq"]),
+                missing=int(col["missing"]),
+            )
+        )
+    for name, col in summary["categorical"].items():
+        entry = msg.categorical[name]
+        entry.counts.update({str(k): int(v) for k, v in col["counts"].items()})
+        entry.missing = int(col["missing"])
+    return msg.SerializeToString(deterministic=True)
+
+
+def summary_from_bytes(data: bytes) -> dict[str, Any]:
+    """Decode a site summary; raises :class:`DataError` on garbage or a new version."""
+    msg = summary_pb2.SiteSummary()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError as exc:
+        raise DataError("site summary is not a valid SiteSummary message") from exc
+    if msg.version != SUMMARY_VERSION:
+        raise DataError(f"site summary version {msg.version} is not supported")
+    return {
+        "rows": msg.rows,
+        "labels": dict(msg.labels),
+        "numeric": {
+            name: {"n": c.n, "sum": c.sum, "sumsq": c.sumsq, "missing": c.missing}
+            for name, c in msg.numeric.items()
+        },
+        "categorical": {
+            name: {"counts": dict(c.counts), "missing": c.missing}
+            for name, c in msg.categorical.items()
+        },
+    }

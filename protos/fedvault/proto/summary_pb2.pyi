@@ -1,0 +1,69 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class NumericColumn(_message.Message):
+    __slots__ = ("n", "sum", "sumsq", "missing")
+    N_FIELD_NUMBER: _ClassVar[int]
+    SUM_FIELD_NUMBER: _ClassVar[int]
+    SUMSQ_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    n: int
+    sum: float
+    sumsq: float
+    missing: int
+    def __init__(self, n: _Optional[int] = ..., sum: _Optional[float] = ..., sumsq: _Optional[float] = ..., missing: _Optional[int] = ...) -> None: ...
+
+class CategoricalColumn(_message.Message):
+    __slots__ = ("counts", "missing")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.ScalarMap[str, int]
+    missing: int
+    def __init__(self, counts: _Optional[_Mapping[str, int]] = ..., missing: _Optional[int] = ...) -> None: ...
+
+class SiteSummary(_message.Message):
+    __slots__ = ("version", "rows", "labels", "numeric", "categorical")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class NumericEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: NumericColumn
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[NumericColumn, _Mapping]] = ...) -> None: ...
+    class CategoricalEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: CategoricalColumn
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[CategoricalColumn, _Mapping]] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    NUMERIC_FIELD_NUMBER: _ClassVar[int]
+    CATEGORICAL_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    rows: int
+    labels: _containers.ScalarMap[str, int]
+    numeric: _containers.MessageMap[str, NumericColumn]
+    categorical: _containers.MessageMap[str, CategoricalColumn]
+    def __init__(self, version: _Optional[int] = ..., rows: _Optional[int] = ..., labels: _Optional[_Mapping[str, int]] = ..., numeric: _Optional[_Mapping[str, NumericColumn]] = ..., categorical: _Optional[_Mapping[str, CategoricalColumn]] = ...) -> None: ...
