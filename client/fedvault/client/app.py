@@ -25,9 +25,17 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
+from torch import nn
 
-from fedvault.client.dp_state import DpState
-from fedvault.client.site import load_site_data, site_settings, to_tensors, usable
+from fedvault.client.budget import SiteBudget, policy_path
+from fedvault.client.policy import Decline
+from fedvault.client.site import (
+    SiteSettings,
+    load_site_data,
+    site_settings,
+    to_tensors,
+    usable,
+)
 from fedvault.client.training import (
     LocalSettings,
     dp_schedule,
@@ -35,11 +43,10 @@ from fedvault.client.training import (
     train_private,
 )
 from fedvault.common.config import TrainingConfig
-from fedvault.common.errors import PrivacyError
+from fedvault.common.errors import BudgetExceededError, PrivacyError
 from fedvault.common.evaluation import evaluate
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, site_summary
-from fedvault.common.privacy import Step
 from fedvault.common.records import array_record, config_record, number, text
 from fedvault.common.wire import summary_to_bytes
 
@@ -85,9 +92,45 @@ def stats(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"site": record}), reply_to=msg)
 
 
+def _local_model(
+    settings: TrainingConfig, prep: Preprocessing, msg: Message
+) -> nn.Module:
+    model = build_model(
+        settings.model,
+        in_features=prep.num_features,
+        num_classes=prep.num_classes,
+        hidden=settings.hidden,
+    )
+    model.load_state_dict(array_record(msg.content, "arrays").to_torch_state_dict())
+    return model
+
+
+def _reply(msg: Message, model: nn.Module, metrics: dict[str, float]) -> Message:
+    model.cpu()
+    arrays = ArrayRecord(model.state_dict())
+    record = MetricRecord(dict(metrics))
+    return Message(RecordDict({"arrays": arrays, "metrics": record}), reply_to=msg)
+
+
+def _open_budget(
+    site: SiteSettings, settings: TrainingConfig, run_id: int
+) -> SiteBudget | Decline:
+    policy_file, state_dir = policy_path(site.state, site.policy)
+    return SiteBudget.open(
+        policy_file=policy_file,
+        state_dir=state_dir,
+        run_id=str(run_id),
+        settings=settings,
+    )
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One round of local training on the received global model."""
+    """One round of local training on the received global model.
+
+    With DP the site's own policy and ledger decide first (typed declines), and the
+    trained round is appended to the ledger before the update is sent.
+    """
     _threads(context)
     settings = TrainingConfig.from_run_config(context.run_config)
     site = site_settings(context.node_config, context.run_config)
@@ -99,14 +142,6 @@ def train(msg: Message, context: Context) -> Message:
     if reason is not None:
         return _decline(msg, "data", reason)
     data = to_tensors(split.train, prep)
-    model = build_model(
-        settings.model,
-        in_features=prep.num_features,
-        num_classes=prep.num_classes,
-        hidden=settings.hidden,
-    )
-    model.load_state_dict(array_record(msg.content, "arrays").to_torch_state_dict())
-    torch.manual_seed(_round_seed(settings.seed, site.name, server_round, "train"))
     local = LocalSettings(
         num_classes=prep.num_classes,
         lr=settings.lr,
@@ -115,36 +150,48 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=number(config, "proximal-mu", 0.0),
         device=_device(),
     )
-    metrics: dict[str, int | float | list[int] | list[float]] = {
-        "num-examples": len(data)
-    }
-    if settings.dp:
-        dp = DpState.load(
-            context, settings, dp_schedule(len(data), settings.batch_size)
-        )
-        try:
-            dp.check_round_fits()
-        except PrivacyError as exc:
-            return _decline(msg, "budget", str(exc))
-        result = train_private(
-            model, data, local, sigma=dp.sigma, max_grad_norm=settings.max_grad_norm
-        )
-        dp.record(Step(dp.sigma, result.sample_rate, result.steps))
-        dp.save(context)
-        metrics |= {
-            "epsilon": dp.epsilon(),
-            "epsilon-budget": settings.epsilon,
-            "noise-multiplier": dp.sigma,
-            "sample-rate": result.sample_rate,
-        }
-    else:
+    model = _local_model(settings, prep, msg)
+    torch.manual_seed(_round_seed(settings.seed, site.name, server_round, "train"))
+    if not settings.dp:
         result = train_plain(model, data, local)
-    metrics |= {"loss": result.loss, "steps": result.steps}
-    model.cpu()
-    reply = RecordDict(
-        {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}
+        return _reply(
+            msg,
+            model,
+            {"num-examples": len(data), "loss": result.loss, "steps": result.steps},
+        )
+    budget = _open_budget(site, settings, context.run_id)
+    if isinstance(budget, Decline):
+        return _decline(msg, budget.reason, budget.detail)
+    plan = budget.plan_round(dp_schedule(len(data), settings.batch_size))
+    if isinstance(plan, Decline):
+        return _decline(msg, plan.reason, plan.detail)
+    result = train_private(
+        model, data, local, sigma=plan.sigma, max_grad_norm=settings.max_grad_norm
     )
-    return Message(reply, reply_to=msg)
+    if (result.steps, result.sample_rate) != (plan.steps, plan.q):
+        raise PrivacyError("executed DP-SGD steps differ from the planned ones")
+    model.cpu()
+    try:
+        figures = budget.record(
+            server_round, plan, ArrayRecord(model.state_dict()).object_id
+        )
+    except BudgetExceededError as exc:
+        return _decline(msg, "budget", str(exc))
+    return _reply(
+        msg,
+        model,
+        {
+            "num-examples": len(data),
+            "loss": result.loss,
+            "steps": result.steps,
+            "epsilon": figures.run_epsilon,
+            "epsilon-lifetime": figures.lifetime_epsilon,
+            "epsilon-budget": figures.budget,
+            "delta": figures.delta,
+            "noise-multiplier": figures.sigma,
+            "sample-rate": result.sample_rate,
+        },
+    )
 
 
 @app.evaluate()
@@ -159,13 +206,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     if len(split.validation) == 0:
         return _decline(msg, "data", "no validation rows")
     data = to_tensors(split.validation, prep)
-    model = build_model(
-        settings.model,
-        in_features=prep.num_features,
-        num_classes=prep.num_classes,
-        hidden=settings.hidden,
-    )
-    model.load_state_dict(array_record(msg.content, "arrays").to_torch_state_dict())
+    model = _local_model(settings, prep, msg)
     features, labels = data.tensors
     result = evaluate(model, features, labels, num_classes=prep.num_classes)
     metrics = MetricRecord(

@@ -28,10 +28,12 @@ MIN_TRAIN_ROWS = 8
 
 @dataclass(frozen=True)
 class SiteSettings:
-    """The site's own name and data file."""
+    """The site's own name, data file, state folder and privacy policy file."""
 
     name: str
     data: Path
+    state: Path | None = None
+    policy: Path | None = None
 
 
 def site_settings(
@@ -39,16 +41,27 @@ def site_settings(
 ) -> SiteSettings:
     """Resolve the site from its node config (or, in simulation, its partition id)."""
     if "data" in node_config:
-        name = str(node_config.get("site-name", "site"))
-        return SiteSettings(name=name, data=Path(str(node_config["data"])))
+        return SiteSettings(
+            name=str(node_config.get("site-name", "site")),
+            data=Path(str(node_config["data"])),
+            state=_path(node_config.get("state")),
+            policy=_path(node_config.get("policy")),
+        )
     if "partition-id" in node_config:
         pid = int(node_config["partition-id"])
         key = f"site.{pid}.data"
         if key not in run_config:
             raise ConfigError(f"run config has no {key!r} for simulated site {pid}")
-        name = str(run_config.get(f"site.{pid}.name", f"site-{pid + 1}"))
-        return SiteSettings(name=name, data=Path(str(run_config[key])))
+        return SiteSettings(
+            name=str(run_config.get(f"site.{pid}.name", f"site-{pid + 1}")),
+            data=Path(str(run_config[key])),
+            state=_path(run_config.get(f"site.{pid}.state")),
+        )
     raise ConfigError("node config names no data: set data=PATH (and site-name=NAME)")
+
+
+def _path(value: object) -> Path | None:
+    return Path(str(value)) if value not in (None, "") else None
 
 
 @dataclass(frozen=True)

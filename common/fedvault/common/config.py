@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from fedvault.common.errors import ConfigError
-from fedvault.common.models import MODEL_NAMES, ModelName
 from fedvault.common.privacy import ACCOUNTANTS, Accountant
 
+ModelName = Literal["mlp", "logreg"]
+MODEL_NAMES: tuple[ModelName, ...] = ("mlp", "logreg")
 StrategyName = Literal["fedavg", "fedprox", "fedadam"]
 STRATEGIES: tuple[StrategyName, ...] = ("fedavg", "fedprox", "fedadam")
 
@@ -47,6 +48,7 @@ class TrainingConfig:
     epsilon: float = 3.0
     delta: float = 1e-5
     max_grad_norm: float = 1.0
+    noise_multiplier: float = 0.0
     accountant: Accountant = "rdp"
     round_timeout: float = 600.0
 
@@ -58,6 +60,11 @@ class TrainingConfig:
         if not 0 < self.fraction_train <= 1:
             raise ConfigError(
                 f"fraction-train: must be in (0, 1], got {self.fraction_train}"
+            )
+        if not 0 <= self.noise_multiplier < math.inf:
+            raise ConfigError(
+                f"noise-multiplier: must be >= 0 (0 = each site plans), "
+                f"got {self.noise_multiplier}"
             )
         if self.proximal_mu < 0:
             raise ConfigError(f"proximal-mu: must be >= 0, got {self.proximal_mu}")

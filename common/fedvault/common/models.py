@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
-ModelName = Literal["mlp", "logreg"]
-MODEL_NAMES: tuple[ModelName, ...] = ("mlp", "logreg")
+from fedvault.common.config import MODEL_NAMES, ModelName
 
 
 def output_units(num_classes: int) -> int:

@@ -84,12 +84,21 @@ def epsilon_spent(
     history: Iterable[Step], *, delta: float, accountant: Accountant = "rdp"
 ) -> float:
     """Epsilon at ``delta`` after all steps in ``history`` (composition by the
-    accountant). An empty history spends 0."""
+    accountant). An empty history spends 0.
+
+    Steps with equal (sigma, q) are summed before the accountant sees them: the
+    composition is the same (it is commutative and additive in steps) and a long
+    history costs one accountant term per distinct (sigma, q).
+    """
     _check(accountant, delta)
-    entries = [(s.sigma, s.q, s.steps) for s in history if s.steps > 0]
-    if not entries:
+    grouped: dict[tuple[float, float], int] = {}
+    for s in history:
+        if s.steps > 0:
+            grouped[(s.sigma, s.q)] = grouped.get((s.sigma, s.q), 0) + s.steps
+    if not grouped:
         return 0.0
-    return _cached_epsilon(tuple(entries), delta, accountant)
+    entries = tuple((sigma, q, steps) for (sigma, q), steps in sorted(grouped.items()))
+    return _cached_epsilon(entries, delta, accountant)
 
 
 @functools.lru_cache(maxsize=1024)

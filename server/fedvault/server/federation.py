@@ -14,7 +14,6 @@ import math
 import random
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -36,26 +35,18 @@ from fedvault.common.records import (
     text,
 )
 from fedvault.common.wire import summary_from_bytes
-from fedvault.server.rundir import PREPROCESSING_FILE, SUMMARY_FILE, RunDirectory
+from fedvault.server.report import SiteRecord, dp_section, privacy_report, privacy_text
+from fedvault.server.rundir import (
+    PREPROCESSING_FILE,
+    PRIVACY_FILE,
+    PRIVACY_TEXT_FILE,
+    SUMMARY_FILE,
+    RunDirectory,
+)
 from fedvault.server.settings import ServerSettings
 from fedvault.server.strategy import make_strategy
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SiteRecord:
-    """What the coordinator learned about one site during the run."""
-
-    name: str
-    examples: int = 0
-    rounds_trained: int = 0
-    epsilon_spent: float = 0.0
-    epsilon_budget: float | None = None
-    noise_multiplier: float | None = None
-    declines: list[dict[str, Any]] = field(default_factory=list)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _EligibleGrid:
@@ -72,7 +63,14 @@ class _EligibleGrid:
 
 
 TRAIN_METRICS = {"num-examples", "loss", "steps"}
-DP_METRICS = {"epsilon", "epsilon-budget", "noise-multiplier", "sample-rate"}
+DP_METRICS = {
+    "epsilon",
+    "epsilon-lifetime",
+    "epsilon-budget",
+    "delta",
+    "noise-multiplier",
+    "sample-rate",
+}
 EVALUATE_METRICS = {"num-examples", "loss", "accuracy"}
 
 
@@ -240,7 +238,9 @@ class Federation:
             site.examples = int(number(metrics, "num-examples"))
             if self.training.dp:
                 site.epsilon_spent = number(metrics, "epsilon")
+                site.epsilon_lifetime = number(metrics, "epsilon-lifetime")
                 site.epsilon_budget = number(metrics, "epsilon-budget")
+                site.delta = number(metrics, "delta")
                 site.noise_multiplier = number(metrics, "noise-multiplier")
 
     # -- the run ----------------------------------------------------------------
@@ -374,19 +374,8 @@ class Federation:
 
     # -- outputs --------------------------------------------------------------------
     def _site_table(self) -> dict[str, dict[str, Any]]:
-        return {
-            s.name: {
-                "examples": s.examples,
-                "rounds_trained": s.rounds_trained,
-                "epsilon_spent": s.epsilon_spent if self.training.dp else None,
-                "epsilon_budget": s.epsilon_budget if self.training.dp else None,
-                "noise_multiplier": s.noise_multiplier,
-                "declines": s.declines,
-                "rejected_updates": s.rejected,
-                "failures": s.failures,
-            }
-            for s in sorted(self.sites.values(), key=lambda s: s.name)
-        }
+        ordered = sorted(self.sites.values(), key=lambda s: s.name)
+        return {s.name: s.as_dict(self.training.dp) for s in ordered}
 
     def _checkpoint(self, model: torch.nn.Module, prep: Preprocessing) -> None:
         self.rundir.save_model(
@@ -402,6 +391,7 @@ class Federation:
     def _write_summary(self, prep: Preprocessing) -> None:
         t = self.training
         final = self.history[-1] if self.history else {}
+        sites = self._site_table()
         summary = {
             "rounds_completed": len(self.history),
             "rounds_planned": t.rounds,
@@ -409,24 +399,19 @@ class Federation:
             "stop_reason": self.stop_reason or None,
             "strategy": t.strategy,
             "model": t.model,
-            "dp": {
-                "enabled": t.dp,
-                "level": "sample-level, per site (DP-SGD)" if t.dp else None,
-                "delta": t.delta if t.dp else None,
-                "accountant": t.accountant if t.dp else None,
-                "epsilon_target": t.epsilon if t.dp else None,
-                "max_grad_norm": t.max_grad_norm if t.dp else None,
-                "sampling": "poisson" if t.dp else None,
-            },
+            "dp": dp_section(t),
             "history": self.history,
             "final": {
                 k: final.get(k) for k in ("accuracy", "auc", "loss", "val_accuracy")
             },
-            "sites": self._site_table(),
+            "sites": sites,
             "excluded_sites": self.excluded,
             "num_features": prep.num_features,
             "labels": list(prep.labels),
             "config": t.to_run_config(),
         }
+        report = privacy_report(t, sites)
+        self.rundir.write_json(PRIVACY_FILE, report)
+        self.rundir.write_text(PRIVACY_TEXT_FILE, privacy_text(report))
         self.rundir.write_json(SUMMARY_FILE, summary)
         self.rundir.event("done", status=summary["status"], reason=self.stop_reason)

@@ -19,6 +19,8 @@ SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.csv"
 PREPROCESSING_FILE = "preprocessing.json"
+PRIVACY_FILE = "privacy.json"
+PRIVACY_TEXT_FILE = "privacy.txt"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -62,6 +64,9 @@ class RunDirectory:
 
     def write_json(self, name: str, obj: Any) -> None:
         text = json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n"
+        atomic_write(self.root / name, text.encode())
+
+    def write_text(self, name: str, text: str) -> None:
         atomic_write(self.root / name, text.encode())
 
     def save_model(self, bundle: Mapping[str, Any]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import tomli_w
 
 from fedvault.common.config import TrainingConfig, key_of, parse_fields
 from fedvault.common.data import (
@@ -35,6 +37,7 @@ from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE
 logger = logging.getLogger(__name__)
 
 DEFAULT_DELTA = 1e-5
+MIN_NOISE_IN_SIMULATION = 0.3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +50,8 @@ class SimulationOptions:
     target: str = DEFAULT_TARGET
     test_share: float = 0.2
     out: str = ""
+    state: str = ""
+    site_budget: float = 0.0
     timeout: float = 3600.0
 
     def __post_init__(self) -> None:
@@ -54,6 +59,8 @@ class SimulationOptions:
             raise ConfigError(f"sites: must be >= 1, got {self.sites}")
         if not 0 < self.test_share < 1:
             raise ConfigError(f"test-share: must be in (0, 1), got {self.test_share}")
+        if self.site_budget < 0:
+            raise ConfigError(f"site-budget: must be >= 0, got {self.site_budget}")
         if self.timeout <= 0:
             raise ConfigError(f"timeout: must be > 0, got {self.timeout}")
         PartitionSpec.parse(self.partition)
@@ -150,12 +157,55 @@ def _with_delta(cfg: SimulationConfig, largest_site: int) -> TrainingConfig:
     return dataclasses.replace(training, delta=delta)
 
 
+def _safe(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
+    return cleaned or "site"
+
+
+def site_states(
+    prepared: PreparedData, cfg: SimulationConfig, root: Path
+) -> list[Path]:
+    """One state folder per simulated site, holding its ledger and its policy.
+
+    A policy file that exists is the site's own and is never overwritten (a second
+    run on the same ``--state`` continues from the remaining budgets); a missing one
+    is written from the run's settings, with lifetime budget ``--site-budget``
+    (default: ``--epsilon``).
+    """
+    t = cfg.training
+    dataset = (
+        _safe(Path(cfg.options.data).stem) if cfg.options.data else "breast-cancer"
+    )
+    budget = cfg.options.site_budget or t.epsilon
+    folders = []
+    for name, _ in prepared.sites:
+        folder = root / _safe(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        policy = folder / "site.toml"
+        if not policy.exists():
+            table = {
+                "dataset-id": dataset,
+                "epsilon-max": budget,
+                "delta": prepared.training.delta,
+                "accountant": t.accountant,
+                "max-grad-norm": t.max_grad_norm,
+                "min-noise-multiplier": MIN_NOISE_IN_SIMULATION,
+            }
+            policy.write_text(
+                "# Written by fedvault simulate for a simulated site; edit freely.\n"
+                + tomli_w.dumps({"privacy": table})
+            )
+        folders.append(folder)
+    return folders
+
+
 def _run_config(
     prepared: PreparedData,
     cfg: SimulationConfig,
     out: Path,
     files: list[Path],
     test_file: Path,
+    states: list[Path],
 ) -> dict[str, Any]:
     run_config: dict[str, Any] = dict(prepared.training.to_run_config())
     run_config |= {
@@ -169,6 +219,7 @@ def _run_config(
     for pid, ((name, _), path) in enumerate(zip(prepared.sites, files, strict=True)):
         run_config[f"site.{pid}.data"] = str(path)
         run_config[f"site.{pid}.name"] = name
+        run_config[f"site.{pid}.state"] = str(states[pid].resolve())
     return run_config
 
 
@@ -202,7 +253,9 @@ def run(
         test_file = layout.work / "test.parquet"
         prepared.test.to_parquet(test_file, index=False)
         port = _flower.free_port()
-        layout.write(_run_config(prepared, cfg, out, files, test_file), port)
+        state_root = Path(opts_state) if (opts_state := cfg.options.state) else None
+        states = site_states(prepared, cfg, state_root or layout.work / "state")
+        layout.write(_run_config(prepared, cfg, out, files, test_file, states), port)
         started = time.monotonic()
         with (
             (out / "flower.log").open("ab") as log,

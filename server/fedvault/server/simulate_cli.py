@@ -110,6 +110,26 @@ def simulate(
         float | None,
         typer.Option(help="Share of sites sampled per round (default: 1.0)."),
     ] = None,
+    noise_multiplier: Annotated[
+        float | None,
+        typer.Option(
+            help="Fixed noise multiplier every site must use; 0 = each site plans "
+            "sigma for --epsilon (default: 0)."
+        ),
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of the simulated sites' state (ledgers, policies); run "
+            "again on it to continue from the remaining budgets (default: temporary)."
+        ),
+    ] = None,
+    site_budget: Annotated[
+        float | None,
+        typer.Option(
+            help="Lifetime epsilon written into new site policies (default: --epsilon)."
+        ),
+    ] = None,
     no_dp: Annotated[
         bool,
         typer.Option(
@@ -150,6 +170,9 @@ def simulate(
         fraction_train=fraction_train,
         seed=seed,
         out=str(out) if out else None,
+        noise_multiplier=noise_multiplier,
+        state=str(state) if state else None,
+        site_budget=site_budget,
     )
     if no_dp:
         values["dp"] = False
@@ -239,28 +262,33 @@ def _print_tables(summary: dict[str, Any], out: Path) -> None:
         else "Sites ([bold red]NO differential privacy[/])"
     )
     sites = Table(title=title)
-    for col in (
+    columns = (
         "site",
         "examples",
         "rounds",
-        "epsilon spent",
+        "ε this run",
+        "ε lifetime",
         "budget",
-        "noise mult.",
-        "declines",
-    ):
+        "sigma",
+        "declined",
+    )
+    for col in columns:
         sites.add_column(col, justify="right")
     for name, s in summary["sites"].items():
+        declined = s["declines"]
+        last = f" from r{declined[0]['round']}" if declined else ""
         sites.add_row(
             name,
             str(s["examples"]),
             str(s["rounds_trained"]),
             _fmt(s["epsilon_spent"], ".3f"),
+            _fmt(s["epsilon_lifetime"], ".3f"),
             _fmt(s["epsilon_budget"], "g"),
             _fmt(s["noise_multiplier"], ".3f"),
-            str(len(s["declines"])),
+            f"{len(declined)}{last}",
         )
     for name, reason in summary["excluded_sites"].items():
-        sites.add_row(name, "-", "0", "-", "-", "-", f"excluded: {reason}")
+        sites.add_row(name, "-", "0", "-", "-", "-", "-", f"excluded: {reason}")
     console.print(sites)
     if summary["status"] != "completed":
         console.print(f"[yellow]Run stopped early:[/] {summary['stop_reason']}")

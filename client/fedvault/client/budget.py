@@ -1,0 +1,156 @@
+"""A site's privacy budget for one run: its own policy and ledger, round by round.
+
+The coordinator's run config *asks* (a per-run epsilon target, or a fixed noise
+multiplier, a clipping norm); the site's policy file *decides*. Before each round the
+site plans (sigma once per run), checks the policy and the ledger, and declines with
+a typed reason when the round would break either. After training it appends the
+round to its ledger *before* the update is sent. Every epsilon comes from the
+accountant over the ledger's history (lifetime) or this run's records (run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedvault.client.ledger import PrivacyLedger
+from fedvault.client.policy import (
+    Decline,
+    SitePolicy,
+    check_request,
+    load_policy,
+    plan_run_noise,
+)
+from fedvault.client.training import Schedule
+from fedvault.common.config import TrainingConfig
+from fedvault.common.errors import BudgetExceededError, ConfigError, IntegrityError
+from fedvault.common.privacy import Step, epsilon_spent
+
+POLICY_FILE = "site.toml"
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What the site reports about its privacy after a round."""
+
+    run_epsilon: float
+    lifetime_epsilon: float
+    budget: float
+    delta: float
+    sigma: float
+
+
+class SiteBudget:
+    """Policy + ledger of one site for one run."""
+
+    def __init__(
+        self,
+        policy: SitePolicy,
+        ledger: PrivacyLedger,
+        run_id: str,
+        settings: TrainingConfig,
+    ) -> None:
+        self.policy, self.ledger = policy, ledger
+        self.run_id, self.settings = run_id, settings
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        policy_file: Path,
+        state_dir: Path,
+        run_id: str,
+        settings: TrainingConfig,
+    ) -> SiteBudget | Decline:
+        """Load the policy and open (verify) the ledger. A ledger that fails
+        verification is a decline: the site trains nothing until it is fixed."""
+        policy = load_policy(policy_file)
+        try:
+            ledger = PrivacyLedger.for_policy(state_dir, policy)
+        except IntegrityError as exc:
+            return Decline("policy", f"privacy ledger failed verification: {exc}")
+        return cls(policy, ledger, run_id, settings)
+
+    def _run_history(self) -> list[Step]:
+        return [r.step for r in self.ledger.records() if r.run_id == self.run_id]
+
+    def _sigma(self, schedule: Schedule) -> float:
+        if self.settings.noise_multiplier > 0:
+            return self.settings.noise_multiplier
+        planned = self.ledger.planned_noise(self.run_id)
+        if planned is not None:
+            return planned
+        steps = (
+            self.settings.rounds * self.settings.local_epochs * schedule.steps_per_epoch
+        )
+        return plan_run_noise(
+            self.ledger,
+            self.policy,
+            sample_rate=schedule.sample_rate,
+            steps_this_run=steps,
+            target_epsilon_this_run=self.settings.epsilon,
+        )
+
+    def plan_round(self, schedule: Schedule) -> Step | Decline:
+        """The round's (sigma, q, steps), or why the site will not train it."""
+        fixed = self.settings.noise_multiplier or None
+        refusal = check_request(
+            self.policy,
+            max_grad_norm=self.settings.max_grad_norm,
+            secure_aggregation=False,
+            noise_multiplier=fixed,
+        )
+        if refusal is not None:
+            return refusal
+        try:
+            sigma = self._sigma(schedule)
+        except BudgetExceededError as exc:
+            return Decline("budget", str(exc))
+        step = Step(
+            sigma,
+            schedule.sample_rate,
+            schedule.steps_per_epoch * self.settings.local_epochs,
+        )
+        refusal = self.ledger.check_round(step, self.policy)
+        if refusal is not None:
+            return refusal
+        run_eps = self._epsilon([*self._run_history(), step])
+        if run_eps > self.settings.epsilon * (1 + 1e-9):
+            return Decline(
+                "budget",
+                f"the round would bring this run's epsilon to "
+                f"{run_eps:.4f} > the run's target {self.settings.epsilon:g}",
+            )
+        return step
+
+    def record(self, server_round: int, step: Step, update_hash: str) -> Figures:
+        """Append the trained round to the ledger (raises BudgetExceededError and
+        records nothing if another run spent the budget meanwhile)."""
+        self.ledger.append(
+            self.run_id,
+            server_round,
+            step,
+            self.settings.max_grad_norm,
+            update_hash,
+            policy=self.policy,
+        )
+        return Figures(
+            run_epsilon=self._epsilon(self._run_history()),
+            lifetime_epsilon=self.ledger.epsilon(),
+            budget=self.policy.epsilon_max,
+            delta=self.policy.delta,
+            sigma=step.sigma,
+        )
+
+    def _epsilon(self, history: list[Step]) -> float:
+        return epsilon_spent(
+            history, delta=self.policy.delta, accountant=self.policy.accountant
+        )
+
+
+def policy_path(state_dir: Path | None, policy: Path | None) -> tuple[Path, Path]:
+    """Resolve the policy file and state folder of a site (policy defaults to
+    ``STATE/site.toml``)."""
+    if state_dir is None:
+        raise ConfigError("DP training needs the site's state folder (state=DIR)")
+    return (policy or state_dir / POLICY_FILE), state_dir

@@ -1,0 +1,285 @@
+"""A site's privacy policy: the limits its own operator sets, which no run can raise.
+
+The policy lives in a site-owned TOML file (e.g. ``site.toml``), in a ``[privacy]``
+table, and is parsed once, at the edge, into a frozen :class:`SitePolicy`::
+
+    [privacy]
+    dataset-id = "icu-2024"             # the dataset this budget belongs to
+    epsilon-max = 8.0                   # lifetime budget over all runs, at `delta`
+    delta = 1e-5
+    min-noise-multiplier = 0.8          # no run may train with less noise
+    max-grad-norm = 1.0                 # largest per-sample clipping norm accepted
+    accountant = "rdp"                  # rdp | prv
+    require-secure-aggregation = false
+
+Nothing in a coordinator's run config is read into the policy. A run's request is
+checked against it by :func:`check_request`, which answers with a typed
+:class:`Decline` (or ``None`` when the request is acceptable); the budget itself is
+enforced round by round by :class:`fedvault.client.ledger.PrivacyLedger`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from fedvault.common.config import key_of, parse_fields
+from fedvault.common.errors import BudgetExceededError, ConfigError, PrivacyError
+from fedvault.common.privacy import ACCOUNTANTS, Accountant, Step, plan_noise
+
+__all__ = [
+    "POLICY_TABLE",
+    "Decline",
+    "DeclineReason",
+    "LedgerView",
+    "SitePolicy",
+    "check_dataset_id",
+    "check_matches",
+    "check_request",
+    "load_policy",
+    "plan_run_noise",
+]
+
+POLICY_TABLE = "privacy"
+DeclineReason = Literal["budget", "policy"]
+
+_MAX_ACCOUNTANT_CALLS = 30
+_SIGMA_CEILING = 1024.0
+_SIGMA_REL_TOL = 1e-3
+
+# Dataset ids name files in the site's state folder: no separators, no dot-files.
+_DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_dataset_id(dataset_id: str, *, key: str = "dataset-id") -> str:
+    """Return ``dataset_id`` if it is safe as a file name, else raise ConfigError."""
+    if not isinstance(dataset_id, str) or not _DATASET_ID.fullmatch(dataset_id):
+        raise ConfigError(
+            f"{key}: {dataset_id!r} is not a valid dataset id (letters, digits, '.', "
+            "'_', '-'; starting with a letter or digit; at most 128 characters)"
+        )
+    return dataset_id
+
+
+@dataclass(frozen=True, kw_only=True)
+class SitePolicy:
+    """The privacy limits a site's operator signed off for one dataset."""
+
+    dataset_id: str
+    epsilon_max: float
+    delta: float
+    min_noise_multiplier: float = 0.5
+    max_grad_norm: float = 1.0
+    accountant: Accountant = "rdp"
+    require_secure_aggregation: bool = False
+
+    def __post_init__(self) -> None:
+        check_dataset_id(self.dataset_id)
+        for name in ("epsilon_max", "min_noise_multiplier", "max_grad_norm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(
+                    f"{key_of(name)}: must be a finite number > 0, got {value}"
+                )
+        if not (math.isfinite(self.delta) and 0 < self.delta < 1):
+            raise ConfigError(f"delta: must be in (0, 1), got {self.delta}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(
+                f"accountant: unknown {self.accountant!r}; use one of {ACCOUNTANTS}"
+            )
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], *, source: str) -> SitePolicy:
+        """Parse the kebab-case keys of a ``[privacy]`` table."""
+        required = [key_of(f.name) for f in fields(cls) if f.default is MISSING]
+        missing = [key for key in required if key not in mapping]
+        if missing:
+            raise ConfigError(f"{source}: missing key {missing[0]!r}")
+        return parse_fields(cls, mapping, source=source)
+
+
+def load_policy(path: Path) -> SitePolicy:
+    """Read and validate the ``[privacy]`` table of the site policy file ``path``.
+
+    Other top-level tables (the site's other settings) are ignored; unknown keys
+    inside ``[privacy]`` are errors.
+    """
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"site policy file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    table = document.get(POLICY_TABLE)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: missing [{POLICY_TABLE}] table")
+    return SitePolicy.from_mapping(table, source=f"{path} [{POLICY_TABLE}]")
+
+
+@dataclass(frozen=True)
+class Decline:
+    """Why a site refuses to train: its budget would be passed, or its policy broken."""
+
+    reason: DeclineReason
+    detail: str
+
+    def as_error(self) -> PrivacyError:
+        """The matching exception, for callers that prefer raising."""
+        if self.reason == "budget":
+            return BudgetExceededError(self.detail)
+        return PrivacyError(self.detail)
+
+
+def check_request(
+    policy: SitePolicy,
+    *,
+    max_grad_norm: float,
+    secure_aggregation: bool,
+    noise_multiplier: float | None = None,
+) -> Decline | None:
+    """Check a run's requested DP settings against the site's policy.
+
+    ``noise_multiplier`` is the value the coordinator asks for, if it fixes one
+    (``None`` when the site plans its own). Returns ``None`` when the request is
+    acceptable, else a ``Decline("policy", ...)``. The run's epsilon is not checked
+    here: a run can only ask for *less* than the site's remaining budget, which the
+    ledger enforces before every round.
+    """
+    if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        return Decline(
+            "policy", f"clipping norm {max_grad_norm} must be finite and > 0"
+        )
+    if max_grad_norm > policy.max_grad_norm:
+        return Decline(
+            "policy",
+            f"clipping norm {max_grad_norm:g} exceeds the site's maximum "
+            f"{policy.max_grad_norm:g}",
+        )
+    if noise_multiplier is not None and not (
+        math.isfinite(noise_multiplier)
+        and noise_multiplier >= policy.min_noise_multiplier
+    ):
+        return Decline(
+            "policy",
+            f"noise multiplier {noise_multiplier:g} is below the site's minimum "
+            f"{policy.min_noise_multiplier:g}",
+        )
+    if policy.require_secure_aggregation and not secure_aggregation:
+        return Decline(
+            "policy", "the site requires secure aggregation; the run has it off"
+        )
+    return None
+
+
+# --- planning the noise of a run within the policy ------------------------------
+
+
+class LedgerView(Protocol):
+    """What planning needs of a :class:`fedvault.client.ledger.PrivacyLedger`."""
+
+    @property
+    def dataset_id(self) -> str: ...
+    @property
+    def delta(self) -> float: ...
+    @property
+    def accountant(self) -> Accountant: ...
+    def epsilon(self) -> float: ...
+    def projected_epsilon(self, extra: Step) -> float: ...
+
+
+def check_matches(policy: SitePolicy, ledger: LedgerView) -> None:
+    """ConfigError unless ``ledger`` is the policy's dataset at its delta/accountant."""
+    mine = (ledger.dataset_id, ledger.delta, ledger.accountant)
+    theirs = (policy.dataset_id, policy.delta, policy.accountant)
+    if mine != theirs:
+        raise ConfigError(
+            f"policy (dataset-id, delta, accountant) {theirs} does not match the "
+            f"ledger opened with {mine}"
+        )
+
+
+def plan_run_noise(
+    ledger: LedgerView,
+    policy: SitePolicy,
+    *,
+    sample_rate: float,
+    steps_this_run: int,
+    target_epsilon_this_run: float | None = None,
+) -> float:
+    """Noise multiplier for a run of ``steps_this_run`` steps at ``sample_rate``.
+
+    The smallest sigma (within 0.1 %, rounded up) such that
+    - lifetime epsilon, the ledger's history composed with all of this run's steps,
+      stays <= ``policy.epsilon_max``;
+    - this run alone spends <= ``target_epsilon_this_run`` if given (a run may ask
+      for less than the site allows, never for more);
+    - sigma >= ``policy.min_noise_multiplier``.
+
+    Raises :class:`BudgetExceededError` when the remaining budget cannot cover the
+    run at any noise multiplier up to 1024.
+    """
+    check_matches(policy, ledger)
+    if not 0 < sample_rate <= 1:
+        raise ConfigError(f"sample rate must be in (0, 1], got {sample_rate}")
+    if steps_this_run < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps_this_run}")
+    floor = policy.min_noise_multiplier
+    # A run target at or above the budget is implied by the lifetime bound.
+    if (
+        target_epsilon_this_run is not None
+        and target_epsilon_this_run < policy.epsilon_max
+    ):
+        run_only = plan_noise(
+            target_epsilon=target_epsilon_this_run,
+            delta=policy.delta,
+            sample_rate=sample_rate,
+            steps=steps_this_run,
+            accountant=policy.accountant,
+        )
+        floor = max(floor, run_only)
+    spent = ledger.epsilon()
+    if spent >= policy.epsilon_max:
+        raise BudgetExceededError(
+            f"budget spent: lifetime epsilon {spent:.4f} >= {policy.epsilon_max:g}"
+        )
+
+    def fits(sigma: float) -> bool:
+        step = Step(sigma, sample_rate, steps_this_run)
+        return ledger.projected_epsilon(step) <= policy.epsilon_max
+
+    sigma = _smallest_fitting(fits, floor)
+    if sigma is None:
+        raise BudgetExceededError(
+            f"the remaining budget ({spent:.4f} of {policy.epsilon_max:g} spent) "
+            f"cannot cover {steps_this_run} more steps at any noise multiplier"
+        )
+    return sigma
+
+
+def _smallest_fitting(fits: Callable[[float], bool], floor: float) -> float | None:
+    """Smallest sigma >= floor with ``fits(sigma)`` (bisection, bounded calls)."""
+    if fits(floor):
+        return floor
+    calls = 1
+    lo, hi = floor, max(2 * floor, 1.0)
+    while True:
+        calls += 1
+        if fits(hi):
+            break
+        lo, hi = hi, 2 * hi
+        if hi > _SIGMA_CEILING:
+            return None
+    while hi - lo > _SIGMA_REL_TOL * hi and calls < _MAX_ACCOUNTANT_CALLS:
+        calls += 1
+        mid = (lo + hi) / 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
