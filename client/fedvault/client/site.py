@@ -1,8 +1,12 @@
 """Where a site's data lives and how it is split, loaded and turned into tensors.
 
-A site's settings come from its *own* node config (deployment: ``--node-config``);
-in simulation Flower only gives ``partition-id``, so the launcher passes each
-simulated site's file as the run-config key ``site.<partition-id>.data``.
+A site's settings come from its *own* node config (deployment: ``--node-config``):
+either ``vault=DIR key-file=PATH`` (the encrypted site vault, the normal case) or
+``data=PATH`` (a plain CSV/Parquet file, for quick experiments), plus ``site-name``,
+``state`` and ``policy``. In simulation Flower only gives ``partition-id``, so the
+launcher passes each simulated site's settings as run-config keys
+``site.<partition-id>.<key>`` — a simulation-only shortcut: a deployed site never
+takes its data location or key from the coordinator.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
+from fedvault.client.data.vault_format import MANIFEST_NAME
 from fedvault.common.data import load_table
 from fedvault.common.errors import ConfigError, DataError
 from fedvault.common.preprocessing import Preprocessing
@@ -31,33 +36,52 @@ class SiteSettings:
     """The site's own name, data file, state folder and privacy policy file."""
 
     name: str
-    data: Path
+    data: Path | None = None
+    vault: Path | None = None
+    key_file: Path | None = None
     state: Path | None = None
     policy: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.vault is None):
+            raise ConfigError(
+                f"site {self.name}: set exactly one of data=PATH or vault=DIR"
+            )
+        if self.vault is not None and self.key_file is None:
+            raise ConfigError(f"site {self.name}: vault=DIR needs key-file=PATH")
 
 
 def site_settings(
     node_config: Mapping[str, Any], run_config: Mapping[str, Any]
 ) -> SiteSettings:
     """Resolve the site from its node config (or, in simulation, its partition id)."""
-    if "data" in node_config:
-        return SiteSettings(
-            name=str(node_config.get("site-name", "site")),
-            data=Path(str(node_config["data"])),
-            state=_path(node_config.get("state")),
-            policy=_path(node_config.get("policy")),
-        )
+    if "data" in node_config or "vault" in node_config:
+        return _from(node_config, "", str(node_config.get("site-name", "site")))
     if "partition-id" in node_config:
         pid = int(node_config["partition-id"])
-        key = f"site.{pid}.data"
-        if key not in run_config:
-            raise ConfigError(f"run config has no {key!r} for simulated site {pid}")
-        return SiteSettings(
-            name=str(run_config.get(f"site.{pid}.name", f"site-{pid + 1}")),
-            data=Path(str(run_config[key])),
-            state=_path(run_config.get(f"site.{pid}.state")),
-        )
-    raise ConfigError("node config names no data: set data=PATH (and site-name=NAME)")
+        prefix = f"site.{pid}."
+        if not any(k.startswith(prefix) for k in run_config):
+            raise ConfigError(f"run config has no {prefix}* keys for simulated site")
+        name = str(run_config.get(f"{prefix}name", f"site-{pid + 1}"))
+        return _from(run_config, prefix, name)
+    raise ConfigError(
+        "node config names no data: set vault=DIR key-file=PATH (or data=PATH), "
+        "site-name=NAME, state=DIR"
+    )
+
+
+def _from(config: Mapping[str, Any], prefix: str, name: str) -> SiteSettings:
+    def get(key: str) -> Path | None:
+        return _path(config.get(prefix + key))
+
+    return SiteSettings(
+        name=name,
+        data=get("data"),
+        vault=get("vault"),
+        key_file=get("key-file"),
+        state=get("state"),
+        policy=get("policy"),
+    )
 
 
 def _path(value: object) -> Path | None:
@@ -72,11 +96,22 @@ class SplitData:
     validation: pd.DataFrame
 
 
+def _read(site: SiteSettings) -> pd.DataFrame:
+    if site.vault is not None and site.key_file is not None:
+        from fedvault.client.data.keys import load_key
+        from fedvault.client.data.vault import read_frame
+
+        return read_frame(site.vault, load_key(site.key_file, vault_dir=site.vault))
+    if site.data is None:
+        raise ConfigError(f"site {site.name}: no data configured")
+    return load_table(site.data)
+
+
 @functools.lru_cache(maxsize=8)
-def _load_split(path: str, mtime_ns: int, target: str, seed: int) -> SplitData:
-    frame = load_table(Path(path))
+def _load_split(site: SiteSettings, version: int, target: str, seed: int) -> SplitData:
+    frame = _read(site)
     if target not in frame.columns:
-        raise DataError(f"{path}: target column {target!r} missing")
+        raise DataError(f"site {site.name}: target column {target!r} missing")
     frame = frame[frame[target].notna()]
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(frame))
@@ -89,12 +124,17 @@ def _load_split(path: str, mtime_ns: int, target: str, seed: int) -> SplitData:
 
 
 def load_site_data(site: SiteSettings, *, target: str, seed: int) -> SplitData:
-    """Load and split the site's data (cached per process while the file is same)."""
+    """Load and split the site's data (cached per process while it is unchanged).
+
+    A vault is decrypted and verified in full before any row is used; a wrong key or
+    a tampered vault raises :class:`IntegrityError` and nothing is trained.
+    """
+    source = site.vault / MANIFEST_NAME if site.vault is not None else site.data
     try:
-        mtime = site.data.stat().st_mtime_ns
+        version = source.stat().st_mtime_ns if source is not None else 0
     except OSError as exc:
-        raise DataError(f"site {site.name}: cannot read {site.data}") from exc
-    return _load_split(str(site.data), mtime, target, seed)
+        raise DataError(f"site {site.name}: cannot read {source}") from exc
+    return _load_split(site, version, target, seed)
 
 
 def usable(split: SplitData, target: str) -> str | None:

@@ -2,7 +2,8 @@
 runtime, with the same ServerApp and ClientApp a real deployment runs.
 
 The launcher only prepares files (one data file per simulated site, a held-out test
-file for central evaluation) and starts Flower; sites and coordinator then exchange
+file for central evaluation — or, with ``--vaults``, each site's own encrypted vault
+and no central data at all) and starts Flower; sites and coordinator then exchange
 nothing but Flower messages: summary counts, model weights and metrics.
 """
 
@@ -50,6 +51,8 @@ class SimulationOptions:
     target: str = DEFAULT_TARGET
     test_share: float = 0.2
     out: str = ""
+    vaults: str = ""
+    key: str = ""
     state: str = ""
     site_budget: float = 0.0
     timeout: float = 3600.0
@@ -59,6 +62,10 @@ class SimulationOptions:
             raise ConfigError(f"sites: must be >= 1, got {self.sites}")
         if not 0 < self.test_share < 1:
             raise ConfigError(f"test-share: must be in (0, 1), got {self.test_share}")
+        if self.vaults and self.data:
+            raise ConfigError("vaults: give either --vaults or --data, not both")
+        if self.vaults and not self.key:
+            raise ConfigError("key: --vaults needs --key KEYFILE (the vaults' key)")
         if self.site_budget < 0:
             raise ConfigError(f"site-budget: must be >= 0, got {self.site_budget}")
         if self.timeout <= 0:
@@ -95,15 +102,38 @@ def load_config(values: Mapping[str, Any]) -> SimulationConfig:
 
 @dataclass(frozen=True)
 class PreparedData:
-    sites: list[tuple[str, pd.DataFrame]]
-    test: pd.DataFrame
+    """Per site either rows (written to a file for it) or its encrypted vault."""
+
+    sites: list[tuple[str, pd.DataFrame | Path]]
+    test: pd.DataFrame | None
     excluded: dict[str, str]
     training: TrainingConfig
+
+
+def _vaults(cfg: SimulationConfig) -> PreparedData:
+    """One simulated site per vault. The launcher never decrypts a vault: each site
+    opens its own with the key file, and refuses (clearly) a wrong key or a tampered
+    vault. With vaults there is no central test split (the coordinator holds no
+    data): the model is evaluated on the sites' own validation splits."""
+    key = Path(cfg.options.key)
+    if not key.is_file():
+        raise ConfigError(f"key: key file not found: {key}")
+    sites: list[tuple[str, pd.DataFrame | Path]] = []
+    for text in cfg.options.vaults.split(","):
+        vault = Path(text.strip())
+        if not (vault / "manifest.fvm").is_file():
+            raise ConfigError(f"vaults: {vault} is not a fedvault data vault")
+        sites.append((vault.resolve().name, vault.resolve()))
+    if len({name for name, _ in sites}) != len(sites):
+        raise ConfigError("vaults: two vaults share a folder name; rename one")
+    return PreparedData(sites=sites, test=None, excluded={}, training=cfg.training)
 
 
 def prepare_data(cfg: SimulationConfig) -> PreparedData:
     """Load, check, hold out a test split and partition; raises before writing."""
     opts = cfg.options
+    if opts.vaults:
+        return _vaults(cfg)
     if opts.data:
         source = opts.data
         frame = load_table(Path(opts.data))
@@ -119,10 +149,12 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
         rest, spec, num_sites=opts.sites, target=opts.target, seed=cfg.training.seed
     )
     excluded = {name: "no rows" for name, part in parts if part.empty}
-    sites = [(name, part) for name, part in parts if not part.empty]
+    sites: list[tuple[str, pd.DataFrame | Path]] = [
+        (name, part) for name, part in parts if not part.empty
+    ]
     if not sites:
         raise DataError("no site received any rows")
-    training = _with_delta(cfg, max(len(p) for _, p in sites))
+    training = _with_delta(cfg, max(len(p) for _, p in parts))
     return PreparedData(sites=sites, test=test, excluded=excluded, training=training)
 
 
@@ -199,25 +231,48 @@ def site_states(
     return folders
 
 
+def _site_inputs(
+    prepared: PreparedData, cfg: SimulationConfig, work: Path
+) -> tuple[list[dict[str, str]], str]:
+    """Write each data site's rows to its own file; vault sites keep their vault.
+    Returns the per-site run-config entries and the test file ('' if none)."""
+    data_dir = work / "sites"
+    data_dir.mkdir()
+    entries = []
+    for pid, (_, source) in enumerate(prepared.sites):
+        if isinstance(source, Path):
+            key = str(Path(cfg.options.key).resolve())
+            entries.append({"vault": str(source), "key-file": key})
+            continue
+        path = data_dir / f"site-{pid}.parquet"
+        source.to_parquet(path, index=False)
+        entries.append({"data": str(path)})
+    if prepared.test is None:
+        return entries, ""
+    test_file = work / "test.parquet"
+    prepared.test.to_parquet(test_file, index=False)
+    return entries, str(test_file)
+
+
 def _run_config(
     prepared: PreparedData,
     cfg: SimulationConfig,
     out: Path,
-    files: list[Path],
-    test_file: Path,
+    entries: list[dict[str, str]],
+    test_file: str,
     states: list[Path],
 ) -> dict[str, Any]:
     run_config: dict[str, Any] = dict(prepared.training.to_run_config())
     run_config |= {
         "target": cfg.options.target,
         "out-dir": str(out),
-        "test-data": str(test_file),
-        "expected-sites": len(files),
+        "test-data": test_file,
+        "expected-sites": len(entries),
         "excluded-sites": json.dumps(prepared.excluded),
         "client-threads": 1,
     }
-    for pid, ((name, _), path) in enumerate(zip(prepared.sites, files, strict=True)):
-        run_config[f"site.{pid}.data"] = str(path)
+    for pid, ((name, _), entry) in enumerate(zip(prepared.sites, entries, strict=True)):
+        run_config |= {f"site.{pid}.{k}": v for k, v in entry.items()}
         run_config[f"site.{pid}.name"] = name
         run_config[f"site.{pid}.state"] = str(states[pid].resolve())
     return run_config
@@ -243,19 +298,12 @@ def run(
     out = out.resolve()
     with tempfile.TemporaryDirectory(prefix="fedvault-sim-") as tmp:
         layout = _flower.SimulationLayout(Path(tmp))
-        data_dir = layout.work / "sites"
-        data_dir.mkdir()
-        files = []
-        for pid, (_, part) in enumerate(prepared.sites):
-            path = data_dir / f"site-{pid}.parquet"
-            part.to_parquet(path, index=False)
-            files.append(path)
-        test_file = layout.work / "test.parquet"
-        prepared.test.to_parquet(test_file, index=False)
+        entries, test_file = _site_inputs(prepared, cfg, layout.work)
         port = _flower.free_port()
         state_root = Path(opts_state) if (opts_state := cfg.options.state) else None
         states = site_states(prepared, cfg, state_root or layout.work / "state")
-        layout.write(_run_config(prepared, cfg, out, files, test_file, states), port)
+        run_config = _run_config(prepared, cfg, out, entries, test_file, states)
+        layout.write(run_config, port)
         started = time.monotonic()
         with (
             (out / "flower.log").open("ab") as log,
@@ -263,7 +311,7 @@ def run(
         ):
             status = _flower.submit_and_wait(
                 layout,
-                num_sites=len(files),
+                num_sites=len(entries),
                 log=log,
                 timeout=cfg.options.timeout,
                 on_poll=on_poll,

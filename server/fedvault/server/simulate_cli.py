@@ -117,6 +117,16 @@ def simulate(
             "sigma for --epsilon (default: 0)."
         ),
     ] = None,
+    vaults: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated site vaults (from `fedvault data import`), one "
+            "simulated site each; use with --key and --target."
+        ),
+    ] = None,
+    key: Annotated[
+        Path | None, typer.Option(help="Key file of the vaults given with --vaults.")
+    ] = None,
     state: Annotated[
         Path | None,
         typer.Option(
@@ -173,6 +183,8 @@ def simulate(
         noise_multiplier=noise_multiplier,
         state=str(state) if state else None,
         site_budget=site_budget,
+        vaults=vaults,
+        key=str(key) if key else None,
     )
     if no_dp:
         values["dp"] = False
@@ -293,8 +305,17 @@ def _print_tables(summary: dict[str, Any], out: Path) -> None:
     if summary["status"] != "completed":
         console.print(f"[yellow]Run stopped early:[/] {summary['stop_reason']}")
     final = summary["final"]
+    if final.get("accuracy") is None:
+        measured = (
+            f"Final accuracy on the sites' own validation splits "
+            f"{_fmt(final.get('val_accuracy'))} (no central test data)."
+        )
+    else:
+        measured = (
+            f"Final test accuracy {_fmt(final.get('accuracy'))}, "
+            f"AUC {_fmt(final.get('auc'))}."
+        )
     console.print(
-        f"Final test accuracy {_fmt(final.get('accuracy'))}, "
-        f"AUC {_fmt(final.get('auc'))}. Results in [bold]{out}[/] "
-        "(summary.json, metrics.csv, model.pt)."
+        f"{measured} Results in [bold]{out}[/] (summary.json, "
+        "privacy.txt, metrics.csv, model.pt)."
     )

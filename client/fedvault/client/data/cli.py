@@ -1,0 +1,295 @@
+"""``fedvault data``: a site's own data pipeline, from raw export to encrypted vault.
+
+Commands: ``schema infer``, ``import``, ``keygen``, ``rotate-key``, ``inspect``,
+``demo``. User errors print one ``error:`` line on stderr and exit with status 2
+(1 for failures that are not the user's); the vault is left as it was.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import date, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from fedvault.client.data import keys, render
+from fedvault.client.data.demo import DEMO_TARGET, write_demo
+from fedvault.client.data.importer import ImportOptions, OnInvalid, import_raw
+from fedvault.client.data.infer import infer_schema
+from fedvault.client.data.reader import ReadOptions
+from fedvault.client.data.schema_toml import load_schema
+from fedvault.client.data.vault import read_header, read_manifest, rotate_key
+from fedvault.common.errors import ConfigError, FedVaultError
+
+EXIT_USER_ERROR = 2
+EXIT_FAILED = 1
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class OutputFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+app = typer.Typer(
+    name="data",
+    help="Site data: schema contract, anonymization, encrypted vault, quality report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+schema_app = typer.Typer(help="Schema contracts.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+
+KeyOpt = Annotated[
+    Path | None,
+    typer.Option("--key", help="Key file (from `keygen`); or set FEDVAULT_DATA_KEY."),
+]
+PassOpt = Annotated[
+    bool,
+    typer.Option(
+        "--passphrase",
+        help="Derive the key from a passphrase (prompt, or FEDVAULT_DATA_PASSPHRASE).",
+    ),
+]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="text or json.")]
+DelimOpt = Annotated[str, typer.Option("--delimiter", help="CSV field separator.")]
+EncOpt = Annotated[str, typer.Option("--encoding", help="Text encoding of the CSV.")]
+
+
+def _user_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn fedvault errors into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except FedVaultError as exc:
+            code = EXIT_USER_ERROR if isinstance(exc, ValueError) else EXIT_FAILED
+            raise _fail(str(exc), code) from None
+        except OSError as exc:
+            raise _fail(f"{exc.strerror or exc}: {exc.filename}", EXIT_FAILED) from None
+
+    return wrapper
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    return typer.Exit(code)
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+@schema_app.command("infer")
+@_user_errors
+def schema_infer(
+    raw: Annotated[Path, typer.Argument(help="Raw export (CSV or Parquet).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here.")] = None,
+    delimiter: DelimOpt = ",",
+    encoding: EncOpt = "utf-8",
+) -> None:
+    """Draft a schema contract from RAW and flag columns that look personal."""
+    if out is not None and out.exists():
+        raise ConfigError(f"{out}: already exists; choose another --out")
+    options = ReadOptions(delimiter=delimiter, encoding=encoding)
+    draft = infer_schema(raw, options=options)
+    text = draft.to_toml(raw.name)
+    flagged = {n: f for n, f in draft.findings.items() if f}
+    lines = [f"{n}: " + "; ".join(x.describe() for x in f) for n, f in flagged.items()]
+    if out is None:
+        sys.stdout.write(text)
+        for line in lines:
+            typer.echo(f"personal data? {line}", err=True)
+        return
+    out.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote draft schema {out} ({len(draft.schema.columns)} columns)")
+    for line in lines:
+        typer.echo(f"  personal data? {line}")
+    typer.echo("Review every role before importing: roles decide what is kept.")
+
+
+@app.command("import")
+@_user_errors
+def import_command(
+    raw: Annotated[Path, typer.Argument(help="Raw export (CSV or Parquet).")],
+    schema: Annotated[Path, typer.Option("--schema", help="Schema contract (TOML).")],
+    vault: Annotated[Path, typer.Option("--vault", help="Vault folder to write.")],
+    key: KeyOpt = None,
+    passphrase: PassOpt = False,
+    secret: Annotated[
+        Path | None,
+        typer.Option("--secret", help="Site secret for pseudonyms (from `keygen`)."),
+    ] = None,
+    on_invalid: Annotated[
+        OnInvalid, typer.Option("--on-invalid", help="fail, or drop invalid rows.")
+    ] = OnInvalid.FAIL,
+    delimiter: DelimOpt = ",",
+    encoding: EncOpt = "utf-8",
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows")] = 100_000,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Reference date YYYY-MM-DD.")
+    ] = None,
+    output: FormatOpt = OutputFormat.TEXT,
+) -> None:
+    """Validate, anonymize, measure and encrypt RAW into the vault."""
+    contract = load_schema(schema)
+    vault_key, salt = _resolve_key(vault, key, passphrase, existing=False)
+    site_secret = _resolve_secret(secret, vault)
+    options = ImportOptions(
+        on_invalid=on_invalid,
+        read=ReadOptions(delimiter=delimiter, encoding=encoding, chunk_rows=chunk_rows),
+        as_of=_parse_date(as_of),
+    )
+    result = import_raw(
+        raw,
+        contract,
+        vault,
+        key=vault_key,
+        secret=site_secret,
+        options=options,
+        kdf_salt=salt,
+    )
+    manifest = result.manifest
+    if output is OutputFormat.JSON:
+        typer.echo(json.dumps({"vault": str(vault), **manifest.to_dict()}, indent=2))
+        return
+    console = _console()
+    console.print(render.manifest_table(manifest, vault=str(vault)))
+    console.print(render.quality_table(manifest.quality))
+    console.print(render.weak_columns_table(manifest.quality))
+
+
+@app.command("keygen")
+@_user_errors
+def keygen(
+    path: Annotated[Path, typer.Argument(help="Key file to create (mode 0600).")],
+) -> None:
+    """Create a 256-bit key file (vault key or site secret); never overwrites."""
+    key = keys.write_key(path)
+    typer.echo(f"wrote {path} (key id {keys.key_id(key)}, mode 0600)")
+    typer.echo("Back it up outside the vault: without it the vault cannot be read.")
+
+
+@app.command("rotate-key")
+@_user_errors
+def rotate_key_command(
+    vault: Annotated[Path, typer.Argument(help="Vault folder.")],
+    key: KeyOpt = None,
+    passphrase: PassOpt = False,
+    new_key: Annotated[
+        Path | None, typer.Option("--new-key", help="New key file (from `keygen`).")
+    ] = None,
+    new_passphrase: Annotated[bool, typer.Option("--new-passphrase")] = False,
+) -> None:
+    """Re-encrypt the vault under a new key, atomically."""
+    old, _ = _resolve_key(vault, key, passphrase, existing=True)
+    if new_key is None and not new_passphrase:
+        raise ConfigError(
+            "pass --new-key FILE (create it with keygen) or --new-passphrase"
+        )
+    new, salt = _resolve_key(
+        vault, new_key, new_passphrase, existing=False, env=keys.NEW_PASSPHRASE_ENV
+    )
+    if new == old:
+        raise ConfigError("the new key is the old key; create a new one with keygen")
+    manifest = rotate_key(vault, old, new, kdf_salt=salt)
+    typer.echo(f"re-encrypted {vault} under key id {manifest.key_id}")
+    typer.echo("The old key no longer opens it; destroy the old key file.")
+
+
+@app.command("inspect")
+@_user_errors
+def inspect(
+    vault: Annotated[Path, typer.Argument(help="Vault folder.")],
+    key: KeyOpt = None,
+    passphrase: PassOpt = False,
+    output: FormatOpt = OutputFormat.TEXT,
+) -> None:
+    """Show a vault's manifest, schema and quality report (never rows)."""
+    vault_key, _ = _resolve_key(vault, key, passphrase, existing=True)
+    manifest = read_manifest(vault, vault_key)
+    if output is OutputFormat.JSON:
+        typer.echo(json.dumps(manifest.to_dict(), indent=2))
+        return
+    console = _console()
+    console.print(render.manifest_table(manifest, vault=str(vault)))
+    console.print(render.columns_table(manifest))
+    console.print(render.quality_table(manifest.quality))
+    console.print(render.weak_columns_table(manifest.quality))
+
+
+@app.command("demo")
+@_user_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo files.")],
+    sites: Annotated[int, typer.Option("--sites", help="Number of sites.")] = 3,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Write demo hospital exports (fake people, real clinical data) and a schema."""
+    files = write_demo(out, sites=sites, seed=seed)
+    typer.echo(f"wrote {len(files.sites)} site exports and {files.schema}")
+    typer.echo(f"label column: {DEMO_TARGET}. Next, per site i:")
+    typer.echo("  fedvault data keygen site-i.key; fedvault data keygen site-i.secret")
+    typer.echo(
+        f"  fedvault data import {out}/site-i.csv --schema {files.schema} "
+        "--vault vaults/site-i --key site-i.key --secret site-i.secret"
+    )
+
+
+def _resolve_key(
+    vault: Path,
+    key_file: Path | None,
+    passphrase: bool,
+    *,
+    existing: bool,
+    env: str = keys.PASSPHRASE_ENV,
+) -> tuple[bytes, bytes | None]:
+    """The vault key and, for passphrase keys, the scrypt salt to store."""
+    if key_file is not None and passphrase:
+        raise ConfigError("use either a key file or a passphrase, not both")
+    if key_file is not None:
+        return keys.load_key(key_file, vault_dir=vault), None
+    if passphrase:
+        phrase = os.environ.get(env) or typer.prompt(
+            "Vault passphrase", hide_input=True, confirmation_prompt=not existing
+        )
+        salt = read_header(vault).kdf_salt if existing else os.urandom(16)
+        return keys.key_from_passphrase(phrase, salt), salt
+    from_env = keys.key_from_env()
+    if from_env is None:
+        raise ConfigError(
+            "no key: pass --key FILE (create one with `fedvault data keygen FILE`), "
+            f"--passphrase, or set {keys.KEY_ENV}"
+        )
+    return from_env, None
+
+
+def _resolve_secret(path: Path | None, vault: Path) -> bytes | None:
+    if path is not None:
+        return keys.load_key(path, vault_dir=vault)
+    return keys.key_from_env(name=keys.SECRET_ENV)
+
+
+def _parse_date(text: str | None) -> date | None:
+    if text is None:
+        return None
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise ConfigError(f"--as-of: expected YYYY-MM-DD, got {text!r}") from None
+
+
+if __name__ == "__main__":  # pragma: no cover - ``python -m fedvault.client.data.cli``
+    app()
