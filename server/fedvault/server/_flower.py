@@ -14,11 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -29,6 +25,7 @@ from typing import IO
 import tomli_w
 
 from fedvault.common.errors import FederationError
+from fedvault.common.processes import flower_bin, flower_env, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -37,34 +34,6 @@ CLIENT_COMPONENT = "fedvault.client.app:app"
 CONNECTION = "fedvault-sim"
 
 RunConfig = Mapping[str, bool | int | float | str]
-
-
-def flower_env(
-    flwr_home: Path, extra: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """Environment for every Flower process: no telemetry, no update check, no
-    runtime dependency installation, and a private FLWR_HOME."""
-    env = dict(os.environ)
-    env |= {
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env |= dict(extra or {})
-    return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _bin(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
 
 
 @dataclass(frozen=True)
@@ -130,29 +99,13 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float) -> N
     raise FederationError(f"the Flower SuperLink did not start within {timeout:g} s")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """TERM, then INT (TERM alone hangs while `flwr run --stream` is attached),
-    then KILL."""
-    for sig, wait in (
-        (signal.SIGTERM, 5.0),
-        (signal.SIGINT, 5.0),
-        (signal.SIGKILL, 5.0),
-    ):
-        if proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=wait)
-
-
 @contextlib.contextmanager
 def superlink(layout: SimulationLayout, port: int, log: IO[bytes]) -> Iterator[None]:
     """A simulation SuperLink on 127.0.0.1:port for the duration of the block."""
     env = flower_env(layout.flwr_home, {"RAY_TMPDIR": str(layout.work / "ray")})
     (layout.work / "ray").mkdir(exist_ok=True)
     cmd = [
-        _bin("flower-superlink"),
+        flower_bin("flower-superlink"),
         "--insecure",
         "--simulation",
         "--host",
@@ -173,7 +126,7 @@ def superlink(layout: SimulationLayout, port: int, log: IO[bytes]) -> Iterator[N
         _wait_healthy(port, proc, timeout=60)
         yield
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def submit_and_wait(
@@ -188,7 +141,7 @@ def submit_and_wait(
     env = flower_env(layout.flwr_home, {"RAY_TMPDIR": str(layout.work / "ray")})
     federation = f"num-supernodes={num_sites} client-resources-num-cpus=1"
     cmd = [
-        _bin("flwr"),
+        flower_bin("flwr"),
         "run",
         str(layout.app_dir),
         CONNECTION,
@@ -218,7 +171,7 @@ def submit_and_wait(
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=0.5)
     except BaseException:
-        _stop(proc)
+        stop_process(proc)
         raise
     if on_poll is not None:
         on_poll()
@@ -228,7 +181,7 @@ def submit_and_wait(
 def _last_run_status(layout: SimulationLayout) -> str:
     env = flower_env(layout.flwr_home)
     out = subprocess.run(  # noqa: S603
-        [_bin("flwr"), "ls", CONNECTION, "--format", "json"],
+        [flower_bin("flwr"), "ls", CONNECTION, "--format", "json"],
         cwd=layout.work,
         env=env,
         capture_output=True,

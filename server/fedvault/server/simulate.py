@@ -32,6 +32,7 @@ from fedvault.common.data import (
 )
 from fedvault.common.errors import ConfigError, DataError, FederationError
 from fedvault.common.partition import PartitionSpec, partition_table
+from fedvault.common.processes import free_port
 from fedvault.server import _flower
 from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE
 
@@ -299,7 +300,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="fedvault-sim-") as tmp:
         layout = _flower.SimulationLayout(Path(tmp))
         entries, test_file = _site_inputs(prepared, cfg, layout.work)
-        port = _flower.free_port()
+        port = free_port()
         state_root = Path(opts_state) if (opts_state := cfg.options.state) else None
         states = site_states(prepared, cfg, state_root or layout.work / "state")
         run_config = _run_config(prepared, cfg, out, entries, test_file, states)

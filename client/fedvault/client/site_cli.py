@@ -1,0 +1,62 @@
+"""``fedvault client``: a site's key pair and its connection to the coordinator."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from fedvault.client.supernode import load_site_config, run_site
+from fedvault.common.certs import generate_site_keys
+
+console = Console(stderr=True)
+
+site_app = typer.Typer(
+    name="client",
+    help="Run a site: create its key pair and connect it to the coordinator.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@site_app.command("keygen")
+def keygen(
+    directory: Annotated[
+        Path, typer.Argument(help="Folder for site.key and site.pub.")
+    ],
+    name: Annotated[str, typer.Option(help="Comment stored in the public key.")] = "",
+) -> None:
+    """Create this site's authentication key pair (EC P-384, OpenSSH format).
+
+    site.key never leaves the site; send only site.pub to the coordinator, who runs
+    `fedvault server sites add NAME site.pub`.
+    """
+    private, public = generate_site_keys(directory, comment=name)
+    sys.stdout.write(public.read_text())
+    console.print(
+        f"private key {private} (keep it here); public key {public} "
+        "(send it to the coordinator)"
+    )
+
+
+@site_app.command("start")
+def start(
+    config: Annotated[Path, typer.Option(help="The site's TOML settings.")] = Path(
+        "site.toml"
+    ),
+) -> None:
+    """Connect this site to the coordinator and train when asked (until stopped).
+
+    TLS and site authentication are on unless the config says insecure = true.
+    """
+    cfg = load_site_config(config)
+    if cfg.options.insecure:
+        console.print(
+            "[bold red]WARNING: insecure = true: no TLS and no site "
+            "authentication; test use on one machine only.[/]"
+        )
+    run_site(cfg, echo=sys.stderr)

@@ -1,0 +1,116 @@
+"""``fedvault certs``: the consortium CA and the coordinator's TLS certificate."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedvault.common import certs
+from fedvault.common.errors import ConfigError
+
+console = Console()
+err_console = Console(stderr=True)
+
+certs_app = typer.Typer(
+    name="certs",
+    help="Consortium CA and coordinator certificate (TLS for every site connection).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@certs_app.command("init")
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder for ca.crt and ca.key.")],
+    name: Annotated[
+        str, typer.Option(help="CA common name.")
+    ] = "fedvault consortium CA",
+    days: Annotated[int, typer.Option(help="CA lifetime in days.")] = certs.CA_DAYS,
+) -> None:
+    """Create the consortium CA. Keep ca.key offline or on the coordinator only;
+    give ca.crt to every site."""
+    cert = certs.create_ca(directory, name=name, days=days)
+    console.print(
+        f"CA certificate {cert} (give it to every site); "
+        f"private key {directory / certs.CA_KEY} (keep it secret)."
+    )
+
+
+@certs_app.command("server")
+def server(
+    directory: Annotated[Path, typer.Argument(help="Folder holding the CA.")],
+    host: Annotated[
+        str, typer.Option(help="DNS name sites dial to reach the coordinator.")
+    ],
+    ip: Annotated[
+        list[str] | None, typer.Option(help="IP address sites may dial (repeatable).")
+    ] = None,
+    days: Annotated[int, typer.Option(help="Lifetime in days.")] = certs.SERVER_DAYS,
+) -> None:
+    """Issue the coordinator's TLS certificate (SANs: --host, each --ip, localhost,
+    127.0.0.1)."""
+    cert = certs.issue_server_cert(directory, host=host, ips=tuple(ip or ()), days=days)
+    console.print(
+        f"coordinator certificate {cert} for {host}"
+        + (f" and {', '.join(ip)}" if ip else "")
+    )
+
+
+@certs_app.command("check")
+def check(
+    directory: Annotated[Path, typer.Argument(help="Folder of *.crt files.")],
+    warn_days: Annotated[
+        float, typer.Option(help="Warn when fewer days remain.")
+    ] = certs.WARN_DAYS,
+    output_format: Annotated[
+        str, typer.Option("--format", help="text | json")
+    ] = "text",
+) -> None:
+    """Show each certificate's remaining lifetime. Exit 1 when one is expired or
+    invalid, 3 when one expires within --warn-days."""
+    if output_format not in ("text", "json"):
+        raise ConfigError(f"format: use text or json, not {output_format!r}")
+    statuses = certs.check_certificates(directory, warn_days=warn_days)
+    if output_format == "json":
+        rows = [
+            {
+                "path": str(s.path),
+                "subject": s.subject,
+                "not-after": s.not_after.isoformat(),
+                "days-left": round(s.days_left, 2),
+                "state": s.state,
+                "detail": s.detail,
+            }
+            for s in statuses
+        ]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        table = Table(title=f"Certificates in {directory}")
+        for col in ("file", "subject", "expires (UTC)", "days left", "state"):
+            table.add_column(col)
+        for s in statuses:
+            style = {"ok": "green", "expiring": "yellow"}.get(s.state, "bold red")
+            table.add_row(
+                s.path.name,
+                s.subject,
+                s.not_after.strftime("%Y-%m-%d"),
+                f"{s.days_left:.0f}",
+                f"[{style}]{s.state}[/] {s.detail}",
+            )
+        console.print(table)
+    states = {s.state for s in statuses}
+    if states & {"expired", "invalid"}:
+        raise typer.Exit(1)
+    if "expiring" in states:
+        err_console.print(
+            f"[yellow]warning:[/] a certificate expires within "
+            f"{warn_days:g} days; renew it"
+        )
+        raise typer.Exit(3)

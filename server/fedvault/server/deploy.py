@@ -1,0 +1,263 @@
+"""A deployed coordinator's settings and files (parsed once, at the edge).
+
+``coordinator.toml``::
+
+    [coordinator]
+    run-dir = "consortium-run"          # state, logs and results of this coordinator
+    fleet-address = "0.0.0.0:9092"      # Flower's gRPC Fleet API: the ONLY partner port
+    control-address = "127.0.0.1:9093"  # Control API: loopback or a private address
+    certs = "certs"                     # ca.crt, server.crt, server.key
+    expected-sites = 3                  # wait for this many sites before round 1
+    target = "target"
+    test-data = ""                      # optional held-out file for central evaluation
+    timeout = 86400                     # whole-run limit, seconds
+    client-threads = 0                  # torch threads per site ClientApp (0: all)
+
+    [training]                          # TrainingConfig keys (rounds, min-sites, ...)
+    rounds = 10
+
+    [sites]                             # optional: registered at start
+    hospital-a = "keys/hospital-a.pub"
+
+Relative paths are resolved against the folder holding the file. Flower's Control API
+has no user authentication in open-source Flower (whoever reaches it can run code on
+every site), so its address must be loopback or private; only the Fleet port is meant
+to be opened to partners.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedvault.common.certs import CA_CERT, SERVER_CERT, SERVER_KEY
+from fedvault.common.config import TrainingConfig, parse_fields
+from fedvault.common.errors import ConfigError
+from fedvault.server import _flower
+
+CONNECTION = "fedvault-coordinator"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoordinatorOptions:
+    """The ``[coordinator]`` table."""
+
+    run_dir: str = "fedvault-coordinator"
+    fleet_address: str = "0.0.0.0:9092"
+    control_address: str = "127.0.0.1:9093"
+    certs: str = "certs"
+    expected_sites: int = 0
+    target: str = "target"
+    test_data: str = ""
+    timeout: float = 86400.0
+    client_threads: int = 0
+
+    def __post_init__(self) -> None:
+        split_address(self.fleet_address, key="fleet-address")
+        host, _ = split_address(self.control_address, key="control-address")
+        check_private_host(host)
+        if self.expected_sites < 0:
+            raise ConfigError(
+                f"expected-sites: must be >= 0, got {self.expected_sites}"
+            )
+        if not self.timeout > 0:
+            raise ConfigError(f"timeout: must be > 0, got {self.timeout}")
+        if not self.target:
+            raise ConfigError("target: must not be empty")
+
+
+def split_address(address: str, *, key: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into its parts; port 1..65535."""
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+def check_private_host(host: str) -> None:
+    """Refuse a Control API address that partners (or the internet) could reach."""
+    if host == "localhost":
+        return
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(
+            f"control-address: {host!r} must be an IP address (loopback or private), "
+            "not a host name"
+        ) from None
+    if ip.is_unspecified or not (ip.is_loopback or ip.is_private):
+        raise ConfigError(
+            f"control-address: {host} is not loopback or private; Flower's Control "
+            "API has no authentication, so it must never face partners"
+        )
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """Everything ``fedvault server`` needs, with absolute paths."""
+
+    options: CoordinatorOptions
+    training: TrainingConfig
+    sites: dict[str, Path]
+    base: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.base / self.options.run_dir
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.base / self.options.certs
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.certs_dir / CA_CERT
+
+    @property
+    def expected_sites(self) -> int:
+        return self.options.expected_sites or self.training.min_sites
+
+    def check_certs(self) -> None:
+        for name in (CA_CERT, SERVER_CERT, SERVER_KEY):
+            if not (self.certs_dir / name).is_file():
+                raise ConfigError(
+                    f"certs: {self.certs_dir / name} missing; create it with "
+                    "`fedvault certs init` and `fedvault certs server`"
+                )
+
+
+def load_coordinator_config(path: Path) -> CoordinatorConfig:
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    return parse_coordinator_config(raw, base=path.resolve().parent)
+
+
+def parse_coordinator_config(raw: dict[str, Any], *, base: Path) -> CoordinatorConfig:
+    unknown = sorted(set(raw) - {"coordinator", "training", "sites"})
+    if unknown:
+        raise ConfigError(f"config: unknown table {unknown[0]!r}")
+    tables = {}
+    for name in ("coordinator", "training", "sites"):
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"config: [{name}] must be a table")
+        tables[name] = table
+    options = parse_fields(
+        CoordinatorOptions, tables["coordinator"], source="[coordinator]"
+    )
+    training = parse_fields(TrainingConfig, tables["training"], source="[training]")
+    sites = {}
+    for name, key_path in tables["sites"].items():
+        if not isinstance(key_path, str):
+            raise ConfigError(f"[sites] {name}: expected a public key path")
+        sites[str(name)] = base / key_path
+    return CoordinatorConfig(options, training, sites, base)
+
+
+@dataclass(frozen=True)
+class CoordinatorLayout:
+    """Files of a coordinator under its run folder."""
+
+    root: Path
+
+    @property
+    def state(self) -> Path:
+        return self.root / "superlink"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.state / "flwr-home"
+
+    @property
+    def app_dir(self) -> Path:
+        return self.state / "app"
+
+    @property
+    def run_config_file(self) -> Path:
+        return self.state / "run-config.toml"
+
+    @property
+    def database(self) -> Path:
+        return self.state / "state.db"
+
+    @property
+    def log(self) -> Path:
+        return self.state / "superlink.log"
+
+    @property
+    def output(self) -> Path:
+        """The ServerApp's ``out-dir``: progress, checkpoints, summary."""
+        return self.root / "output"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "sites.json"
+
+    @property
+    def live(self) -> Path:
+        return self.root / "coordinator.json"
+
+    def write_connection(self, cfg: CoordinatorConfig, *, insecure: bool) -> None:
+        """``$FLWR_HOME/config.toml``: one connection to our own Control API."""
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        conn: dict[str, Any] = {"address": cfg.options.control_address}
+        if insecure:
+            conn["insecure"] = True
+        else:
+            conn["root-certificates"] = str(cfg.ca_cert)
+        doc = {"superlink": {"default": CONNECTION, CONNECTION: conn}}
+        (self.flwr_home / "config.toml").write_text(tomli_w.dumps(doc))
+
+    def write_app(self, run_config: _flower.RunConfig) -> None:
+        """The app folder (components only, every key declared) and the run config."""
+        self.app_dir.mkdir(parents=True, exist_ok=True)
+        project = {
+            "project": {"name": "fedvault-deployment", "version": "1.0.0"},
+            "tool": {
+                "flwr": {
+                    "app": {
+                        "publisher": "fedvault",
+                        "components": {
+                            "serverapp": _flower.SERVER_COMPONENT,
+                            "clientapp": _flower.CLIENT_COMPONENT,
+                        },
+                        "config": dict(run_config),
+                    }
+                }
+            },
+        }
+        (self.app_dir / "pyproject.toml").write_text(tomli_w.dumps(project))
+        self.run_config_file.write_text(tomli_w.dumps(dict(run_config)))
+
+
+def run_config(
+    cfg: CoordinatorConfig, output: Path
+) -> dict[str, bool | int | float | str]:
+    """The ServerApp's run config: training keys plus the coordinator's own."""
+    test = cfg.options.test_data
+    values: dict[str, bool | int | float | str] = dict(cfg.training.to_run_config())
+    values |= {
+        "target": cfg.options.target,
+        "out-dir": str(output),
+        "test-data": str(cfg.base / test) if test else "",
+        "expected-sites": cfg.expected_sites,
+        "excluded-sites": "{}",
+        "client-threads": cfg.options.client_threads,
+    }
+    return values
+
+
+def option_keys() -> list[str]:
+    return [f.name.replace("_", "-") for f in dataclasses.fields(CoordinatorOptions)]

@@ -1,0 +1,267 @@
+"""``fedvault server``: run the coordinator, show its state, manage site keys."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from fedvault.common.errors import ConfigError, FederationError
+from fedvault.server import control
+from fedvault.server import coordinator as coord
+from fedvault.server.deploy import CoordinatorLayout, load_coordinator_config
+from fedvault.server.registry import SiteRegistry
+from fedvault.server.rundir import PROGRESS_FILE
+
+logger = logging.getLogger(__name__)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[Path, typer.Option("--config", help="coordinator.toml")]
+FormatOption = Annotated[str, typer.Option("--format", help="text | json")]
+
+server_app = typer.Typer(
+    name="server",
+    help="Run the coordinator of a real (networked) federation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+sites_app = typer.Typer(
+    name="sites",
+    help="Register and remove sites by their public keys.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+server_app.add_typer(sites_app, name="sites")
+
+
+def _format(value: str) -> str:
+    if value not in ("text", "json"):
+        raise ConfigError(f"format: use text or json, not {value!r}")
+    return value
+
+
+def _events(layout: CoordinatorLayout) -> list[dict[str, Any]]:
+    path = layout.output / PROGRESS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@server_app.command("start")
+def start(
+    config: ConfigOption = Path("coordinator.toml"),
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="No TLS, no site authentication (local tests only)."
+        ),
+    ] = False,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart", help="Move a previous run's output aside and start over."
+        ),
+    ] = False,
+    output_format: FormatOption = "text",
+) -> None:
+    """Start the coordinator (Flower SuperLink with TLS and site authentication),
+    run the federated training to its end, and write the results to the run folder.
+
+    Only the Fleet address is for partners; the Control API stays on loopback."""
+    cfg = load_coordinator_config(config)
+    quiet = _format(output_format) == "json"
+    if insecure:
+        err_console.print(
+            "[bold red]WARNING: --insecure: no TLS and no site "
+            "authentication. Anyone who reaches the Fleet port can join "
+            "and read the model. Local tests only.[/]"
+        )
+    layout = CoordinatorLayout(cfg.run_dir)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+    )
+    task = progress.add_task(
+        "rounds", total=cfg.training.rounds, status="waiting for sites"
+    )
+
+    def poll() -> None:
+        for event in _events(layout):
+            if event["event"] == "ready":
+                progress.update(task, status=f"{len(event['sites'])} sites ready")
+            elif event["event"] == "round":
+                progress.update(
+                    task,
+                    completed=event["round"],
+                    status=f"{event['sites_trained']} sites trained",
+                )
+
+    with progress:
+        summary = coord.start(cfg, insecure=insecure, restart=restart, on_poll=poll)
+    if quiet:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        console.print(
+            f"Run {summary['status']}: {summary.get('rounds_completed')} rounds. "
+            f"Results in [bold]{layout.output}[/]."
+        )
+    if summary["status"] != "completed":
+        err_console.print(f"[yellow]run stopped early:[/] {summary.get('stop_reason')}")
+        raise typer.Exit(1)
+
+
+def _status_doc(config: Path) -> dict[str, Any]:
+    cfg = load_coordinator_config(config)
+    layout = CoordinatorLayout(cfg.run_dir)
+    registry = SiteRegistry(layout.registry)
+    live = coord.read_live(layout)
+    doc: dict[str, Any] = {"running": live is not None, "run-dir": str(cfg.run_dir)}
+    nodes: dict[int, dict[str, Any]] = {}
+    if live is not None:
+        doc |= {k: live.get(k) for k in ("fleet-address", "control-address", "run-id")}
+        if not live.get("insecure"):
+            nodes = {int(n["node-id"]): n for n in control.list_nodes(layout)}
+        if live.get("run-id") is not None:
+            doc["run-status"] = control.run_status(layout, int(live["run-id"]))
+    rounds = [e for e in _events(layout) if e["event"] == "round"]
+    doc["round"] = rounds[-1]["round"] if rounds else 0
+    doc["rounds"] = cfg.training.rounds
+    doc["sites"] = [
+        {
+            "name": e.name,
+            "node-id": e.node_id,
+            "fingerprint": e.fingerprint,
+            "status": _site_state(e.node_id, nodes),
+        }
+        for e in registry.sites.values()
+    ]
+    return doc
+
+
+def _site_state(node_id: int | None, nodes: dict[int, dict[str, Any]]) -> str:
+    """Flower's view (online, offline, registered) while running; else ours."""
+    if node_id is None:
+        return "pending"
+    if node_id in nodes:
+        return str(nodes[node_id].get("status", "unknown"))
+    return "registered" if not nodes else "unknown"
+
+
+@server_app.command("status")
+def status(
+    config: ConfigOption = Path("coordinator.toml"),
+    output_format: FormatOption = "text",
+) -> None:
+    """Whether the coordinator runs, the current round, and each site's state."""
+    doc = _status_doc(config)
+    if _format(output_format) == "json":
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    if doc["running"]:
+        console.print(
+            f"coordinator running; Fleet API {doc['fleet-address']}, "
+            f"Control API {doc['control-address']} (loopback/private)"
+        )
+        console.print(
+            f"run {doc.get('run-id')}: {doc.get('run-status', '-')}, "
+            f"round {doc['round']} of {doc['rounds']}"
+        )
+    else:
+        console.print(
+            f"coordinator not running; last completed round {doc['round']} "
+            f"of {doc['rounds']}"
+        )
+    _print_sites(doc["sites"])
+
+
+def _print_sites(sites: list[dict[str, Any]]) -> None:
+    table = Table(title="Sites")
+    for col in ("name", "node id", "status", "key fingerprint"):
+        table.add_column(col)
+    for s in sites:
+        table.add_row(
+            s["name"], str(s["node-id"] or "-"), s.get("status", "-"), s["fingerprint"]
+        )
+    console.print(table)
+
+
+@sites_app.command("add")
+def sites_add(
+    name: Annotated[str, typer.Argument(help="Site name (letters, digits, . _ -).")],
+    public_key: Annotated[Path, typer.Argument(help="The site's site.pub.")],
+    config: ConfigOption = Path("coordinator.toml"),
+) -> None:
+    """Allow a site to join, by its public key (no certificate is re-issued)."""
+    cfg = load_coordinator_config(config)
+    layout = CoordinatorLayout(cfg.run_dir)
+    registry = SiteRegistry(layout.registry)
+    entry = registry.add(name, public_key)
+    live = coord.read_live(layout)
+    if live is not None and not live.get("insecure"):
+        registry.set_node(name, control.register_key(layout, name, entry.public_key))
+        registry.save()
+        console.print(
+            f"site {name} registered ({entry.fingerprint}); it can connect now"
+        )
+    else:
+        registry.save()
+        console.print(
+            f"site {name} added ({entry.fingerprint}); it is registered with "
+            "Flower when the coordinator starts"
+        )
+
+
+@sites_app.command("remove")
+def sites_remove(
+    name: Annotated[str, typer.Argument(help="Site name.")],
+    config: ConfigOption = Path("coordinator.toml"),
+) -> None:
+    """Revoke a site's key: it can no longer connect."""
+    cfg = load_coordinator_config(config)
+    layout = CoordinatorLayout(cfg.run_dir)
+    registry = SiteRegistry(layout.registry)
+    entry = registry.get(name)
+    live = coord.read_live(layout)
+    if live is not None and entry.node_id is not None and not live.get("insecure"):
+        try:
+            control.unregister_node(layout, entry.node_id)
+        except FederationError as exc:
+            logger.warning("Flower did not unregister node %s: %s", entry.node_id, exc)
+    registry.remove(name)
+    registry.save()
+    when = "now" if live is not None else "when the coordinator starts"
+    console.print(f"site {name} removed; its key is revoked {when}")
+
+
+@sites_app.command("list")
+def sites_list(
+    config: ConfigOption = Path("coordinator.toml"),
+    output_format: FormatOption = "text",
+) -> None:
+    """The registered sites and, while the coordinator runs, their state."""
+    sites = _status_doc(config)["sites"]
+    if _format(output_format) == "json":
+        sys.stdout.write(json.dumps(sites, indent=2) + "\n")
+    else:
+        _print_sites(sites)
