@@ -444,9 +444,15 @@ class PrivacyLedger:
             self._epsilon = (count, self._compose(self.history()))
         return self._epsilon[1]
 
-    def projected_epsilon(self, extra: Step) -> float:
-        """Lifetime epsilon if the steps ``extra`` were trained next."""
-        return self._compose([*self.history(), extra])
+    def projected_epsilon(self, extra: Step, *, coarse: bool = False) -> float:
+        """Lifetime epsilon if the steps ``extra`` were trained next (``coarse``: a
+        cheaper upper bound, for narrowing searches only)."""
+        return epsilon_spent(
+            [*self.history(), extra],
+            delta=self.delta,
+            accountant=self.accountant,
+            coarse=coarse,
+        )
 
     def planned_noise(self, run_id: str) -> float | None:
         """The noise multiplier ``run_id`` already trained with here, if any.

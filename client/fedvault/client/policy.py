@@ -20,17 +20,24 @@ enforced round by round by :class:`fedvault.client.ledger.PrivacyLedger`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from fedvault.common.config import key_of, parse_fields
 from fedvault.common.errors import BudgetExceededError, ConfigError, PrivacyError
-from fedvault.common.privacy import ACCOUNTANTS, Accountant, Step, plan_noise
+from fedvault.common.privacy import (
+    ACCOUNTANTS,
+    Accountant,
+    Step,
+    plan_noise,
+    search_noise,
+)
 
 __all__ = [
     "POLICY_TABLE",
@@ -48,9 +55,6 @@ __all__ = [
 POLICY_TABLE = "privacy"
 DeclineReason = Literal["budget", "policy"]
 
-_MAX_ACCOUNTANT_CALLS = 30
-_SIGMA_CEILING = 1024.0
-_SIGMA_REL_TOL = 1e-3
 
 # Dataset ids name files in the site's state folder: no separators, no dot-files.
 _DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -190,7 +194,7 @@ class LedgerView(Protocol):
     @property
     def accountant(self) -> Accountant: ...
     def epsilon(self) -> float: ...
-    def projected_epsilon(self, extra: Step) -> float: ...
+    def projected_epsilon(self, extra: Step, *, coarse: bool = False) -> float: ...
 
 
 def check_matches(policy: SitePolicy, ledger: LedgerView) -> None:
@@ -249,37 +253,24 @@ def plan_run_noise(
             f"budget spent: lifetime epsilon {spent:.4f} >= {policy.epsilon_max:g}"
         )
 
-    def fits(sigma: float) -> bool:
+    def lifetime(sigma: float, coarse: bool = False) -> float:
         step = Step(sigma, sample_rate, steps_this_run)
-        return ledger.projected_epsilon(step) <= policy.epsilon_max
+        return ledger.projected_epsilon(step, coarse=coarse)
 
-    sigma = _smallest_fitting(fits, floor)
-    if sigma is None:
+    try:
+        # Stop within 1% of what is left (at most 0.01): no budget is wasted.
+        tolerance = min(0.01, 0.01 * (policy.epsilon_max - spent))
+        sigma = search_noise(
+            lifetime,
+            policy.epsilon_max,
+            what=f"{steps_this_run} more steps",
+            floor=floor,
+            tolerance=tolerance,
+            coarse=functools.partial(lifetime, coarse=True),
+        )
+    except PrivacyError:
         raise BudgetExceededError(
             f"the remaining budget ({spent:.4f} of {policy.epsilon_max:g} spent) "
             f"cannot cover {steps_this_run} more steps at any noise multiplier"
-        )
-    return sigma
-
-
-def _smallest_fitting(fits: Callable[[float], bool], floor: float) -> float | None:
-    """Smallest sigma >= floor with ``fits(sigma)`` (bisection, bounded calls)."""
-    if fits(floor):
-        return floor
-    calls = 1
-    lo, hi = floor, max(2 * floor, 1.0)
-    while True:
-        calls += 1
-        if fits(hi):
-            break
-        lo, hi = hi, 2 * hi
-        if hi > _SIGMA_CEILING:
-            return None
-    while hi - lo > _SIGMA_REL_TOL * hi and calls < _MAX_ACCOUNTANT_CALLS:
-        calls += 1
-        mid = (lo + hi) / 2
-        if fits(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+        ) from None
+    return max(sigma, floor)

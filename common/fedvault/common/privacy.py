@@ -12,14 +12,24 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Sequence
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 from fedvault.common.errors import ConfigError, PrivacyError
 
 Accountant = Literal["rdp", "prv"]
 ACCOUNTANTS: tuple[Accountant, ...] = ("rdp", "prv")
+
+# Opacus' RDPAccountant.DEFAULT_ALPHAS, the orders its get_epsilon minimises over.
+_ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
+# A subset (integer orders are cheap to price): its epsilon is an upper bound.
+_COARSE_ORDERS = (1.5, *range(2, 64))
+_SIGMA_CEILING = 4096.0
 
 
 @dataclass(frozen=True)
@@ -49,13 +59,15 @@ def plan_noise(
     steps: int,
     accountant: Accountant = "rdp",
 ) -> float:
-    """Smallest noise multiplier (within Opacus' search tolerance) such that
-    ``steps`` DP-SGD steps at ``sample_rate`` spend at most ``target_epsilon``.
+    """Smallest noise multiplier (within 0.01 in epsilon) such that ``steps``
+    DP-SGD steps at ``sample_rate`` spend at most ``target_epsilon``.
 
+    ``prv`` uses Opacus' own ``get_noise_multiplier``. ``rdp`` searches sigma with the
+    same accountant maths (Opacus' ``compute_rdp``/``get_privacy_spent``) but far fewer
+    evaluations (regula falsi on log-log, bracketed), because each evaluation costs a
+    full RDP curve. Either way the result satisfies epsilon(sigma) <= target.
     Cached: a site plans once per distinct (budget, rate, steps), not every round.
     """
-    from opacus.accountants.utils import get_noise_multiplier
-
     _check(accountant, delta)
     if target_epsilon <= 0:
         raise ConfigError(f"epsilon: must be > 0, got {target_epsilon}")
@@ -63,25 +75,155 @@ def plan_noise(
         raise ConfigError(f"sample rate must be in (0, 1], got {sample_rate}")
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
+    if accountant == "prv":
+        return _plan_with_opacus(target_epsilon, delta, sample_rate, steps)
+
+    def eps(sigma: float, coarse: bool = False) -> float:
+        return epsilon_spent(
+            [Step(sigma, sample_rate, steps)], delta=delta, coarse=coarse
+        )
+
+    return search_noise(
+        eps,
+        target_epsilon,
+        what=f"{steps} steps at sample rate {sample_rate:.4g}",
+        coarse=functools.partial(eps, coarse=True),
+    )
+
+
+def _plan_with_opacus(target: float, delta: float, q: float, steps: int) -> float:
+    from opacus.accountants.utils import get_noise_multiplier
+
     try:
-        sigma = get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant,
-            epsilon_tolerance=0.01,
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target,
+                target_delta=delta,
+                sample_rate=q,
+                steps=steps,
+                accountant="prv",
+                epsilon_tolerance=0.01,
+            )
         )
     except ValueError as exc:
         raise PrivacyError(
-            f"epsilon={target_epsilon} is too small for {steps} steps at sample rate "
-            f"{sample_rate:.4g} (no noise level reaches it)"
+            f"epsilon={target} is too small for {steps} steps at sample rate {q:.4g} "
+            "(no noise level reaches it)"
         ) from exc
-    return float(sigma)
+
+
+def search_noise(
+    eps: Callable[[float], float],
+    target: float,
+    *,
+    what: str,
+    floor: float = 0.0,
+    tolerance: float = 0.01,
+    coarse: Callable[[float], float] | None = None,
+) -> float:
+    """Smallest sigma found with ``target - tolerance <= eps(sigma) <= target``,
+    for any ``eps`` computed by the accountant (e.g. a ledger's history plus a run).
+
+    ``eps`` decreases in sigma. Every bracket keeps eps(hi) <= target, so whatever
+    is returned is safe. Steps are Illinois-style regula falsi on (log sigma,
+    log eps): a handful of evaluations where bisection needs about twenty. Nothing
+    below ``floor`` is tried; ``floor`` is returned when it already fits.
+
+    ``coarse``, if given, is a cheaper *upper bound* of ``eps`` (the same RDP curve
+    at fewer orders): the search runs on it first, and its answer (safe for ``eps``
+    too) is then refined downwards with a few evaluations of ``eps`` itself.
+    """
+    first = coarse or eps
+    hi = max(1.0, floor)
+    e_hi = first(hi)
+    if e_hi <= target and hi == floor:
+        return floor
+    lo, e_lo = floor, math.inf
+    while e_hi > target:
+        lo, e_lo, hi = hi, e_hi, hi * 4
+        if hi > _SIGMA_CEILING:
+            raise PrivacyError(
+                f"epsilon={target} is too small for {what} (no noise level reaches it)"
+            )
+        e_hi = first(hi)
+    hi = _regula_falsi(first, target, (lo, e_lo), (hi, e_hi), tolerance)
+    if coarse is None:
+        return hi
+    return _refine(eps, target, hi, floor=floor, tolerance=tolerance)
+
+
+def _refine(
+    eps: Callable[[float], float],
+    target: float,
+    hi: float,
+    *,
+    floor: float,
+    tolerance: float,
+) -> float:
+    """Lower a safe sigma ``hi`` with ``eps`` itself until within ``tolerance``."""
+    e_hi = eps(hi)
+    lo, factor = hi, 0.95
+    for _ in range(12):  # walk down, faster and faster, until eps passes the target
+        lo, factor = max(floor, lo * factor), factor * factor
+        e_lo = eps(lo)
+        if e_lo > target:
+            return _regula_falsi(eps, target, (lo, e_lo), (hi, e_hi), tolerance)
+        hi, e_hi = lo, e_lo
+        if lo == floor or target - e_hi <= tolerance:
+            return hi
+    return hi
+
+
+def _regula_falsi(
+    eps: Callable[[float], float],
+    target: float,
+    lo_point: tuple[float, float],
+    hi_point: tuple[float, float],
+    tolerance: float,
+    max_calls: int = 30,
+) -> float:
+    (lo, e_lo), (hi, e_hi) = lo_point, hi_point
+    kept_lo = kept_hi = 0
+    for _ in range(max_calls):
+        if target - e_hi <= tolerance:
+            break
+        mid = _interpolate(lo, e_lo, hi, e_hi, target, kept_lo, kept_hi)
+        e_mid = eps(mid)
+        if e_mid <= target:
+            hi, e_hi, kept_lo, kept_hi = mid, e_mid, kept_lo + 1, 0
+        else:
+            lo, e_lo, kept_lo, kept_hi = mid, e_mid, 0, kept_hi + 1
+    return hi
+
+
+def _interpolate(
+    lo: float,
+    e_lo: float,
+    hi: float,
+    e_hi: float,
+    target: float,
+    kept_lo: int,
+    kept_hi: int,
+) -> float:
+    """Next sigma to try: where log eps meets log target on the chord, with the
+    endpoint kept more than once down-weighted (Illinois); bisection as fallback."""
+    if lo <= 0 or not math.isfinite(e_lo) or e_hi <= 0:
+        return (lo + hi) / 2
+    a, b = math.log(lo), math.log(hi)
+    fa = math.log(e_lo / target) / 2 ** max(kept_lo - 1, 0)
+    fb = math.log(e_hi / target) / 2 ** max(kept_hi - 1, 0)
+    if fa == fb:
+        return (lo + hi) / 2
+    mid = math.exp(b - fb * (b - a) / (fb - fa))
+    return mid if lo < mid < hi else (lo + hi) / 2
 
 
 def epsilon_spent(
-    history: Iterable[Step], *, delta: float, accountant: Accountant = "rdp"
+    history: Iterable[Step],
+    *,
+    delta: float,
+    accountant: Accountant = "rdp",
+    coarse: bool = False,
 ) -> float:
     """Epsilon at ``delta`` after all steps in ``history`` (composition by the
     accountant). An empty history spends 0.
@@ -89,6 +231,9 @@ def epsilon_spent(
     Steps with equal (sigma, q) are summed before the accountant sees them: the
     composition is the same (it is commutative and additive in steps) and a long
     history costs one accountant term per distinct (sigma, q).
+
+    ``coarse=True`` (RDP only) converts at fewer orders: a valid but slightly larger
+    epsilon, cheap to compute; used only to narrow searches, never reported.
     """
     _check(accountant, delta)
     grouped: dict[tuple[float, float], int] = {}
@@ -98,7 +243,38 @@ def epsilon_spent(
     if not grouped:
         return 0.0
     entries = tuple((sigma, q, steps) for (sigma, q), steps in sorted(grouped.items()))
+    if accountant == "rdp":
+        return _rdp_epsilon(entries, delta, _COARSE_ORDERS if coarse else _ORDERS)
     return _cached_epsilon(entries, delta, accountant)
+
+
+def _rdp_epsilon(
+    entries: tuple[tuple[float, float, int], ...],
+    delta: float,
+    orders: tuple[float, ...],
+) -> float:
+    """Opacus' RDPAccountant.get_epsilon, term for term: the RDP curve of each
+    distinct (sigma, q) for one step is computed once (cached) and scaled by its
+    steps, exactly as ``compute_rdp(steps=n)`` does, then converted at ``delta``."""
+    from opacus.accountants.analysis import rdp as analysis
+
+    total = sum(steps * _unit_rdp(sigma, q, orders) for sigma, q, steps in entries)
+    with warnings.catch_warnings():
+        # "Optimal order is the largest/smallest alpha": the bound is still valid,
+        # only possibly loose; Opacus' own accountant returns the same value.
+        warnings.filterwarnings("ignore", message="Optimal order is the")
+        eps, _ = analysis.get_privacy_spent(orders=list(orders), rdp=total, delta=delta)
+    return float(eps)
+
+
+@functools.lru_cache(maxsize=4096)
+def _unit_rdp(sigma: float, q: float, orders: tuple[float, ...]) -> np.ndarray:
+    from opacus.accountants.analysis import rdp as analysis
+
+    curve = analysis.compute_rdp(
+        q=q, noise_multiplier=sigma, steps=1, orders=list(orders)
+    )
+    return np.asarray(curve, dtype=np.float64)
 
 
 @functools.lru_cache(maxsize=1024)
