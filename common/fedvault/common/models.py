@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -38,6 +40,17 @@ def build_model(
 def loss_fn(num_classes: int) -> nn.Module:
     """Loss matching :func:`build_model`'s head (mean reduction)."""
     return nn.BCEWithLogitsLoss() if num_classes == 2 else nn.CrossEntropyLoss()
+
+
+def per_sample_loss(
+    num_classes: int,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Loss of :func:`loss_fn` per example, shape (n,): the mean of it is the loss."""
+    if num_classes == 2:
+        bce = nn.BCEWithLogitsLoss(reduction="none")
+        return lambda out, y: bce(out, y).sum(dim=1)
+    ce = nn.CrossEntropyLoss(reduction="none")
+    return lambda out, y: ce(out, y)
 
 
 def targets_for_loss(y: torch.Tensor, num_classes: int) -> torch.Tensor:

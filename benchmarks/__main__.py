@@ -1,0 +1,56 @@
+"""``python -m benchmarks [--quick] [--only B1,B3] [--largest N]``: run, print ratios,
+write benchmarks/results.json and regenerate docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import bookkeeping, dp_cost, overhead, report, scale
+from benchmarks._common import machine
+
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, a few minutes"
+    )
+    parser.add_argument("--only", default="B1,B2,B3,B4", help="comma-separated subset")
+    parser.add_argument(
+        "--largest", type=int, default=1_000, help="B4's largest federation"
+    )
+    args = parser.parse_args()
+    wanted = {name.strip().upper() for name in args.only.split(",")}
+    previous: dict[str, Any] = (
+        json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    )
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "command": "python -m benchmarks " + " ".join(sys.argv[1:]),
+        "quick": args.quick,
+        "date": time.strftime("%Y-%m-%d"),
+        "benchmarks": dict(previous.get("benchmarks", {})),
+    }
+    runners = {"B1": dp_cost.run, "B2": overhead.run, "B3": bookkeeping.run}
+    for name, fn in runners.items():
+        if name in wanted:
+            results["benchmarks"][name] = fn(args.quick) | {
+                "command": results["command"]
+            }
+    if "B4" in wanted:
+        results["benchmarks"]["B4"] = scale.run(args.quick, largest=args.largest) | {
+            "command": results["command"]
+        }
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    report.write(results)
+    print(f"wrote {RESULTS} and {report.DOC}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Fast DP-SGD steps for plain MLPs — PRIVACY-CRITICAL internals.
+
+.. warning:: Hazmat. Use :func:`fedvault.client.training.train_private`, which picks
+   this path only for models it supports and keeps Opacus' Poisson sampling and
+   accountant. Any change here must keep ``tests/privacy/test_fastdp.py`` passing:
+   it checks, step for step and with the same random numbers, that this computes
+   exactly what Opacus' ``PrivacyEngine`` + ``DPOptimizer`` compute.
+
+What Opacus' DPOptimizer does per step (flat clipping, ``loss_reduction="mean"``):
+per-sample gradients g_i of every parameter; per-sample norm ||g_i|| over all
+parameters; clip factor c_i = min(1, C / (||g_i|| + 1e-6)); sum_i c_i g_i; add
+N(0, (sigma C)^2) noise per coordinate (one ``torch.normal`` per parameter, in
+parameter order); divide by the expected batch size int(n q); SGD step.
+
+For ``nn.Linear`` layers the per-sample weight gradient is an outer product
+g_i a_i^T of the layer's output gradient and input, so its norm is
+||g_i|| ||a_i|| and the clipped sum is (c * G)^T A: no per-sample gradient tensor is
+ever built ("book-keeping"; Goodfellow 2015, Bu et al. 2023). That is the whole
+saving: one ordinary backward pass to the layer outputs, then one matrix product per
+layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+_ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.LeakyReLU, nn.GELU)
+
+
+def supports(model: nn.Module) -> bool:
+    """True for an ``nn.Sequential`` of ``nn.Linear`` and parameter-free
+    element-wise activations (the MLP and logistic regression fedvault builds)."""
+    if not isinstance(model, nn.Sequential):
+        return False
+    return all(
+        isinstance(m, nn.Linear)
+        or (isinstance(m, _ACTIVATIONS) and not any(True for _ in m.parameters()))
+        for m in model
+    ) and any(isinstance(m, nn.Linear) for m in model)
+
+
+def dp_sgd_step(
+    model: nn.Sequential,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    per_sample_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    sigma: float,
+    max_grad_norm: float,
+    expected_batch_size: int,
+    lr: float,
+) -> float:
+    """One DP-SGD step in place; returns the batch's summed loss (0 if empty)."""
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    if len(x) == 0:
+        sums = [torch.zeros_like(p) for lin in linears for p in _params(lin)]
+        _noisy_update(linears, sums, sigma * max_grad_norm, expected_batch_size, lr)
+        return 0.0
+    inputs, outputs = [], []
+    h = x
+    for m in model:
+        if isinstance(m, nn.Linear):
+            inputs.append(h.detach())
+            h = m(h)
+            outputs.append(h)
+        else:
+            h = m(h)
+    losses = per_sample_loss(h, y)
+    grads = torch.autograd.grad(losses.sum(), outputs)
+    with torch.no_grad():
+        squared = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+        for a, g, lin in zip(inputs, grads, linears, strict=True):
+            g2 = g.pow(2).sum(dim=1)
+            squared += g2 * a.pow(2).sum(dim=1)
+            if lin.bias is not None:
+                squared += g2
+        factor = (max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+        sums = []
+        for a, g, lin in zip(inputs, grads, linears, strict=True):
+            clipped = g * factor.unsqueeze(1)
+            sums.append(clipped.t() @ a)
+            if lin.bias is not None:
+                sums.append(clipped.sum(dim=0))
+        _noisy_update(linears, sums, sigma * max_grad_norm, expected_batch_size, lr)
+    return float(losses.detach().sum())
+
+
+def _params(lin: nn.Linear) -> list[torch.Tensor]:
+    return [lin.weight] if lin.bias is None else [lin.weight, lin.bias]
+
+
+def _noisy_update(
+    linears: list[nn.Linear],
+    sums: list[torch.Tensor],
+    std: float,
+    expected_batch_size: int,
+    lr: float,
+) -> None:
+    """Noise in parameter order (as Opacus draws it), scale, SGD step."""
+    params = [p for lin in linears for p in _params(lin)]
+    with torch.no_grad():
+        for p, summed in zip(params, sums, strict=True):
+            if std > 0:
+                summed = summed + torch.normal(
+                    mean=0,
+                    std=std,
+                    size=summed.shape,
+                    device=summed.device,
+                    dtype=summed.dtype,
+                )
+            p.add_(summed / expected_batch_size, alpha=-lr)
