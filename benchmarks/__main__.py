@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,9 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="small sizes, a few minutes"
     )
-    parser.add_argument("--only", default="B1,B2,B3,B4", help="comma-separated subset")
+    parser.add_argument(
+        "--only", default="B1,B2,B3,B4,B7", help="comma-separated subset"
+    )
     parser.add_argument(
         "--largest", type=int, default=1_000, help="B4's largest federation"
     )
@@ -47,9 +50,32 @@ def main() -> None:
         results["benchmarks"]["B4"] = scale.run(args.quick, largest=args.largest) | {
             "command": results["command"]
         }
+    if "B7" in wanted:
+        rows = 100_000 if args.quick else 1_000_000
+        results["benchmarks"]["B7"] = _vault(rows) | {"command": results["command"]}
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     report.write(results)
     print(f"wrote {RESULTS} and {report.DOC}")
+
+
+def _vault(rows: int) -> dict[str, Any]:
+    """B7: the vault benchmark script (its own processes), as JSON."""
+    script = Path(__file__).with_name("vault_bench.py")
+    done = subprocess.run(  # noqa: S603 - our own script, fixed argv
+        [sys.executable, str(script), "--rows", str(rows), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=3600,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    print(
+        f"B7 vault ({rows} rows): import {result['import / pandas throughput']}x "
+        f"pandas read_csv throughput, read {result['read / raw AES-GCM throughput']}x "
+        "raw AES-GCM throughput",
+        flush=True,
+    )
+    return result
 
 
 if __name__ == "__main__":

@@ -130,7 +130,22 @@ def _plot(b: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-SECTIONS = {"B1": _b1, "B2": _b2, "B3": _b3, "B4": _b4}
+def _b7(b: dict[str, Any]) -> list[str]:
+    lines = [
+        "## B7 vault cost",
+        "",
+        "`benchmarks/vault_bench.py`: a synthetic raw export, imported into a vault "
+        "(validate, anonymize, measure, encrypt), then read back; each phase in its "
+        "own process.",
+        "",
+        "| figure | value |",
+        "|---|---:|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in b.items() if k != "command"]
+    return lines
+
+
+SECTIONS = {"B1": _b1, "B2": _b2, "B3": _b3, "B4": _b4, "B7": _b7}
 
 
 def write(results: dict[str, Any]) -> None:

@@ -124,7 +124,7 @@ class Preprocessing:
         if codes.isna().any():
             unknown = sorted(set(series.astype(str)) - set(index))[:5]
             raise DataError(f"labels not in the federation's label set: {unknown}")
-        return codes.to_numpy(dtype=np.int64)
+        return np.array(codes.to_numpy(dtype=np.int64), copy=True)  # writable
 
     def to_json(self) -> str:
         data = {
