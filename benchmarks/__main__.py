@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bookkeeping, dp_cost, overhead, report, scale
+from benchmarks import bookkeeping, dp_cost, overhead, report, scale, wire
 from benchmarks._common import machine
 
 RESULTS = Path(__file__).with_name("results.json")
@@ -23,7 +23,7 @@ def main() -> None:
         "--quick", action="store_true", help="small sizes, a few minutes"
     )
     parser.add_argument(
-        "--only", default="B1,B2,B3,B4,B7", help="comma-separated subset"
+        "--only", default="B1,B2,B3,B4,B5,B7", help="comma-separated subset"
     )
     parser.add_argument(
         "--largest", type=int, default=1_000, help="B4's largest federation"
@@ -40,7 +40,12 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "benchmarks": dict(previous.get("benchmarks", {})),
     }
-    runners = {"B1": dp_cost.run, "B2": overhead.run, "B3": bookkeeping.run}
+    runners = {
+        "B1": dp_cost.run,
+        "B2": overhead.run,
+        "B3": bookkeeping.run,
+        "B5": wire.run,
+    }
     for name, fn in runners.items():
         if name in wanted:
             results["benchmarks"][name] = fn(args.quick) | {
