@@ -18,13 +18,31 @@ def _data(n, d, classes, seed=0):
     return TensorDataset(x, y)
 
 
-def _run(engine, model_name, data, classes, *, sigma, clip, epochs=2, mu=0.0,
-         batch=8, seed=11):
+def _run(
+    engine,
+    model_name,
+    data,
+    classes,
+    *,
+    sigma,
+    clip,
+    epochs=2,
+    mu=0.0,
+    batch=8,
+    seed=11,
+):
     torch.manual_seed(0)
-    model = build_model(model_name, in_features=data.tensors[0].shape[1],
-                        num_classes=classes, hidden=16)
-    local = LocalSettings(num_classes=classes, lr=0.2, epochs=epochs,
-                          batch_size=batch, proximal_mu=mu, dp_engine=engine)
+    model = build_model(
+        model_name, in_features=data.tensors[0].shape[1], num_classes=classes, hidden=16
+    )
+    local = LocalSettings(
+        num_classes=classes,
+        lr=0.2,
+        epochs=epochs,
+        batch_size=batch,
+        proximal_mu=mu,
+        dp_engine=engine,
+    )
     torch.manual_seed(seed)  # the same Poisson batches and noise for both engines
     result = train_private(model, data, local, sigma=sigma, max_grad_norm=clip)
     return torch.cat([p.detach().flatten() for p in model.parameters()]), result
@@ -33,18 +51,21 @@ def _run(engine, model_name, data, classes, *, sigma, clip, epochs=2, mu=0.0,
 @pytest.mark.parametrize(
     ("model_name", "classes", "sigma", "clip", "mu"),
     [
-        ("mlp", 2, 1.3, 0.5, 0.0),     # clipping active, noise on
-        ("mlp", 2, 0.0, 0.05, 0.0),    # clipping only
-        ("mlp", 4, 0.8, 1.0, 0.0),     # softmax head
+        ("mlp", 2, 1.3, 0.5, 0.0),  # clipping active, noise on
+        ("mlp", 2, 0.0, 0.05, 0.0),  # clipping only
+        ("mlp", 4, 0.8, 1.0, 0.0),  # softmax head
         ("logreg", 2, 2.0, 0.3, 0.1),  # logistic regression, FedProx pull
-        ("mlp", 3, 1.0, 1e6, 0.0),     # no clipping at all
+        ("mlp", 3, 1.0, 1e6, 0.0),  # no clipping at all
     ],
 )
 def test_same_update_as_opacus(model_name, classes, sigma, clip, mu):
     data = _data(37, 5, classes)
-    fast, r_fast = _run("auto", model_name, data, classes, sigma=sigma, clip=clip, mu=mu)
-    slow, r_slow = _run("opacus", model_name, data, classes, sigma=sigma, clip=clip,
-                        mu=mu)
+    fast, r_fast = _run(
+        "auto", model_name, data, classes, sigma=sigma, clip=clip, mu=mu
+    )
+    slow, r_slow = _run(
+        "opacus", model_name, data, classes, sigma=sigma, clip=clip, mu=mu
+    )
     assert (r_fast.steps, r_fast.sample_rate) == (r_slow.steps, r_slow.sample_rate)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
     assert r_fast.loss == pytest.approx(r_slow.loss, rel=1e-4)
@@ -53,7 +74,9 @@ def test_same_update_as_opacus(model_name, classes, sigma, clip, mu):
 def test_empty_batches_are_noise_steps_as_in_opacus():
     data = _data(3, 4, 2)  # q = 1 / ceil(3/1) = 1/3: many empty Poisson batches
     fast, r_fast = _run("auto", "mlp", data, 2, sigma=1.0, clip=1.0, batch=1, epochs=5)
-    slow, r_slow = _run("opacus", "mlp", data, 2, sigma=1.0, clip=1.0, batch=1, epochs=5)
+    slow, r_slow = _run(
+        "opacus", "mlp", data, 2, sigma=1.0, clip=1.0, batch=1, epochs=5
+    )
     assert r_fast.steps == r_slow.steps == 15
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
 
@@ -61,8 +84,9 @@ def test_empty_batches_are_noise_steps_as_in_opacus():
 def test_only_plain_mlps_take_the_fast_path():
     assert _fastdp.supports(build_model("mlp", in_features=3, num_classes=2))
     assert _fastdp.supports(build_model("logreg", in_features=3, num_classes=5))
-    conv = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.Flatten(),
-                               torch.nn.Linear(2, 1))
+    conv = torch.nn.Sequential(
+        torch.nn.Conv1d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2, 1)
+    )
     assert not _fastdp.supports(conv)
     assert not _fastdp.supports(torch.nn.Linear(3, 1))
     norm = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))

@@ -8,6 +8,10 @@ Flower's API. Handlers:
   weights and metrics, or declines (typed reply) when the privacy budget or the data
   does not allow training;
 - ``evaluate``: metrics on the site's local validation split.
+
+Every training message first passes :func:`fedvault.client.mods.privacy_mod`, which
+applies client-level DP clipping and SecAgg+ exactly as the run asks, and refuses
+training messages of any other protocol.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedvault.client.budget import SiteBudget, policy_path
+from fedvault.client.mods import privacy_mod
 from fedvault.client.policy import Decline
 from fedvault.client.site import (
     SiteSettings,
@@ -47,12 +52,13 @@ from fedvault.common.errors import BudgetExceededError, PrivacyError
 from fedvault.common.evaluation import evaluate
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, site_summary
+from fedvault.common.protocol import CLIENT_WEIGHT
 from fedvault.common.records import array_record, config_record, number, text
 from fedvault.common.wire import summary_to_bytes
 
 logger = logging.getLogger(__name__)
 
-app = ClientApp()
+app = ClientApp(mods=[privacy_mod])
 
 
 def _device() -> torch.device:
@@ -105,11 +111,18 @@ def _local_model(
     return model
 
 
-def _reply(msg: Message, model: nn.Module, metrics: dict[str, float]) -> Message:
+def _weighted(settings: TrainingConfig, metrics: dict[str, float]) -> MetricRecord:
+    """Metrics of a reply; with client-level DP every site weighs the same (Flower's
+    accountant needs equal weights in training and evaluation replies)."""
+    if settings.client_dp != "off":
+        metrics = metrics | {CLIENT_WEIGHT: 1.0}
+    return MetricRecord(dict(metrics))
+
+
+def _reply(msg: Message, model: nn.Module, metrics: MetricRecord) -> Message:
     model.cpu()
     arrays = ArrayRecord(model.state_dict())
-    record = MetricRecord(dict(metrics))
-    return Message(RecordDict({"arrays": arrays, "metrics": record}), reply_to=msg)
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
 def _open_budget(
@@ -154,11 +167,8 @@ def train(msg: Message, context: Context) -> Message:
     torch.manual_seed(_round_seed(settings.seed, site.name, server_round, "train"))
     if not settings.dp:
         result = train_plain(model, data, local)
-        return _reply(
-            msg,
-            model,
-            {"num-examples": len(data), "loss": result.loss, "steps": result.steps},
-        )
+        plain = {"num-examples": len(data), "loss": result.loss, "steps": result.steps}
+        return _reply(msg, model, _weighted(settings, plain))
     budget = _open_budget(site, settings, context.run_id)
     if isinstance(budget, Decline):
         return _decline(msg, budget.reason, budget.detail)
@@ -177,21 +187,18 @@ def train(msg: Message, context: Context) -> Message:
         )
     except BudgetExceededError as exc:
         return _decline(msg, "budget", str(exc))
-    return _reply(
-        msg,
-        model,
-        {
-            "num-examples": len(data),
-            "loss": result.loss,
-            "steps": result.steps,
-            "epsilon": figures.run_epsilon,
-            "epsilon-lifetime": figures.lifetime_epsilon,
-            "epsilon-budget": figures.budget,
-            "delta": figures.delta,
-            "noise-multiplier": figures.sigma,
-            "sample-rate": result.sample_rate,
-        },
-    )
+    metrics = {
+        "num-examples": len(data),
+        "loss": result.loss,
+        "steps": result.steps,
+        "epsilon": figures.run_epsilon,
+        "epsilon-lifetime": figures.lifetime_epsilon,
+        "epsilon-budget": figures.budget,
+        "delta": figures.delta,
+        "noise-multiplier": figures.sigma,
+        "sample-rate": result.sample_rate,
+    }
+    return _reply(msg, model, _weighted(settings, metrics))
 
 
 @app.evaluate()
@@ -209,11 +216,12 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     model = _local_model(settings, prep, msg)
     features, labels = data.tensors
     result = evaluate(model, features, labels, num_classes=prep.num_classes)
-    metrics = MetricRecord(
+    metrics = _weighted(
+        settings,
         {
             "num-examples": result.examples,
             "loss": result.loss,
             "accuracy": result.accuracy,
-        }
+        },
     )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

@@ -97,7 +97,9 @@ class SiteBudget:
         refusal = check_request(
             self.policy,
             max_grad_norm=self.settings.max_grad_norm,
-            secure_aggregation=False,
+            # Enforced, not just claimed: with secagg on, fedvault.client.mods
+            # refuses any training message that is not a SecAgg+ stage.
+            secure_aggregation=self.settings.secagg,
             noise_multiplier=fixed,
         )
         if refusal is not None:

@@ -21,6 +21,18 @@ ModelName = Literal["mlp", "logreg"]
 MODEL_NAMES: tuple[ModelName, ...] = ("mlp", "logreg")
 StrategyName = Literal["fedavg", "fedprox", "fedadam"]
 STRATEGIES: tuple[StrategyName, ...] = ("fedavg", "fedprox", "fedadam")
+ClientDpMode = Literal[
+    "off", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive"
+]
+CLIENT_DP_MODES: tuple[ClientDpMode, ...] = (
+    "off",
+    "server-fixed",
+    "client-fixed",
+    "server-adaptive",
+    "client-adaptive",
+)
+# Client-level DP modes whose clipping happens at the sites (a Flower client mod).
+CLIENT_SIDE_CLIPPING: tuple[ClientDpMode, ...] = ("client-fixed", "client-adaptive")
 
 T = TypeVar("T")
 
@@ -51,6 +63,13 @@ class TrainingConfig:
     noise_multiplier: float = 0.0
     accountant: Accountant = "rdp"
     round_timeout: float = 600.0
+    # Client-level DP at the coordinator (Flower's DP strategy wrappers) and
+    # secure aggregation (Flower's SecAgg+); see docs/privacy.md.
+    client_dp: ClientDpMode = "off"
+    client_noise_multiplier: float = 1.0
+    client_clipping_norm: float = 1.0
+    client_delta: float = 1e-5
+    secagg: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "rounds", "local_epochs", "batch_size", "hidden", "min_sites")
@@ -71,6 +90,12 @@ class TrainingConfig:
         _choice(self, "strategy", STRATEGIES)
         _choice(self, "model", MODEL_NAMES)
         _choice(self, "accountant", ACCOUNTANTS)
+        _check_secure_settings(self)
+
+    @property
+    def client_side_clipping(self) -> bool:
+        """Whether client-level DP clips each update at the site (a client mod)."""
+        return self.client_dp in CLIENT_SIDE_CLIPPING
 
     def to_run_config(self) -> dict[str, bool | int | float | str]:
         """Flat scalar mapping for Flower's run config."""
@@ -83,6 +108,32 @@ class TrainingConfig:
         return parse_fields(
             cls, {k: v for k, v in mapping.items() if k in names}, source="run config"
         )
+
+
+def _check_secure_settings(t: TrainingConfig) -> None:
+    """Client-level DP and SecAgg+ settings, alone and together."""
+    _choice(t, "client_dp", CLIENT_DP_MODES)
+    _positive(t, "client_noise_multiplier", "client_clipping_norm")
+    if not 0 < t.client_delta < 1:
+        raise ConfigError(f"client-delta: must be in (0, 1), got {t.client_delta}")
+    if t.client_dp != "off" and t.strategy == "fedadam":
+        raise ConfigError(
+            "client-dp: needs strategy fedavg or fedprox (Flower's accountant needs "
+            "FedAvg's aggregation; FedAdam would transform the noised average)"
+        )
+    if t.secagg and t.client_dp in ("server-fixed", "server-adaptive"):
+        raise ConfigError(
+            f"client-dp: {t.client_dp!r} clips each update at the coordinator, which "
+            "under secagg only sees the sum; use client-fixed with secagg"
+        )
+    if t.secagg and t.client_dp == "client-adaptive":
+        raise ConfigError(
+            "client-dp: 'client-adaptive' sends each site's clipping bit in the "
+            "clear and Flower's adaptive mod cannot run inside SecAgg+; use "
+            "client-fixed with secagg"
+        )
+    if t.secagg and t.min_sites < 2:
+        raise ConfigError("min-sites: secagg needs at least 2 sites per round")
 
 
 def _positive(obj: object, *names: str) -> None:

@@ -4,6 +4,12 @@ fedvault drives the strategy's own ``configure_*``/``aggregate_*`` steps itself 
 of ``Strategy.start`` so that it can, in one place: refuse malformed updates (wrong
 shape, NaN/Inf), record per-site privacy figures and declines, stop cleanly when too
 few sites can train, and checkpoint and report after every round.
+
+With ``secagg`` the training exchange of a round runs through SecAgg+
+(:mod:`fedvault.server.secagg`), which returns Message-API replies carrying only the
+unmasked aggregate; everything after it (checks, the strategy's aggregation with any
+client-level DP wrapper, evaluation, checkpoints, reports) is the same code path.
+A site that refuses a round's protocol (``MISMATCH_PREFIX``) fails the run.
 """
 
 from __future__ import annotations
@@ -20,22 +26,30 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
 
 from fedvault.common.data import load_table
 from fedvault.common.errors import DataError, FederationError
 from fedvault.common.evaluation import evaluate
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, merge_summaries
-from fedvault.common.records import (
-    array_record,
-    config_record,
-    metric_record,
-    number,
-    text,
-)
+from fedvault.common.protocol import MISMATCH_PREFIX
+from fedvault.common.records import config_record, metric_record, number, text
 from fedvault.common.wire import summary_from_bytes
-from fedvault.server.report import SiteRecord, dp_section, privacy_report, privacy_text
+from fedvault.server.checks import TRAIN_METRICS as TRAIN_METRICS
+from fedvault.server.checks import (
+    check_reply,
+    check_update,
+    expected_metrics,
+    release_problem,
+)
+from fedvault.server.report import (
+    SiteRecord,
+    client_dp_section,
+    privacy_report,
+    privacy_text,
+    run_summary,
+)
 from fedvault.server.rundir import (
     PREPROCESSING_FILE,
     PRIVACY_FILE,
@@ -43,8 +57,9 @@ from fedvault.server.rundir import (
     SUMMARY_FILE,
     RunDirectory,
 )
+from fedvault.server.secagg import SecureRound
 from fedvault.server.settings import ServerSettings
-from fedvault.server.strategy import make_strategy
+from fedvault.server.strategy import StrategyPlan, make_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -62,54 +77,6 @@ class _EligibleGrid:
         return getattr(self._grid, name)
 
 
-TRAIN_METRICS = {"num-examples", "loss", "steps"}
-DP_METRICS = {
-    "epsilon",
-    "epsilon-lifetime",
-    "epsilon-budget",
-    "delta",
-    "noise-multiplier",
-    "sample-rate",
-}
-EVALUATE_METRICS = {"num-examples", "loss", "accuracy"}
-
-
-def check_reply(
-    content: RecordDict, reference: dict[str, np.ndarray] | None, keys: set[str]
-) -> str | None:
-    """Why a reply cannot be aggregated, or None. Checks the update (if training)
-    and that metrics hold exactly ``keys``, all finite, with positive num-examples."""
-    try:
-        if reference is not None:
-            problem = check_update(array_record(content, "arrays"), reference)
-            if problem is not None:
-                return problem
-        metrics = metric_record(content, "metrics")
-        if set(metrics) != keys:
-            return f"metrics {sorted(metrics)} differ from the expected {sorted(keys)}"
-        values = [number(metrics, k) for k in keys]
-    except ValueError as exc:
-        return str(exc)
-    if not all(math.isfinite(v) for v in values):
-        return "non-finite metric values"
-    if number(metrics, "num-examples") <= 0:
-        return "num-examples must be positive"
-    return None
-
-
-def check_update(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str | None:
-    """Why an update cannot be aggregated (keys, shapes, non-finite values), or None."""
-    if set(arrays.keys()) != set(reference):
-        return "parameter names differ from the global model"
-    for key, array in arrays.items():
-        value = array.numpy()
-        if value.shape != reference[key].shape:
-            return f"{key}: shape {value.shape} != {reference[key].shape}"
-        if not np.all(np.isfinite(value)):
-            return f"{key}: NaN or infinite values"
-    return None
-
-
 class Federation:
     """One federated run, from federated preprocessing to the final report."""
 
@@ -121,6 +88,16 @@ class Federation:
         self.excluded: dict[str, str] = dict(settings.excluded_sites)
         self.history: list[dict[str, Any]] = []
         self.stop_reason = ""
+        self.plan: StrategyPlan | None = None
+        self.secure = (
+            SecureRound(
+                grid,
+                timeout=self.training.round_timeout,
+                equal_weights=self.training.client_dp != "off",
+            )
+            if self.training.secagg
+            else None
+        )
 
     # -- set-up ---------------------------------------------------------------
     def _wait_for_sites(self) -> list[int]:
@@ -163,7 +140,9 @@ class Federation:
             except ValueError as exc:
                 self.excluded[f"node-{node}"] = f"malformed summary: {exc}"
                 continue
-            self.sites[node] = SiteRecord(name=name)
+            rows = summaries[-1].get("rows")
+            examples = rows if isinstance(rows, int) else 0
+            self.sites[node] = SiteRecord(name=name, examples=examples)
         if len(summaries) < self.training.min_sites:
             raise FederationError(
                 f"only {len(summaries)} site(s) can train; min-sites is "
@@ -190,6 +169,11 @@ class Federation:
             site = self._site(reply.metadata.src_node_id)
             event = {"round": server_round}
             if reply.has_error():
+                if (reply.error.reason or "").startswith(MISMATCH_PREFIX):
+                    raise FederationError(
+                        f"round {server_round}: {site.name} refused the round's "
+                        f"protocol ({reply.error.reason})"
+                    )
                 site.failures.append(event | {"reason": reply.error.reason})
                 logger.warning(
                     "round %d: %s failed: %s",
@@ -226,9 +210,7 @@ class Federation:
         return valid
 
     def _metric_keys(self, reference: dict[str, np.ndarray] | None) -> set[str]:
-        if reference is None:
-            return EVALUATE_METRICS
-        return TRAIN_METRICS | (DP_METRICS if self.training.dp else set())
+        return expected_metrics(self.training, train=reference is not None)
 
     def _record_training(self, replies: list[Message]) -> None:
         for reply in replies:
@@ -274,10 +256,10 @@ class Federation:
         test = self._test_set(prep)
         # Duck-typed view: the strategy only calls get_node_ids() on it.
         eligible = cast(Grid, _EligibleGrid(self.grid, set(self.sites)))
-        strategy = make_strategy(self.training, available=len(self.sites))
+        self.plan = make_strategy(self.training, available=len(self.sites))
         for server_round in range(1, self.training.rounds + 1):
             new_arrays = self._round(
-                server_round, strategy, eligible, arrays, prep, test
+                server_round, self.plan, eligible, arrays, prep, test
             )
             if new_arrays is None:
                 break
@@ -290,7 +272,7 @@ class Federation:
     def _round(
         self,
         server_round: int,
-        strategy: FedAvg,
+        plan: StrategyPlan,
         grid: Grid,
         arrays: ArrayRecord,
         prep: Preprocessing,
@@ -299,34 +281,60 @@ class Federation:
         started = time.monotonic()
         config = ConfigRecord({"preprocessing": prep.to_json()})
         reference = {k: v.numpy() for k, v in arrays.items()}
-        replies = self.grid.send_and_receive(
-            strategy.configure_train(server_round, arrays, config, grid),
-            timeout=self.training.round_timeout,
-        )
+        replies, summed = self._train(server_round, plan.strategy, grid, arrays, config)
         valid = self._usable_replies(replies, server_round, reference)
-        if len(valid) < strategy.min_train_nodes:
-            self.stop_reason = (
-                f"round {server_round}: only {len(valid)} site(s) trained, fewer than "
-                f"min-sites={strategy.min_train_nodes}"
+        if len(valid) < plan.min_train_nodes:
+            self._stop(
+                server_round,
+                f"round {server_round}: only {len(valid)} site(s) trained, fewer "
+                f"than min-sites={plan.min_train_nodes}",
             )
-            logger.warning("%s; stopping", self.stop_reason)
-            self.rundir.event("stopped", round=server_round, reason=self.stop_reason)
             return None
         self._record_training(valid)
-        new_arrays, _ = strategy.aggregate_train(server_round, valid)
+        problem = release_problem(
+            self.training, sampled=plan.sampled, usable=len(valid), summed=summed
+        )
+        if problem is not None:
+            self._stop(server_round, f"round {server_round}: {problem}")
+            return None
+        new_arrays, _ = plan.strategy.aggregate_train(server_round, valid)
         if new_arrays is None or check_update(new_arrays, reference) is not None:
             raise FederationError(f"round {server_round}: aggregation failed")
         row: dict[str, Any] = {"round": server_round, "sites_trained": len(valid)}
-        row |= self._evaluate(server_round, strategy, grid, new_arrays, prep, test)
+        row |= self._evaluate(server_round, plan.strategy, grid, new_arrays, prep, test)
         row["seconds"] = round(time.monotonic() - started, 3)
         self.history.append(row)
         self.rundir.event("round", **row, sites=self._site_table())
         return new_arrays
 
+    def _train(
+        self,
+        server_round: int,
+        strategy: Strategy,
+        grid: Grid,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+    ) -> tuple[list[Message], int | None]:
+        """The round's training replies, in the clear or through SecAgg+ (then
+        also how many sites' masked updates the sum holds)."""
+        messages = list(strategy.configure_train(server_round, arrays, config, grid))
+        if self.secure is None:
+            timeout = self.training.round_timeout
+            return list(self.grid.send_and_receive(messages, timeout=timeout)), None
+        # Weights are example counts, known from preprocessing: the largest bounds them.
+        largest = max((s.examples for s in self.sites.values()), default=1)
+        result = self.secure.run(server_round, messages, arrays, max_weight=largest)
+        return result.replies, result.contributors
+
+    def _stop(self, server_round: int, reason: str) -> None:
+        self.stop_reason = reason
+        logger.warning("%s; stopping", reason)
+        self.rundir.event("stopped", round=server_round, reason=reason)
+
     def _evaluate(
         self,
         server_round: int,
-        strategy: FedAvg,
+        strategy: Strategy,
         grid: Grid,
         arrays: ArrayRecord,
         prep: Preprocessing,
@@ -369,7 +377,8 @@ class Federation:
         frame = load_table(self.settings.test_data)
         return (
             torch.from_numpy(prep.transform(frame)),
-            torch.from_numpy(prep.encode_labels(frame[prep.target])),
+            # np.array copies: the labels may come back read-only (pandas CoW)
+            torch.from_numpy(np.array(prep.encode_labels(frame[prep.target]))),
         )
 
     # -- outputs --------------------------------------------------------------------
@@ -390,27 +399,19 @@ class Federation:
 
     def _write_summary(self, prep: Preprocessing) -> None:
         t = self.training
-        final = self.history[-1] if self.history else {}
         sites = self._site_table()
-        summary = {
-            "rounds_completed": len(self.history),
-            "rounds_planned": t.rounds,
-            "status": "stopped" if self.stop_reason else "completed",
-            "stop_reason": self.stop_reason or None,
-            "strategy": t.strategy,
-            "model": t.model,
-            "dp": dp_section(t),
-            "history": self.history,
-            "final": {
-                k: final.get(k) for k in ("accuracy", "auc", "loss", "val_accuracy")
-            },
-            "sites": sites,
-            "excluded_sites": self.excluded,
-            "num_features": prep.num_features,
-            "labels": list(prep.labels),
-            "config": t.to_run_config(),
-        }
-        report = privacy_report(t, sites)
+        figures = None if self.plan is None else self.plan.figures(len(self.sites))
+        client_level = client_dp_section(t, figures=figures)
+        summary = run_summary(
+            t,
+            history=self.history,
+            sites=sites,
+            excluded=self.excluded,
+            prep=prep,
+            stop_reason=self.stop_reason,
+            client_level=client_level,
+        )
+        report = privacy_report(t, sites, client_level=client_level)
         self.rundir.write_json(PRIVACY_FILE, report)
         self.rundir.write_text(PRIVACY_TEXT_FILE, privacy_text(report))
         self.rundir.write_json(SUMMARY_FILE, summary)

@@ -1,6 +1,7 @@
 """What a run reports: per-site records, ``summary.json``, ``privacy.json`` and a
-plain-language ``privacy.txt``. Every epsilon here was computed by a site's
-accountant and sent with its update; nothing is recomputed or typed in."""
+plain-language ``privacy.txt``. Every sample-level epsilon here was computed by a
+site's accountant and sent with its update; the client-level epsilon comes from
+Flower's accountant in the coordinator's DP wrapper. Nothing is typed in."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedvault.common.config import TrainingConfig
+from fedvault.common.preprocessing import Preprocessing
+from fedvault.common.protocol import SECAGG_CLIPPING_RANGE, SECAGG_QUANTIZATION_RANGE
 
 
 @dataclass
@@ -67,8 +70,107 @@ def dp_section(t: TrainingConfig) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ClientDpFigures:
+    """Client-level DP figures of a run, read from the strategy's DP wrapper."""
+
+    epsilon: float | None
+    releases: int
+    sampled: int
+    population: int
+    update_noise_multiplier: float | None
+    clipping_norm: float | None
+
+
+def client_dp_section(
+    t: TrainingConfig, *, figures: ClientDpFigures | None
+) -> dict[str, Any] | None:
+    """The client-level DP part of the reports (None when the run has none)."""
+    if t.client_dp == "off":
+        return None
+    fixed = t.client_dp in ("server-fixed", "client-fixed")
+    return {
+        "mode": t.client_dp,
+        "guarantee": "client-level (epsilon, delta)-DP of the released models, "
+        "add/remove one site's whole contribution",
+        "clipping": "of each site's update, "
+        + ("at the site (Flower client mod)" if t.client_side_clipping else "")
+        + ("" if t.client_side_clipping else "by the coordinator"),
+        "clipping_norm": t.client_clipping_norm,
+        "clipping_norm_final": None if figures is None else figures.clipping_norm,
+        "noise": "Gaussian, added by the coordinator to the average of updates",
+        "noise_multiplier": t.client_noise_multiplier,
+        "update_noise_multiplier": None
+        if figures is None
+        else figures.update_noise_multiplier,
+        "delta": t.client_delta,
+        "epsilon": None if figures is None else figures.epsilon,
+        "accountant": "rdp (Flower), no sampling amplification" if fixed else None,
+        "releases": 0 if figures is None else figures.releases,
+        "sites_per_release": None if figures is None else figures.sampled,
+        "population": None if figures is None else figures.population,
+        "weighting": "equal (client-weight = 1)",
+        "note": None
+        if fixed
+        else "adaptive clipping: Flower 1.39 has no accountant for it, so no "
+        "client-level epsilon is claimed",
+    }
+
+
+def secure_aggregation_section(t: TrainingConfig) -> dict[str, Any] | None:
+    """How the run's SecAgg+ was set up (None when off)."""
+    if not t.secagg:
+        return None
+    return {
+        "protocol": "SecAgg+ (Flower SecAggPlusWorkflow + secaggplus_mod)",
+        "coordinator_learns": "the weighted average of the updates of the sites "
+        "that completed masking; per-site metrics stay in the clear",
+        "reconstruction_threshold": "majority of the sampled sites, at least 2",
+        "clipping_range": SECAGG_CLIPPING_RANGE,
+        "quantization_levels": SECAGG_QUANTIZATION_RANGE,
+        "weights": "1 (client-level DP)"
+        if t.client_dp != "off"
+        else "num-examples (max weight: the largest site's count)",
+    }
+
+
+def run_summary(
+    t: TrainingConfig,
+    *,
+    history: list[dict[str, Any]],
+    sites: dict[str, dict[str, Any]],
+    excluded: dict[str, str],
+    prep: Preprocessing,
+    stop_reason: str,
+    client_level: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The run's ``summary.json``."""
+    final = history[-1] if history else {}
+    return {
+        "rounds_completed": len(history),
+        "rounds_planned": t.rounds,
+        "status": "stopped" if stop_reason else "completed",
+        "stop_reason": stop_reason or None,
+        "strategy": t.strategy,
+        "model": t.model,
+        "dp": dp_section(t),
+        "client_dp": client_level,
+        "secure_aggregation": secure_aggregation_section(t),
+        "history": history,
+        "final": {k: final.get(k) for k in ("accuracy", "auc", "loss", "val_accuracy")},
+        "sites": sites,
+        "excluded_sites": excluded,
+        "num_features": prep.num_features,
+        "labels": list(prep.labels),
+        "config": t.to_run_config(),
+    }
+
+
 def privacy_report(
-    t: TrainingConfig, sites: dict[str, dict[str, Any]]
+    t: TrainingConfig,
+    sites: dict[str, dict[str, Any]],
+    *,
+    client_level: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The machine-readable privacy report of a run (``privacy.json``)."""
     return {
@@ -86,8 +188,9 @@ def privacy_report(
         "noise": "planned per site"
         if not t.noise_multiplier
         else f"fixed noise multiplier {t.noise_multiplier:g}",
-        "client_level_dp": None,
-        "secure_aggregation": False,
+        "client_level_dp": client_level,
+        "secure_aggregation": t.secagg,
+        "secure_aggregation_protocol": secure_aggregation_section(t),
         "sites": {
             name: {
                 k: s[k]
@@ -109,21 +212,50 @@ def privacy_report(
 
 def privacy_text(report: dict[str, Any]) -> str:
     """A short human-readable privacy statement for the run (``privacy.txt``)."""
+    client = report["client_level_dp"]
+    secure = report["secure_aggregation"]
     if report["mechanism"] == "none":
-        return (
-            "NO DIFFERENTIAL PRIVACY. This run trained with --no-dp: the model "
-            "updates sent by every site carry no formal privacy guarantee.\n"
-        )
+        lines = [
+            "NO DIFFERENTIAL PRIVACY at the sites. This run trained with --no-dp: "
+            "the records behind each site's updates carry no sample-level guarantee."
+        ]
+    else:
+        lines = [
+            f"Mechanism: {report['mechanism']}; accountant: {report['accountant']}; "
+            f"clipping norm C = {report['clipping_norm']:g}; noise: {report['noise']}."
+        ]
+    lines.append(
+        f"Secure aggregation: {'on (SecAgg+)' if secure else 'off'}. "
+        f"Client-level DP: {_client_line(client)}."
+    )
+    if report["mechanism"] != "none":
+        lines += ["", *_site_lines(report["sites"])]
+    lines += ["", *_meaning(report["mechanism"] != "none", client, secure)]
+    return "\n".join(lines) + "\n"
+
+
+def _client_line(client: dict[str, Any] | None) -> str:
+    if client is None:
+        return "off"
+    eps = client["epsilon"]
+    spent = (
+        f"epsilon {eps:.3f} at delta {client['delta']:g} after "
+        f"{client['releases']} release(s), Flower RDP accountant"
+        if eps is not None
+        else "no epsilon claimed (adaptive clipping is not accounted)"
+    )
+    return (
+        f"{client['mode']} (z = {client['noise_multiplier']:g}, "
+        f"C = {client['clipping_norm']:g}; {spent})"
+    )
+
+
+def _site_lines(sites: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
-        f"Mechanism: {report['mechanism']}; accountant: {report['accountant']}; "
-        f"clipping norm C = {report['clipping_norm']:g}; noise: {report['noise']}.",
-        f"Secure aggregation: {'on' if report['secure_aggregation'] else 'off'}. "
-        f"Client-level DP: {report['client_level_dp'] or 'off'}.",
-        "",
         "Per site (epsilon in this run / lifetime on this dataset / lifetime budget, "
-        "at the site's delta):",
+        "at the site's delta):"
     ]
-    for name, s in report["sites"].items():
+    for name, s in sites.items():
         lifetime = (
             "-" if s["epsilon_lifetime"] is None else f"{s['epsilon_lifetime']:.3f}"
         )
@@ -134,13 +266,46 @@ def privacy_text(report: dict[str, Any]) -> str:
             f"(delta {delta}; {s['rounds_trained']} rounds; "
             f"{len(s['declines'])} declined)"
         )
-    lines += [
-        "",
-        "What this means: for every record held by a site, whatever that site "
-        "released in this run (all its model updates) changes the probability of any "
-        "outcome by at most a factor e^epsilon, except with probability delta, "
-        "whether or not that record was in the site's data. It protects individual "
-        "records, not the participation of a whole site; the coordinator still sees "
-        "each site's update and its summary counts for preprocessing (not noised).",
-    ]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _meaning(sample: bool, client: dict[str, Any] | None, secure: bool) -> list[str]:
+    sees = (
+        "the coordinator sees only the sum of the sites' updates (SecAgg+), but "
+        "still each site's metrics and summary counts for preprocessing (not noised)."
+        if secure
+        else "the coordinator still sees each site's update, its metrics and its "
+        "summary counts for preprocessing (not noised)."
+    )
+    out = []
+    if sample:
+        out.append(
+            "What this means: for every record held by a site, whatever that site "
+            "released in this run (all its model updates) changes the probability of "
+            "any outcome by at most a factor e^epsilon, except with probability "
+            "delta, whether or not that record was in the site's data. It protects "
+            f"individual records, not the participation of a whole site; {sees}"
+        )
+    if client is not None:
+        clipper = (
+            "each site clips its update (Flower's client mod)"
+            if "at the site" in client["clipping"]
+            else "the coordinator clips each site's update"
+        )
+        out.append(
+            "Client-level DP: the released global models are also DP with respect "
+            "to adding or removing one whole site (all its records at once), "
+            f"assuming {clipper}, the coordinator adds the noise as configured (it "
+            "is trusted to), every sampled site counts in every round (no sampling "
+            "amplification) and all sites weigh the same."
+        )
+    if secure:
+        out.append(
+            "Secure aggregation: an honest-but-curious coordinator learns only the "
+            "sum of the updates of the sites that completed masking (values clipped "
+            "to +-8 and quantized); it does not protect against a coordinator that "
+            "deviates from the protocol, nor the released model."
+        )
+    if not sample and client is None:
+        out.append("No formal privacy guarantee applies to this run's models.")
+    return out

@@ -140,6 +140,37 @@ def simulate(
             help="Lifetime epsilon written into new site policies (default: --epsilon)."
         ),
     ] = None,
+    client_dp: Annotated[
+        str | None,
+        typer.Option(
+            help="Client-level DP at the coordinator (Flower's DP wrappers): off | "
+            "server-fixed | client-fixed | server-adaptive | client-adaptive "
+            "(default: off). Fixed modes report a client-level epsilon."
+        ),
+    ] = None,
+    client_noise_multiplier: Annotated[
+        float | None,
+        typer.Option(help="Client-level noise multiplier z (default: 1.0)."),
+    ] = None,
+    client_clipping_norm: Annotated[
+        float | None,
+        typer.Option(
+            help="Client-level clipping norm C of each site's update (initial "
+            "value for adaptive modes) (default: 1.0)."
+        ),
+    ] = None,
+    client_delta: Annotated[
+        float | None,
+        typer.Option(help="Delta of the client-level guarantee (default: 1e-5)."),
+    ] = None,
+    secagg: Annotated[
+        bool,
+        typer.Option(
+            "--secagg",
+            help="Secure aggregation (Flower's SecAgg+): the coordinator learns only "
+            "the sum of the sites' updates. With --client-dp use client-fixed.",
+        ),
+    ] = False,
     no_dp: Annotated[
         bool,
         typer.Option(
@@ -185,7 +216,13 @@ def simulate(
         site_budget=site_budget,
         vaults=vaults,
         key=str(key) if key else None,
+        client_dp=client_dp,
+        client_noise_multiplier=client_noise_multiplier,
+        client_clipping_norm=client_clipping_norm,
+        client_delta=client_delta,
     )
+    if secagg:
+        values["secagg"] = True
     if no_dp:
         values["dp"] = False
     if output_format not in ("text", "json"):

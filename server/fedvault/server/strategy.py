@@ -1,24 +1,153 @@
-"""Build the Message-API strategy (flwr.serverapp.strategy) a run asks for."""
+"""Build the Message-API strategy (flwr.serverapp.strategy) a run asks for.
+
+With client-level DP the strategy is wrapped in one of Flower's DP wrappers. The
+fixed-clipping wrappers get Flower's RDP accountant, under the only model it
+supports: no sampling amplification (every round is charged in full, whether or not
+sites were sampled), add/remove one site, equal weights (every reply carries the
+constant ``client-weight`` 1) and exactly ``sampled`` replies per release (the
+wrapper refuses to aggregate fewer; fedvault then stops the run, see
+:mod:`fedvault.server.federation`). Flower 1.39 has no accountant for the adaptive
+wrappers: those runs report no client-level epsilon.
+"""
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+from dataclasses import dataclass
+from typing import Any
 
-from fedvault.common.config import TrainingConfig
+from flwr.serverapp import (
+    NeighboringRelation,
+    PrivacyConfig,
+    PrivacySpent,
+    SamplingMethod,
+)
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedProx,
+    Strategy,
+)
+
+from fedvault.common.config import ClientDpMode, TrainingConfig
+from fedvault.common.protocol import CLIENT_WEIGHT
+from fedvault.server.report import ClientDpFigures
+
+_FIXED = (
+    DifferentialPrivacyServerSideFixedClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+)
+_ADAPTIVE = (
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyClientSideAdaptiveClipping,
+)
+ADAPTIVE_TARGET_QUANTILE = 0.5
+ADAPTIVE_CLIP_NORM_LR = 0.2
 
 
-def make_strategy(training: TrainingConfig, *, available: int) -> FedAvg:
-    """FedAvg, FedProx or FedAdam, weighting updates by each site's example count."""
-    common = {
+@dataclass(frozen=True)
+class StrategyPlan:
+    """The strategy of a run and what fedvault's round loop must know about it."""
+
+    strategy: Strategy
+    min_train_nodes: int
+    sampled: int
+    client_dp: ClientDpMode = "off"
+
+    def privacy_spent(self) -> PrivacySpent | None:
+        """Client-level privacy spent so far, from Flower's accountant (or None)."""
+        if isinstance(self.strategy, _FIXED):
+            return self.strategy.privacy_spent()
+        return None
+
+    def figures(self, population: int) -> ClientDpFigures | None:
+        """What the reports say about client-level DP (None without it)."""
+        wrapper = self.strategy
+        if not isinstance(wrapper, (*_FIXED, *_ADAPTIVE)):
+            return None
+        spent = self.privacy_spent()
+        return ClientDpFigures(
+            epsilon=None if spent is None else spent.epsilon,
+            releases=0 if spent is None else spent.num_releases,
+            sampled=self.sampled,
+            population=population,
+            update_noise_multiplier=float(wrapper.noise_multiplier),
+            clipping_norm=float(wrapper.clipping_norm),
+        )
+
+
+def sampled_per_round(training: TrainingConfig, *, available: int) -> int:
+    """How many sites FedAvg's ``configure_train`` samples from ``available``."""
+    return max(
+        int(available * training.fraction_train), min(training.min_sites, available)
+    )
+
+
+def make_strategy(training: TrainingConfig, *, available: int) -> StrategyPlan:
+    """FedAvg, FedProx or FedAdam (weighted by example count, or equally with
+    client-level DP), wrapped for client-level DP if the run asks for it."""
+    minimum = min(training.min_sites, available)
+    common: dict[str, Any] = {
         "fraction_train": training.fraction_train,
         "fraction_evaluate": 1.0,
-        "min_train_nodes": min(training.min_sites, available),
-        "min_evaluate_nodes": min(training.min_sites, available),
-        "min_available_nodes": min(training.min_sites, available),
+        "min_train_nodes": minimum,
+        "min_evaluate_nodes": minimum,
+        "min_available_nodes": minimum,
         "weighted_by_key": "num-examples",
     }
+    if training.client_dp != "off":
+        common["weighted_by_key"] = CLIENT_WEIGHT
+    base: FedAvg
     if training.strategy == "fedprox":
-        return FedProx(proximal_mu=training.proximal_mu, **common)  # type: ignore[arg-type]
-    if training.strategy == "fedadam":
-        return FedAdam(eta=0.05, eta_l=training.lr, **common)  # type: ignore[arg-type]
-    return FedAvg(**common)  # type: ignore[arg-type]
+        base = FedProx(proximal_mu=training.proximal_mu, **common)
+    elif training.strategy == "fedadam":
+        base = FedAdam(eta=0.05, eta_l=training.lr, **common)
+    else:
+        base = FedAvg(**common)
+    sampled = sampled_per_round(training, available=available)
+    strategy = _with_client_dp(base, training, sampled=sampled, population=available)
+    return StrategyPlan(strategy, minimum, sampled, training.client_dp)
+
+
+def _with_client_dp(
+    base: FedAvg, t: TrainingConfig, *, sampled: int, population: int
+) -> Strategy:
+    z, c = t.client_noise_multiplier, t.client_clipping_norm
+    if t.client_dp in ("server-fixed", "client-fixed"):
+        from flwr.serverapp import RdpAccountant
+
+        accountant = RdpAccountant(
+            PrivacyConfig(
+                target_delta=t.client_delta,
+                population_size=population,
+                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            )
+        )
+        fixed = (
+            DifferentialPrivacyServerSideFixedClipping
+            if t.client_dp == "server-fixed"
+            else DifferentialPrivacyClientSideFixedClipping
+        )
+        return fixed(base, z, c, sampled, accountant=accountant)
+    if t.client_dp in ("server-adaptive", "client-adaptive"):
+        adaptive = (
+            DifferentialPrivacyServerSideAdaptiveClipping
+            if t.client_dp == "server-adaptive"
+            else DifferentialPrivacyClientSideAdaptiveClipping
+        )
+        # Flower's default sampled/20 is too small for a handful of sites (it must
+        # exceed z/2); z keeps the count noise at the update noise's scale.
+        return adaptive(
+            base,
+            z,
+            sampled,
+            initial_clipping_norm=c,
+            target_clipped_quantile=ADAPTIVE_TARGET_QUANTILE,
+            clip_norm_lr=ADAPTIVE_CLIP_NORM_LR,
+            clipped_count_stddev=max(sampled / 20, z),
+        )
+    return base

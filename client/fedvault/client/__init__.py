@@ -1,0 +1,20 @@
+"""A site: its ClientApp, data pipeline and vault, DP-SGD training, privacy policy
+and ledger, and its SuperNode.
+
+Public modules are listed in ``__all__``; import them by name.
+"""
+
+__all__ = [
+    "app",
+    "budget",
+    "cli",
+    "data",
+    "ledger",
+    "ledger_cli",
+    "mods",
+    "policy",
+    "site",
+    "site_cli",
+    "supernode",
+    "training",
+]

@@ -1,0 +1,108 @@
+"""What the coordinator checks before it aggregates or releases anything.
+
+- :func:`check_reply` / :func:`check_update`: a site's reply is well formed (the
+  update's names, shapes and finite values; exactly the expected metrics);
+- :func:`expected_metrics`: the metrics a run's replies must carry;
+- :func:`release_problem`: why a round's aggregate must not be released under
+  client-level DP or secure aggregation, even though enough sites answered.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from flwr.app import ArrayRecord, RecordDict
+from flwr.supercore.differential_privacy import KEY_NORM_BIT
+
+from fedvault.common.config import TrainingConfig
+from fedvault.common.protocol import CLIENT_WEIGHT
+from fedvault.common.records import array_record, metric_record, number
+
+TRAIN_METRICS = {"num-examples", "loss", "steps"}
+DP_METRICS = {
+    "epsilon",
+    "epsilon-lifetime",
+    "epsilon-budget",
+    "delta",
+    "noise-multiplier",
+    "sample-rate",
+}
+EVALUATE_METRICS = {"num-examples", "loss", "accuracy"}
+
+
+def expected_metrics(training: TrainingConfig, *, train: bool) -> set[str]:
+    """Metric names every training (or evaluation) reply of the run must hold."""
+    keys = set(TRAIN_METRICS if train else EVALUATE_METRICS)
+    if train and training.dp:
+        keys |= DP_METRICS
+    if training.client_dp != "off":
+        keys.add(CLIENT_WEIGHT)
+    if train and training.client_dp == "client-adaptive":
+        keys.add(KEY_NORM_BIT)
+    return keys
+
+
+def check_reply(
+    content: RecordDict, reference: dict[str, np.ndarray] | None, keys: set[str]
+) -> str | None:
+    """Why a reply cannot be aggregated, or None. Checks the update (if training)
+    and that metrics hold exactly ``keys``, all finite, with positive num-examples."""
+    try:
+        if reference is not None:
+            problem = check_update(array_record(content, "arrays"), reference)
+            if problem is not None:
+                return problem
+        metrics = metric_record(content, "metrics")
+        if set(metrics) != keys:
+            return f"metrics {sorted(metrics)} differ from the expected {sorted(keys)}"
+        values = [number(metrics, k) for k in keys]
+    except ValueError as exc:
+        return str(exc)
+    if not all(math.isfinite(v) for v in values):
+        return "non-finite metric values"
+    if number(metrics, "num-examples") <= 0:
+        return "num-examples must be positive"
+    return None
+
+
+def check_update(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str | None:
+    """Why an update cannot be aggregated (keys, shapes, non-finite values), or None."""
+    if set(arrays.keys()) != set(reference):
+        return "parameter names differ from the global model"
+    for key, array in arrays.items():
+        value = array.numpy()
+        if value.shape != reference[key].shape:
+            return f"{key}: shape {value.shape} != {reference[key].shape}"
+        if not np.all(np.isfinite(value)):
+            return f"{key}: NaN or infinite values"
+    return None
+
+
+def release_problem(
+    training: TrainingConfig,
+    *,
+    sampled: int,
+    usable: int,
+    summed: int | None,
+) -> str | None:
+    """Why the round's aggregate must not be released, or None.
+
+    ``sampled``: sites the strategy configured; ``usable``: replies fit for
+    aggregation; ``summed``: sites whose masked update SecAgg+ summed (None for a
+    plain round).
+    """
+    if summed is not None and summed > usable:
+        return (
+            f"secure aggregation: {summed - usable} site(s) whose masked update is in "
+            "the sum sent a reply the coordinator rejected; the sum cannot be split, "
+            "so the round is discarded"
+        )
+    if training.client_dp != "off" and usable < sampled:
+        return (
+            f"client-level DP: only {usable} of the {sampled} sampled sites "
+            f"contributed; the noise (sigma*C/{sampled}) and Flower's accountant "
+            f"assume exactly {sampled}, so an average over fewer would be released "
+            "with less noise than accounted; nothing is released"
+        )
+    return None

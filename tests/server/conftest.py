@@ -1,0 +1,93 @@
+"""An in-process Flower grid for coordinator tests: real ServerApp-side code and real
+ClientApps (with their mods), no SuperLink, no Ray. Every message is copied on the way
+in, as serialization would, and every reply the coordinator receives is kept."""
+
+import copy
+import types
+from collections.abc import Callable, Iterable
+
+import pytest
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+Drop = Callable[[int, Message], bool]
+
+
+class LocalGrid(Grid):
+    def __init__(self, app, contexts: dict[int, Context], drop: Drop | None = None):
+        self.app, self.contexts, self.drop = app, contexts, drop
+        self.received: list[Message] = []
+        self.sent: list[Message] = []
+
+    def set_run(self, run):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    @property
+    def run(self):
+        return types.SimpleNamespace(run_id=1)
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return Message(
+            content, dst_node_id=dst_node_id, message_type=message_type,
+            group_id=group_id, ttl=ttl,
+        )
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            incoming = Message(
+                copy.deepcopy(message.content),
+                dst_node_id=node,
+                message_type=message.metadata.message_type,
+                group_id=message.metadata.group_id,
+            )
+            self.sent.append(incoming)
+            if self.drop is not None and self.drop(node, incoming):
+                continue
+            try:
+                reply = self.app(incoming, self.contexts[node])
+            except Exception as exc:  # what Flower's runtime does with a crash
+                error = Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, repr(exc))
+                reply = Message(error, reply_to=incoming)
+            replies.append(reply)
+        self.received.extend(replies)
+        return replies
+
+
+def contexts_for(nodes: Iterable[int], run_config: dict) -> dict[int, Context]:
+    nodes = list(nodes)
+    return {
+        node: Context(
+            run_id=1,
+            node_id=node,
+            node_config={"partition-id": pid, "num-partitions": len(nodes)},
+            state=RecordDict(),
+            run_config=dict(run_config),
+        )
+        for pid, node in enumerate(nodes)
+    }
+
+
+@pytest.fixture
+def local_grid(monkeypatch):
+    # The ServerApp runtime sets who "we" are; new instruction messages need it.
+    for name, value in (("_run_id", 1), ("_node_id", 1), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+    return LocalGrid
+
+
+@pytest.fixture
+def make_contexts():
+    return contexts_for
