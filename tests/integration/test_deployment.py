@@ -402,11 +402,6 @@ def test_site_killed_mid_round_is_left_out(consortium):
     assert consortium.wait_exit("site-2", 30) != 0  # its CLI reports the dead SuperNode
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="federation.py files Flower's NODE_UNAVAILABLE reply (src_node_id 1, the "
-    "SuperLink) under 'node-1' instead of the site the message was sent to",
-)
 def test_dead_site_failure_is_filed_under_its_name(consortium):
     summary = _summary(consortium)
     assert [name for name, _ in _failures(summary, ROUNDS)] == ["site-2"]

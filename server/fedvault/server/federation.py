@@ -88,6 +88,7 @@ class Federation:
         self.excluded: dict[str, str] = dict(settings.excluded_sites)
         self.history: list[dict[str, Any]] = []
         self.stop_reason = ""
+        self._sent: dict[str, int] = {}
         self.plan: StrategyPlan | None = None
         self.secure = (
             SecureRound(
@@ -119,11 +120,8 @@ class Federation:
             for n in nodes
         ]
         summaries = []
-        replies = self.grid.send_and_receive(
-            messages, timeout=self.training.round_timeout
-        )
-        for reply in replies:
-            node = reply.metadata.src_node_id
+        for reply in self._exchange(messages):
+            node = self._node_of(reply)
             if reply.has_error():
                 self.excluded[f"node-{node}"] = f"failed: {reply.error.reason}"
                 continue
@@ -151,6 +149,26 @@ class Federation:
         return merge_summaries(summaries, self.settings.target)
 
     # -- replies ----------------------------------------------------------------
+    def _exchange(self, messages: Iterable[Message]) -> list[Message]:
+        """Send and wait, remembering where each message went: a reply Flower
+        writes itself (e.g. NODE_UNAVAILABLE for a site that died) comes from the
+        SuperLink, not from the site, and must be filed under the site."""
+        sent = list(messages)
+        replies = list(
+            self.grid.send_and_receive(sent, timeout=self.training.round_timeout)
+        )
+        self._sent |= {
+            m.metadata.message_id: m.metadata.dst_node_id
+            for m in sent
+            if m.metadata.message_id  # set by the Grid when it pushes the message
+        }
+        return replies
+
+    def _node_of(self, reply: Message) -> int:
+        return self._sent.get(
+            reply.metadata.reply_to_message_id, reply.metadata.src_node_id
+        )
+
     def _site(self, node: int) -> SiteRecord:
         return self.sites.setdefault(node, SiteRecord(name=f"node-{node}"))
 
@@ -166,7 +184,7 @@ class Federation:
         """
         valid = []
         for reply in replies:
-            site = self._site(reply.metadata.src_node_id)
+            site = self._site(self._node_of(reply))
             event = {"round": server_round}
             if reply.has_error():
                 if (reply.error.reason or "").startswith(MISMATCH_PREFIX):
@@ -206,7 +224,7 @@ class Federation:
                 )
                 continue
             valid.append(reply)
-        valid.sort(key=lambda m: self._site(m.metadata.src_node_id).name)
+        valid.sort(key=lambda m: self._site(self._node_of(m)).name)
         return valid
 
     def _metric_keys(self, reference: dict[str, np.ndarray] | None) -> set[str]:
@@ -214,7 +232,7 @@ class Federation:
 
     def _record_training(self, replies: list[Message]) -> None:
         for reply in replies:
-            site = self._site(reply.metadata.src_node_id)
+            site = self._site(self._node_of(reply))
             metrics = metric_record(reply.content, "metrics")
             site.rounds_trained += 1
             site.examples = int(number(metrics, "num-examples"))
@@ -319,8 +337,7 @@ class Federation:
         also how many sites' masked updates the sum holds)."""
         messages = list(strategy.configure_train(server_round, arrays, config, grid))
         if self.secure is None:
-            timeout = self.training.round_timeout
-            return list(self.grid.send_and_receive(messages, timeout=timeout)), None
+            return self._exchange(messages), None
         # Weights are example counts, known from preprocessing: the largest bounds them.
         largest = max((s.examples for s in self.sites.values()), default=1)
         result = self.secure.run(server_round, messages, arrays, max_weight=largest)
@@ -352,9 +369,8 @@ class Federation:
             m = evaluate(model, *test, num_classes=prep.num_classes)
             row |= {"accuracy": m.accuracy, "auc": m.auc, "loss": m.loss}
         config = ConfigRecord({"preprocessing": prep.to_json()})
-        replies = self.grid.send_and_receive(
-            strategy.configure_evaluate(server_round, arrays, config, grid),
-            timeout=self.training.round_timeout,
+        replies = self._exchange(
+            strategy.configure_evaluate(server_round, arrays, config, grid)
         )
         valid = self._usable_replies(replies, server_round, None)
         if valid:

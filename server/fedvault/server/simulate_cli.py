@@ -339,6 +339,23 @@ def _print_tables(summary: dict[str, Any], out: Path) -> None:
     for name, reason in summary["excluded_sites"].items():
         sites.add_row(name, "-", "0", "-", "-", "-", "-", f"excluded: {reason}")
     console.print(sites)
+    client = summary.get("client_dp")
+    if client is not None:
+        eps = client.get("epsilon")
+        spent = (
+            f"epsilon {eps:.3f} at delta {client['delta']:g}"
+            if eps is not None
+            else "no epsilon (adaptive clipping is not accounted)"
+        )
+        console.print(
+            f"Client-level DP ({client['mode']}): {spent}, "
+            f"{client['releases']} release(s)."
+        )
+    if summary.get("secure_aggregation"):
+        console.print(
+            "Secure aggregation (SecAgg+): the coordinator saw only the sum "
+            "of the sites' updates."
+        )
     if summary["status"] != "completed":
         console.print(f"[yellow]Run stopped early:[/] {summary['stop_reason']}")
     final = summary["final"]
