@@ -72,6 +72,7 @@ def measure(rounds: int) -> dict[str, Any]:
         "first_round_bookkeeping_seconds": book[0],
         "training_seconds": total_train,
         "share_of_round_time": total_book / (total_book + total_train),
+        "per_round_seconds": total_book / rounds,
     }
 
 

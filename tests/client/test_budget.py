@@ -107,3 +107,25 @@ def test_a_tampered_ledger_blocks_training(tmp_path):
     result = SiteBudget.open(policy_file=tmp_path / "site.toml", state_dir=tmp_path,
                              run_id="run-1", settings=TrainingConfig())
     assert isinstance(result, Decline) and "verification" in result.detail
+
+
+def test_a_recorded_round_is_replayed_not_retrained(tmp_path):
+    import torch
+
+    _policy(tmp_path)
+    budget = _open(tmp_path, rounds=3)
+    plan = budget.plan_round(SCHEDULE)
+    assert isinstance(plan, Step)
+    update = {"w": torch.arange(4.0)}
+    assert budget.replayable(1, global_hash="g1") is None  # nothing trained yet
+    budget.record(1, plan, "ab" * 32)
+    budget.keep(1, global_hash="g1", update=update, metrics={"loss": 0.5})
+    again = _open(tmp_path, rounds=3)  # after a restart: a fresh process
+    kept = again.replayable(1, global_hash="g1")
+    assert kept is not None
+    got, metrics, recorded = kept
+    assert torch.equal(got["w"], update["w"]) and metrics == {"loss": 0.5}
+    assert recorded == "ab" * 32
+    assert again.replayable(1, global_hash="other") is None  # another global model
+    assert again.replayable(2, global_hash="g1") is None  # a round never trained
+    assert len(again.ledger.records()) == 1  # nothing new spent

@@ -65,7 +65,7 @@ def test_coordinator_config_paths_and_run_config(tmp_path):
     assert cfg.ca_cert == tmp_path / "pki" / "ca.crt"
     assert cfg.sites == {"a": tmp_path / "keys" / "a.pub"}
     assert cfg.expected_sites == 2  # defaults to min-sites
-    values = run_config(cfg, tmp_path / "out")
+    values = run_config(cfg, tmp_path / "out", run_key="k")
     assert set(APP_KEYS) <= set(values)
     settings = ServerSettings.from_run_config(values)
     assert settings.training.rounds == 3

@@ -126,13 +126,13 @@ def _reply(msg: Message, model: nn.Module, metrics: MetricRecord) -> Message:
 
 
 def _open_budget(
-    site: SiteSettings, settings: TrainingConfig, run_id: int
+    site: SiteSettings, settings: TrainingConfig, run_id: str
 ) -> SiteBudget | Decline:
     policy_file, state_dir = policy_path(site.state, site.policy)
     return SiteBudget.open(
         policy_file=policy_file,
         state_dir=state_dir,
-        run_id=str(run_id),
+        run_id=run_id,
         settings=settings,
     )
 
@@ -169,9 +169,16 @@ def train(msg: Message, context: Context) -> Message:
         result = train_plain(model, data, local)
         plain = {"num-examples": len(data), "loss": result.loss, "steps": result.steps}
         return _reply(msg, model, _weighted(settings, plain))
-    budget = _open_budget(site, settings, context.run_id)
+    # The coordinator's run key survives a coordinator restart (resume); Flower's
+    # run id does not. Either names this run in the site's ledger.
+    run_key = str(context.run_config.get("run-key") or context.run_id)
+    budget = _open_budget(site, settings, run_key)
     if isinstance(budget, Decline):
         return _decline(msg, budget.reason, budget.detail)
+    global_hash = array_record(msg.content, "arrays").object_id
+    replayed = _replay(msg, settings, budget, server_round, global_hash, model)
+    if replayed is not None:
+        return replayed
     plan = budget.plan_round(dp_schedule(len(data), settings.batch_size))
     if isinstance(plan, Decline):
         return _decline(msg, plan.reason, plan.detail)
@@ -198,6 +205,39 @@ def train(msg: Message, context: Context) -> Message:
         "noise-multiplier": figures.sigma,
         "sample-rate": result.sample_rate,
     }
+    budget.keep(
+        server_round,
+        global_hash=global_hash,
+        update=model.state_dict(),
+        metrics=metrics,
+    )
+    return _reply(msg, model, _weighted(settings, metrics))
+
+
+def _replay(
+    msg: Message,
+    settings: TrainingConfig,
+    budget: SiteBudget,
+    server_round: int,
+    global_hash: str,
+    model: nn.Module,
+) -> Message | None:
+    """The same update again, for a round this run already trained from this global
+    model (a coordinator restart lost it): no new training, nothing new spent."""
+    kept = budget.replayable(server_round, global_hash=global_hash)
+    if kept is None:
+        return None
+    update, metrics, recorded_hash = kept
+    if ArrayRecord(update).object_id != recorded_hash:
+        logger.warning(
+            "kept update of round %d does not match the ledger; not replayed",
+            server_round,
+        )
+        return None
+    logger.info(
+        "round %d already trained in this run: replaying its update", server_round
+    )
+    model.load_state_dict(update)
     return _reply(msg, model, _weighted(settings, metrics))
 
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from fedvault.client import replay
 from fedvault.client.ledger import PrivacyLedger
 from fedvault.client.policy import (
     Decline,
@@ -49,9 +52,11 @@ class SiteBudget:
         ledger: PrivacyLedger,
         run_id: str,
         settings: TrainingConfig,
+        state_dir: Path | None = None,
     ) -> None:
         self.policy, self.ledger = policy, ledger
         self.run_id, self.settings = run_id, settings
+        self.state_dir = state_dir
 
     @classmethod
     def open(
@@ -69,7 +74,7 @@ class SiteBudget:
             ledger = PrivacyLedger.for_policy(state_dir, policy)
         except IntegrityError as exc:
             return Decline("policy", f"privacy ledger failed verification: {exc}")
-        return cls(policy, ledger, run_id, settings)
+        return cls(policy, ledger, run_id, settings, state_dir)
 
     def _run_history(self) -> list[Step]:
         return [r.step for r in self.ledger.records() if r.run_id == self.run_id]
@@ -143,6 +148,42 @@ class SiteBudget:
             delta=self.policy.delta,
             sigma=step.sigma,
         )
+
+    def replayable(
+        self, server_round: int, *, global_hash: str
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float], str] | None:
+        """This run's kept update for ``server_round`` if the ledger records that
+        round as trained from the same global model (see :mod:`replay`), with the
+        update hash the ledger holds for it (the caller checks the bytes match)."""
+        done = [
+            r
+            for r in self.ledger.records()
+            if r.run_id == self.run_id and r.round == server_round
+        ]
+        if not done or self.state_dir is None:
+            return None
+        kept = replay.find(
+            self.state_dir, self.run_id, server_round, global_hash=global_hash
+        )
+        return None if kept is None else (*kept, done[-1].update_sha256)
+
+    def keep(
+        self,
+        server_round: int,
+        *,
+        global_hash: str,
+        update: dict[str, torch.Tensor],
+        metrics: dict[str, float],
+    ) -> None:
+        if self.state_dir is not None:
+            replay.keep(
+                self.state_dir,
+                self.run_id,
+                server_round,
+                global_hash=global_hash,
+                update=update,
+                metrics=metrics,
+            )
 
     def _epsilon(self, history: list[Step]) -> float:
         return epsilon_spent(

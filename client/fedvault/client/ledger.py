@@ -43,6 +43,7 @@ from typing import Any
 
 from fedvault.client.policy import Decline, SitePolicy, check_dataset_id, check_matches
 from fedvault.common.errors import BudgetExceededError, ConfigError, IntegrityError
+from fedvault.common.files import fsync_dir
 from fedvault.common.privacy import (
     ACCOUNTANTS,
     Accountant,
@@ -121,14 +122,6 @@ class _Paths:
         return self.records.exists() or self.head.exists()
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_head(paths: _Paths, count: int, last: str) -> None:
     head = {
         "version": FORMAT_VERSION,
@@ -142,7 +135,7 @@ def _write_head(paths: _Paths, count: int, last: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, paths.head)
-    _fsync_dir(paths.head.parent)
+    fsync_dir(paths.head.parent)
 
 
 @contextmanager

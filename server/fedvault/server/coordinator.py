@@ -19,13 +19,17 @@ import ssl
 import subprocess
 import threading
 import time
+import tomllib
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from fedvault.common.certs import SERVER_CERT, SERVER_KEY, check_certificates
 from fedvault.common.errors import ConfigError, FederationError
+from fedvault.common.files import atomic_write
 from fedvault.common.processes import flower_bin, flower_env, stop_process
+from fedvault.server.checkpoint import CHECKPOINT_FILE
 from fedvault.server.control import flwr_json, run_status, submit, sync_registry
 from fedvault.server.deploy import (
     CoordinatorConfig,
@@ -34,7 +38,7 @@ from fedvault.server.deploy import (
     split_address,
 )
 from fedvault.server.registry import SiteRegistry
-from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE, atomic_write
+from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +198,7 @@ def prepare_output(layout: CoordinatorLayout, *, restart: bool) -> None:
         what = "a finished run" if finished else "an unfinished run"
         raise ConfigError(
             f"{out} holds {what}; pass --restart to move it aside and start over "
-            "(resuming an unfinished run is not implemented yet)"
+            "or `fedvault server resume` to continue it from its last round"
         )
     aside = out.with_name(f"output-{time.strftime('%Y%m%d-%H%M%S')}")
     out.rename(aside)
@@ -236,12 +240,45 @@ def start(
     """Start the coordinator and run the federation to its end; returns the summary."""
     layout = CoordinatorLayout(cfg.run_dir)
     prepare_output(layout, restart=restart)
+    layout.output.mkdir(parents=True, exist_ok=True)
+    values = run_config(cfg, layout.output.resolve(), run_key=uuid.uuid4().hex)
+    return _run(cfg, layout, values, insecure=insecure, on_poll=on_poll)
+
+
+def resume(
+    cfg: CoordinatorConfig,
+    *,
+    insecure: bool = False,
+    on_poll: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Continue the unfinished run in the config's run folder from its last completed
+    round (same settings, same run key: sites' ledgers continue the same run)."""
+    layout = CoordinatorLayout(cfg.run_dir)
+    out = layout.output
+    if (out / SUMMARY_FILE).exists():
+        raise ConfigError(f"{out} holds a finished run: nothing to resume")
+    if not (out / CHECKPOINT_FILE).exists() or not layout.run_config_file.exists():
+        raise ConfigError(f"{out} holds no checkpoint: nothing to resume (use start)")
+    previous = tomllib.loads(layout.run_config_file.read_text())
+    values = run_config(
+        cfg, out.resolve(), run_key=str(previous["run-key"]), resume=True
+    )
+    return _run(cfg, layout, values, insecure=insecure, on_poll=on_poll)
+
+
+def _run(
+    cfg: CoordinatorConfig,
+    layout: CoordinatorLayout,
+    values: dict[str, bool | int | float | str],
+    *,
+    insecure: bool,
+    on_poll: Callable[[], None] | None,
+) -> dict[str, Any]:
     registry = SiteRegistry(layout.registry)
     for name, key in cfg.sites.items():
         if name not in registry.sites:
             registry.add(name, key)
-    layout.output.mkdir(parents=True, exist_ok=True)
-    layout.write_app(run_config(cfg, layout.output.resolve()))
+    layout.write_app(values)
     with _sigterm_as_interrupt(), superlink(cfg, insecure=insecure):
         if not insecure:
             added = sync_registry(layout, registry)

@@ -243,7 +243,7 @@ class CoordinatorLayout:
 
 
 def run_config(
-    cfg: CoordinatorConfig, output: Path
+    cfg: CoordinatorConfig, output: Path, *, run_key: str, resume: bool = False
 ) -> dict[str, bool | int | float | str]:
     """The ServerApp's run config: training keys plus the coordinator's own."""
     test = cfg.options.test_data
@@ -255,6 +255,8 @@ def run_config(
         "expected-sites": cfg.expected_sites,
         "excluded-sites": "{}",
         "client-threads": cfg.options.client_threads,
+        "run-key": run_key,
+        "resume": resume,
     }
     return values
 

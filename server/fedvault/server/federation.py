@@ -20,6 +20,7 @@ import math
 import random
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict
 from typing import Any, cast
 
 import numpy as np
@@ -36,6 +37,7 @@ from fedvault.common.preprocessing import Preprocessing, merge_summaries
 from fedvault.common.protocol import MISMATCH_PREFIX
 from fedvault.common.records import config_record, metric_record, number, text
 from fedvault.common.wire import summary_from_bytes
+from fedvault.server import checkpoint
 from fedvault.server.checks import TRAIN_METRICS as TRAIN_METRICS
 from fedvault.server.checks import (
     check_reply,
@@ -258,6 +260,9 @@ class Federation:
         self.rundir.event("start", rounds=self.training.rounds)
         nodes = self._wait_for_sites()
         prep = self._preprocessing(nodes)
+        resumed = self._resume() if self.settings.resume else None
+        if resumed is not None:
+            prep = Preprocessing.from_json(resumed.preprocessing)
         self.rundir.write_json(PREPROCESSING_FILE, json.loads(prep.to_json()))
         self.rundir.event(
             "ready",
@@ -270,12 +275,19 @@ class Federation:
             num_classes=prep.num_classes,
             hidden=self.training.hidden,
         )
+        if resumed is not None:
+            model.load_state_dict(
+                {k: torch.from_numpy(v) for k, v in resumed.arrays.items()}
+            )
         arrays = ArrayRecord(model.state_dict())
         test = self._test_set(prep)
         # Duck-typed view: the strategy only calls get_node_ids() on it.
         eligible = cast(Grid, _EligibleGrid(self.grid, set(self.sites)))
         self.plan = make_strategy(self.training, available=len(self.sites))
-        for server_round in range(1, self.training.rounds + 1):
+        if resumed is not None:
+            checkpoint.restore_strategy(self.plan.strategy, resumed.strategy)
+        first = len(self.history) + 1
+        for server_round in range(first, self.training.rounds + 1):
             new_arrays = self._round(
                 server_round, self.plan, eligible, arrays, prep, test
             )
@@ -402,7 +414,43 @@ class Federation:
         ordered = sorted(self.sites.values(), key=lambda s: s.name)
         return {s.name: s.as_dict(self.training.dp) for s in ordered}
 
+    def _resume(self) -> checkpoint.RunState:
+        """Continue from the last completed round: history, what is known of each
+        site (matched by name to the sites that answered now), model, strategy."""
+        state = checkpoint.load(self.settings.out_dir)
+        if state.run_key != self.settings.run_key:
+            raise FederationError("the checkpoint belongs to another run (run key)")
+        if self.training.client_dp != "off":
+            raise FederationError(
+                "resuming a run with client-level DP is not "
+                "supported: Flower's accountant state is not saved"
+            )
+        records = state.site_records()
+        for node, site in self.sites.items():
+            self.sites[node] = records.get(site.name, site)
+        self.history = list(state.history)
+        self.excluded |= state.excluded
+        self.rundir.event("resumed", rounds_completed=state.rounds_completed)
+        logger.info("resuming after round %d", state.rounds_completed)
+        return state
+
     def _checkpoint(self, model: torch.nn.Module, prep: Preprocessing) -> None:
+        strategy = None if self.plan is None else self.plan.strategy
+        checkpoint.save(
+            self.settings.out_dir,
+            checkpoint.RunState(
+                run_key=self.settings.run_key,
+                rounds_completed=len(self.history),
+                arrays={
+                    k: v.detach().cpu().numpy() for k, v in model.state_dict().items()
+                },
+                preprocessing=prep.to_json(),
+                history=self.history,
+                sites={s.name: asdict(s) for s in self.sites.values()},
+                excluded=self.excluded,
+                strategy=checkpoint.strategy_state(strategy),
+            ),
+        )
         self.rundir.save_model(
             {
                 "state_dict": model.state_dict(),

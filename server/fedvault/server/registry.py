@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from fedvault.common.certs import load_site_public_key
 from fedvault.common.errors import ConfigError
-from fedvault.server.rundir import atomic_write
+from fedvault.common.files import atomic_write
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

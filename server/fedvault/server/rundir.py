@@ -5,14 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from fedvault.common.files import atomic_write
 
 PROGRESS_FILE = "progress.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -21,21 +21,6 @@ METRICS_FILE = "metrics.csv"
 PREPROCESSING_FILE = "preprocessing.json"
 PRIVACY_FILE = "privacy.json"
 PRIVACY_TEXT_FILE = "privacy.txt"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _clean(value: Any) -> Any:

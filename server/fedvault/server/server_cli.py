@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +23,11 @@ from rich.table import Table
 from fedvault.common.errors import ConfigError, FederationError
 from fedvault.server import control
 from fedvault.server import coordinator as coord
-from fedvault.server.deploy import CoordinatorLayout, load_coordinator_config
+from fedvault.server.deploy import (
+    CoordinatorConfig,
+    CoordinatorLayout,
+    load_coordinator_config,
+)
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.rundir import PROGRESS_FILE
 
@@ -85,7 +90,47 @@ def start(
 
     Only the Fleet address is for partners; the Control API stays on loopback."""
     cfg = load_coordinator_config(config)
-    quiet = _format(output_format) == "json"
+    _drive(
+        cfg,
+        insecure=insecure,
+        quiet=_format(output_format) == "json",
+        run=lambda poll: coord.start(
+            cfg, insecure=insecure, restart=restart, on_poll=poll
+        ),
+    )
+
+
+@server_app.command("resume")
+def resume(
+    config: ConfigOption = Path("coordinator.toml"),
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="No TLS, no site authentication (local tests only)."
+        ),
+    ] = False,
+    output_format: FormatOption = "text",
+) -> None:
+    """Continue the unfinished run in the config's run folder after the coordinator
+    stopped or crashed: from its last completed round, with the same settings and
+    run key (sites' ledgers continue the same run, nothing is counted twice)."""
+    cfg = load_coordinator_config(config)
+    _drive(
+        cfg,
+        insecure=insecure,
+        quiet=_format(output_format) == "json",
+        run=lambda poll: coord.resume(cfg, insecure=insecure, on_poll=poll),
+    )
+
+
+def _drive(
+    cfg: CoordinatorConfig,
+    *,
+    insecure: bool,
+    quiet: bool,
+    run: Callable[[Callable[[], None]], dict[str, Any]],
+) -> None:
+    """Run the coordinator with a progress display; report the outcome."""
     if insecure:
         err_console.print(
             "[bold red]WARNING: --insecure: no TLS and no site "
@@ -118,7 +163,7 @@ def start(
                 )
 
     with progress:
-        summary = coord.start(cfg, insecure=insecure, restart=restart, on_poll=poll)
+        summary = run(poll)
     if quiet:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:

@@ -18,6 +18,8 @@ APP_KEYS = (
     "expected-sites",
     "excluded-sites",
     "client-threads",
+    "run-key",
+    "resume",
 )
 
 
@@ -31,6 +33,8 @@ class ServerSettings:
     test_data: Path | None
     expected_sites: int
     excluded_sites: dict[str, str]
+    run_key: str = ""
+    resume: bool = False
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> ServerSettings:
@@ -49,4 +53,6 @@ class ServerSettings:
             test_data=Path(test) if test else None,
             expected_sites=int(run_config.get("expected-sites", 0)),
             excluded_sites={str(k): str(v) for k, v in excluded.items()},
+            run_key=str(run_config.get("run-key", "")),
+            resume=bool(run_config.get("resume", False)),
         )

@@ -15,6 +15,7 @@ import logging
 import re
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,6 +272,8 @@ def _run_config(
         "expected-sites": len(entries),
         "excluded-sites": json.dumps(prepared.excluded),
         "client-threads": 1,
+        "run-key": uuid.uuid4().hex,
+        "resume": False,
     }
     for pid, ((name, _), entry) in enumerate(zip(prepared.sites, entries, strict=True)):
         run_config |= {f"site.{pid}.{k}": v for k, v in entry.items()}

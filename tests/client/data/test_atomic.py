@@ -53,7 +53,7 @@ def _fail_on_call(n: int, original: Callable[..., Any]) -> Callable[..., Any]:
     ("target", "call"),
     [
         ("write_plaintext", 2),  # mid-way through the chunks
-        ("_fsync_dir", 1),  # after all chunks, before the generation moves in
+        ("fsync_dir", 1),  # after all chunks, before the generation moves in
         ("_write_synced", 4),  # the pending manifest, after the generation moved in
         ("replace", 1),  # the commit itself
     ],

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from fedvault.client.data import vault_format as fmt
 from fedvault.client.data.keys import key_id
 from fedvault.common.errors import ConfigError, DataError
+from fedvault.common.files import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -139,17 +140,17 @@ class VaultWriter:
         blob = fmt.seal_manifest(
             self._subkey, header, _random_bytes(fmt.NONCE_BYTES), manifest
         )
-        _fsync_dir(self._tmp)
+        fsync_dir(self._tmp)
         if not self.vault_dir.exists():
             self.vault_dir.mkdir(mode=0o700)
             self._created_vault = True
-            _fsync_dir(self.vault_dir.parent)
+            fsync_dir(self.vault_dir.parent)
         os.rename(self._tmp, self.vault_dir / self.generation)
         pending = self.vault_dir / f".{fmt.MANIFEST_NAME}.{self.generation}.tmp"
         _write_synced(pending, blob)
         os.replace(pending, self.vault_dir / fmt.MANIFEST_NAME)  # the commit point
         self._committed = True
-        _fsync_dir(self.vault_dir)
+        fsync_dir(self.vault_dir)
         self._sweep()
         return manifest
 
@@ -215,13 +216,3 @@ def _write_synced(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
