@@ -92,7 +92,9 @@ def make_strategy(training: TrainingConfig, *, available: int) -> StrategyPlan:
     minimum = min(training.min_sites, available)
     common: dict[str, Any] = {
         "fraction_train": training.fraction_train,
-        "fraction_evaluate": 1.0,
+        # Evaluate on as many sites as train: with 1,000 sites and 10 sampled, a
+        # round must not ask all 1,000 to evaluate.
+        "fraction_evaluate": training.fraction_train,
         "min_train_nodes": minimum,
         "min_evaluate_nodes": minimum,
         "min_available_nodes": minimum,
