@@ -23,13 +23,12 @@ from __future__ import annotations
 import functools
 import math
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from fedvault.common.config import key_of, parse_fields
+from fedvault.common.config import key_of, parse_fields, read_toml
 from fedvault.common.errors import BudgetExceededError, ConfigError, PrivacyError
 from fedvault.common.privacy import (
     ACCOUNTANTS,
@@ -113,14 +112,9 @@ def load_policy(path: Path) -> SitePolicy:
     Other top-level tables (the site's other settings) are ignored; unknown keys
     inside ``[privacy]`` are errors.
     """
-    try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"site policy file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
-    table = document.get(POLICY_TABLE)
+    if not path.is_file():
+        raise ConfigError(f"site policy file not found: {path}")
+    table = read_toml(path).get(POLICY_TABLE)
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: missing [{POLICY_TABLE}] table")
     return SitePolicy.from_mapping(table, source=f"{path} [{POLICY_TABLE}]")

@@ -31,7 +31,6 @@ import re
 import signal
 import subprocess
 import threading
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -41,7 +40,7 @@ import tomli_w
 from fedvault.client.data.keys import load_key
 from fedvault.client.data.vault_format import MANIFEST_NAME
 from fedvault.client.policy import load_policy
-from fedvault.common.config import parse_fields
+from fedvault.common.config import parse_fields, read_toml
 from fedvault.common.errors import ConfigError, FederationError
 from fedvault.common.processes import flower_bin, flower_env, stop_process
 
@@ -161,13 +160,7 @@ class SiteConfig:
 
 
 def load_site_config(path: Path) -> SiteConfig:
-    try:
-        with path.open("rb") as handle:
-            raw = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    raw = read_toml(path)
     return parse_site_config(raw, base=path.resolve().parent, source=path.resolve())
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tomllib
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from fedvault.common.errors import ConfigError
@@ -35,6 +37,17 @@ CLIENT_DP_MODES: tuple[ClientDpMode, ...] = (
 CLIENT_SIDE_CLIPPING: tuple[ClientDpMode, ...] = ("client-fixed", "client-adaptive")
 
 T = TypeVar("T")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; :class:`ConfigError` names the file and the problem."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
 
 
 def key_of(field_name: str) -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from typing import Any
 import tomli_w
 
 from fedvault.common.certs import CA_CERT, SERVER_CERT, SERVER_KEY
-from fedvault.common.config import TrainingConfig, parse_fields
+from fedvault.common.config import TrainingConfig, parse_fields, read_toml
 from fedvault.common.errors import ConfigError
 from fedvault.server import _flower
 
@@ -134,13 +133,7 @@ class CoordinatorConfig:
 
 
 def load_coordinator_config(path: Path) -> CoordinatorConfig:
-    try:
-        with path.open("rb") as handle:
-            raw = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    raw = read_toml(path)
     return parse_coordinator_config(raw, base=path.resolve().parent)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from fedvault.common.config import read_toml
 from fedvault.common.errors import ConfigError
 from fedvault.server import simulate as sim
 from fedvault.server.rundir import PROGRESS_FILE
@@ -40,16 +40,6 @@ e.g. local-epochs = 2), then from the options given here, which win.
 
 def _flags(**values: Any) -> dict[str, Any]:
     return {k.replace("_", "-"): v for k, v in values.items() if v is not None}
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
 
 
 def simulate(
@@ -191,7 +181,7 @@ def simulate(
         str, typer.Option("--format", help="text | json")
     ] = "text",
 ) -> None:
-    values = _read_toml(config) if config else {}
+    values = read_toml(config) if config else {}
     values |= _flags(
         sites=sites,
         rounds=rounds,
