@@ -10,6 +10,10 @@ With ``secagg`` the training exchange of a round runs through SecAgg+
 unmasked aggregate; everything after it (checks, the strategy's aggregation with any
 client-level DP wrapper, evaluation, checkpoints, reports) is the same code path.
 A site that refuses a round's protocol (``MISMATCH_PREFIX``) fails the run.
+
+The module is longer than most (~480 lines) on purpose: it is the one place that
+drives a round end to end (send, check, aggregate, evaluate, checkpoint, resume), so
+that the round's invariants can be read in one file.
 """
 
 from __future__ import annotations
