@@ -37,6 +37,12 @@ err_console = Console(stderr=True)
 
 ConfigOption = Annotated[Path, typer.Option("--config", help="coordinator.toml")]
 FormatOption = Annotated[str, typer.Option("--format", help="text | json")]
+InsecureOption = Annotated[
+    bool,
+    typer.Option(
+        "--insecure", help="No TLS, no site authentication (local tests only)."
+    ),
+]
 
 server_app = typer.Typer(
     name="server",
@@ -71,12 +77,7 @@ def _events(layout: CoordinatorLayout) -> list[dict[str, Any]]:
 @server_app.command("start")
 def start(
     config: ConfigOption = Path("coordinator.toml"),
-    insecure: Annotated[
-        bool,
-        typer.Option(
-            "--insecure", help="No TLS, no site authentication (local tests only)."
-        ),
-    ] = False,
+    insecure: InsecureOption = False,
     restart: Annotated[
         bool,
         typer.Option(
@@ -103,12 +104,7 @@ def start(
 @server_app.command("resume")
 def resume(
     config: ConfigOption = Path("coordinator.toml"),
-    insecure: Annotated[
-        bool,
-        typer.Option(
-            "--insecure", help="No TLS, no site authentication (local tests only)."
-        ),
-    ] = False,
+    insecure: InsecureOption = False,
     output_format: FormatOption = "text",
 ) -> None:
     """Continue the unfinished run in the config's run folder after the coordinator
