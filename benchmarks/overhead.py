@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 SITES, ROUNDS = 5, 10
+LARGE_ROWS = 20_000  # synthetic, 30 features: ~3,200 training rows a site
 
 
-def plain_loop(*, dp: bool, rounds: int, sites: int) -> dict[str, Any]:
+def plain_loop(*, dp: bool, rounds: int, sites: int, data: str = "") -> dict[str, Any]:
     """The same federation as one Python loop: no Flower, no messages."""
     import torch
 
@@ -37,7 +38,7 @@ def plain_loop(*, dp: bool, rounds: int, sites: int) -> dict[str, Any]:
     from fedvault.server import simulate as sim
 
     torch.set_num_threads(1)
-    cfg = sim.load_config({"sites": sites, "rounds": rounds, "dp": dp})
+    cfg = sim.load_config({"sites": sites, "rounds": rounds, "dp": dp, "data": data})
     prepared = sim.prepare_data(cfg)
     t: TrainingConfig = prepared.training
     parts = [part for _, part in prepared.sites]
@@ -91,12 +92,14 @@ def plain_loop(*, dp: bool, rounds: int, sites: int) -> dict[str, Any]:
     return {"rounds_seconds": seconds, "accuracy": metrics.accuracy}
 
 
-def simulation(*, dp: bool, rounds: int, sites: int) -> dict[str, Any]:
+def simulation(*, dp: bool, rounds: int, sites: int, data: str = "") -> dict[str, Any]:
     from fedvault.server import simulate as sim
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        cfg = sim.load_config({"sites": sites, "rounds": rounds, "dp": dp})
+        cfg = sim.load_config(
+            {"sites": sites, "rounds": rounds, "dp": dp, "data": data}
+        )
         called = time.time()
         summary = sim.run(cfg, out)
         finished = time.time()
@@ -117,28 +120,50 @@ def simulation(*, dp: bool, rounds: int, sites: int) -> dict[str, Any]:
     }
 
 
+def _case(dp: bool, rounds: int, data: str = "") -> dict[str, Any]:
+    sim_r = simulation(dp=dp, rounds=rounds, sites=SITES, data=data)
+    plain = plain_loop(dp=dp, rounds=rounds, sites=SITES, data=data)
+    # Round 1 of the simulation also pays each Ray actor's first ClientApp import;
+    # the later rounds are the steady-state cost.
+    per_round_sim = sim_r["later_rounds_seconds"] / max(rounds - 1, 1)
+    per_round_plain = plain["rounds_seconds"] / rounds
+    return {
+        "simulation": sim_r,
+        "plain": plain,
+        "ratio_all_rounds": sim_r["rounds_seconds"] / plain["rounds_seconds"],
+        "ratio_steady_rounds": per_round_sim / per_round_plain,
+    }
+
+
+def _large_table(folder: Path, rows: int) -> str:
+    import pandas as pd
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=rows, n_features=30, n_informative=10, random_state=0
+    )
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(30)])
+    frame["target"] = y
+    path = folder / "large.parquet"
+    frame.to_parquet(path, index=False)
+    return str(path)
+
+
 def run(quick: bool) -> dict[str, Any]:
     rounds = 3 if quick else ROUNDS
     results: dict[str, Any] = {"sites": SITES, "rounds": rounds, "cases": {}}
-    for dp in (True, False):
-        sim_r = simulation(dp=dp, rounds=rounds, sites=SITES)
-        plain = plain_loop(dp=dp, rounds=rounds, sites=SITES)
-        # Round 1 of the simulation also pays each Ray actor's first ClientApp
-        # import; the later rounds are the steady-state cost.
-        per_round_sim = sim_r["later_rounds_seconds"] / max(rounds - 1, 1)
-        per_round_plain = plain["rounds_seconds"] / rounds
-        case = {
-            "simulation": sim_r,
-            "plain": plain,
-            "ratio_all_rounds": sim_r["rounds_seconds"] / plain["rounds_seconds"],
-            "ratio_steady_rounds": per_round_sim / per_round_plain,
-        }
-        results["cases"]["dp" if dp else "no-dp"] = case
-        print(
-            f"B2 {'dp' if dp else 'no-dp':5s} simulate/plain: all rounds "
-            f"{case['ratio_all_rounds']:.2f}x, "
-            f"rounds 2+ {case['ratio_steady_rounds']:.2f}x"
-            f" (start-up {sim_r['startup_seconds']:.1f} s on its own)",
-            flush=True,
-        )
+    with tempfile.TemporaryDirectory() as tmp:
+        large = _large_table(Path(tmp), 4_000 if quick else LARGE_ROWS)
+        cases = {"dp": (True, ""), "no-dp": (False, ""), "dp-large": (True, large)}
+        for name, (dp, data) in cases.items():
+            case = _case(dp, rounds, data)
+            results["cases"][name] = case
+            print(
+                f"B2 {name:8s} simulate/plain: all rounds "
+                f"{case['ratio_all_rounds']:.2f}x, "
+                f"rounds 2+ {case['ratio_steady_rounds']:.2f}x"
+                f" (start-up {case['simulation']['startup_seconds']:.1f} s on its own)",
+                flush=True,
+            )
+    results["large_rows"] = 4_000 if quick else LARGE_ROWS
     return results

@@ -45,7 +45,10 @@ def _b2(b: dict[str, Any]) -> list[str]:
         "plain "
         "one-process PyTorch FedAvg loop running the same trainer on the same "
         "partitions and evaluating the same test split each round. Start-up (Flower, "
-        "Ray, imports, federated preprocessing) is reported on its own.",
+        "Ray, imports, federated preprocessing) is reported on its own. `dp` and "
+        "`no-dp` use the embedded data (~77 training rows a site: a round of local "
+        "training takes milliseconds); `dp-large` a synthetic table of "
+        f"{b.get('large_rows', '?')} rows, 30 features.",
         "",
         "| case | all rounds | rounds 2+ | start-up s | simulate acc. | plain acc. |",
         "|---|---:|---:|---:|---:|---:|",
@@ -178,6 +181,56 @@ def _b7(b: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _verdict(name: str, benches: dict[str, Any]) -> str:
+    """Goal met or missed, and by how much (the issue's goals)."""
+    b = benches[name]
+    if name == "B1":
+        worst = max(
+            b["models"][m]["modes"]["fedvault"]["ratio"] for m in ("mlp-128", "mlp-512")
+        )
+        met = "met" if worst <= 2 else f"missed by {worst - 2:.2f}x"
+        return (
+            f"**Goal <= 2x on both MLP widths: {met}** (worst {worst:.2f}x, "
+            "fedvault's own book-keeping step, the default for plain MLPs; "
+            "Opacus' fastest correct mode stays the default for other models). "
+            "Opacus' `ghost` mode gives a different update for the MLPs: their "
+            "single-logit BCE loss has shape (n, 1), which its per-sample loss "
+            "handling does not expect."
+        )
+    if name == "B2":
+        parts = [
+            f"{case} {c['ratio_steady_rounds']:.2f}x" for case, c in b["cases"].items()
+        ]
+        return (
+            "**Goal <= 1.15x: missed on the tiny embedded data, where a round of "
+            "local training takes milliseconds and Flower's fixed cost per round "
+            "(messages, two exchanges, evaluation; ~0.3 s) dominates** — rounds 2+: "
+            + ", ".join(parts)
+            + ". The gap shrinks as local training gets real work (`dp-large`), "
+            "but a fixed ~0.2-0.3 s of Flower per round remains; not yet tried: "
+            "evaluating on the sites only every few rounds (each round now has a "
+            "training and an evaluation exchange)."
+        )
+    if name == "B3":
+        return (
+            "**Goal <= 2%: missed against the site's own local training (its "
+            "durable ledger append with fsync costs ~4 ms, training a few "
+            "milliseconds); met against the federated round.** Tried: cached "
+            "per-step RDP curves (same Opacus maths), sigma planned once per run "
+            "with a coarse-then-exact search, epsilon from the ledger's grouped "
+            "history."
+        )
+    if name == "B5":
+        worst = max(p["ratio"] for p in b["points"])
+        met = "met" if worst <= 1.05 else f"missed by {100 * (worst - 1.05):.1f} points"
+        return (
+            f"**Goal <= 1.05x plain: {met}** for the smallest model (the "
+            "metrics and array headers are a fixed ~900 bytes). int8: not "
+            "implemented."
+        )
+    return ""
+
+
 SECTIONS = {"B1": _b1, "B2": _b2, "B3": _b3, "B4": _b4, "B5": _b5, "B7": _b7}
 
 
@@ -199,11 +252,15 @@ def write(results: dict[str, Any]) -> None:
     if "B4" in benches:
         _plot(benches["B4"])
     for name, render in SECTIONS.items():
-        if name == "B3" and name in benches:
+        if name not in benches:
+            continue
+        if name == "B3":
             lines += _b3(benches["B3"], benches.get("B2"))
-        elif name in benches:
+        else:
             lines += render(benches[name])
-            lines += ["", f"Command: `{benches[name]['command']}`", ""]
+        verdict = _verdict(name, benches)
+        lines += ["", *([verdict, ""] if verdict else [])]
+        lines += [f"Command: `{benches[name]['command'].strip()}`", ""]
     extra = ROOT / "benchmarks" / "NOTES.md"
     if extra.exists():
         lines += [extra.read_text()]
