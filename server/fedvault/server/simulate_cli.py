@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -278,6 +279,12 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _eps(value: float | None) -> str:
+    """Epsilon rounded *down* to 3 decimals: a printed figure never overstates the
+    margin to a budget (2.99989 shows as 2.999, not 3.000)."""
+    return "-" if value is None else f"{math.floor(value * 1000) / 1000:.3f}"
+
+
 def _print_tables(summary: dict[str, Any], out: Path) -> None:
     rounds = Table(title="Global model per round (held-out test split)")
     for col in ("round", "accuracy", "AUC", "loss", "site val. acc.", "sites", "s"):
@@ -320,8 +327,8 @@ def _print_tables(summary: dict[str, Any], out: Path) -> None:
             name,
             str(s["examples"]),
             str(s["rounds_trained"]),
-            _fmt(s["epsilon_spent"], ".3f"),
-            _fmt(s["epsilon_lifetime"], ".3f"),
+            _eps(s["epsilon_spent"]),
+            _eps(s["epsilon_lifetime"]),
             _fmt(s["epsilon_budget"], "g"),
             _fmt(s["noise_multiplier"], ".3f"),
             f"{len(declined)}{last}",
