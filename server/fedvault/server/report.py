@@ -5,6 +5,7 @@ Flower's accountant in the coordinator's DP wrapper. Nothing is typed in."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,12 +235,18 @@ def privacy_text(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _down(value: float) -> str:
+    """Epsilon rounded down to 3 decimals, so a figure within a budget never prints
+    as reaching it (2.99989 -> 2.999)."""
+    return f"{math.floor(value * 1000) / 1000:.3f}"
+
+
 def _client_line(client: dict[str, Any] | None) -> str:
     if client is None:
         return "off"
     eps = client["epsilon"]
     spent = (
-        f"epsilon {eps:.3f} at delta {client['delta']:g} after "
+        f"epsilon {_down(eps)} at delta {client['delta']:g} after "
         f"{client['releases']} release(s), Flower RDP accountant"
         if eps is not None
         else "no epsilon claimed (adaptive clipping is not accounted)"
@@ -257,12 +264,12 @@ def _site_lines(sites: dict[str, dict[str, Any]]) -> list[str]:
     ]
     for name, s in sites.items():
         lifetime = (
-            "-" if s["epsilon_lifetime"] is None else f"{s['epsilon_lifetime']:.3f}"
+            "-" if s["epsilon_lifetime"] is None else _down(s["epsilon_lifetime"])
         )
         budget = "-" if s["epsilon_budget"] is None else f"{s['epsilon_budget']:g}"
         delta = "-" if s["delta"] is None else f"{s['delta']:g}"
         lines.append(
-            f"  {name}: {s['epsilon_spent']:.3f} / {lifetime} / {budget} "
+            f"  {name}: {_down(s['epsilon_spent'])} / {lifetime} / {budget} "
             f"(delta {delta}; {s['rounds_trained']} rounds; "
             f"{len(s['declines'])} declined)"
         )
