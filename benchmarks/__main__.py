@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bookkeeping, dp_cost, overhead, report, scale, wire
+from benchmarks import (
+    bookkeeping,
+    dp_cost,
+    overhead,
+    report,
+    scale,
+    secagg_cost,
+    wire,
+)
 from benchmarks._common import machine
 
 RESULTS = Path(__file__).with_name("results.json")
@@ -23,7 +31,7 @@ def main() -> None:
         "--quick", action="store_true", help="small sizes, a few minutes"
     )
     parser.add_argument(
-        "--only", default="B1,B2,B3,B4,B5,B7", help="comma-separated subset"
+        "--only", default="B1,B2,B3,B4,B5,B6,B7", help="comma-separated subset"
     )
     parser.add_argument(
         "--largest", type=int, default=1_000, help="B4's largest federation"
@@ -45,6 +53,7 @@ def main() -> None:
         "B2": overhead.run,
         "B3": bookkeeping.run,
         "B5": wire.run,
+        "B6": secagg_cost.run,
     }
     for name, fn in runners.items():
         if name in wanted:

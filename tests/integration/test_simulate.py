@@ -135,3 +135,10 @@ def test_sites_decline_when_spent_and_a_second_run_continues(tmp_path):
         assert site["rounds_trained"] == 2
         assert site["epsilon_spent"] <= 1.0
         assert before < site["epsilon_lifetime"] <= 4.0
+
+
+def test_int8_updates_train_as_well(tmp_path):
+    summary = _run(tmp_path, "q", seed=7, compress="int8")
+    assert summary["rounds_completed"] == 2
+    assert summary["final"]["accuracy"] > 0.8
+    assert summary["config"]["compress"] == "int8"

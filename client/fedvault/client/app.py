@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 
+import numpy as np
 import torch
 from flwr.app import (
     ArrayRecord,
@@ -47,6 +48,7 @@ from fedvault.client.training import (
     train_plain,
     train_private,
 )
+from fedvault.common.compression import quantize
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import BudgetExceededError, PrivacyError
 from fedvault.common.evaluation import evaluate
@@ -119,10 +121,25 @@ def _weighted(settings: TrainingConfig, metrics: dict[str, float]) -> MetricReco
     return MetricRecord(dict(metrics))
 
 
-def _reply(msg: Message, model: nn.Module, metrics: MetricRecord) -> Message:
-    model.cpu()
-    arrays = ArrayRecord(model.state_dict())
+def _reply(msg: Message, arrays: ArrayRecord, metrics: MetricRecord) -> Message:
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+def _update(
+    msg: Message, model: nn.Module, settings: TrainingConfig, seed: int
+) -> ArrayRecord:
+    """What the site sends: its weights, or (``compress = int8``) its update against
+    the received global model as int8 codes with stochastic rounding."""
+    model.cpu()
+    if settings.compress == "none":
+        return ArrayRecord(model.state_dict())
+    received = array_record(msg.content, "arrays")
+    reference = {k: v.numpy() for k, v in received.items()}
+    local = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    codes = quantize(local, reference, np.random.default_rng(seed))
+    return ArrayRecord(
+        torch_state_dict={k: torch.from_numpy(v) for k, v in codes.items()}
+    )
 
 
 def _open_budget(
@@ -164,11 +181,13 @@ def train(msg: Message, context: Context) -> Message:
         device=_device(),
     )
     model = _local_model(settings, prep, msg)
-    torch.manual_seed(_round_seed(settings.seed, site.name, server_round, "train"))
+    seed = _round_seed(settings.seed, site.name, server_round, "train")
+    torch.manual_seed(seed)
     if not settings.dp:
         result = train_plain(model, data, local)
         plain = {"num-examples": len(data), "loss": result.loss, "steps": result.steps}
-        return _reply(msg, model, _weighted(settings, plain))
+        sent = _update(msg, model, settings, seed)
+        return _reply(msg, sent, _weighted(settings, plain))
     # The coordinator's run key survives a coordinator restart (resume); Flower's
     # run id does not. Either names this run in the site's ledger.
     run_key = str(context.run_config.get("run-key") or context.run_id)
@@ -176,7 +195,7 @@ def train(msg: Message, context: Context) -> Message:
     if isinstance(budget, Decline):
         return _decline(msg, budget.reason, budget.detail)
     global_hash = array_record(msg.content, "arrays").object_id
-    replayed = _replay(msg, settings, budget, server_round, global_hash, model)
+    replayed = _replay(msg, settings, budget, server_round, global_hash)
     if replayed is not None:
         return replayed
     plan = budget.plan_round(dp_schedule(len(data), settings.batch_size))
@@ -187,11 +206,9 @@ def train(msg: Message, context: Context) -> Message:
     )
     if (result.steps, result.sample_rate) != (plan.steps, plan.q):
         raise PrivacyError("executed DP-SGD steps differ from the planned ones")
-    model.cpu()
+    sent = _update(msg, model, settings, seed)
     try:
-        figures = budget.record(
-            server_round, plan, ArrayRecord(model.state_dict()).object_id
-        )
+        figures = budget.record(server_round, plan, sent.object_id)
     except BudgetExceededError as exc:
         return _decline(msg, "budget", str(exc))
     metrics = {
@@ -211,7 +228,7 @@ def train(msg: Message, context: Context) -> Message:
         update=model.state_dict(),
         metrics=metrics,
     )
-    return _reply(msg, model, _weighted(settings, metrics))
+    return _reply(msg, sent, _weighted(settings, metrics))
 
 
 def _replay(
@@ -220,7 +237,6 @@ def _replay(
     budget: SiteBudget,
     server_round: int,
     global_hash: str,
-    model: nn.Module,
 ) -> Message | None:
     """The same update again, for a round this run already trained from this global
     model (a coordinator restart lost it): no new training, nothing new spent."""
@@ -237,8 +253,7 @@ def _replay(
     logger.info(
         "round %d already trained in this run: replaying its update", server_round
     )
-    model.load_state_dict(update)
-    return _reply(msg, model, _weighted(settings, metrics))
+    return _reply(msg, ArrayRecord(update), _weighted(settings, metrics))
 
 
 @app.evaluate()

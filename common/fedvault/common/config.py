@@ -83,6 +83,7 @@ class TrainingConfig:
     client_clipping_norm: float = 1.0
     client_delta: float = 1e-5
     secagg: bool = False
+    compress: Literal["none", "int8"] = "none"
 
     def __post_init__(self) -> None:
         _positive(self, "rounds", "local_epochs", "batch_size", "hidden", "min_sites")
@@ -144,6 +145,12 @@ def _check_secure_settings(t: TrainingConfig) -> None:
             "client-dp: 'client-adaptive' sends each site's clipping bit in the "
             "clear and Flower's adaptive mod cannot run inside SecAgg+; use "
             "client-fixed with secagg"
+        )
+    _choice(t, "compress", ("none", "int8"))
+    if t.compress != "none" and (t.secagg or t.client_dp != "off"):
+        raise ConfigError(
+            "compress: int8 updates work without secagg and client-dp only (both "
+            "transform the update themselves)"
         )
     if t.secagg and t.min_sites < 2:
         raise ConfigError("min-sites: secagg needs at least 2 sites per round")

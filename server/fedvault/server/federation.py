@@ -33,6 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedvault.common.compression import dequantize
 from fedvault.common.data import load_table
 from fedvault.common.errors import DataError, FederationError
 from fedvault.common.evaluation import evaluate
@@ -81,6 +82,22 @@ class _EligibleGrid:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+
+def _dequantize_replies(
+    replies: Iterable[Message], reference: dict[str, np.ndarray]
+) -> None:
+    """int8 updates back to float32 weights, in place, before any check: a reply
+    that is not a well-formed int8 update is left as sent and rejected by the checks."""
+    for reply in replies:
+        if reply.has_error() or "arrays" not in reply.content.array_records:
+            continue
+        sent = {k: v.numpy() for k, v in reply.content.array_records["arrays"].items()}
+        weights = dequantize(sent, reference)
+        if weights is not None:
+            reply.content["arrays"] = ArrayRecord(
+                torch_state_dict={k: torch.from_numpy(v) for k, v in weights.items()}
+            )
 
 
 class Federation:
@@ -316,6 +333,8 @@ class Federation:
         config = ConfigRecord({"preprocessing": prep.to_json()})
         reference = {k: v.numpy() for k, v in arrays.items()}
         replies, summed = self._train(server_round, plan.strategy, grid, arrays, config)
+        if self.training.compress == "int8":
+            _dequantize_replies(replies, reference)
         valid = self._usable_replies(replies, server_round, reference)
         if len(valid) < plan.min_train_nodes:
             self._stop(

@@ -162,6 +162,10 @@ def simulate(
             "the sum of the sites' updates. With --client-dp use client-fixed.",
         ),
     ] = False,
+    compress: Annotated[
+        str | None,
+        typer.Option(help="none | int8: int8 updates on the wire (default: none)."),
+    ] = None,
     no_dp: Annotated[
         bool,
         typer.Option(
@@ -205,6 +209,7 @@ def simulate(
         noise_multiplier=noise_multiplier,
         state=str(state) if state else None,
         site_budget=site_budget,
+        compress=compress,
         vaults=vaults,
         key=str(key) if key else None,
         client_dp=client_dp,
