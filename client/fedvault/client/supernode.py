@@ -25,7 +25,6 @@ the coordinator is away. Every ClientApp it starts trains on CUDA when there is 
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import re
 import signal
@@ -177,10 +176,6 @@ def parse_site_config(
             raise ConfigError(f"[site] {key}: required")
     options = parse_fields(SiteOptions, table, source="[site]")
     return SiteConfig(options, base, source if "privacy" in raw else None)
-
-
-def option_keys() -> list[str]:
-    return [f.name.replace("_", "-") for f in dataclasses.fields(SiteOptions)]
 
 
 def check_files(cfg: SiteConfig) -> None:

@@ -11,10 +11,9 @@ Poisson sampling with rate ``q`` and per-sample clipping. See docs/privacy.md.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -286,11 +285,3 @@ def _cached_epsilon(
     acct = create_accountant(mechanism=accountant)
     acct.history = list(entries)
     return float(acct.get_epsilon(delta=delta))
-
-
-def history_to_json(history: Sequence[Step]) -> str:
-    return json.dumps([[s.sigma, s.q, s.steps] for s in history])
-
-
-def history_from_json(text: str) -> list[Step]:
-    return [Step(float(a), float(b), int(c)) for a, b, c in json.loads(text)]

@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, RecordDict
+import torch
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
+from fedvault.common.compression import dequantize
 from fedvault.common.config import TrainingConfig
 from fedvault.common.protocol import CLIENT_WEIGHT
 from fedvault.common.records import array_record, metric_record, number
@@ -106,3 +109,19 @@ def release_problem(
             "with less noise than accounted; nothing is released"
         )
     return None
+
+
+def dequantize_replies(
+    replies: Iterable[Message], reference: dict[str, np.ndarray]
+) -> None:
+    """int8 updates back to float32 weights, in place, before any check: a reply
+    that is not a well-formed int8 update is left as sent and rejected by the checks."""
+    for reply in replies:
+        if reply.has_error() or "arrays" not in reply.content.array_records:
+            continue
+        sent = {k: v.numpy() for k, v in reply.content.array_records["arrays"].items()}
+        weights = dequantize(sent, reference)
+        if weights is not None:
+            reply.content["arrays"] = ArrayRecord(
+                torch_state_dict={k: torch.from_numpy(v) for k, v in weights.items()}
+            )

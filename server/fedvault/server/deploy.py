@@ -27,7 +27,6 @@ to be opened to partners.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,7 +251,3 @@ def run_config(
         "resume": resume,
     }
     return values
-
-
-def option_keys() -> list[str]:
-    return [f.name.replace("_", "-") for f in dataclasses.fields(CoordinatorOptions)]

@@ -11,7 +11,7 @@ unmasked aggregate; everything after it (checks, the strategy's aggregation with
 client-level DP wrapper, evaluation, checkpoints, reports) is the same code path.
 A site that refuses a round's protocol (``MISMATCH_PREFIX``) fails the run.
 
-The module is longer than most (~480 lines) on purpose: it is the one place that
+The module is longer than most (~490 lines) on purpose: it is the one place that
 drives a round end to end (send, check, aggregate, evaluate, checkpoint, resume), so
 that the round's invariants can be read in one file.
 """
@@ -33,7 +33,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedvault.common.compression import dequantize
 from fedvault.common.data import load_table
 from fedvault.common.errors import DataError, FederationError
 from fedvault.common.evaluation import evaluate
@@ -47,6 +46,7 @@ from fedvault.server.checks import TRAIN_METRICS as TRAIN_METRICS
 from fedvault.server.checks import (
     check_reply,
     check_update,
+    dequantize_replies,
     expected_metrics,
     release_problem,
 )
@@ -82,22 +82,6 @@ class _EligibleGrid:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
-
-
-def _dequantize_replies(
-    replies: Iterable[Message], reference: dict[str, np.ndarray]
-) -> None:
-    """int8 updates back to float32 weights, in place, before any check: a reply
-    that is not a well-formed int8 update is left as sent and rejected by the checks."""
-    for reply in replies:
-        if reply.has_error() or "arrays" not in reply.content.array_records:
-            continue
-        sent = {k: v.numpy() for k, v in reply.content.array_records["arrays"].items()}
-        weights = dequantize(sent, reference)
-        if weights is not None:
-            reply.content["arrays"] = ArrayRecord(
-                torch_state_dict={k: torch.from_numpy(v) for k, v in weights.items()}
-            )
 
 
 class Federation:
@@ -334,7 +318,7 @@ class Federation:
         reference = {k: v.numpy() for k, v in arrays.items()}
         replies, summed = self._train(server_round, plan.strategy, grid, arrays, config)
         if self.training.compress == "int8":
-            _dequantize_replies(replies, reference)
+            dequantize_replies(replies, reference)
         valid = self._usable_replies(replies, server_round, reference)
         if len(valid) < plan.min_train_nodes:
             self._stop(
