@@ -89,3 +89,15 @@ def test_key_id_is_public_and_stable() -> None:
     assert keys.key_id(key) == keys.key_id(key)
     assert keys.key_id(key) != keys.key_id(bytes(32))
     assert key.hex()[:16] not in keys.key_id(key)
+
+
+def test_keygen_makes_a_private_folder_for_a_new_key(tmp_path):
+    import stat
+
+    from fedvault.client.data.keys import load_key, write_key
+
+    path = tmp_path / "keys" / "vault.key"
+    key = write_key(path)
+    assert load_key(path) == key
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -47,15 +47,17 @@ def key_id(key: bytes) -> str:
 
 
 def write_key(path: Path, key: bytes | None = None) -> bytes:
-    """Write a new key file with mode 0600; refuse to overwrite or to write in a vault.
+    """Write a new key file with mode 0600 (its folder, if new, 0700); refuse to
+    overwrite or to write in a vault.
 
     Returns the key written (a fresh random one unless ``key`` is given).
     """
     key = generate_key() if key is None else key
     _check_length(key, str(path))
     _refuse_in_vault(path)
-    if not path.parent.is_dir():
-        raise ConfigError(f"{path}: folder {path.parent} does not exist")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"{path}: {path.parent} is not a folder")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # private key folder
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
