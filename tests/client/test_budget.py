@@ -16,18 +16,29 @@ SCHEDULE = Schedule(sample_rate=0.2, steps_per_epoch=5)
 
 
 def _policy(folder: Path, **over) -> Path:
-    values = {"dataset-id": "icu", "epsilon-max": 3.0, "delta": 1e-5,
-              "max-grad-norm": 1.0, "min-noise-multiplier": 0.5} | over
-    lines = [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}"
-             for k, v in values.items()]
+    values = {
+        "dataset-id": "icu",
+        "epsilon-max": 3.0,
+        "delta": 1e-5,
+        "max-grad-norm": 1.0,
+        "min-noise-multiplier": 0.5,
+    } | over
+    lines = [
+        f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}"
+        for k, v in values.items()
+    ]
     path = folder / "site.toml"
     path.write_text("[privacy]\n" + "\n".join(lines).replace("'", '"') + "\n")
     return path
 
 
 def _open(tmp_path, run_id="run-1", **settings):
-    budget = SiteBudget.open(policy_file=tmp_path / "site.toml", state_dir=tmp_path,
-                             run_id=run_id, settings=TrainingConfig(**settings))
+    budget = SiteBudget.open(
+        policy_file=tmp_path / "site.toml",
+        state_dir=tmp_path,
+        run_id=run_id,
+        settings=TrainingConfig(**settings),
+    )
     assert isinstance(budget, SiteBudget)
     return budget
 
@@ -65,15 +76,19 @@ def test_lifetime_composes_across_runs_like_one_accountant(tmp_path):
     history = [rec.step for rec in second.ledger.records()]
     assert len(history) == 6
     assert figures.lifetime_epsilon == pytest.approx(
-        epsilon_spent(history, delta=1e-5), rel=1e-9)
+        epsilon_spent(history, delta=1e-5), rel=1e-9
+    )
     assert figures.run_epsilon < figures.lifetime_epsilon <= 6.0
 
 
 def test_declines_exactly_at_the_boundary(tmp_path):
     _policy(tmp_path, **{"epsilon-max": 2.0})
     budget = _open(tmp_path, rounds=50, noise_multiplier=3.0, epsilon=100.0)
-    fits = max(k for k in range(1, 50)
-               if epsilon_spent([Step(3.0, 0.2, 5 * k)], delta=1e-5) <= 2.0)
+    fits = max(
+        k
+        for k in range(1, 50)
+        if epsilon_spent([Step(3.0, 0.2, 5 * k)], delta=1e-5) <= 2.0
+    )
     trained = _train_rounds(budget, fits)
     assert trained[-1] <= 2.0
     decline = budget.plan_round(SCHEDULE)
@@ -82,8 +97,10 @@ def test_declines_exactly_at_the_boundary(tmp_path):
 
 @pytest.mark.parametrize(
     ("settings", "needle"),
-    [({"noise_multiplier": 0.2}, "below the site's minimum"),
-     ({"max_grad_norm": 5.0}, "exceeds the site's maximum")],
+    [
+        ({"noise_multiplier": 0.2}, "below the site's minimum"),
+        ({"max_grad_norm": 5.0}, "exceeds the site's maximum"),
+    ],
 )
 def test_run_config_cannot_weaken_the_policy(tmp_path, settings, needle):
     _policy(tmp_path)
@@ -104,8 +121,12 @@ def test_a_tampered_ledger_blocks_training(tmp_path):
     _train_rounds(_open(tmp_path, rounds=3), 2)
     ledger_file = next((tmp_path / "ledger").glob("*.jsonl"))
     ledger_file.write_text(ledger_file.read_text().replace('"round":1', '"round":7'))
-    result = SiteBudget.open(policy_file=tmp_path / "site.toml", state_dir=tmp_path,
-                             run_id="run-1", settings=TrainingConfig())
+    result = SiteBudget.open(
+        policy_file=tmp_path / "site.toml",
+        state_dir=tmp_path,
+        run_id="run-1",
+        settings=TrainingConfig(),
+    )
     assert isinstance(result, Decline) and "verification" in result.detail
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 
 import numpy as np
 import torch
@@ -79,9 +80,18 @@ def _decline(msg: Message, reason: str, detail: str) -> Message:
     return Message(RecordDict({"decline": record}), reply_to=msg)
 
 
-def _round_seed(seed: int, site: str, server_round: int, kind: str) -> int:
-    digest = hashlib.sha256(f"{seed}/{site}/{server_round}/{kind}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % (2**63)
+def _round_seed(site: SiteSettings, seed: int, server_round: int, kind: str) -> int:
+    """The seed of a round's randomness: Poisson sampling, DP noise, int8 rounding.
+
+    In simulation it derives from the run's ``seed`` (same seed, same result). A
+    deployed site draws it from the OS's entropy and never sends it: the run seed
+    comes from the coordinator, and a coordinator able to replay a site's noise
+    could subtract it from the update.
+    """
+    if not site.simulated:
+        return secrets.randbits(63)
+    text = f"{seed}/{site.name}/{server_round}/{kind}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") % (2**63)
 
 
 @app.query("stats")
@@ -181,7 +191,7 @@ def train(msg: Message, context: Context) -> Message:
         device=_device(),
     )
     model = _local_model(settings, prep, msg)
-    seed = _round_seed(settings.seed, site.name, server_round, "train")
+    seed = _round_seed(site, settings.seed, server_round, "train")
     torch.manual_seed(seed)
     if not settings.dp:
         result = train_plain(model, data, local)

@@ -41,6 +41,7 @@ class SiteSettings:
     key_file: Path | None = None
     state: Path | None = None
     policy: Path | None = None
+    simulated: bool = False  # one party holds every site (``fedvault simulate``)
 
     def __post_init__(self) -> None:
         if (self.data is None) == (self.vault is None):
@@ -63,14 +64,16 @@ def site_settings(
         if not any(k.startswith(prefix) for k in run_config):
             raise ConfigError(f"run config has no {prefix}* keys for simulated site")
         name = str(run_config.get(f"{prefix}name", f"site-{pid + 1}"))
-        return _from(run_config, prefix, name)
+        return _from(run_config, prefix, name, simulated=True)
     raise ConfigError(
         "node config names no data: set vault=DIR key-file=PATH (or data=PATH), "
         "site-name=NAME, state=DIR"
     )
 
 
-def _from(config: Mapping[str, Any], prefix: str, name: str) -> SiteSettings:
+def _from(
+    config: Mapping[str, Any], prefix: str, name: str, *, simulated: bool = False
+) -> SiteSettings:
     def get(key: str) -> Path | None:
         return _path(config.get(prefix + key))
 
@@ -81,6 +84,7 @@ def _from(config: Mapping[str, Any], prefix: str, name: str) -> SiteSettings:
         key_file=get("key-file"),
         state=get("state"),
         policy=get("policy"),
+        simulated=simulated,
     )
 
 
