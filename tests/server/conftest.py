@@ -2,13 +2,13 @@
 ClientApps (with their mods), no SuperLink, no Ray. Every message is copied on the way
 in, as serialization would, and every reply the coordinator receives is kept."""
 
-import copy
 import types
 from collections.abc import Callable, Iterable
 
 import pytest
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -20,6 +20,7 @@ class LocalGrid(Grid):
         self.app, self.contexts, self.drop = app, contexts, drop
         self.received: list[Message] = []
         self.sent: list[Message] = []
+        self.waiting: list[Message] = []
 
     def set_run(self, run):  # pragma: no cover - not used
         raise NotImplementedError
@@ -37,22 +38,22 @@ class LocalGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
-    def push_messages(self, messages):  # pragma: no cover - not used
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # pragma: no cover - not used
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
+    def push_messages(self, messages):
+        """Deliver each message to its site's ClientApp at once (in process); the
+        replies wait for :meth:`pull_messages`, as on a SuperLink."""
+        ids = []
         for message in messages:
             node = message.metadata.dst_node_id
             incoming = Message(
-                copy.deepcopy(message.content),
+                _over_the_wire(message.content),
                 dst_node_id=node,
                 message_type=message.metadata.message_type,
                 group_id=message.metadata.group_id,
             )
+            message_id = message.object_id
+            message.metadata.__dict__["_message_id"] = message_id  # as Flower does
+            ids.append(message_id)
+            incoming.metadata.__dict__["_message_id"] = message_id
             self.sent.append(incoming)
             if self.drop is not None and self.drop(node, incoming):
                 continue
@@ -61,9 +62,23 @@ class LocalGrid(Grid):
             except Exception as exc:  # what Flower's runtime does with a crash
                 error = Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, repr(exc))
                 reply = Message(error, reply_to=incoming)
-            replies.append(reply)
-        self.received.extend(replies)
-        return replies
+            self.waiting.append(reply)
+        return ids
+
+    def pull_messages(self, message_ids):
+        wanted = set(message_ids)
+        got = [r for r in self.waiting if r.metadata.reply_to_message_id in wanted]
+        self.waiting = [r for r in self.waiting if r not in got]
+        self.received.extend(got)
+        return got
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return list(self.pull_messages(self.push_messages(messages)))
+
+
+def _over_the_wire(content: RecordDict) -> RecordDict:
+    """The content as the site receives it: serialised and parsed, a copy."""
+    return recorddict_from_proto(recorddict_to_proto(content))
 
 
 def contexts_for(nodes: Iterable[int], run_config: dict) -> dict[int, Context]:

@@ -50,6 +50,7 @@ from fedvault.server.checks import (
     expected_metrics,
     release_problem,
 )
+from fedvault.server.exchange import send_and_receive
 from fedvault.server.report import (
     SiteRecord,
     client_dp_section,
@@ -161,9 +162,7 @@ class Federation:
         writes itself (e.g. NODE_UNAVAILABLE for a site that died) comes from the
         SuperLink, not from the site, and must be filed under the site."""
         sent = list(messages)
-        replies = list(
-            self.grid.send_and_receive(sent, timeout=self.training.round_timeout)
-        )
+        replies = send_and_receive(self.grid, sent, timeout=self.training.round_timeout)
         self._sent |= {
             m.metadata.message_id: m.metadata.dst_node_id
             for m in sent

@@ -69,6 +69,7 @@ from fedvault.common.protocol import (
     SECAGG_QUANTIZATION_RANGE,
 )
 from fedvault.common.records import config_record
+from fedvault.server.exchange import send_and_receive
 
 NO_REPLY = "dropped out of the SecAgg+ round (no reply)"
 HALTED = "the SecAgg+ round halted: too few sites completed it to unmask the sum"
@@ -89,7 +90,7 @@ class _Inbox:
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        replies = send_and_receive(self._grid, messages, timeout=timeout)
         self.replies.extend(replies)
         return replies
 

@@ -1,0 +1,44 @@
+"""Collecting replies: all of them, or those in by the deadline."""
+
+import time
+from types import SimpleNamespace
+
+from fedvault.server.exchange import send_and_receive
+
+
+class _Grid:
+    """Replies become available ``delay`` seconds after the push; one never does."""
+
+    def __init__(self, delays: dict[str, float | None]) -> None:
+        self.delays = delays
+        self.pulls = 0
+
+    def push_messages(self, messages):
+        self.pushed_at = time.monotonic()
+        return list(messages)
+
+    def pull_messages(self, ids):
+        self.pulls += 1
+        now = time.monotonic() - self.pushed_at
+        return [
+            SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i))
+            for i in ids
+            if self.delays[i] is not None and self.delays[i] <= now
+        ]
+
+
+def test_returns_as_soon_as_the_last_reply_is_in():
+    grid = _Grid({"a": 0.0, "b": 0.15})
+    started = time.monotonic()
+    replies = send_and_receive(grid, ["a", "b"], timeout=30)
+    took = time.monotonic() - started
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
+    assert took < 1.0  # Flower's own loop sleeps 3 s between polls
+
+
+def test_missing_reply_is_absent_at_the_deadline():
+    grid = _Grid({"a": 0.0, "b": None})
+    started = time.monotonic()
+    replies = send_and_receive(grid, ["a", "b"], timeout=0.4)
+    assert [r.metadata.reply_to_message_id for r in replies] == ["a"]
+    assert 0.4 <= time.monotonic() - started < 1.0
