@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 import tomli_w
@@ -182,9 +183,29 @@ def test_site_policy_comes_from_its_privacy_table(tmp_path):
         supernode.check_files(supernode.load_site_config(path))
 
 
+def test_site_runs_flower_through_fedvault_launcher_by_default(tmp_path):
+    cfg = _site(tmp_path, **{"runtime-address": "127.0.0.1:9201"})
+    cmd = supernode.supernode_command(cfg)
+    assert cmd[1:5] == ["-m", "fedvault.client.runtime", "supernode", "0.25"]
+    assert cmd[5:8] == ["--", "--isolation", "process"]
+    launcher = supernode.launcher_command(cfg, 4242)
+    assert launcher[1:] == [
+        "-m",
+        "fedvault.client.runtime",
+        "launcher",
+        "127.0.0.1:9201",
+        "4242",
+    ]
+    own = _site(tmp_path, isolation="subprocess", **{"poll-interval": 1})
+    cmd = supernode.supernode_command(own)
+    assert Path(cmd[0]).name == "flower-supernode" and "--isolation" not in cmd
+
+
 @pytest.mark.parametrize(
     ("site", "match"),
     [
+        ({"isolation": "thread"}, "isolation"),
+        ({"poll-interval": 0}, "poll-interval"),
         ({"runtime-address": "0.0.0.0:9094"}, "loopback"),
         ({"private-key": ""}, "private-key"),
         ({"name": "bad name"}, "name"),

@@ -146,8 +146,11 @@ class Consortium:
             "sites": {"site-1": "keys/site-1/site.pub"},
         }
         (r / "coordinator.toml").write_text(tomli_w.dumps(coordinator))
+        # site-0 keeps Flower's own launcher (a fresh interpreter per message), the
+        # others fedvault's default (fedvault.client.runtime): both must work.
+        own = {"site-0": {"isolation": "subprocess"}}
         for i, name in enumerate(("site-0", "site-1", "site-2")):
-            self._site_toml(name, data=f"data/site-{i}.parquet")
+            self._site_toml(name, data=f"data/site-{i}.parquet", **own.get(name, {}))
         # The two refused sites dial the IPv4 address (also in the certificate):
         # "localhost" may try ::1 first, where nothing listens, and that refusal
         # would hide the one under test.
@@ -277,7 +280,7 @@ class Consortium:
         for entry in Path("/proc").iterdir():
             with contextlib.suppress(OSError):
                 cmd = (entry / "cmdline").read_bytes()
-                if b"flower-supernode" in cmd and node_config in cmd:
+                if b"--node-config" in cmd and node_config in cmd:
                     os.kill(int(entry.name), signal.SIGKILL)
                     self.snapshot["killed"] = int(entry.name)
                     return

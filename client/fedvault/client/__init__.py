@@ -13,6 +13,7 @@ __all__ = [
     "ledger_cli",
     "mods",
     "policy",
+    "runtime",
     "site",
     "site_cli",
     "supernode",

@@ -12,6 +12,8 @@
     runtime-address = "127.0.0.1:9094"            # local ClientApp API (loopback)
     max-retries = 0                               # reconnection attempts (0: forever)
     max-wait-time = 0                             # seconds trying (0: forever)
+    poll-interval = 0.25                          # s between asks for work when idle
+    isolation = "fork"                            # or "subprocess" (Flower's own)
 
     [privacy]                                     # the site's own policy (see
     dataset-id = "icu-2024"                       # fedvault.client.policy); or
@@ -21,15 +23,20 @@
 The site's settings travel to Flower as a node-config TOML file in the state folder;
 none of it is sent to the coordinator. Flower's SuperNode reconnects with backoff while
 the coordinator is away. Every ClientApp it starts trains on CUDA when there is a GPU.
+How the SuperNode and its ClientApp processes are started (``isolation``,
+``poll-interval``): :mod:`fedvault.client.runtime`.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import signal
 import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -42,6 +49,8 @@ from fedvault.client.policy import load_policy
 from fedvault.common.config import parse_fields, read_toml
 from fedvault.common.errors import ConfigError, FederationError
 from fedvault.common.processes import flower_bin, flower_env, stop_process
+
+RUNTIME = "fedvault.client.runtime"
 
 # Known SuperNode failures, by the text Flower logs, and what they mean for a site.
 _REFUSALS = (
@@ -88,6 +97,8 @@ class SiteOptions:
     max_wait_time: float = 0.0
     policy: str = ""
     insecure: bool = False
+    poll_interval: float = 0.25
+    isolation: str = "fork"
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.name):
@@ -108,6 +119,17 @@ class SiteOptions:
             )
         if self.max_retries < 0 or self.max_wait_time < 0:
             raise ConfigError("max-retries / max-wait-time: must be >= 0")
+        if not 0.01 <= self.poll_interval <= 3:
+            raise ConfigError("poll-interval: seconds between 0.01 and 3")
+        if self.isolation not in ("fork", "subprocess"):
+            raise ConfigError(
+                f'isolation: {self.isolation!r}: use "fork" (fedvault\'s '
+                'pre-importing launcher) or "subprocess" (Flower\'s own)'
+            )
+        if self.isolation == "fork" and not hasattr(os, "fork"):
+            raise ConfigError(
+                'isolation: "fork" needs a POSIX system; use "subprocess"'
+            )
         if not self.insecure and not (self.ca_certificate and self.private_key):
             raise ConfigError(
                 "ca-certificate and private-key are required (TLS and site "
@@ -223,8 +245,12 @@ def write_node_config(cfg: SiteConfig) -> Path:
 def supernode_command(cfg: SiteConfig) -> list[str]:
     opts = cfg.options
     host, port = _split(opts.runtime_address, "runtime-address")
-    cmd = [
-        flower_bin("flower-supernode"),
+    if opts.isolation == "fork":
+        cmd = [sys.executable, "-m", RUNTIME, "supernode", f"{opts.poll_interval:g}"]
+        cmd += ["--", "--isolation", "process"]
+    else:
+        cmd = [flower_bin("flower-supernode")]
+    cmd += [
         "--grpc-rere",
         "--superlink",
         opts.coordinator,
@@ -253,6 +279,12 @@ def supernode_command(cfg: SiteConfig) -> list[str]:
     return cmd
 
 
+def launcher_command(cfg: SiteConfig, supernode_pid: int) -> list[str]:
+    """fedvault's ClientApp launcher for ``isolation = "fork"``."""
+    address = cfg.options.runtime_address
+    return [sys.executable, "-m", RUNTIME, "launcher", address, str(supernode_pid)]
+
+
 def explain_failure(log_text: str) -> str:
     """One line for the operator: what a SuperNode's log says went wrong."""
     for pattern, meaning in _REFUSALS:
@@ -265,45 +297,69 @@ def explain_failure(log_text: str) -> str:
 
 
 def run_site(cfg: SiteConfig, *, echo: IO[str] | None = None) -> int:
-    """Run the SuperNode until it exits (or SIGTERM/Ctrl-C); returns 0 on a clean stop.
+    """Run the SuperNode (and, with ``isolation = "fork"``, fedvault's ClientApp
+    launcher) until it exits or SIGTERM/Ctrl-C; returns 0 on a clean stop.
 
-    Raises :class:`FederationError` with the reason when the SuperNode fails.
+    Raises :class:`FederationError` with the reason when either process fails.
     """
     check_files(cfg)
     write_node_config(cfg)
     env = flower_env(cfg.state_dir / "flwr-home")
+    procs: list[subprocess.Popen[bytes]] = []
     with cfg.log.open("ab") as log:
         start = log.tell()
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            supernode_command(cfg),
-            cwd=cfg.state_dir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+
+        def spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+            proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                cmd,
+                cwd=cfg.state_dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            procs.append(proc)
+            return proc
+
+        node = spawn(supernode_command(cfg))
+        if cfg.options.isolation == "fork":
+            spawn(launcher_command(cfg, node.pid))
     if echo is not None:
         echo.write(
-            f"site {cfg.options.name}: SuperNode pid {proc.pid} dialing "
+            f"site {cfg.options.name}: SuperNode pid {node.pid} dialing "
             f"{cfg.options.coordinator}; log {cfg.log}\n"
         )
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
     try:
-        code = proc.wait()
+        failed = _wait_first(procs)
     except KeyboardInterrupt:
-        stop_process(proc)
         return 0
     finally:
-        stop_process(proc)
+        for proc in reversed(procs):
+            stop_process(proc)
         if main:
             signal.signal(signal.SIGTERM, previous)
-    if code != 0:
-        with cfg.log.open("rb") as log:
-            log.seek(start)
-            text = log.read().decode(errors="replace")
-        raise FederationError(f"site {cfg.options.name}: {explain_failure(text)}")
-    return 0
+    if failed is None:
+        return 0
+    with cfg.log.open("rb") as written:
+        written.seek(start)
+        text = written.read().decode(errors="replace")
+    what = "" if failed is node else "ClientApp launcher: "
+    raise FederationError(f"site {cfg.options.name}: {what}{explain_failure(text)}")
+
+
+def _wait_first(
+    procs: list[subprocess.Popen[bytes]],
+) -> subprocess.Popen[bytes] | None:
+    """Wait until one process exits: None if the SuperNode (the first) exited
+    cleanly, else the process that stopped (the launcher never stops on its own)."""
+    while True:
+        for proc in procs:
+            code = proc.poll()
+            if code is not None:
+                return None if code == 0 and proc is procs[0] else proc
+        time.sleep(0.2)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
