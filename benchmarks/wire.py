@@ -1,11 +1,12 @@
 """B5: wire size — bytes a site sends per round / fp32 size of the model.
 
 The train reply a site sends (exactly as fedvault's ClientApp builds it: the model's
-ArrayRecord, or with ``--compress int8`` its int8 update codes and scales, and its
-MetricRecord) is serialised with Flower's own protobuf serde; its size is compared
-with 4 bytes per parameter. gRPC/HTTP/2 framing and TLS records add a few dozen bytes
-per message on top (not counted). The accuracy change of int8 is measured on the
-default federation with the same seed, with and without it.
+ArrayRecord, or with ``--compress int8`` its packed update, one byte string of
+per-tensor scales and int8 codes, and its MetricRecord) is serialised with Flower's
+own protobuf serde; its size is compared with 4 bytes per parameter. gRPC/HTTP/2
+framing and TLS records add a few dozen bytes per message on top (not counted).
+The accuracy change of int8 is measured on the default federation with the same
+seed, with and without it.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ METRICS = {
 
 def measure(hidden: int) -> dict[str, Any]:
     import numpy as np
-    import torch
     from flwr.app import ArrayRecord, MetricRecord, RecordDict
     from flwr.common.serde import recorddict_to_proto
 
-    from fedvault.common.compression import quantize
+    from fedvault.common.compression import pack, quantize
     from fedvault.common.models import build_model
+    from fedvault.common.records import packed_record
 
     model = build_model("mlp", in_features=30, num_classes=2, hidden=hidden)
     params = sum(p.numel() for p in model.parameters())
@@ -44,9 +45,7 @@ def measure(hidden: int) -> dict[str, Any]:
     )
     records = {
         "plain": ArrayRecord(model.state_dict()),
-        "int8": ArrayRecord(
-            torch_state_dict={k: torch.from_numpy(v) for k, v in codes.items()}
-        ),
+        "int8": packed_record(pack(codes)),
     }
     sizes = {
         name: recorddict_to_proto(

@@ -59,3 +59,28 @@ def test_int8_refuses_transforms_of_its_own(combo):
 
     with pytest.raises(ConfigError, match="compress"):
         TrainingConfig(compress="int8", **combo)
+
+
+def test_packed_update_is_one_buffer_and_unpacks_exactly():
+    from fedvault.common.compression import pack, unpack
+
+    ref, local = _pair(5)
+    sent = quantize(local, ref, np.random.default_rng(2))
+    data = pack(sent)
+    assert len(data) == 4 * len(ref) + sum(v.size for v in ref.values())
+    back = unpack(data, ref)
+    assert back is not None and set(back) == set(sent)
+    for key, value in sent.items():
+        assert np.array_equal(back[key], value) and back[key].dtype == value.dtype
+
+
+def test_malformed_packed_updates_are_refused():
+    from fedvault.common.compression import pack, unpack
+
+    ref, local = _pair(6)
+    data = pack(quantize(local, ref, np.random.default_rng(2)))
+    assert unpack(data[:-1], ref) is None  # a code missing
+    assert unpack(data + b"\0", ref) is None  # one too many
+    for scale in (np.nan, np.inf, 0.0, -1.0):  # scales come first, sorted keys
+        bad = np.array([scale], dtype="<f4").tobytes() + data[4:]
+        assert unpack(bad, ref) is None

@@ -49,14 +49,21 @@ from fedvault.client.training import (
     train_plain,
     train_private,
 )
-from fedvault.common.compression import quantize
+from fedvault.common.compression import pack, quantize
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import BudgetExceededError, PrivacyError
 from fedvault.common.evaluation import evaluate
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, site_summary
+from fedvault.common.privacy import keep_curves_in
 from fedvault.common.protocol import CLIENT_WEIGHT
-from fedvault.common.records import array_record, config_record, number, text
+from fedvault.common.records import (
+    array_record,
+    config_record,
+    number,
+    packed_record,
+    text,
+)
 from fedvault.common.wire import summary_to_bytes
 
 logger = logging.getLogger(__name__)
@@ -146,16 +153,16 @@ def _update(
     received = array_record(msg.content, "arrays")
     reference = {k: v.numpy() for k, v in received.items()}
     local = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    codes = quantize(local, reference, np.random.default_rng(seed))
-    return ArrayRecord(
-        torch_state_dict={k: torch.from_numpy(v) for k, v in codes.items()}
-    )
+    return packed_record(pack(quantize(local, reference, np.random.default_rng(seed))))
 
 
 def _open_budget(
     site: SiteSettings, settings: TrainingConfig, run_id: str
 ) -> SiteBudget | Decline:
     policy_file, state_dir = policy_path(site.state, site.policy)
+    # Each message runs in a fresh process in deployment: keep Opacus' per-step
+    # RDP curves beside the ledger instead of recomputing them every round.
+    keep_curves_in(state_dir / "accountant")
     return SiteBudget.open(
         policy_file=policy_file,
         state_dir=state_dir,

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedvault.common.compression import PACKED_KEY, PACKED_TYPE
+
+
+def packed_record(data: bytes) -> ArrayRecord:
+    """The ArrayRecord of a packed int8 update (:func:`compression.pack`): one
+    array of raw bytes, typed with fedvault's layout."""
+    array = Array(dtype="bytes", shape=(len(data),), stype=PACKED_TYPE, data=data)
+    return ArrayRecord({PACKED_KEY: array})
 
 
 def array_record(content: RecordDict, key: str) -> ArrayRecord:

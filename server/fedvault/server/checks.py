@@ -17,7 +17,7 @@ import torch
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
-from fedvault.common.compression import dequantize
+from fedvault.common.compression import PACKED_KEY, PACKED_TYPE, dequantize, unpack
 from fedvault.common.config import TrainingConfig
 from fedvault.common.protocol import CLIENT_WEIGHT
 from fedvault.common.records import array_record, metric_record, number
@@ -74,7 +74,10 @@ def check_update(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str |
     if set(arrays.keys()) != set(reference):
         return "parameter names differ from the global model"
     for key, array in arrays.items():
-        value = array.numpy()
+        try:
+            value = array.numpy()
+        except (TypeError, ValueError) as exc:  # a foreign or damaged array
+            return f"{key}: not a numeric array ({exc})"
         if value.shape != reference[key].shape:
             return f"{key}: shape {value.shape} != {reference[key].shape}"
         if not np.all(np.isfinite(value)):
@@ -114,13 +117,17 @@ def release_problem(
 def dequantize_replies(
     replies: Iterable[Message], reference: dict[str, np.ndarray]
 ) -> None:
-    """int8 updates back to float32 weights, in place, before any check: a reply
-    that is not a well-formed int8 update is left as sent and rejected by the checks."""
+    """Packed int8 updates back to float32 weights, in place, before any check: a
+    reply that is not a well-formed packed update is left as sent and rejected by
+    the checks (its arrays do not match the model)."""
     for reply in replies:
         if reply.has_error() or "arrays" not in reply.content.array_records:
             continue
-        sent = {k: v.numpy() for k, v in reply.content.array_records["arrays"].items()}
-        weights = dequantize(sent, reference)
+        arrays = reply.content.array_records["arrays"]
+        if set(arrays) != {PACKED_KEY} or arrays[PACKED_KEY].stype != PACKED_TYPE:
+            continue
+        sent = unpack(arrays[PACKED_KEY].data, reference)
+        weights = None if sent is None else dequantize(sent, reference)
         if weights is not None:
             reply.content["arrays"] = ArrayRecord(
                 torch_state_dict={k: torch.from_numpy(v) for k, v in weights.items()}
