@@ -147,7 +147,8 @@ def _b5(b: dict[str, Any]) -> list[str]:
         "## B5 wire size (goal: <= 1.05x plain, <= 0.27x with int8)",
         "",
         "The train reply a site sends per round (model ArrayRecord, or with "
-        "`--compress int8` its int8 update codes and one scale per tensor, plus "
+        "`--compress int8` its packed update: one byte string of a float32 scale "
+        "per tensor and every int8 code, shapes known from the global model; plus "
         "metrics), serialised with Flower's protobuf serde, against 4 bytes per "
         "parameter.",
         "",
@@ -206,6 +207,46 @@ def _b7(b: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _b8(b: dict[str, Any]) -> list[str]:
+    lines = [
+        "## B8 deployment round latency (goal: <= 2x simulation)",
+        "",
+        f"{b['sites']} sites and a coordinator as real processes on one machine "
+        "(`fedvault server start`, `fedvault client start`: Flower SuperLink and "
+        "SuperNodes over TLS with site authentication, on 127.0.0.1), against "
+        f"`fedvault simulate --sites {b['sites']}` on the same partitions, test "
+        f"split, model and DP-SGD settings; {b['rounds']} rounds each, round times "
+        "from each run's own progress events. `fork`: fedvault's default site "
+        "runtime (`fedvault.client.runtime`: a launcher that imports the ClientApp "
+        "once and forks a process per message; shorter Flower waits); `subprocess`: "
+        "Flower's own launcher, a fresh interpreter per message, with Flower's "
+        "waits (the coordinator's shorter reply polling applies to both); "
+        "`fork-secagg`: the default with SecAgg+ (three more exchanges a round), "
+        "against the same simulation in the clear. Accuracies differ because a "
+        "deployed site draws its DP noise seed from the OS, not from the run's "
+        "seed (docs/privacy.md, Randomness).",
+        "",
+        "| run | round 1 s | rounds 2+ s (mean) | all rounds s | all rounds ratio "
+        "| rounds 2+ ratio | accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    sim = b["simulation"]
+    rows = [("simulation", sim)] + [
+        (f"deployment ({k})", b[k])
+        for k in ("fork", "subprocess", "fork-secagg")
+        if k in b
+    ]
+    for label, r in rows:
+        ratio_all = r.get("ratio_all_rounds", 1.0)
+        ratio_later = r.get("ratio_later_rounds", 1.0)
+        lines.append(
+            f"| {label} | {r['round_seconds'][0]:.2f} | {r['later_round_mean']:.2f} | "
+            f"{r['all_rounds_seconds']:.2f} | {ratio_all:.2f}x | "
+            f"{ratio_later:.2f}x | {r['accuracy']:.3f} |"
+        )
+    return lines
+
+
 def _verdict(name: str, benches: dict[str, Any]) -> str:
     """Goal met or missed, and by how much (the issue's goals)."""
     b = benches[name]
@@ -259,7 +300,35 @@ def _verdict(name: str, benches: dict[str, Any]) -> str:
         return (
             f"**Goal <= 1.05x plain: {plain}** (worst {worst:.3f}x: the metrics and "
             f"array headers are a fixed ~900 bytes). **Goal <= 0.27x int8: {int8}** "
-            f"(worst {worst8:.3f}x). **Accuracy within 0.5 points: {acc}.**"
+            f"(worst {worst8:.3f}x; one packed array instead of two per tensor "
+            "saves Flower's ~180-byte header per array). **Accuracy within 0.5 "
+            f"points: {acc}.**"
+        )
+    if name == "B8":
+        fork = b["fork"]
+        worst = max(fork["ratio_all_rounds"], fork["ratio_later_rounds"])
+        met = "met" if worst <= 2 else f"missed ({worst:.2f}x against 2x)"
+        before = ""
+        if "subprocess" in b:
+            sub = b["subprocess"]
+            before = (
+                f" With Flower's own launcher and waits a round takes "
+                f"{sub['later_round_mean']:.1f} s "
+                f"({sub['ratio_later_rounds']:.0f}x the simulation)."
+            )
+        return (
+            f"**Goal <= 2x: {met}** (fedvault's default: all rounds "
+            f"{fork['ratio_all_rounds']:.2f}x, rounds 2+ "
+            f"{fork['ratio_later_rounds']:.2f}x)." + before + " Done: the "
+            "ClientApp imported once per site, not per message (forked launcher); "
+            "Opacus' per-step RDP curve kept beside the ledger instead of "
+            "recomputed by every process (~0.4 s a round); Flower's fixed waits "
+            "shortened (coordinator reply polling 3 s -> 20-100 ms, a SuperNode's "
+            "idle poll 3 s -> `poll-interval` 0.25 s, object retries 1-10 s -> "
+            "20-500 ms). What remains is message transport: each exchange moves "
+            "every message object by its own TLS gRPC call through the SuperLink's "
+            "state database, twice per round (train and evaluate), with a dozen "
+            "processes sharing 2 cores; a simulated round is in-memory calls."
         )
     return ""
 
@@ -272,6 +341,7 @@ SECTIONS = {
     "B5": _b5,
     "B6": _b6,
     "B7": _b7,
+    "B8": _b8,
 }
 
 
@@ -302,7 +372,4 @@ def write(results: dict[str, Any]) -> None:
         verdict = _verdict(name, benches)
         lines += ["", *([verdict, ""] if verdict else [])]
         lines += [f"Command: `{benches[name]['command'].strip()}`", ""]
-    extra = ROOT / "benchmarks" / "NOTES.md"
-    if extra.exists():
-        lines += [extra.read_text()]
     DOC.write_text("\n".join(lines).rstrip() + "\n")

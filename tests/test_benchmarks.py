@@ -14,11 +14,46 @@ sys.path.insert(0, ROOT)
 sys.modules.pop("benchmarks", None)
 bookkeeping = importlib.import_module("benchmarks.bookkeeping")
 dp_cost = importlib.import_module("benchmarks.dp_cost")
+report = importlib.import_module("benchmarks.report")
 sys.path.remove(ROOT)
 
-pytestmark = pytest.mark.slow
+
+def _b8(fork_all, fork_later):
+    def run(first, later, ratios=None):
+        out = {
+            "round_seconds": [first, later],
+            "later_round_mean": later,
+            "all_rounds_seconds": first + later,
+            "accuracy": 0.95,
+        }
+        if ratios:
+            out["ratio_all_rounds"], out["ratio_later_rounds"] = ratios
+        return out
+
+    return {
+        "sites": 3,
+        "rounds": 2,
+        "simulation": run(2.0, 0.25),
+        "fork": run(2.0, 0.5, (fork_all, fork_later)),
+        "command": "python -m benchmarks --only B8",
+    }
 
 
+@pytest.mark.parametrize(
+    ("ratios", "verdict"),
+    [
+        ((1.5, 1.9), "**Goal <= 2x: met**"),
+        ((1.5, 9.4), "**Goal <= 2x: missed (9.40x against 2x)**"),
+    ],
+)
+def test_b8_verdict_takes_the_worse_ratio(ratios, verdict):
+    benches = {"B8": _b8(*ratios)}
+    assert report._verdict("B8", benches).startswith(verdict)
+    table = "\n".join(report._b8(benches["B8"]))
+    assert "| deployment (fork) | 2.00 | 0.50 |" in table
+
+
+@pytest.mark.slow
 def test_dp_cost_measures_each_engine():
     for mode in ("none", "hooks", dp_cost.FAST):
         got = dp_cost.measure(model="mlp-128", mode=mode, rows=300, repeats=1)
@@ -27,6 +62,7 @@ def test_dp_cost_measures_each_engine():
     assert checks["hooks"] is True and checks[dp_cost.FAST] is True
 
 
+@pytest.mark.slow
 def test_bookkeeping_share_is_a_fraction():
     result = bookkeeping.measure(rounds=2)
     assert 0 < result["share_of_round_time"] < 1
