@@ -50,3 +50,28 @@ def test_launcher_imports_leave_no_thread_or_cuda_context_to_fork():
 def test_usage_error_exits_2(capsys):
     assert runtime.main(["nonsense"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_launcher_leaves_when_its_supernode_is_gone():
+    # Nothing answers at the address (the SuperNode died or never came up): the
+    # launcher must not retry forever but notice that its SuperNode is gone.
+    from fedvault.common.processes import free_port
+
+    supernode = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    address = f"127.0.0.1:{free_port()}"
+    argv = ["-m", "fedvault.client.runtime", "launcher", address, str(supernode.pid)]
+    launcher = subprocess.Popen(
+        [sys.executable, *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1)
+        assert launcher.poll() is None  # waiting for its SuperNode's API
+        supernode.kill()
+        supernode.wait()
+        assert launcher.wait(timeout=60) == 0
+    finally:
+        for proc in (supernode, launcher):
+            if proc.poll() is None:
+                proc.kill()

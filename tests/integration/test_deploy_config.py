@@ -186,10 +186,11 @@ def test_site_policy_comes_from_its_privacy_table(tmp_path):
 def test_site_runs_flower_through_fedvault_launcher_by_default(tmp_path):
     cfg = _site(tmp_path, **{"runtime-address": "127.0.0.1:9201"})
     cmd = supernode.supernode_command(cfg)
-    assert cmd[1:5] == ["-m", "fedvault.client.runtime", "supernode", "0.25"]
-    assert cmd[5:8] == ["--", "--isolation", "process"]
+    assert cmd[1:6] == ["-P", "-m", "fedvault.client.runtime", "supernode", "0.25"]
+    assert cmd[6:9] == ["--", "--isolation", "process"]
     launcher = supernode.launcher_command(cfg, 4242)
     assert launcher[1:] == [
+        "-P",
         "-m",
         "fedvault.client.runtime",
         "launcher",

@@ -53,4 +53,23 @@ def test_damaged_or_foreign_packed_reply_is_rejected_not_crashed():
         {k: Array(dtype="bytes", shape=(1,), stype="x", data=b"1") for k in ref}
     )
     problem = check_update(foreign, ref)
-    assert problem is not None and "not a numeric array" in problem
+    assert problem is not None and "not a readable array" in problem
+    # what numpy can read but is not a float tensor: an empty buffer, a string
+    # array, an npz archive; each a reason, none a crash
+    import io
+
+    npz = io.BytesIO()
+    np.savez(npz, x=np.zeros(3))
+    strings = io.BytesIO()
+    np.save(strings, np.array(["a", "b"]))
+    for data in (b"", strings.getvalue(), npz.getvalue()):
+        odd = ArrayRecord(
+            {
+                k: Array(
+                    dtype="float32", shape=v.shape, stype="numpy.ndarray", data=data
+                )
+                for k, v in ref.items()
+            }
+        )
+        problem = check_update(odd, ref)
+        assert problem is not None and problem.startswith(("fc.bias", "fc.weight"))

@@ -66,8 +66,19 @@ WARM_MODULES = (
 # being uploaded) after 1 s, doubling up to 10 s: most of a quick round. Between a
 # SuperNode and the coordinator fedvault starts at 20 ms and caps at 0.5 s; between
 # a ClientApp and its own SuperNode (loopback) at LOCAL_WAIT, capped at 0.2 s.
-REMOTE_BACKOFF = {"initial_backoff": 0.02, "backoff_cap": 0.5}
-LOCAL_BACKOFF = {"initial_backoff": LOCAL_WAIT, "backoff_cap": 0.2}
+# Flower's limit of 500 tries per object would, at these intervals, give up after a
+# few minutes instead of Flower's ~80 (and a ClientApp that gives up sends no reply,
+# leaving its SuperNode waiting for one); only Flower's overall max_time applies.
+REMOTE_BACKOFF: dict[str, Any] = {
+    "initial_backoff": 0.02,
+    "backoff_cap": 0.5,
+    "max_tries_per_object": None,
+}
+LOCAL_BACKOFF: dict[str, Any] = {
+    "initial_backoff": LOCAL_WAIT,
+    "backoff_cap": 0.2,
+    "max_tries_per_object": None,
+}
 
 
 class _Clock:
@@ -180,12 +191,17 @@ def _connect(address: str) -> Any:
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
 
+    # One try per call: the launcher's own loop waits and retries, and checks
+    # between tries that its SuperNode is still there (Flower's invoker would
+    # retry a dead SuperNode forever).
+    invoker = make_simple_http_retry_invoker()
+    invoker.max_tries = 1
     return RuntimeHttpClient.from_server_address(
         server_address=address,
         insecure=True,
         root_certificates=None,
         interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
-        retry_invoker=make_simple_http_retry_invoker(),
+        retry_invoker=invoker,
     )
 
 

@@ -29,6 +29,7 @@ How the SuperNode and its ClientApp processes are started (``isolation``,
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -51,6 +52,9 @@ from fedvault.common.errors import ConfigError, FederationError
 from fedvault.common.processes import flower_bin, flower_env, stop_process
 
 RUNTIME = "fedvault.client.runtime"
+# -P: the working directory (the state folder) is not put on sys.path, so nothing
+# in it can shadow an import.
+PYTHON_FLAGS = ("-P", "-m")
 
 # Known SuperNode failures, by the text Flower logs, and what they mean for a site.
 _REFUSALS = (
@@ -246,7 +250,8 @@ def supernode_command(cfg: SiteConfig) -> list[str]:
     opts = cfg.options
     host, port = _split(opts.runtime_address, "runtime-address")
     if opts.isolation == "fork":
-        cmd = [sys.executable, "-m", RUNTIME, "supernode", f"{opts.poll_interval:g}"]
+        cmd = [sys.executable, *PYTHON_FLAGS, RUNTIME, "supernode"]
+        cmd.append(f"{opts.poll_interval:g}")
         cmd += ["--", "--isolation", "process"]
     else:
         cmd = [flower_bin("flower-supernode")]
@@ -282,7 +287,14 @@ def supernode_command(cfg: SiteConfig) -> list[str]:
 def launcher_command(cfg: SiteConfig, supernode_pid: int) -> list[str]:
     """fedvault's ClientApp launcher for ``isolation = "fork"``."""
     address = cfg.options.runtime_address
-    return [sys.executable, "-m", RUNTIME, "launcher", address, str(supernode_pid)]
+    return [
+        sys.executable,
+        *PYTHON_FLAGS,
+        RUNTIME,
+        "launcher",
+        address,
+        str(supernode_pid),
+    ]
 
 
 def explain_failure(log_text: str) -> str:
@@ -330,16 +342,16 @@ def run_site(cfg: SiteConfig, *, echo: IO[str] | None = None) -> int:
             f"{cfg.options.coordinator}; log {cfg.log}\n"
         )
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
+    stops = (signal.SIGTERM, signal.SIGHUP)
+    previous = [signal.signal(sig, _raise_interrupt) for sig in stops] if main else []
     try:
         failed = _wait_first(procs)
     except KeyboardInterrupt:
         return 0
     finally:
-        for proc in reversed(procs):
-            stop_process(proc)
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        _stop_all(procs)
+        for sig, handler in zip(stops, previous, strict=False):
+            signal.signal(sig, handler)
     if failed is None:
         return 0
     with cfg.log.open("rb") as written:
@@ -347,6 +359,20 @@ def run_site(cfg: SiteConfig, *, echo: IO[str] | None = None) -> int:
         text = written.read().decode(errors="replace")
     what = "" if failed is node else "ClientApp launcher: "
     raise FederationError(f"site {cfg.options.name}: {what}{explain_failure(text)}")
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop every process and its session's group (the launcher's forked
+    ClientApps live in it), even if a second Ctrl-C arrives meanwhile."""
+    for proc in reversed(procs):
+        while True:
+            try:
+                stop_process(proc)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # what is left of its group
+                break
+            except KeyboardInterrupt:
+                continue
 
 
 def _wait_first(

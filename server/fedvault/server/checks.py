@@ -76,8 +76,12 @@ def check_update(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str |
     for key, array in arrays.items():
         try:
             value = array.numpy()
-        except (TypeError, ValueError) as exc:  # a foreign or damaged array
-            return f"{key}: not a numeric array ({exc})"
+        except Exception as exc:
+            return f"{key}: not a readable array ({type(exc).__name__})"
+        if not isinstance(value, np.ndarray) or not np.issubdtype(
+            value.dtype, np.floating
+        ):
+            return f"{key}: not an array of floating-point numbers"
         if value.shape != reference[key].shape:
             return f"{key}: shape {value.shape} != {reference[key].shape}"
         if not np.all(np.isfinite(value)):

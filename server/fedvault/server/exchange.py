@@ -26,7 +26,13 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-PULL_BACKOFF = {"initial_backoff": 0.02, "backoff_cap": 0.5}
+# No per-object try limit: at these intervals Flower's 500 tries would give up after
+# minutes instead of Flower's ~80; its overall max_time still applies.
+PULL_BACKOFF: dict[str, Any] = {
+    "initial_backoff": 0.02,
+    "backoff_cap": 0.5,
+    "max_tries_per_object": None,
+}
 
 
 def tune_grid_pulls() -> None:
