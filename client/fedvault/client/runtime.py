@@ -134,7 +134,7 @@ def _tune_clientapp() -> Any:
 
 
 def run_supernode(argv: list[str], *, idle: float) -> None:
-    """Flower's ``flower-superlink`` command with ``argv``, polling every ``idle`` s."""
+    """Flower's ``flower-supernode`` command with ``argv``, polling every ``idle`` s."""
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     _tune_supernode(idle)
