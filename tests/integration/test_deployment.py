@@ -1,7 +1,8 @@
 """A real consortium on 127.0.0.1: coordinator and sites as separate processes.
 
-One scenario, started once for the module (a deployment round costs 20-40 s here,
-because every message starts a fresh ClientApp process that imports torch):
+One scenario, started once for the module (a deployment round costs 2-20 s here:
+site-0 uses Flower's own launcher, a fresh interpreter per message, and the other
+sites fedvault's forking one; see fedvault.client.runtime):
 
 - certificates and site keys are made with fedvault's own CLI (``certs``, ``keygen``);
 - site-0 is added before the coordinator runs, site-1 through ``[sites]``, site-2 with
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from consortium import events, stop_all, write_site
 from typer.testing import CliRunner
 
 from fedvault.client.site_cli import site_app
@@ -91,18 +93,6 @@ def _outward_address() -> str | None:
             return None
         addr = str(sock.getsockname()[0])
     return None if addr.startswith("127.") else addr
-
-
-def _our_flower_pids(root: Path) -> list[int]:
-    """Processes whose FLWR_HOME lies under ``root``: every Flower process we caused."""
-    marker = f"FLWR_HOME={root}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if marker in (entry / "environ").read_bytes():
-                    pids.append(int(entry.name))
-    return pids
 
 
 class Consortium:
@@ -173,18 +163,7 @@ class Consortium:
         )
 
     def _site_toml(self, name: str, **extra: object) -> None:
-        site = {
-            "name": name,
-            "coordinator": f"localhost:{self.fleet}",
-            "ca-certificate": "certs/ca.crt",
-            "private-key": f"keys/{name}/site.key",
-            "state-dir": f"state/{name}",
-            "runtime-address": f"127.0.0.1:{free_port()}",
-            **extra,
-        }
-        privacy = {"dataset-id": "breast-cancer", "epsilon-max": 10.0, "delta": 1e-5}
-        doc = {"site": site, "privacy": privacy}  # the site's own policy
-        (self.root / f"{name}.toml").write_text(tomli_w.dumps(doc))
+        write_site(self.root, name, self.fleet, "breast-cancer", **extra)
 
     # -- processes ---------------------------------------------------------------
     def launch(self, name: str, app: str, *args: str) -> None:
@@ -202,9 +181,7 @@ class Consortium:
         return (self.root / f"{name}.out").read_text(errors="replace")
 
     def events(self) -> list[dict[str, object]]:
-        path = self.root / "run" / "output" / "progress.jsonl"
-        lines = path.read_text().splitlines() if path.exists() else []
-        return [json.loads(line) for line in lines if line.strip()]
+        return events(self.root)
 
     def wait_for(self, what: str, check, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -287,24 +264,7 @@ class Consortium:
         pytest.fail(f"no SuperNode of {name} to kill")
 
     def stop_all(self) -> list[int]:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        deadline = time.monotonic() + 15  # Flower children watch their parent's pid
-        while (left := _our_flower_pids(self.root)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        return left
+        return stop_all(self.procs.values(), self.root)
 
 
 def _read_json(path: Path) -> dict[str, object]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from consortium import events, flower_pids, stop_all, write_site
 from typer.testing import CliRunner
 
 from fedvault.client.site_cli import site_app
@@ -34,23 +35,6 @@ LAUNCH = (
     "import sys; from importlib import import_module; "
     "m, n = sys.argv[1].split(':'); getattr(import_module(m), n)(sys.argv[2:])"
 )
-
-
-def _flower_pids(root: Path) -> list[int]:
-    marker = f"FLWR_HOME={root}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if marker in (entry / "environ").read_bytes():
-                    pids.append(int(entry.name))
-    return pids
-
-
-def _events(root: Path) -> list[dict[str, object]]:
-    path = root / "run" / "output" / "progress.jsonl"
-    text = path.read_text() if path.exists() else ""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _prepare(root: Path) -> None:
@@ -68,19 +52,7 @@ def _prepare(root: Path) -> None:
         name = f"site-{i}"
         keygen = ["keygen", str(root / "keys" / name), "--name", name]
         assert runner.invoke(site_app, keygen).exit_code == 0
-        site = {
-            "name": name,
-            "coordinator": f"localhost:{fleet}",
-            "ca-certificate": "certs/ca.crt",
-            "private-key": f"keys/{name}/site.key",
-            "data": f"data/{name}.parquet",
-            "state-dir": f"state/{name}",
-            "runtime-address": f"127.0.0.1:{free_port()}",
-        }
-        privacy = {"dataset-id": "bc", "epsilon-max": 10.0, "delta": 1e-5}
-        (root / f"{name}.toml").write_text(
-            tomli_w.dumps({"site": site, "privacy": privacy})
-        )
+        write_site(root, name, fleet, "bc", data=f"data/{name}.parquet")
     coordinator = {
         "coordinator": {
             "run-dir": "run",
@@ -124,27 +96,12 @@ class Processes:
         os.killpg(self.procs["coordinator"].pid, signal.SIGKILL)
         self.procs["coordinator"].wait(timeout=10)
         run_home = self.root / "run"
-        for pid in _flower_pids(run_home):
+        for pid in flower_pids(run_home):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
     def stop_all(self) -> list[int]:
-        for proc in self.procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 15
-        while (left := _flower_pids(self.root)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        return left
+        return stop_all(self.procs.values(), self.root)
 
 
 def _wait(what: str, check, timeout: float, proc=None) -> None:
@@ -179,7 +136,7 @@ def test_resume_after_the_coordinator_dies(tmp_path):
                 "--config",
                 str(tmp_path / f"site-{i}.toml"),
             )
-        rounds = lambda: [e for e in _events(tmp_path) if e["event"] == "round"]  # noqa: E731
+        rounds = lambda: [e for e in events(tmp_path) if e["event"] == "round"]  # noqa: E731
         _wait("round 1", lambda: len(rounds()) >= 1, 240, coordinator)
         procs.crash_coordinator()
         assert not (tmp_path / "run" / "output" / "summary.json").exists()
@@ -195,7 +152,7 @@ def test_resume_after_the_coordinator_dies(tmp_path):
     assert summary["status"] == "completed"
     assert summary["rounds_completed"] == ROUNDS
     assert [row["round"] for row in summary["history"]] == list(range(1, ROUNDS + 1))
-    assert any(e["event"] == "resumed" for e in _events(tmp_path))
+    assert any(e["event"] == "resumed" for e in events(tmp_path))
     assert done_before < ROUNDS
     run_keys = set()
     for i in range(2):
