@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedvault.server.federation import TRAIN_METRICS, check_reply, check_update
+from fedvault.server.checks import TRAIN_METRICS, check_reply, check_update
 
 REF = {"w": np.zeros((2, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
 

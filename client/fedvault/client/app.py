@@ -1,7 +1,9 @@
 """fedvault's Flower ClientApp: one site's side of every round.
 
-This module and ``fedvault.client.dp_state`` are the only client modules that touch
-Flower's API. Handlers:
+The record keys, metric names and decline codec it uses are
+:mod:`fedvault.common.protocol`'s; the Flower-facing client modules are this one,
+:mod:`fedvault.client.mods` (the privacy gate on training messages) and the
+SuperNode launcher (:mod:`fedvault.client.runtime`). Handlers:
 
 - ``query.stats``: summary counts of the site's training rows (no rows leave);
 - ``train``: DP-SGD on the site's rows from the received global model; replies with
@@ -16,26 +18,20 @@ training messages of any other protocol.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import secrets
 
 import numpy as np
 import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from fedvault.client.budget import SiteBudget, policy_path
 from fedvault.client.mods import privacy_mod
-from fedvault.client.policy import Decline
 from fedvault.client.site import (
     SiteSettings,
     load_site_data,
@@ -56,7 +52,20 @@ from fedvault.common.evaluation import evaluate
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, site_summary
 from fedvault.common.privacy import keep_curves_in
-from fedvault.common.protocol import CLIENT_WEIGHT
+from fedvault.common.protocol import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    PREPROCESSING,
+    PROXIMAL_MU,
+    SERVER_ROUND,
+    STATS_ACTION,
+    Decline,
+    DpFigures,
+    EvaluateMetrics,
+    SiteStats,
+    TrainMetrics,
+)
 from fedvault.common.records import (
     array_record,
     config_record,
@@ -81,10 +90,14 @@ def _threads(context: Context) -> None:
         torch.set_num_threads(threads)
 
 
-def _decline(msg: Message, reason: str, detail: str) -> Message:
-    logger.warning("declining %s: %s (%s)", msg.metadata.message_type, reason, detail)
-    record = ConfigRecord({"reason": reason, "detail": detail})
-    return Message(RecordDict({"decline": record}), reply_to=msg)
+def _decline(msg: Message, decline: Decline) -> Message:
+    logger.warning(
+        "declining %s: %s (%s)",
+        msg.metadata.message_type,
+        decline.reason,
+        decline.detail,
+    )
+    return decline.reply(msg)
 
 
 def _round_seed(site: SiteSettings, seed: int, server_round: int, kind: str) -> int:
@@ -101,7 +114,7 @@ def _round_seed(site: SiteSettings, seed: int, server_round: int, kind: str) -> 
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") % (2**63)
 
 
-@app.query("stats")
+@app.query(STATS_ACTION)
 def stats(msg: Message, context: Context) -> Message:
     """Summary counts of this site's training rows, for federated preprocessing."""
     settings = TrainingConfig.from_run_config(context.run_config)
@@ -109,12 +122,14 @@ def stats(msg: Message, context: Context) -> Message:
     target = str(context.run_config["target"])
     split = load_site_data(site, target=target, seed=settings.seed)
     reason = usable(split, target)
-    record = ConfigRecord({"site": site.name, "usable": reason is None})
-    if reason is None:
-        record["summary"] = summary_to_bytes(site_summary(split.train, target))
-    else:
-        record["reason"] = reason
-    return Message(RecordDict({"site": record}), reply_to=msg)
+    answer = (
+        SiteStats(
+            site.name, summary=summary_to_bytes(site_summary(split.train, target))
+        )
+        if reason is None
+        else SiteStats(site.name, reason=reason)
+    )
+    return Message(answer.to_content(), reply_to=msg)
 
 
 def _local_model(
@@ -126,20 +141,18 @@ def _local_model(
         num_classes=prep.num_classes,
         hidden=settings.hidden,
     )
-    model.load_state_dict(array_record(msg.content, "arrays").to_torch_state_dict())
+    model.load_state_dict(array_record(msg.content, ARRAYS).to_torch_state_dict())
     return model
 
 
-def _weighted(settings: TrainingConfig, metrics: dict[str, float]) -> MetricRecord:
-    """Metrics of a reply; with client-level DP every site weighs the same (Flower's
-    accountant needs equal weights in training and evaluation replies)."""
-    if settings.client_dp != "off":
-        metrics = metrics | {CLIENT_WEIGHT: 1.0}
-    return MetricRecord(dict(metrics))
+def _preprocessing(msg: Message) -> Preprocessing:
+    return Preprocessing.from_json(
+        text(config_record(msg.content, CONFIG), PREPROCESSING)
+    )
 
 
 def _reply(msg: Message, arrays: ArrayRecord, metrics: MetricRecord) -> Message:
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=msg)
 
 
 def _update(
@@ -150,7 +163,7 @@ def _update(
     model.cpu()
     if settings.compress == "none":
         return ArrayRecord(model.state_dict())
-    received = array_record(msg.content, "arrays")
+    received = array_record(msg.content, ARRAYS)
     reference = {k: v.numpy() for k, v in received.items()}
     local = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     return packed_record(pack(quantize(local, reference, np.random.default_rng(seed))))
@@ -181,20 +194,20 @@ def train(msg: Message, context: Context) -> Message:
     _threads(context)
     settings = TrainingConfig.from_run_config(context.run_config)
     site = site_settings(context.node_config, context.run_config)
-    config = config_record(msg.content, "config")
-    prep = Preprocessing.from_json(text(config, "preprocessing"))
-    server_round = int(number(config, "server-round"))
+    config = config_record(msg.content, CONFIG)
+    prep = _preprocessing(msg)
+    server_round = int(number(config, SERVER_ROUND))
     split = load_site_data(site, target=prep.target, seed=settings.seed)
     reason = usable(split, prep.target)
     if reason is not None:
-        return _decline(msg, "data", reason)
+        return _decline(msg, Decline("data", reason))
     data = to_tensors(split.train, prep)
     local = LocalSettings(
         num_classes=prep.num_classes,
         lr=settings.lr,
         epochs=settings.local_epochs,
         batch_size=settings.batch_size,
-        proximal_mu=number(config, "proximal-mu", 0.0),
+        proximal_mu=number(config, PROXIMAL_MU, 0.0),
         device=_device(),
     )
     model = _local_model(settings, prep, msg)
@@ -202,22 +215,41 @@ def train(msg: Message, context: Context) -> Message:
     torch.manual_seed(seed)
     if not settings.dp:
         result = train_plain(model, data, local)
-        plain = {"num-examples": len(data), "loss": result.loss, "steps": result.steps}
-        sent = _update(msg, model, settings, seed)
-        return _reply(msg, sent, _weighted(settings, plain))
+        plain = TrainMetrics(
+            num_examples=len(data),
+            loss=result.loss,
+            steps=result.steps,
+            client_weight=settings.client_dp != "off",
+        )
+        return _reply(msg, _update(msg, model, settings, seed), plain.to_record())
     # The coordinator's run key survives a coordinator restart (resume); Flower's
     # run id does not. Either names this run in the site's ledger.
     run_key = str(context.run_config.get("run-key") or context.run_id)
     budget = _open_budget(site, settings, run_key)
     if isinstance(budget, Decline):
-        return _decline(msg, budget.reason, budget.detail)
-    global_hash = array_record(msg.content, "arrays").object_id
+        return _decline(msg, budget)
+    return _train_private(msg, settings, budget, model, data, local, server_round, seed)
+
+
+def _train_private(
+    msg: Message,
+    settings: TrainingConfig,
+    budget: SiteBudget,
+    model: nn.Module,
+    data: TensorDataset,
+    local: LocalSettings,
+    server_round: int,
+    seed: int,
+) -> Message:
+    """DP-SGD for the round the budget plans, recorded in the ledger before the
+    update is sent (or the update of this round again, if already trained)."""
+    global_hash = array_record(msg.content, ARRAYS).object_id
     replayed = _replay(msg, settings, budget, server_round, global_hash)
     if replayed is not None:
         return replayed
     plan = budget.plan_round(dp_schedule(len(data), settings.batch_size))
     if isinstance(plan, Decline):
-        return _decline(msg, plan.reason, plan.detail)
+        return _decline(msg, plan)
     result = train_private(
         model, data, local, sigma=plan.sigma, max_grad_norm=settings.max_grad_norm
     )
@@ -227,25 +259,28 @@ def train(msg: Message, context: Context) -> Message:
     try:
         figures = budget.record(server_round, plan, sent.object_id)
     except BudgetExceededError as exc:
-        return _decline(msg, "budget", str(exc))
-    metrics = {
-        "num-examples": len(data),
-        "loss": result.loss,
-        "steps": result.steps,
-        "epsilon": figures.run_epsilon,
-        "epsilon-lifetime": figures.lifetime_epsilon,
-        "epsilon-budget": figures.budget,
-        "delta": figures.delta,
-        "noise-multiplier": figures.sigma,
-        "sample-rate": result.sample_rate,
-    }
+        return _decline(msg, Decline("budget", str(exc)))
+    metrics = TrainMetrics(
+        num_examples=len(data),
+        loss=result.loss,
+        steps=result.steps,
+        dp=DpFigures(
+            epsilon=figures.run_epsilon,
+            epsilon_lifetime=figures.lifetime_epsilon,
+            epsilon_budget=figures.budget,
+            delta=figures.delta,
+            noise_multiplier=figures.sigma,
+            sample_rate=result.sample_rate,
+        ),
+    )
     budget.keep(
         server_round,
         global_hash=global_hash,
         update=model.state_dict(),
-        metrics=metrics,
+        metrics=metrics.values(),
     )
-    return _reply(msg, sent, _weighted(settings, metrics))
+    weighted = dataclasses.replace(metrics, client_weight=settings.client_dp != "off")
+    return _reply(msg, sent, weighted.to_record())
 
 
 def _replay(
@@ -270,7 +305,11 @@ def _replay(
     logger.info(
         "round %d already trained in this run: replaying its update", server_round
     )
-    return _reply(msg, ArrayRecord(update), _weighted(settings, metrics))
+    kept_metrics = TrainMetrics.from_record(metrics, dp=True)
+    weighted = dataclasses.replace(
+        kept_metrics, client_weight=settings.client_dp != "off"
+    )
+    return _reply(msg, ArrayRecord(update), weighted.to_record())
 
 
 @app.evaluate()
@@ -279,21 +318,18 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     _threads(context)
     settings = TrainingConfig.from_run_config(context.run_config)
     site = site_settings(context.node_config, context.run_config)
-    config = config_record(msg.content, "config")
-    prep = Preprocessing.from_json(text(config, "preprocessing"))
+    prep = _preprocessing(msg)
     split = load_site_data(site, target=prep.target, seed=settings.seed)
     if len(split.validation) == 0:
-        return _decline(msg, "data", "no validation rows")
+        return _decline(msg, Decline("data", "no validation rows"))
     data = to_tensors(split.validation, prep)
     model = _local_model(settings, prep, msg)
     features, labels = data.tensors
     result = evaluate(model, features, labels, num_classes=prep.num_classes)
-    metrics = _weighted(
-        settings,
-        {
-            "num-examples": result.examples,
-            "loss": result.loss,
-            "accuracy": result.accuracy,
-        },
+    metrics = EvaluateMetrics(
+        num_examples=result.examples,
+        loss=result.loss,
+        accuracy=result.accuracy,
+        client_weight=settings.client_dp != "off",
     )
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({METRICS: metrics.to_record()}), reply_to=msg)

@@ -18,7 +18,8 @@ Refusals are Flower ``Error`` replies whose reason starts with
 ``fedvault.common.protocol.MISMATCH_PREFIX``: the coordinator fails the run on them
 instead of carrying on without the site. A site's typed decline (budget, policy,
 data) passes through unchanged in plain rounds, and travels as an ``Error`` with
-``DECLINE_PREFIX`` in a SecAgg+ round, whose replies must be protocol messages.
+its :meth:`~fedvault.common.protocol.Decline.to_reason` in a SecAgg+
+round, whose replies must be protocol messages.
 """
 
 from __future__ import annotations
@@ -65,8 +66,12 @@ from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import ConfigError, PrivacyError
 from fedvault.common.protocol import (
     ARRAY_KEYS,
-    DECLINE_PREFIX,
+    ARRAYS,
+    CONFIG,
+    METRICS,
     MISMATCH_PREFIX,
+    NUM_EXAMPLES,
+    Decline,
     quantization_step,
 )
 from fedvault.common.records import array_record, metric_record, number
@@ -75,9 +80,16 @@ logger = logging.getLogger(__name__)
 
 
 class _Declined(Exception):  # noqa: N818 - control flow, never escapes this module
-    def __init__(self, reply: Message) -> None:
+    def __init__(self, reply: Message, decline: Decline) -> None:
         super().__init__("declined")
-        self.reply = reply
+        self.reply, self.decline = reply, decline
+
+
+def _raise_if_declined(reply: Message) -> Message:
+    decline = None if reply.has_error() else Decline.from_content(reply.content)
+    if decline is not None:
+        raise _Declined(reply, decline)
+    return reply
 
 
 class _Mismatch(Exception):  # noqa: N818 - control flow, never escapes this module
@@ -138,10 +150,7 @@ def _plain_train(
     )
 
     def inner(message: Message, context: Context) -> Message:
-        reply = call_next(message, context)
-        if not reply.has_error() and "decline" in reply.content.config_records:
-            raise _Declined(reply)
-        return reply
+        return _raise_if_declined(call_next(message, context))
 
     try:
         return clipping(msg, ctxt, inner)
@@ -160,9 +169,7 @@ def _secure_train(
     except _Mismatch as exc:
         return _refuse(msg, str(exc))
     except _Declined as declined:
-        decline = declined.reply.content.config_records["decline"]
-        kind, detail = decline.get("reason", "unknown"), decline.get("detail", "")
-        reason = f"{DECLINE_PREFIX}{kind!s}: {detail!s}"
+        reason = declined.decline.to_reason()
         error = Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason)
         return Message(error, reply_to=msg)
 
@@ -183,16 +190,14 @@ def _legacy_train(
         array_dict={k: Array(v) for k, v in zip(keys, current, strict=True)}
     )
     train_config = ConfigRecord(dict(config.items()))
-    msg.content = RecordDict({"arrays": arrays, "config": train_config})
-    reply = call_next(msg, ctxt)
-    if "decline" in reply.content.config_records:
-        raise _Declined(reply)
-    local = array_record(reply.content, "arrays").to_numpy_ndarrays()
+    msg.content = RecordDict({ARRAYS: arrays, CONFIG: train_config})
+    reply = _raise_if_declined(call_next(msg, ctxt))
+    local = array_record(reply.content, ARRAYS).to_numpy_ndarrays()
     update: NDArrays = [
         np.asarray(new, dtype=np.float64) - old
         for new, old in zip(local, current, strict=True)
     ]
-    metrics = dict(metric_record(reply.content, "metrics"))
+    metrics = dict(metric_record(reply.content, METRICS))
     clip_range, max_weight = _state(ctxt, "clipping_range"), _state(ctxt, "max_weight")
     if s.client_dp == "client-fixed":
         step = quantization_step(clip_range, int(_state(ctxt, "target_range")))
@@ -200,7 +205,7 @@ def _legacy_train(
         clip_inputs_inplace(update, norm)
         weight = 1.0
     else:
-        weight = min(number(metrics, "num-examples"), max_weight)
+        weight = min(number(metrics, NUM_EXAMPLES), max_weight)
     _check_range(update, weight / max_weight, clip_range)
     fitres = FitRes(
         status=Status(code=Code.OK, message=""),

@@ -26,7 +26,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from fedvault.common.config import key_of, parse_fields, read_toml
 from fedvault.common.errors import BudgetExceededError, ConfigError, PrivacyError
@@ -37,6 +37,7 @@ from fedvault.common.privacy import (
     plan_noise,
     search_noise,
 )
+from fedvault.common.protocol import Decline, DeclineReason
 
 __all__ = [
     "POLICY_TABLE",
@@ -52,7 +53,6 @@ __all__ = [
 ]
 
 POLICY_TABLE = "privacy"
-DeclineReason = Literal["budget", "policy"]
 
 
 # Dataset ids name files in the site's state folder: no separators, no dot-files.
@@ -118,20 +118,6 @@ def load_policy(path: Path) -> SitePolicy:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: missing [{POLICY_TABLE}] table")
     return SitePolicy.from_mapping(table, source=f"{path} [{POLICY_TABLE}]")
-
-
-@dataclass(frozen=True)
-class Decline:
-    """Why a site refuses to train: its budget would be passed, or its policy broken."""
-
-    reason: DeclineReason
-    detail: str
-
-    def as_error(self) -> PrivacyError:
-        """The matching exception, for callers that prefer raising."""
-        if self.reason == "budget":
-            return BudgetExceededError(self.detail)
-        return PrivacyError(self.detail)
 
 
 def check_request(

@@ -1,27 +1,74 @@
-"""Names both roles agree on for client-level DP and secure aggregation rounds.
+"""The wire protocol between the coordinator and its sites, in one place.
 
-The coordinator and the sites never import each other; the few strings and numbers
-they must share about the privacy protocol live here:
+The coordinator and the sites never import each other; every name they must agree
+on lives here, so that no record key, metric name or message kind is spelled in two
+modules. A round, as the records travel (see docs/architecture.md):
 
-- a site that cannot take part in a SecAgg+ round answers with a Flower ``Error``
-  whose reason starts with :data:`DECLINE_PREFIX` (its typed decline) or
-  :data:`MISMATCH_PREFIX` (the round's protocol is not the one the run asked for:
-  the coordinator must fail the run loudly instead of carrying on without the site);
-- with client-level DP every reply carries the constant weight :data:`CLIENT_WEIGHT`
-  (Flower's accountant needs equal weights);
-- the SecAgg+ quantization settings, which bound what a site may put in the sum.
+==========================  ==========================================================
+message (kind)              content
+==========================  ==========================================================
+stats query (``query.stats``)   coordinator -> site: empty
+stats reply                 ``site`` ConfigRecord: :class:`SiteStats`
+train (``train``)           ``arrays`` (global model), ``config``: :data:`PREPROCESSING`
+                            and Flower's :data:`SERVER_ROUND` (FedProx adds
+                            :data:`PROXIMAL_MU`, client-level DP its clipping norm)
+train reply                 ``arrays`` (weights, or an int8 packed update) and
+                            ``metrics``: :class:`TrainMetrics`; or ``decline``:
+                            :class:`Decline`
+evaluate (``evaluate``)     ``arrays``, ``config``: :data:`PREPROCESSING`
+evaluate reply              ``metrics``: :class:`EvaluateMetrics`; or ``decline``
+==========================  ==========================================================
+
+Special replies are Flower ``Error`` messages: a site that refuses a round's protocol
+answers with a reason starting with :data:`MISMATCH_PREFIX` (the coordinator fails
+the run loudly instead of carrying on without the site); in a SecAgg+ round, whose
+replies must be protocol messages, a decline travels as an error whose reason is
+:meth:`Decline.to_reason`.
+
+With client-level DP every reply carries the constant weight :data:`CLIENT_WEIGHT`
+(Flower's accountant needs equal weights). The SecAgg+ quantization settings bound
+what a site may put in the sum.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Literal, get_args
+
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.message_type import MessageType
+
+from fedvault.common.errors import BudgetExceededError, PrivacyError
+from fedvault.common.records import number, text
+
+# -- message kinds ------------------------------------------------------------
+STATS_ACTION = "stats"
+STATS_MESSAGE = f"{MessageType.QUERY}.{STATS_ACTION}"
+
+# -- record keys --------------------------------------------------------------
+ARRAYS = "arrays"  # ArrayRecord: the global model, or a site's weights
+CONFIG = "config"  # ConfigRecord of a train / evaluate message
+METRICS = "metrics"  # MetricRecord of a reply
+SITE = "site"  # ConfigRecord of a stats reply
+DECLINE = "decline"  # ConfigRecord of a typed decline
+
+# -- config keys of train / evaluate messages ---------------------------------
+PREPROCESSING = "preprocessing"  # the federation's preprocessing, as JSON
+SERVER_ROUND = "server-round"  # set by Flower's strategies
+PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
+# A SecAgg+ round's array names, in order (JSON list): Flower's legacy messages
+# carry unnamed arrays.
+ARRAY_KEYS = "fedvault-array-keys"
+
+# -- metric names -------------------------------------------------------------
+NUM_EXAMPLES = "num-examples"  # the weight FedAvg aggregates by
+CLIENT_WEIGHT = "client-weight"  # constant 1.0 under client-level DP
+
+# -- errors -------------------------------------------------------------------
 DECLINE_PREFIX = "fedvault-decline:"
 MISMATCH_PREFIX = "fedvault-protocol-mismatch:"
-
-CLIENT_WEIGHT = "client-weight"
-
-# Train-config key of a SecAgg+ round: the global model's array names, in order
-# (JSON list), since Flower's legacy messages carry unnamed arrays.
-ARRAY_KEYS = "fedvault-array-keys"
 
 # SecAgg+ quantization (Flower's defaults): every value a site masks is clipped to
 # +-SECAGG_CLIPPING_RANGE and quantized to SECAGG_QUANTIZATION_RANGE levels; weights
@@ -31,6 +78,11 @@ SECAGG_QUANTIZATION_RANGE = 2**22
 SECAGG_MODULUS_RANGE = 2**32
 SECAGG_MAX_WEIGHT = 1000.0
 
+_Metric = int | float | list[int] | list[float]  # a MetricRecord value
+
+DeclineReason = Literal["budget", "policy", "data"]
+DECLINE_REASONS: tuple[DeclineReason, ...] = get_args(DeclineReason)
+
 
 def quantization_step(
     clipping_range: float = SECAGG_CLIPPING_RANGE,
@@ -39,3 +91,227 @@ def quantization_step(
     """Width of one SecAgg+ quantization level; stochastic rounding moves each
     value by less than one step."""
     return 2 * clipping_range / quantization_range
+
+
+# -- declines -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Decline:
+    """Why a site refuses a round: its budget would be passed (``budget``), its
+    policy broken (``policy``), or its data cannot serve (``data``).
+
+    The one codec of a decline: a ``decline`` ConfigRecord in a plain reply, or an
+    error reason starting with :data:`DECLINE_PREFIX` in a SecAgg+ round.
+    """
+
+    reason: DeclineReason
+    detail: str
+
+    def as_error(self) -> PrivacyError:
+        """The matching exception, for callers that prefer raising."""
+        if self.reason == "budget":
+            return BudgetExceededError(self.detail)
+        return PrivacyError(self.detail)
+
+    def to_content(self) -> RecordDict:
+        """The content of the decline reply."""
+        record = ConfigRecord({"reason": self.reason, "detail": self.detail})
+        return RecordDict({DECLINE: record})
+
+    def reply(self, msg: Message) -> Message:
+        """The decline reply to ``msg``."""
+        return Message(self.to_content(), reply_to=msg)
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> Decline | None:
+        """The decline a reply's content holds, or None when it holds none.
+
+        An unknown reason is read as ``policy`` (the site refused), keeping the
+        site's own words in ``detail``.
+        """
+        record = content.config_records.get(DECLINE)
+        if record is None:
+            return None
+        return cls._of(str(record.get("reason", "")), str(record.get("detail", "")))
+
+    def to_reason(self) -> str:
+        """The reason string of a Flower ``Error`` carrying this decline."""
+        return f"{DECLINE_PREFIX}{self.reason}: {self.detail}"
+
+    @classmethod
+    def from_reason(cls, reason: str) -> Decline | None:
+        """The decline an error reason carries, or None for any other error."""
+        if not reason.startswith(DECLINE_PREFIX):
+            return None
+        kind, _, detail = reason.removeprefix(DECLINE_PREFIX).partition(":")
+        return cls._of(kind.strip(), detail.strip())
+
+    @classmethod
+    def _of(cls, kind: str, detail: str) -> Decline:
+        reason: DeclineReason = "policy"
+        for known in DECLINE_REASONS:
+            if kind == known:
+                reason = known
+        return cls(reason, detail if kind in DECLINE_REASONS else f"{kind}: {detail}")
+
+
+# -- metrics ------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class DpFigures:
+    """A site's own privacy figures after a DP-SGD round, from its accountant.
+
+    ``epsilon``: this run; ``epsilon_lifetime``: every run on the dataset;
+    ``epsilon_budget``: the site's lifetime budget; all at ``delta``.
+    """
+
+    epsilon: float
+    epsilon_lifetime: float
+    epsilon_budget: float
+    delta: float
+    noise_multiplier: float
+    sample_rate: float
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+_DP_KEYS = tuple(_key(f.name) for f in fields(DpFigures))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainMetrics:
+    """The metrics of a training reply (``metrics`` record).
+
+    ``loss``: mean training loss over the round's samples; ``steps``: optimizer
+    steps run; ``dp``: the site's privacy figures (DP-SGD runs only);
+    ``client_weight``: add :data:`CLIENT_WEIGHT` = 1 (client-level DP runs).
+    """
+
+    num_examples: int
+    loss: float
+    steps: int
+    dp: DpFigures | None = None
+    client_weight: bool = False
+
+    def values(self) -> dict[str, float]:
+        """The metrics by wire name."""
+        values = {
+            NUM_EXAMPLES: float(self.num_examples),
+            "loss": self.loss,
+            "steps": float(self.steps),
+        }
+        if self.dp is not None:
+            values |= {_key(f.name): getattr(self.dp, f.name) for f in fields(self.dp)}
+        if self.client_weight:
+            values[CLIENT_WEIGHT] = 1.0
+        return values
+
+    def to_record(self) -> MetricRecord:
+        values: dict[str, _Metric] = dict(self.values())
+        values[NUM_EXAMPLES] = self.num_examples
+        values["steps"] = self.steps
+        return MetricRecord(values)
+
+    @staticmethod
+    def keys(*, dp: bool, client_weight: bool) -> set[str]:
+        """The metric names a training reply of such a run holds, exactly."""
+        keys = {NUM_EXAMPLES, "loss", "steps"}
+        if dp:
+            keys |= set(_DP_KEYS)
+        if client_weight:
+            keys.add(CLIENT_WEIGHT)
+        return keys
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object], *, dp: bool) -> TrainMetrics:
+        """Read a training reply's metrics; :class:`ValueError` names a missing or
+        non-numeric key."""
+        figures = None
+        if dp:
+            values = {k.replace("-", "_"): number(record, k) for k in _DP_KEYS}
+            figures = DpFigures(**values)
+        return cls(
+            num_examples=int(number(record, NUM_EXAMPLES)),
+            loss=number(record, "loss"),
+            steps=int(number(record, "steps")),
+            dp=figures,
+            client_weight=CLIENT_WEIGHT in record,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateMetrics:
+    """The metrics of an evaluate reply: the global model on the site's
+    validation rows (``loss``: mean loss; ``accuracy`` in [0, 1])."""
+
+    num_examples: int
+    loss: float
+    accuracy: float
+    client_weight: bool = False
+
+    def to_record(self) -> MetricRecord:
+        values: dict[str, _Metric] = {
+            NUM_EXAMPLES: self.num_examples,
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+        }
+        if self.client_weight:
+            values[CLIENT_WEIGHT] = 1.0
+        return MetricRecord(dict(values))
+
+    @staticmethod
+    def keys(*, client_weight: bool) -> set[str]:
+        """The metric names an evaluate reply of such a run holds, exactly."""
+        keys = {NUM_EXAMPLES, "loss", "accuracy"}
+        if client_weight:
+            keys.add(CLIENT_WEIGHT)
+        return keys
+
+
+def metrics_problem(record: Mapping[str, object], keys: set[str]) -> str | None:
+    """Why a reply's metrics cannot be used, or None: they must hold exactly
+    ``keys``, all finite numbers, with a positive :data:`NUM_EXAMPLES`."""
+    if set(record) != keys:
+        return f"metrics {sorted(record)} differ from the expected {sorted(keys)}"
+    try:
+        values = [number(record, k) for k in keys]
+    except ValueError as exc:
+        return str(exc)
+    if not all(math.isfinite(v) for v in values):
+        return "non-finite metric values"
+    if number(record, NUM_EXAMPLES) <= 0:
+        return f"{NUM_EXAMPLES} must be positive"
+    return None
+
+
+# -- stats --------------------------------------------------------------------
+@dataclass(frozen=True)
+class SiteStats:
+    """A site's answer to the stats query: its name and either its summary
+    (``fedvault.common.wire`` bytes) or why it cannot train."""
+
+    name: str
+    summary: bytes | None = None
+    reason: str | None = None
+
+    def to_content(self) -> RecordDict:
+        record = ConfigRecord({"site": self.name, "usable": self.summary is not None})
+        if self.summary is not None:
+            record["summary"] = self.summary
+        else:
+            record["reason"] = self.reason or "unusable"
+        return RecordDict({SITE: record})
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> SiteStats:
+        """Read a stats reply; :class:`ValueError` says what is malformed."""
+        if SITE not in content.config_records:
+            raise ValueError(f"message has no ConfigRecord {SITE!r}")
+        record = content.config_records[SITE]
+        name = text(record, "site")
+        if not record.get("usable"):
+            return cls(name, reason=text(record, "reason"))
+        summary = record.get("summary")
+        if not isinstance(summary, bytes):
+            raise ValueError("summary is not bytes")
+        return cls(name, summary=summary)

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -19,30 +18,27 @@ from flwr.supercore.differential_privacy import KEY_NORM_BIT
 
 from fedvault.common.compression import PACKED_KEY, PACKED_TYPE, dequantize, unpack
 from fedvault.common.config import TrainingConfig
-from fedvault.common.protocol import CLIENT_WEIGHT
-from fedvault.common.records import array_record, metric_record, number
+from fedvault.common.protocol import (
+    ARRAYS,
+    METRICS,
+    EvaluateMetrics,
+    TrainMetrics,
+    metrics_problem,
+)
+from fedvault.common.records import array_record, metric_record
 
-TRAIN_METRICS = {"num-examples", "loss", "steps"}
-DP_METRICS = {
-    "epsilon",
-    "epsilon-lifetime",
-    "epsilon-budget",
-    "delta",
-    "noise-multiplier",
-    "sample-rate",
-}
-EVALUATE_METRICS = {"num-examples", "loss", "accuracy"}
+# The metrics of a plain (non-DP, no client-level DP) training reply.
+TRAIN_METRICS = TrainMetrics.keys(dp=False, client_weight=False)
 
 
 def expected_metrics(training: TrainingConfig, *, train: bool) -> set[str]:
     """Metric names every training (or evaluation) reply of the run must hold."""
-    keys = set(TRAIN_METRICS if train else EVALUATE_METRICS)
-    if train and training.dp:
-        keys |= DP_METRICS
-    if training.client_dp != "off":
-        keys.add(CLIENT_WEIGHT)
-    if train and training.client_dp == "client-adaptive":
-        keys.add(KEY_NORM_BIT)
+    weighted = training.client_dp != "off"
+    if not train:
+        return EvaluateMetrics.keys(client_weight=weighted)
+    keys = TrainMetrics.keys(dp=training.dp, client_weight=weighted)
+    if training.client_dp == "client-adaptive":
+        keys.add(KEY_NORM_BIT)  # Flower's adaptive clipping mod adds it
     return keys
 
 
@@ -53,20 +49,13 @@ def check_reply(
     and that metrics hold exactly ``keys``, all finite, with positive num-examples."""
     try:
         if reference is not None:
-            problem = check_update(array_record(content, "arrays"), reference)
+            problem = check_update(array_record(content, ARRAYS), reference)
             if problem is not None:
                 return problem
-        metrics = metric_record(content, "metrics")
-        if set(metrics) != keys:
-            return f"metrics {sorted(metrics)} differ from the expected {sorted(keys)}"
-        values = [number(metrics, k) for k in keys]
+        metrics = metric_record(content, METRICS)
     except ValueError as exc:
         return str(exc)
-    if not all(math.isfinite(v) for v in values):
-        return "non-finite metric values"
-    if number(metrics, "num-examples") <= 0:
-        return "num-examples must be positive"
-    return None
+    return metrics_problem(metrics, keys)
 
 
 def check_update(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str | None:
@@ -125,14 +114,14 @@ def dequantize_replies(
     reply that is not a well-formed packed update is left as sent and rejected by
     the checks (its arrays do not match the model)."""
     for reply in replies:
-        if reply.has_error() or "arrays" not in reply.content.array_records:
+        if reply.has_error() or ARRAYS not in reply.content.array_records:
             continue
-        arrays = reply.content.array_records["arrays"]
+        arrays = reply.content.array_records[ARRAYS]
         if set(arrays) != {PACKED_KEY} or arrays[PACKED_KEY].stype != PACKED_TYPE:
             continue
         sent = unpack(arrays[PACKED_KEY].data, reference)
         weights = None if sent is None else dequantize(sent, reference)
         if weights is not None:
-            reply.content["arrays"] = ArrayRecord(
+            reply.content[ARRAYS] = ArrayRecord(
                 torch_state_dict={k: torch.from_numpy(v) for k, v in weights.items()}
             )

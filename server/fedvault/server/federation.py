@@ -11,9 +11,9 @@ unmasked aggregate; everything after it (checks, the strategy's aggregation with
 client-level DP wrapper, evaluation, checkpoints, reports) is the same code path.
 A site that refuses a round's protocol (``MISMATCH_PREFIX``) fails the run.
 
-The module is longer than most (~490 lines) on purpose: it is the one place that
-drives a round end to end (send, check, aggregate, evaluate, checkpoint, resume), so
-that the round's invariants can be read in one file.
+What each site answered (declines, failures, rejected updates, privacy figures) is
+kept by :class:`fedvault.server.sites.SiteBook`, so that this module reads as the
+round loop: send, check, aggregate, evaluate, checkpoint, resume.
 """
 
 from __future__ import annotations
@@ -34,25 +34,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedvault.common.data import load_table
-from fedvault.common.errors import DataError, FederationError
+from fedvault.common.errors import FederationError
 from fedvault.common.evaluation import evaluate
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, merge_summaries
-from fedvault.common.protocol import MISMATCH_PREFIX
-from fedvault.common.records import config_record, metric_record, number, text
-from fedvault.common.wire import summary_from_bytes
+from fedvault.common.protocol import PREPROCESSING, STATS_MESSAGE
+from fedvault.common.records import number
 from fedvault.server import checkpoint
-from fedvault.server.checks import TRAIN_METRICS as TRAIN_METRICS
-from fedvault.server.checks import (
-    check_reply,
-    check_update,
-    dequantize_replies,
-    expected_metrics,
-    release_problem,
-)
+from fedvault.server.checks import check_update, dequantize_replies, release_problem
 from fedvault.server.exchange import send_and_receive
 from fedvault.server.report import (
-    SiteRecord,
     client_dp_section,
     privacy_report,
     privacy_text,
@@ -67,6 +58,7 @@ from fedvault.server.rundir import (
 )
 from fedvault.server.secagg import SecureRound
 from fedvault.server.settings import ServerSettings
+from fedvault.server.sites import SiteBook
 from fedvault.server.strategy import StrategyPlan, make_strategy
 
 logger = logging.getLogger(__name__)
@@ -92,11 +84,9 @@ class Federation:
         self.grid, self.settings = grid, settings
         self.training = settings.training
         self.rundir = RunDirectory(settings.out_dir)
-        self.sites: dict[int, SiteRecord] = {}
-        self.excluded: dict[str, str] = dict(settings.excluded_sites)
+        self.book = SiteBook(self.training, settings.excluded_sites)
         self.history: list[dict[str, Any]] = []
         self.stop_reason = ""
-        self._sent: dict[str, int] = {}
         self.plan: StrategyPlan | None = None
         self.secure = (
             SecureRound(
@@ -124,130 +114,23 @@ class Federation:
     def _preprocessing(self, nodes: list[int]) -> Preprocessing:
         """Ask every site for summary counts and merge them (no rows are sent)."""
         messages = [
-            Message(RecordDict(), message_type="query.stats", dst_node_id=n)
+            Message(RecordDict(), message_type=STATS_MESSAGE, dst_node_id=n)
             for n in nodes
         ]
-        summaries = []
-        for reply in self._exchange(messages):
-            node = self._node_of(reply)
-            if reply.has_error():
-                self.excluded[f"node-{node}"] = f"failed: {reply.error.reason}"
-                continue
-            try:
-                record = config_record(reply.content, "site")
-                name = text(record, "site")
-                if not record.get("usable"):
-                    self.excluded[name] = text(record, "reason")
-                    continue
-                raw = record.get("summary")
-                if not isinstance(raw, bytes):
-                    raise DataError("summary is not bytes")
-                summaries.append(summary_from_bytes(raw))
-            except ValueError as exc:
-                self.excluded[f"node-{node}"] = f"malformed summary: {exc}"
-                continue
-            rows = summaries[-1].get("rows")
-            examples = rows if isinstance(rows, int) else 0
-            self.sites[node] = SiteRecord(name=name, examples=examples)
+        summaries = self.book.summaries(self._exchange(messages))
         if len(summaries) < self.training.min_sites:
             raise FederationError(
                 f"only {len(summaries)} site(s) can train; min-sites is "
-                f"{self.training.min_sites} (excluded: {self.excluded})"
+                f"{self.training.min_sites} (excluded: {self.book.excluded})"
             )
         return merge_summaries(summaries, self.settings.target)
 
-    # -- replies ----------------------------------------------------------------
     def _exchange(self, messages: Iterable[Message]) -> list[Message]:
-        """Send and wait, remembering where each message went: a reply Flower
-        writes itself (e.g. NODE_UNAVAILABLE for a site that died) comes from the
-        SuperLink, not from the site, and must be filed under the site."""
+        """Send and wait, remembering where each message went."""
         sent = list(messages)
         replies = send_and_receive(self.grid, sent, timeout=self.training.round_timeout)
-        self._sent |= {
-            m.metadata.message_id: m.metadata.dst_node_id
-            for m in sent
-            if m.metadata.message_id  # set by the Grid when it pushes the message
-        }
+        self.book.remember(sent)
         return replies
-
-    def _node_of(self, reply: Message) -> int:
-        return self._sent.get(
-            reply.metadata.reply_to_message_id, reply.metadata.src_node_id
-        )
-
-    def _site(self, node: int) -> SiteRecord:
-        return self.sites.setdefault(node, SiteRecord(name=f"node-{node}"))
-
-    def _usable_replies(
-        self,
-        replies: Iterable[Message],
-        server_round: int,
-        reference: dict[str, np.ndarray] | None,
-    ) -> list[Message]:
-        """Keep replies fit for aggregation; record declines, failures, rejections.
-
-        ``reference`` (the global weights) is given for training replies only.
-        """
-        valid = []
-        for reply in replies:
-            site = self._site(self._node_of(reply))
-            event = {"round": server_round}
-            if reply.has_error():
-                if (reply.error.reason or "").startswith(MISMATCH_PREFIX):
-                    raise FederationError(
-                        f"round {server_round}: {site.name} refused the round's "
-                        f"protocol ({reply.error.reason})"
-                    )
-                site.failures.append(event | {"reason": reply.error.reason})
-                logger.warning(
-                    "round %d: %s failed: %s",
-                    server_round,
-                    site.name,
-                    reply.error.reason,
-                )
-                continue
-            if "decline" in reply.content.config_records:
-                decline = reply.content.config_records["decline"]
-                if reference is not None:
-                    site.declines.append(
-                        event
-                        | {
-                            "reason": str(decline.get("reason", "unknown")),
-                            "detail": str(decline.get("detail", "")),
-                        }
-                    )
-                continue
-            problem = check_reply(
-                reply.content, reference, self._metric_keys(reference)
-            )
-            if problem is not None:
-                site.rejected.append(event | {"reason": problem})
-                logger.warning(
-                    "round %d: rejected reply of %s: %s",
-                    server_round,
-                    site.name,
-                    problem,
-                )
-                continue
-            valid.append(reply)
-        valid.sort(key=lambda m: self._site(self._node_of(m)).name)
-        return valid
-
-    def _metric_keys(self, reference: dict[str, np.ndarray] | None) -> set[str]:
-        return expected_metrics(self.training, train=reference is not None)
-
-    def _record_training(self, replies: list[Message]) -> None:
-        for reply in replies:
-            site = self._site(self._node_of(reply))
-            metrics = metric_record(reply.content, "metrics")
-            site.rounds_trained += 1
-            site.examples = int(number(metrics, "num-examples"))
-            if self.training.dp:
-                site.epsilon_spent = number(metrics, "epsilon")
-                site.epsilon_lifetime = number(metrics, "epsilon-lifetime")
-                site.epsilon_budget = number(metrics, "epsilon-budget")
-                site.delta = number(metrics, "delta")
-                site.noise_multiplier = number(metrics, "noise-multiplier")
 
     # -- the run ----------------------------------------------------------------
     def run(self) -> None:
@@ -270,15 +153,10 @@ class Federation:
         self.rundir.write_json(PREPROCESSING_FILE, json.loads(prep.to_json()))
         self.rundir.event(
             "ready",
-            sites=sorted(s.name for s in self.sites.values()),
-            excluded=self.excluded,
+            sites=sorted(s.name for s in self.book.sites.values()),
+            excluded=self.book.excluded,
         )
-        model = build_model(
-            self.training.model,
-            in_features=prep.num_features,
-            num_classes=prep.num_classes,
-            hidden=self.training.hidden,
-        )
+        model = self._model(prep)
         if resumed is not None:
             model.load_state_dict(
                 {k: torch.from_numpy(v) for k, v in resumed.arrays.items()}
@@ -286,8 +164,8 @@ class Federation:
         arrays = ArrayRecord(model.state_dict())
         test = self._test_set(prep)
         # Duck-typed view: the strategy only calls get_node_ids() on it.
-        eligible = cast(Grid, _EligibleGrid(self.grid, set(self.sites)))
-        self.plan = make_strategy(self.training, available=len(self.sites))
+        eligible = cast(Grid, _EligibleGrid(self.grid, set(self.book.sites)))
+        self.plan = make_strategy(self.training, available=len(self.book.sites))
         if resumed is not None:
             checkpoint.restore_strategy(self.plan.strategy, resumed.strategy)
         first = len(self.history) + 1
@@ -303,6 +181,14 @@ class Federation:
         self._checkpoint(model, prep)
         self._write_summary(prep)
 
+    def _model(self, prep: Preprocessing) -> torch.nn.Module:
+        return build_model(
+            self.training.model,
+            in_features=prep.num_features,
+            num_classes=prep.num_classes,
+            hidden=self.training.hidden,
+        )
+
     def _round(
         self,
         server_round: int,
@@ -313,12 +199,12 @@ class Federation:
         test: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> ArrayRecord | None:
         started = time.monotonic()
-        config = ConfigRecord({"preprocessing": prep.to_json()})
+        config = ConfigRecord({PREPROCESSING: prep.to_json()})
         reference = {k: v.numpy() for k, v in arrays.items()}
         replies, summed = self._train(server_round, plan.strategy, grid, arrays, config)
         if self.training.compress == "int8":
             dequantize_replies(replies, reference)
-        valid = self._usable_replies(replies, server_round, reference)
+        valid = self.book.usable(replies, server_round, reference)
         if len(valid) < plan.min_train_nodes:
             self._stop(
                 server_round,
@@ -326,7 +212,7 @@ class Federation:
                 f"than min-sites={plan.min_train_nodes}",
             )
             return None
-        self._record_training(valid)
+        self.book.record_training(valid)
         problem = release_problem(
             self.training, sampled=plan.sampled, usable=len(valid), summed=summed
         )
@@ -340,7 +226,7 @@ class Federation:
         row |= self._evaluate(server_round, plan.strategy, grid, new_arrays, prep, test)
         row["seconds"] = round(time.monotonic() - started, 3)
         self.history.append(row)
-        self.rundir.event("round", **row, sites=self._site_table())
+        self.rundir.event("round", **row, sites=self.book.table())
         return new_arrays
 
     def _train(
@@ -357,7 +243,7 @@ class Federation:
         if self.secure is None:
             return self._exchange(messages), None
         # Weights are example counts, known from preprocessing: the largest bounds them.
-        largest = max((s.examples for s in self.sites.values()), default=1)
+        largest = max((s.examples for s in self.book.sites.values()), default=1)
         result = self.secure.run(server_round, messages, arrays, max_weight=largest)
         return result.replies, result.contributors
 
@@ -377,20 +263,15 @@ class Federation:
     ) -> dict[str, Any]:
         row: dict[str, Any] = {}
         if test is not None:
-            model = build_model(
-                self.training.model,
-                in_features=prep.num_features,
-                num_classes=prep.num_classes,
-                hidden=self.training.hidden,
-            )
+            model = self._model(prep)
             model.load_state_dict(arrays.to_torch_state_dict())
             m = evaluate(model, *test, num_classes=prep.num_classes)
             row |= {"accuracy": m.accuracy, "auc": m.auc, "loss": m.loss}
-        config = ConfigRecord({"preprocessing": prep.to_json()})
+        config = ConfigRecord({PREPROCESSING: prep.to_json()})
         replies = self._exchange(
             strategy.configure_evaluate(server_round, arrays, config, grid)
         )
-        valid = self._usable_replies(replies, server_round, None)
+        valid = self.book.usable(replies, server_round, None)
         if valid:
             agg: Mapping[str, object] = (
                 strategy.aggregate_evaluate(server_round, valid) or {}
@@ -416,10 +297,6 @@ class Federation:
         )
 
     # -- outputs --------------------------------------------------------------------
-    def _site_table(self) -> dict[str, dict[str, Any]]:
-        ordered = sorted(self.sites.values(), key=lambda s: s.name)
-        return {s.name: s.as_dict(self.training.dp) for s in ordered}
-
     def _resume(self) -> checkpoint.RunState:
         """Continue from the last completed round: history, what is known of each
         site (matched by name to the sites that answered now), model, strategy."""
@@ -431,11 +308,8 @@ class Federation:
                 "resuming a run with client-level DP is not "
                 "supported: Flower's accountant state is not saved"
             )
-        records = state.site_records()
-        for node, site in self.sites.items():
-            self.sites[node] = records.get(site.name, site)
+        self.book.restore(state.site_records(), state.excluded)
         self.history = list(state.history)
-        self.excluded |= state.excluded
         self.rundir.event("resumed", rounds_completed=state.rounds_completed)
         logger.info("resuming after round %d", state.rounds_completed)
         return state
@@ -452,8 +326,8 @@ class Federation:
                 },
                 preprocessing=prep.to_json(),
                 history=self.history,
-                sites={s.name: asdict(s) for s in self.sites.values()},
-                excluded=self.excluded,
+                sites={s.name: asdict(s) for s in self.book.sites.values()},
+                excluded=self.book.excluded,
                 strategy=checkpoint.strategy_state(strategy),
             ),
         )
@@ -469,14 +343,14 @@ class Federation:
 
     def _write_summary(self, prep: Preprocessing) -> None:
         t = self.training
-        sites = self._site_table()
-        figures = None if self.plan is None else self.plan.figures(len(self.sites))
+        sites = self.book.table()
+        figures = None if self.plan is None else self.plan.figures(len(self.book.sites))
         client_level = client_dp_section(t, figures=figures)
         summary = run_summary(
             t,
             history=self.history,
             sites=sites,
-            excluded=self.excluded,
+            excluded=self.book.excluded,
             prep=prep,
             stop_reason=self.stop_reason,
             client_level=client_level,

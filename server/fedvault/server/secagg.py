@@ -62,11 +62,14 @@ from flwr.serverapp import Grid
 
 from fedvault.common.protocol import (
     ARRAY_KEYS,
-    DECLINE_PREFIX,
+    ARRAYS,
+    CONFIG,
+    METRICS,
     SECAGG_CLIPPING_RANGE,
     SECAGG_MAX_WEIGHT,
     SECAGG_MODULUS_RANGE,
     SECAGG_QUANTIZATION_RANGE,
+    Decline,
 )
 from fedvault.common.records import config_record
 from fedvault.server.exchange import send_and_receive
@@ -195,7 +198,7 @@ class SecureRound:
         instructions: list[tuple[ClientProxy, FitIns]] = []
         for message in messages:
             config: dict[str, Scalar] = {}
-            for key, value in config_record(message.content, "config").items():
+            for key, value in config_record(message.content, CONFIG).items():
                 if isinstance(value, bool | int | float | str | bytes):
                     config[key] = value
             config[ARRAY_KEYS] = json.dumps(list(arrays.keys()))
@@ -231,10 +234,10 @@ class SecureRound:
         for proxy, fitres in results:
             content = RecordDict(
                 {
-                    "arrays": ArrayRecord(
+                    ARRAYS: ArrayRecord(
                         array_dict={k: Array(v.copy()) for k, v in updated.items()}
                     ),
-                    "metrics": _metric_record(fitres.metrics),
+                    METRICS: _metric_record(fitres.metrics),
                 }
             )
             replies.append(Message(content, reply_to=by_node[proxy.node_id]))
@@ -276,11 +279,6 @@ def _failures(
             why = Error(ErrorCode.REPLY_MESSAGE_UNAVAILABLE, lost)
             out.append(Message(why, reply_to=sent))
             continue
-        reason = error.error.reason or ""
-        if reason.startswith(DECLINE_PREFIX):
-            kind, _, detail = reason.removeprefix(DECLINE_PREFIX).partition(":")
-            record = ConfigRecord({"reason": kind.strip(), "detail": detail.strip()})
-            out.append(Message(RecordDict({"decline": record}), reply_to=sent))
-        else:
-            out.append(error)
+        decline = Decline.from_reason(error.error.reason or "")
+        out.append(error if decline is None else decline.reply(sent))
     return out

@@ -33,7 +33,7 @@ from flwr.serverapp.strategy import (
 )
 
 from fedvault.common.config import ClientDpMode, TrainingConfig
-from fedvault.common.protocol import CLIENT_WEIGHT
+from fedvault.common.protocol import CLIENT_WEIGHT, NUM_EXAMPLES
 from fedvault.server.report import ClientDpFigures
 
 _FIXED = (
@@ -98,7 +98,7 @@ def make_strategy(training: TrainingConfig, *, available: int) -> StrategyPlan:
         "min_train_nodes": minimum,
         "min_evaluate_nodes": minimum,
         "min_available_nodes": minimum,
-        "weighted_by_key": "num-examples",
+        "weighted_by_key": NUM_EXAMPLES,
     }
     if training.client_dp != "off":
         common["weighted_by_key"] = CLIENT_WEIGHT

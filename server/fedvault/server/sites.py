@@ -1,0 +1,167 @@
+"""The coordinator's book of sites: who each node is, and what each round got from it.
+
+:class:`SiteBook` keeps the per-site bookkeeping out of the round loop
+(:mod:`fedvault.server.federation`): it files every reply under the site that was
+asked (a reply Flower writes itself, e.g. for a site that died, comes from the
+SuperLink, not from the site), sorts replies into usable ones and declines,
+failures or rejections, and keeps each site's privacy figures as reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import Message
+
+from fedvault.common.config import TrainingConfig
+from fedvault.common.errors import FederationError
+from fedvault.common.protocol import (
+    METRICS,
+    MISMATCH_PREFIX,
+    Decline,
+    SiteStats,
+    TrainMetrics,
+)
+from fedvault.common.records import metric_record
+from fedvault.common.wire import summary_from_bytes
+from fedvault.server.checks import check_reply, expected_metrics
+from fedvault.server.report import SiteRecord
+
+logger = logging.getLogger(__name__)
+
+
+class SiteBook:
+    """What the coordinator knows of each site (by Flower node id) in one run."""
+
+    def __init__(self, training: TrainingConfig, excluded: dict[str, str]) -> None:
+        self.training = training
+        self.sites: dict[int, SiteRecord] = {}
+        self.excluded: dict[str, str] = dict(excluded)
+        self._sent: dict[str, int] = {}
+
+    # -- where replies come from --------------------------------------------------
+    def remember(self, sent: Iterable[Message]) -> None:
+        """Note where each pushed message went (its id is set by the Grid)."""
+        self._sent |= {
+            m.metadata.message_id: m.metadata.dst_node_id
+            for m in sent
+            if m.metadata.message_id
+        }
+
+    def node_of(self, reply: Message) -> int:
+        return self._sent.get(
+            reply.metadata.reply_to_message_id, reply.metadata.src_node_id
+        )
+
+    def site(self, node: int) -> SiteRecord:
+        return self.sites.setdefault(node, SiteRecord(name=f"node-{node}"))
+
+    def name_of(self, reply: Message) -> str:
+        return self.site(self.node_of(reply)).name
+
+    # -- federated preprocessing --------------------------------------------------
+    def summaries(self, replies: Iterable[Message]) -> list[dict[str, Any]]:
+        """The decoded summaries of usable sites' stats replies; every other site is
+        filed as excluded, with why."""
+        summaries = []
+        for reply in replies:
+            node = self.node_of(reply)
+            if reply.has_error():
+                self.excluded[f"node-{node}"] = f"failed: {reply.error.reason}"
+                continue
+            try:
+                stats = SiteStats.from_content(reply.content)
+                if stats.summary is None:
+                    self.excluded[stats.name] = stats.reason or "unusable"
+                    continue
+                summary = summary_from_bytes(stats.summary)
+            except ValueError as exc:
+                self.excluded[f"node-{node}"] = f"malformed summary: {exc}"
+                continue
+            summaries.append(summary)
+            rows = summary.get("rows")
+            examples = rows if isinstance(rows, int) else 0
+            self.sites[node] = SiteRecord(name=stats.name, examples=examples)
+        return summaries
+
+    # -- a round's replies --------------------------------------------------------
+    def usable(
+        self,
+        replies: Iterable[Message],
+        server_round: int,
+        reference: dict[str, np.ndarray] | None,
+    ) -> list[Message]:
+        """Keep replies fit for aggregation, sorted by site name; record declines,
+        failures and rejections. ``reference`` (the global weights) is given for
+        training replies only. Raises :class:`FederationError` when a site refused
+        the round's protocol."""
+        keys = expected_metrics(self.training, train=reference is not None)
+        valid = []
+        for reply in replies:
+            site = self.site(self.node_of(reply))
+            event: dict[str, Any] = {"round": server_round}
+            if reply.has_error():
+                self._failed(site, event, reply.error.reason or "")
+                continue
+            decline = Decline.from_content(reply.content)
+            if decline is not None:
+                if reference is not None:
+                    site.declines.append(
+                        event | {"reason": decline.reason, "detail": decline.detail}
+                    )
+                continue
+            problem = check_reply(reply.content, reference, keys)
+            if problem is not None:
+                site.rejected.append(event | {"reason": problem})
+                logger.warning(
+                    "round %d: rejected reply of %s: %s",
+                    server_round,
+                    site.name,
+                    problem,
+                )
+                continue
+            valid.append(reply)
+        valid.sort(key=self.name_of)
+        return valid
+
+    @staticmethod
+    def _failed(site: SiteRecord, event: dict[str, Any], reason: str) -> None:
+        server_round = event["round"]
+        if reason.startswith(MISMATCH_PREFIX):
+            raise FederationError(
+                f"round {server_round}: {site.name} refused the round's "
+                f"protocol ({reason})"
+            )
+        site.failures.append(event | {"reason": reason})
+        logger.warning("round %d: %s failed: %s", server_round, site.name, reason)
+
+    def record_training(self, replies: Iterable[Message]) -> None:
+        """Count a trained round per site and keep the figures it reported."""
+        for reply in replies:
+            site = self.site(self.node_of(reply))
+            metrics = TrainMetrics.from_record(
+                metric_record(reply.content, METRICS), dp=self.training.dp
+            )
+            site.rounds_trained += 1
+            site.examples = metrics.num_examples
+            if metrics.dp is not None:
+                site.epsilon_spent = metrics.dp.epsilon
+                site.epsilon_lifetime = metrics.dp.epsilon_lifetime
+                site.epsilon_budget = metrics.dp.epsilon_budget
+                site.delta = metrics.dp.delta
+                site.noise_multiplier = metrics.dp.noise_multiplier
+
+    # -- outputs ------------------------------------------------------------------
+    def table(self) -> dict[str, dict[str, Any]]:
+        """Every site's record, by name, as the reports show it."""
+        ordered = sorted(self.sites.values(), key=lambda s: s.name)
+        return {s.name: s.as_dict(self.training.dp) for s in ordered}
+
+    def restore(self, records: dict[str, SiteRecord], excluded: dict[str, str]) -> None:
+        """Take back what a checkpoint knew, matching sites by name."""
+        for node, site in self.sites.items():
+            self.sites[node] = records.get(site.name, site)
+        self.excluded |= excluded
