@@ -58,6 +58,9 @@ from fedvault.common.protocol import (
     METRICS,
     PREPROCESSING,
     PROXIMAL_MU,
+    RUN_CLIENT_THREADS,
+    RUN_KEY,
+    RUN_TARGET,
     SERVER_ROUND,
     STATS_ACTION,
     Decline,
@@ -85,7 +88,7 @@ def _device() -> torch.device:
 
 
 def _threads(context: Context) -> None:
-    threads = int(context.run_config.get("client-threads", 0))
+    threads = int(context.run_config.get(RUN_CLIENT_THREADS, 0))
     if threads > 0:
         torch.set_num_threads(threads)
 
@@ -119,7 +122,7 @@ def stats(msg: Message, context: Context) -> Message:
     """Summary counts of this site's training rows, for federated preprocessing."""
     settings = TrainingConfig.from_run_config(context.run_config)
     site = site_settings(context.node_config, context.run_config)
-    target = str(context.run_config["target"])
+    target = str(context.run_config[RUN_TARGET])
     split = load_site_data(site, target=target, seed=settings.seed)
     reason = usable(split, target)
     answer = (
@@ -224,7 +227,7 @@ def train(msg: Message, context: Context) -> Message:
         return _reply(msg, _update(msg, model, settings, seed), plain.to_record())
     # The coordinator's run key survives a coordinator restart (resume); Flower's
     # run id does not. Either names this run in the site's ledger.
-    run_key = str(context.run_config.get("run-key") or context.run_id)
+    run_key = str(context.run_config.get(RUN_KEY) or context.run_id)
     budget = _open_budget(site, settings, run_key)
     if isinstance(budget, Decline):
         return _decline(msg, budget)

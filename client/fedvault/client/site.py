@@ -26,6 +26,7 @@ from fedvault.client.data.vault_format import MANIFEST_NAME
 from fedvault.common.data import load_table
 from fedvault.common.errors import ConfigError, DataError
 from fedvault.common.preprocessing import Preprocessing
+from fedvault.common.protocol import simulated_site_key
 
 VALIDATION_SHARE = 0.15
 MIN_TRAIN_ROWS = 8
@@ -60,10 +61,10 @@ def site_settings(
         return _from(node_config, "", str(node_config.get("site-name", "site")))
     if "partition-id" in node_config:
         pid = int(node_config["partition-id"])
-        prefix = f"site.{pid}."
+        prefix = simulated_site_key(pid, "")
         if not any(k.startswith(prefix) for k in run_config):
             raise ConfigError(f"run config has no {prefix}* keys for simulated site")
-        name = str(run_config.get(f"{prefix}name", f"site-{pid + 1}"))
+        name = str(run_config.get(simulated_site_key(pid, "name"), f"site-{pid + 1}"))
         return _from(run_config, prefix, name, simulated=True)
     raise ConfigError(
         "node config names no data: set vault=DIR key-file=PATH (or data=PATH), "

@@ -62,6 +62,20 @@ PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
 # carry unnamed arrays.
 ARRAY_KEYS = "fedvault-array-keys"
 
+# -- run-config keys the sites read (besides TrainingConfig's) ---------------------
+RUN_TARGET = "target"  # the label column
+RUN_KEY = "run-key"  # names the run in a site's ledger across coordinator restarts
+RUN_CLIENT_THREADS = "client-threads"  # torch threads per site process (0: default)
+# In simulation Flower gives a site only its partition id: the launcher passes each
+# simulated site's own settings as run-config keys ``site.<partition-id>.<key>``.
+SIMULATED_SITE_PREFIX = "site."
+
+
+def simulated_site_key(partition_id: int, key: str) -> str:
+    """The run-config key of setting ``key`` of simulated site ``partition_id``."""
+    return f"{SIMULATED_SITE_PREFIX}{partition_id}.{key}"
+
+
 # -- metric names -------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"  # the weight FedAvg aggregates by
 CLIENT_WEIGHT = "client-weight"  # constant 1.0 under client-level DP

@@ -38,6 +38,7 @@ from fedvault.common.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 from fedvault.common.config import TrainingConfig, parse_fields, read_toml
 from fedvault.common.errors import ConfigError
 from fedvault.server import _flower
+from fedvault.server.settings import RunConfig, ServerSettings
 
 CONNECTION = "fedvault-coordinator"
 
@@ -236,18 +237,16 @@ class CoordinatorLayout:
 
 def run_config(
     cfg: CoordinatorConfig, output: Path, *, run_key: str, resume: bool = False
-) -> dict[str, bool | int | float | str]:
+) -> RunConfig:
     """The ServerApp's run config: training keys plus the coordinator's own."""
     test = cfg.options.test_data
-    values: dict[str, bool | int | float | str] = dict(cfg.training.to_run_config())
-    values |= {
-        "target": cfg.options.target,
-        "out-dir": str(output),
-        "test-data": str(cfg.base / test) if test else "",
-        "expected-sites": cfg.expected_sites,
-        "excluded-sites": "{}",
-        "client-threads": cfg.options.client_threads,
-        "run-key": run_key,
-        "resume": resume,
-    }
-    return values
+    return ServerSettings(
+        training=cfg.training,
+        target=cfg.options.target,
+        out_dir=output,
+        test_data=cfg.base / test if test else None,
+        expected_sites=cfg.expected_sites,
+        client_threads=cfg.options.client_threads,
+        run_key=run_key,
+        resume=resume,
+    ).to_run_config()

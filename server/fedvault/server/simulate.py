@@ -34,8 +34,10 @@ from fedvault.common.data import (
 from fedvault.common.errors import ConfigError, DataError, FederationError
 from fedvault.common.partition import PartitionSpec, partition_table
 from fedvault.common.processes import free_port
+from fedvault.common.protocol import simulated_site_key
 from fedvault.server import _flower
 from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE
+from fedvault.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ class SimulationOptions:
 
 @dataclass(frozen=True)
 class SimulationConfig:
+    """The simulated federation and its training settings. ``delta_given``: the
+    user set delta; otherwise :func:`prepare_data` settles it from the site sizes."""
+
     options: SimulationOptions
     training: TrainingConfig
     delta_given: bool
@@ -104,12 +109,22 @@ def load_config(values: Mapping[str, Any]) -> SimulationConfig:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Per site either rows (written to a file for it) or its encrypted vault."""
+    """Per site either rows (written to a file for it) or its encrypted vault, and
+    the run's configuration with delta settled for these sites (the one the run
+    uses from here on)."""
 
     sites: list[tuple[str, pd.DataFrame | Path]]
     test: pd.DataFrame | None
     excluded: dict[str, str]
-    training: TrainingConfig
+    config: SimulationConfig
+
+    @property
+    def training(self) -> TrainingConfig:
+        return self.config.training
+
+    @property
+    def options(self) -> SimulationOptions:
+        return self.config.options
 
 
 def _vaults(cfg: SimulationConfig) -> PreparedData:
@@ -128,7 +143,7 @@ def _vaults(cfg: SimulationConfig) -> PreparedData:
         sites.append((vault.resolve().name, vault.resolve()))
     if len({name for name, _ in sites}) != len(sites):
         raise ConfigError("vaults: two vaults share a folder name; rename one")
-    return PreparedData(sites=sites, test=None, excluded={}, training=cfg.training)
+    return PreparedData(sites=sites, test=None, excluded={}, config=cfg)
 
 
 def prepare_data(cfg: SimulationConfig) -> PreparedData:
@@ -156,8 +171,8 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     ]
     if not sites:
         raise DataError("no site received any rows")
-    training = _with_delta(cfg, max(len(p) for _, p in parts))
-    return PreparedData(sites=sites, test=test, excluded=excluded, training=training)
+    settled = _with_delta(cfg, max(len(p) for _, p in parts))
+    return PreparedData(sites=sites, test=test, excluded=excluded, config=settled)
 
 
 def _hold_out(
@@ -176,7 +191,7 @@ def _hold_out(
     return test.reset_index(drop=True), rest.reset_index(drop=True)
 
 
-def _with_delta(cfg: SimulationConfig, largest_site: int) -> TrainingConfig:
+def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
     """Default delta is 1e-5, lowered below 1/(10 n) for sites with n >= 10,000 rows;
     a delta given explicitly must stay below 1/n of every site."""
     training = cfg.training
@@ -186,9 +201,11 @@ def _with_delta(cfg: SimulationConfig, largest_site: int) -> TrainingConfig:
                 f"delta: {training.delta:g} is not below 1/n = {1 / largest_site:.3g} "
                 f"for the largest site ({largest_site} rows)"
             )
-        return training
+        return cfg
     delta = min(DEFAULT_DELTA, 0.1 / largest_site)
-    return dataclasses.replace(training, delta=delta)
+    return dataclasses.replace(
+        cfg, training=dataclasses.replace(training, delta=delta), delta_given=True
+    )
 
 
 def _safe(name: str) -> str:
@@ -196,9 +213,7 @@ def _safe(name: str) -> str:
     return cleaned or "site"
 
 
-def site_states(
-    prepared: PreparedData, cfg: SimulationConfig, root: Path
-) -> list[Path]:
+def site_states(prepared: PreparedData, root: Path) -> list[Path]:
     """One state folder per simulated site, holding its ledger and its policy.
 
     A policy file that exists is the site's own and is never overwritten (a second
@@ -206,11 +221,9 @@ def site_states(
     is written from the run's settings, with lifetime budget ``--site-budget``
     (default: ``--epsilon``).
     """
-    t = cfg.training
-    dataset = (
-        _safe(Path(cfg.options.data).stem) if cfg.options.data else "breast-cancer"
-    )
-    budget = cfg.options.site_budget or t.epsilon
+    t, opts = prepared.training, prepared.options
+    dataset = _safe(Path(opts.data).stem) if opts.data else "breast-cancer"
+    budget = opts.site_budget or t.epsilon
     folders = []
     for name, _ in prepared.sites:
         folder = root / _safe(name)
@@ -220,7 +233,7 @@ def site_states(
             table = {
                 "dataset-id": dataset,
                 "epsilon-max": budget,
-                "delta": prepared.training.delta,
+                "delta": t.delta,
                 "accountant": t.accountant,
                 "max-grad-norm": t.max_grad_norm,
                 "min-noise-multiplier": MIN_NOISE_IN_SIMULATION,
@@ -234,7 +247,7 @@ def site_states(
 
 
 def _site_inputs(
-    prepared: PreparedData, cfg: SimulationConfig, work: Path
+    prepared: PreparedData, work: Path
 ) -> tuple[list[dict[str, str]], str]:
     """Write each data site's rows to its own file; vault sites keep their vault.
     Returns the per-site run-config entries and the test file ('' if none)."""
@@ -243,7 +256,7 @@ def _site_inputs(
     entries = []
     for pid, (_, source) in enumerate(prepared.sites):
         if isinstance(source, Path):
-            key = str(Path(cfg.options.key).resolve())
+            key = str(Path(prepared.options.key).resolve())
             entries.append({"vault": str(source), "key-file": key})
             continue
         path = data_dir / f"site-{pid}.parquet"
@@ -258,27 +271,25 @@ def _site_inputs(
 
 def _run_config(
     prepared: PreparedData,
-    cfg: SimulationConfig,
     out: Path,
     entries: list[dict[str, str]],
     test_file: str,
     states: list[Path],
 ) -> dict[str, Any]:
-    run_config: dict[str, Any] = dict(prepared.training.to_run_config())
-    run_config |= {
-        "target": cfg.options.target,
-        "out-dir": str(out),
-        "test-data": test_file,
-        "expected-sites": len(entries),
-        "excluded-sites": json.dumps(prepared.excluded),
-        "client-threads": 1,
-        "run-key": uuid.uuid4().hex,
-        "resume": False,
-    }
+    settings = ServerSettings(
+        training=prepared.training,
+        target=prepared.options.target,
+        out_dir=out,
+        test_data=Path(test_file) if test_file else None,
+        expected_sites=len(entries),
+        excluded_sites=prepared.excluded,
+        client_threads=1,
+        run_key=uuid.uuid4().hex,
+    )
+    run_config: dict[str, Any] = dict(settings.to_run_config())
     for pid, ((name, _), entry) in enumerate(zip(prepared.sites, entries, strict=True)):
-        run_config |= {f"site.{pid}.{k}": v for k, v in entry.items()}
-        run_config[f"site.{pid}.name"] = name
-        run_config[f"site.{pid}.state"] = str(states[pid].resolve())
+        site = entry | {"name": name, "state": str(states[pid].resolve())}
+        run_config |= {simulated_site_key(pid, k): v for k, v in site.items()}
     return run_config
 
 
@@ -302,11 +313,11 @@ def run(
     out = out.resolve()
     with tempfile.TemporaryDirectory(prefix="fedvault-sim-") as tmp:
         layout = _flower.SimulationLayout(Path(tmp))
-        entries, test_file = _site_inputs(prepared, cfg, layout.work)
+        entries, test_file = _site_inputs(prepared, layout.work)
         port = free_port()
         state_root = Path(opts_state) if (opts_state := cfg.options.state) else None
-        states = site_states(prepared, cfg, state_root or layout.work / "state")
-        run_config = _run_config(prepared, cfg, out, entries, test_file, states)
+        states = site_states(prepared, state_root or layout.work / "state")
+        run_config = _run_config(prepared, out, entries, test_file, states)
         layout.write(run_config, port)
         started = time.monotonic()
         with (

@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 
 from fedvault.client.data import vault_format as fmt
 from fedvault.client.data.anonymize import (
-    enforce_k_anonymity,
+    ClassCounter,
+    class_keys,
     generalize,
     pseudonym,
     pseudonymize,
+    suppression_mask,
 )
 from fedvault.client.data.demo import DemoFiles
 from fedvault.client.data.importer import ImportOptions, OnInvalid, import_raw
@@ -124,6 +126,18 @@ def test_date_shift_is_per_person_and_keeps_intervals(tmp_path: Path) -> None:
     assert shift[0] == shift[1]  # one offset per person
     assert abs(shift[0].days) <= 30 and abs(shift[2].days) <= 30
     assert (frame["left"] - frame["admitted"]).dt.days.tolist() == [5, 1, 5]
+
+
+def enforce_k_anonymity(
+    frame: pd.DataFrame, quasi: list[str], k: int
+) -> tuple[pd.DataFrame, int]:
+    """Drop the rows of classes below k from one frame (the importer's k-anonymity
+    pieces on one in-memory frame); returns (kept, dropped)."""
+    keys = class_keys(frame, quasi)
+    counter = ClassCounter()
+    counter.add(keys)
+    keep = suppression_mask(keys, counter.small(k))
+    return frame[keep].reset_index(drop=True), int((~keep).sum())
 
 
 @settings(max_examples=60, deadline=None)

@@ -154,17 +154,6 @@ def suppression_mask(keys: Keys, small: Keys) -> np.ndarray[Any, np.dtype[np.boo
     return ~np.isin(keys, small)
 
 
-def enforce_k_anonymity(
-    frame: pd.DataFrame, quasi: list[str], k: int
-) -> tuple[pd.DataFrame, int]:
-    """Drop the rows of classes below k from one frame; returns (kept, dropped)."""
-    keys = class_keys(frame, quasi)
-    counter = ClassCounter()
-    counter.add(keys)
-    keep = suppression_mask(keys, counter.small(k))
-    return frame[keep].reset_index(drop=True), int((~keep).sum())
-
-
 def _offsets(
     typed: pd.DataFrame, schema: Schema, secret: bytes | None
 ) -> np.ndarray[Any, Any] | None:
