@@ -49,6 +49,7 @@ from fedvault.client.data.vault_format import MANIFEST_NAME
 from fedvault.client.policy import load_policy
 from fedvault.common.config import parse_fields, read_toml
 from fedvault.common.errors import ConfigError, FederationError
+from fedvault.common.net import split_address
 from fedvault.common.processes import flower_bin, flower_env, stop_process
 
 RUNTIME = "fedvault.client.runtime"
@@ -115,8 +116,8 @@ class SiteOptions:
             )
         if self.vault and not self.key_file:
             raise ConfigError("key-file: required with vault")
-        _split(self.coordinator, "coordinator")
-        host, _ = _split(self.runtime_address, "runtime-address")
+        split_address(self.coordinator, key="coordinator")
+        host, _ = split_address(self.runtime_address, key="runtime-address")
         if host != "localhost" and not _is_loopback(host):
             raise ConfigError(
                 "runtime-address: the ClientApp API must stay on loopback"
@@ -146,13 +147,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _split(address: str, key: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{key}: expected HOST:PORT, got {address!r}")
-    return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -248,7 +242,7 @@ def write_node_config(cfg: SiteConfig) -> Path:
 
 def supernode_command(cfg: SiteConfig) -> list[str]:
     opts = cfg.options
-    host, port = _split(opts.runtime_address, "runtime-address")
+    host, port = split_address(opts.runtime_address, key="runtime-address")
     if opts.isolation == "fork":
         cmd = [sys.executable, *PYTHON_FLAGS, RUNTIME, "supernode"]
         cmd.append(f"{opts.poll_interval:g}")

@@ -28,15 +28,11 @@ from typing import Any
 from fedvault.common.certs import SERVER_CERT, SERVER_KEY, check_certificates
 from fedvault.common.errors import ConfigError, FederationError
 from fedvault.common.files import atomic_write
+from fedvault.common.net import split_address
 from fedvault.common.processes import flower_bin, flower_env, stop_process
 from fedvault.server.checkpoint import CHECKPOINT_FILE
 from fedvault.server.control import flwr_json, run_status, submit, sync_registry
-from fedvault.server.deploy import (
-    CoordinatorConfig,
-    CoordinatorLayout,
-    run_config,
-    split_address,
-)
+from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout, run_config
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE
 

@@ -37,6 +37,7 @@ import tomli_w
 from fedvault.common.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 from fedvault.common.config import TrainingConfig, parse_fields, read_toml
 from fedvault.common.errors import ConfigError
+from fedvault.common.net import split_address
 from fedvault.server import _flower
 
 CONNECTION = "fedvault-coordinator"
@@ -68,15 +69,6 @@ class CoordinatorOptions:
             raise ConfigError(f"timeout: must be > 0, got {self.timeout}")
         if not self.target:
             raise ConfigError("target: must not be empty")
-
-
-def split_address(address: str, *, key: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into its parts; port 1..65535."""
-    host, sep, port = address.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{key}: expected HOST:PORT, got {address!r}")
-    return host, int(port)
 
 
 def check_private_host(host: str) -> None:
