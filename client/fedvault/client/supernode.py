@@ -50,7 +50,7 @@ from fedvault.client.policy import load_policy
 from fedvault.common.config import parse_fields, read_toml
 from fedvault.common.errors import ConfigError, FederationError
 from fedvault.common.net import split_address
-from fedvault.common.processes import flower_bin, flower_env, stop_process
+from fedvault.common.processes import flower_bin, spawn, stop_process
 
 RUNTIME = "fedvault.client.runtime"
 # -P: the working directory (the state folder) is not put on sys.path, so nothing
@@ -310,26 +310,15 @@ def run_site(cfg: SiteConfig, *, echo: IO[str] | None = None) -> int:
     """
     check_files(cfg)
     write_node_config(cfg)
-    env = flower_env(cfg.state_dir / "flwr-home")
+    home = cfg.state_dir / "flwr-home"
     procs: list[subprocess.Popen[bytes]] = []
     with cfg.log.open("ab") as log:
         start = log.tell()
-
-        def spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
-            proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                cmd,
-                cwd=cfg.state_dir,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            procs.append(proc)
-            return proc
-
-        node = spawn(supernode_command(cfg))
+        node = spawn(supernode_command(cfg), cwd=cfg.state_dir, log=log, flwr_home=home)
+        procs.append(node)
         if cfg.options.isolation == "fork":
-            spawn(launcher_command(cfg, node.pid))
+            launcher = launcher_command(cfg, node.pid)
+            procs.append(spawn(launcher, cwd=cfg.state_dir, log=log, flwr_home=home))
     if echo is not None:
         echo.write(
             f"site {cfg.options.name}: SuperNode pid {node.pid} dialing "

@@ -25,7 +25,7 @@ from typing import IO
 import tomli_w
 
 from fedvault.common.errors import FederationError
-from fedvault.common.processes import flower_bin, flower_env, stop_process
+from fedvault.common.processes import flower_bin, flower_env, spawn, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,16 @@ class SimulationLayout:
     @property
     def run_config_file(self) -> Path:
         return self.work / "run-config.toml"
+
+    @property
+    def ray_tmp(self) -> Path:
+        return self.work / "ray"
+
+    def start(self, cmd: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+        """Start a Flower command in the work folder with this FLWR_HOME and Ray's
+        temporary files inside the work folder."""
+        env = {"RAY_TMPDIR": str(self.ray_tmp)}
+        return spawn(cmd, cwd=self.work, log=log, flwr_home=self.flwr_home, env=env)
 
     def write(self, run_config: RunConfig, port: int) -> None:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
@@ -102,8 +112,7 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float) -> N
 @contextlib.contextmanager
 def superlink(layout: SimulationLayout, port: int, log: IO[bytes]) -> Iterator[None]:
     """A simulation SuperLink on 127.0.0.1:port for the duration of the block."""
-    env = flower_env(layout.flwr_home, {"RAY_TMPDIR": str(layout.work / "ray")})
-    (layout.work / "ray").mkdir(exist_ok=True)
+    layout.ray_tmp.mkdir(exist_ok=True)
     cmd = [
         flower_bin("flower-superlink"),
         "--insecure",
@@ -114,14 +123,7 @@ def superlink(layout: SimulationLayout, port: int, log: IO[bytes]) -> Iterator[N
         str(port),
         "--disable-runtime-dependency-installation",
     ]
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-        cmd,
-        cwd=layout.work,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = layout.start(cmd, log)
     try:
         _wait_healthy(port, proc, timeout=60)
         yield
@@ -138,7 +140,6 @@ def submit_and_wait(
     on_poll: Callable[[], None] | None = None,
 ) -> str:
     """Submit the app, stream until it ends, and return the run's final status."""
-    env = flower_env(layout.flwr_home, {"RAY_TMPDIR": str(layout.work / "ray")})
     federation = f"num-supernodes={num_sites} client-resources-num-cpus=1"
     cmd = [
         flower_bin("flwr"),
@@ -151,14 +152,7 @@ def submit_and_wait(
         "--run-config",
         str(layout.run_config_file),
     ]
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-        cmd,
-        cwd=layout.work,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = layout.start(cmd, log)
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None:
