@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from fedvault.common.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 from fedvault.common.config import TrainingConfig, parse_fields, read_toml
 from fedvault.common.errors import ConfigError
@@ -195,35 +193,18 @@ class CoordinatorLayout:
 
     def write_connection(self, cfg: CoordinatorConfig, *, insecure: bool) -> None:
         """``$FLWR_HOME/config.toml``: one connection to our own Control API."""
-        self.flwr_home.mkdir(parents=True, exist_ok=True)
         conn: dict[str, Any] = {"address": cfg.options.control_address}
         if insecure:
             conn["insecure"] = True
         else:
             conn["root-certificates"] = str(cfg.ca_cert)
-        doc = {"superlink": {"default": CONNECTION, CONNECTION: conn}}
-        (self.flwr_home / "config.toml").write_text(tomli_w.dumps(doc))
+        _flower.write_connection(self.flwr_home, CONNECTION, conn)
 
     def write_app(self, run_config: _flower.RunConfig) -> None:
         """The app folder (components only, every key declared) and the run config."""
-        self.app_dir.mkdir(parents=True, exist_ok=True)
-        project = {
-            "project": {"name": "fedvault-deployment", "version": "1.0.0"},
-            "tool": {
-                "flwr": {
-                    "app": {
-                        "publisher": "fedvault",
-                        "components": {
-                            "serverapp": _flower.SERVER_COMPONENT,
-                            "clientapp": _flower.CLIENT_COMPONENT,
-                        },
-                        "config": dict(run_config),
-                    }
-                }
-            },
-        }
-        (self.app_dir / "pyproject.toml").write_text(tomli_w.dumps(project))
-        self.run_config_file.write_text(tomli_w.dumps(dict(run_config)))
+        _flower.write_app(
+            self.app_dir, self.run_config_file, run_config, name="fedvault-deployment"
+        )
 
 
 def run_config(
