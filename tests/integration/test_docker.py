@@ -19,7 +19,7 @@ import yaml
 
 from fedvault.client.policy import load_policy
 from fedvault.client.site_cli import site_app
-from fedvault.client.supernode import parse_site_config
+from fedvault.client.site_config import parse_site_config
 from fedvault.common.net import split_address
 from fedvault.server.certs_cli import certs_app
 from fedvault.server.deploy import parse_coordinator_config
