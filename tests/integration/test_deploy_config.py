@@ -10,7 +10,7 @@ import pytest
 import tomli_w
 from typer.testing import CliRunner
 
-from fedvault.client import supernode
+from fedvault.client import flower_log, site_config, supernode
 from fedvault.client.site_cli import site_app
 from fedvault.common.errors import ConfigError
 from fedvault.server import coordinator as coord
@@ -126,7 +126,7 @@ def _site(tmp_path, **site):
         "private-key": "keys/site.key",
         **site,
     }
-    return supernode.parse_site_config({"site": table}, base=tmp_path)
+    return site_config.parse_site_config({"site": table}, base=tmp_path)
 
 
 def test_site_command_and_node_config(tmp_path):
@@ -137,7 +137,7 @@ def test_site_command_and_node_config(tmp_path):
         data='my "odd" data/a b.parquet',
         **{"runtime-address": "127.0.0.1:9201", "max-retries": 5},
     )
-    node_file = supernode.write_node_config(cfg)
+    node_file = site_config.write_node_config(cfg)
     cmd = supernode.supernode_command(cfg)
     joined = " ".join(cmd)
     assert "--grpc-rere --superlink coord.example.org:9092" in joined
@@ -168,19 +168,19 @@ def test_site_policy_comes_from_its_privacy_table(tmp_path):
     path = tmp_path / "site.toml"
     path.write_text(tomli_w.dumps({"site": site}))
     with pytest.raises(ConfigError, match="no privacy policy"):
-        supernode.check_files(supernode.load_site_config(path))
+        site_config.check_files(site_config.load_site_config(path))
     privacy = {"dataset-id": "d", "epsilon-max": 8.0, "delta": 1e-5}
     path.write_text(tomli_w.dumps({"site": site, "privacy": privacy}))
-    cfg = supernode.load_site_config(path)
-    supernode.check_files(cfg)
+    cfg = site_config.load_site_config(path)
+    site_config.check_files(cfg)
     assert cfg.policy_file == path.resolve()
     from flwr.common.config import parse_config_args
 
-    node = parse_config_args([str(supernode.write_node_config(cfg))])
+    node = parse_config_args([str(site_config.write_node_config(cfg))])
     assert node["policy"] == str(path.resolve())
     path.write_text(tomli_w.dumps({"site": site, "privacy": {"delta": 2.0}}))
     with pytest.raises(ConfigError, match=r"dataset-id|delta"):
-        supernode.check_files(supernode.load_site_config(path))
+        site_config.check_files(site_config.load_site_config(path))
 
 
 def test_site_runs_flower_through_fedvault_launcher_by_default(tmp_path):
@@ -238,7 +238,7 @@ def test_insecure_site_needs_no_keys(tmp_path):
     ],
 )
 def test_supernode_failures_are_explained(log, meaning):
-    assert meaning in supernode.explain_failure(log)
+    assert meaning in flower_log.explain_failure(log)
 
 
 def test_registry_names_and_keys_are_unique(tmp_path):

@@ -19,9 +19,10 @@ import yaml
 
 from fedvault.client.policy import load_policy
 from fedvault.client.site_cli import site_app
-from fedvault.client.supernode import parse_site_config
+from fedvault.client.site_config import parse_site_config
+from fedvault.common.net import split_address
 from fedvault.server.certs_cli import certs_app
-from fedvault.server.deploy import parse_coordinator_config, split_address
+from fedvault.server.deploy import parse_coordinator_config
 from fedvault.server.server_cli import server_app
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"

@@ -9,6 +9,7 @@ __all__ = [
     "budget",
     "cli",
     "data",
+    "flower_log",
     "ledger",
     "ledger_cli",
     "mods",
@@ -16,6 +17,7 @@ __all__ = [
     "runtime",
     "site",
     "site_cli",
+    "site_config",
     "supernode",
     "training",
 ]

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedvault.client.supernode import load_site_config, run_site
+from fedvault.client.site_config import load_site_config
+from fedvault.client.supernode import run_site
 from fedvault.common.certs import generate_site_keys
 
 console = Console(stderr=True)

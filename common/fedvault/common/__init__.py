@@ -12,6 +12,7 @@ __all__ = [
     "errors",
     "evaluation",
     "models",
+    "net",
     "partition",
     "preprocessing",
     "privacy",

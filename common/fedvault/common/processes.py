@@ -3,6 +3,8 @@
 Every Flower process fedvault starts runs with a private ``FLWR_HOME`` and with
 telemetry, update checks and runtime dependency installation off: a hospital's
 machine must not phone home or download packages behind its operator's back.
+Each one starts in its own process session (:func:`spawn`), so that
+:func:`stop_process` stops it together with every process it started.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 
 def flower_env(
@@ -46,6 +49,31 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def spawn(
+    cmd: Sequence[str],
+    *,
+    cwd: Path,
+    log: IO[bytes],
+    flwr_home: Path,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in ``cwd`` in its own session, stdout and stderr into ``log``,
+    with :func:`flower_env` for ``flwr_home`` plus ``env``; stop it with
+    :func:`stop_process`.
+
+    Raises:
+        OSError: when ``cmd`` cannot be started (e.g. the program is missing).
+    """
+    return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        list(cmd),
+        cwd=cwd,
+        env=flower_env(flwr_home, env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def stop_process(proc: subprocess.Popen[bytes], wait: float = 5.0) -> None:

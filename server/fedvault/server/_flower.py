@@ -7,6 +7,8 @@ whose ``pyproject.toml`` points Flower at ``fedvault.server.app:app`` and
 We start ``flower-superlink --simulation`` in its own process session, submit with
 ``flwr run --stream``, read the final status with ``flwr ls`` (``flwr run`` exits 0
 even when the run failed), and always stop and reap every process we started.
+:func:`write_app` and :func:`write_connection` also write a deployed coordinator's
+app folder and ``FLWR_HOME`` (:mod:`fedvault.server.deploy`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import tomli_w
 
 from fedvault.common.errors import FederationError
-from fedvault.common.processes import flower_bin, flower_env, stop_process
+from fedvault.common.processes import flower_bin, flower_env, spawn, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,39 @@ CLIENT_COMPONENT = "fedvault.client.app:app"
 CONNECTION = "fedvault-sim"
 
 RunConfig = Mapping[str, bool | int | float | str]
+
+
+def write_app(
+    app_dir: Path, run_config_file: Path, run_config: RunConfig, *, name: str
+) -> None:
+    """Flower's app folder for project ``name`` (a ``pyproject.toml`` naming fedvault's
+    ServerApp and ClientApp components and declaring every run-config key, with its
+    value as the default) and the run-config TOML that ``flwr run`` submits."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    project = {
+        "project": {"name": name, "version": "1.0.0"},
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "fedvault",
+                    "components": {
+                        "serverapp": SERVER_COMPONENT,
+                        "clientapp": CLIENT_COMPONENT,
+                    },
+                    "config": dict(run_config),
+                }
+            }
+        },
+    }
+    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(project))
+    run_config_file.write_text(tomli_w.dumps(dict(run_config)))
+
+
+def write_connection(flwr_home: Path, name: str, connection: dict[str, Any]) -> None:
+    """``$FLWR_HOME/config.toml`` naming one SuperLink connection, the default."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    doc = {"superlink": {"default": name, name: connection}}
+    (flwr_home / "config.toml").write_text(tomli_w.dumps(doc))
 
 
 @dataclass(frozen=True)
@@ -54,33 +89,24 @@ class SimulationLayout:
     def run_config_file(self) -> Path:
         return self.work / "run-config.toml"
 
+    @property
+    def ray_tmp(self) -> Path:
+        return self.work / "ray"
+
     def write(self, run_config: RunConfig, port: int) -> None:
-        self.flwr_home.mkdir(parents=True, exist_ok=True)
-        self.app_dir.mkdir(parents=True, exist_ok=True)
-        connection = {
-            "superlink": {
-                "default": CONNECTION,
-                CONNECTION: {"address": f"127.0.0.1:{port}", "insecure": True},
-            }
-        }
-        (self.flwr_home / "config.toml").write_text(tomli_w.dumps(connection))
-        project = {
-            "project": {"name": "fedvault-simulation", "version": "1.0.0"},
-            "tool": {
-                "flwr": {
-                    "app": {
-                        "publisher": "fedvault",
-                        "components": {
-                            "serverapp": SERVER_COMPONENT,
-                            "clientapp": CLIENT_COMPONENT,
-                        },
-                        "config": dict(run_config),
-                    }
-                }
-            },
-        }
-        (self.app_dir / "pyproject.toml").write_text(tomli_w.dumps(project))
-        self.run_config_file.write_text(tomli_w.dumps(dict(run_config)))
+        """FLWR_HOME naming the SuperLink on 127.0.0.1:``port``, the app folder and
+        the run config."""
+        connection = {"address": f"127.0.0.1:{port}", "insecure": True}
+        write_connection(self.flwr_home, CONNECTION, connection)
+        write_app(
+            self.app_dir, self.run_config_file, run_config, name="fedvault-simulation"
+        )
+
+    def start(self, cmd: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+        """Start a Flower command in the work folder with this FLWR_HOME and Ray's
+        temporary files inside the work folder."""
+        env = {"RAY_TMPDIR": str(self.ray_tmp)}
+        return spawn(cmd, cwd=self.work, log=log, flwr_home=self.flwr_home, env=env)
 
 
 def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -102,8 +128,7 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float) -> N
 @contextlib.contextmanager
 def superlink(layout: SimulationLayout, port: int, log: IO[bytes]) -> Iterator[None]:
     """A simulation SuperLink on 127.0.0.1:port for the duration of the block."""
-    env = flower_env(layout.flwr_home, {"RAY_TMPDIR": str(layout.work / "ray")})
-    (layout.work / "ray").mkdir(exist_ok=True)
+    layout.ray_tmp.mkdir(exist_ok=True)
     cmd = [
         flower_bin("flower-superlink"),
         "--insecure",
@@ -114,14 +139,7 @@ def superlink(layout: SimulationLayout, port: int, log: IO[bytes]) -> Iterator[N
         str(port),
         "--disable-runtime-dependency-installation",
     ]
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-        cmd,
-        cwd=layout.work,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = layout.start(cmd, log)
     try:
         _wait_healthy(port, proc, timeout=60)
         yield
@@ -138,7 +156,6 @@ def submit_and_wait(
     on_poll: Callable[[], None] | None = None,
 ) -> str:
     """Submit the app, stream until it ends, and return the run's final status."""
-    env = flower_env(layout.flwr_home, {"RAY_TMPDIR": str(layout.work / "ray")})
     federation = f"num-supernodes={num_sites} client-resources-num-cpus=1"
     cmd = [
         flower_bin("flwr"),
@@ -151,14 +168,7 @@ def submit_and_wait(
         "--run-config",
         str(layout.run_config_file),
     ]
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-        cmd,
-        cwd=layout.work,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = layout.start(cmd, log)
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None:

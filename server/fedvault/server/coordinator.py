@@ -28,15 +28,11 @@ from typing import Any
 from fedvault.common.certs import SERVER_CERT, SERVER_KEY, check_certificates
 from fedvault.common.errors import ConfigError, FederationError
 from fedvault.common.files import atomic_write
-from fedvault.common.processes import flower_bin, flower_env, stop_process
+from fedvault.common.net import split_address
+from fedvault.common.processes import flower_bin, spawn, stop_process
 from fedvault.server.checkpoint import CHECKPOINT_FILE
 from fedvault.server.control import flwr_json, run_status, submit, sync_registry
-from fedvault.server.deploy import (
-    CoordinatorConfig,
-    CoordinatorLayout,
-    run_config,
-    split_address,
-)
+from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout, run_config
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE
 
@@ -142,16 +138,13 @@ def superlink(cfg: CoordinatorConfig, *, insecure: bool) -> Iterator[Coordinator
         _check_certificates(cfg)
     layout.state.mkdir(parents=True, exist_ok=True)
     layout.write_connection(cfg, insecure=insecure)
-    env = flower_env(layout.flwr_home)
-    env.pop("FLWR_INTERNAL_GRPC_CONTROL_API", None)  # never a second Control API
+    # flower_env leaves out FLWR_INTERNAL_GRPC_CONTROL_API: never a second Control API
     with layout.log.open("ab") as log:
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        proc = spawn(
             superlink_command(cfg, insecure=insecure),
             cwd=layout.state,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            log=log,
+            flwr_home=layout.flwr_home,
         )
     try:
         wait_healthy(cfg, proc, insecure=insecure, timeout=START_TIMEOUT)

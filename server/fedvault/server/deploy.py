@@ -32,11 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from fedvault.common.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 from fedvault.common.config import TrainingConfig, parse_fields, read_toml
 from fedvault.common.errors import ConfigError
+from fedvault.common.net import split_address
 from fedvault.server import _flower
 from fedvault.server.settings import RunConfig, ServerSettings
 
@@ -69,15 +68,6 @@ class CoordinatorOptions:
             raise ConfigError(f"timeout: must be > 0, got {self.timeout}")
         if not self.target:
             raise ConfigError("target: must not be empty")
-
-
-def split_address(address: str, *, key: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into its parts; port 1..65535."""
-    host, sep, port = address.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{key}: expected HOST:PORT, got {address!r}")
-    return host, int(port)
 
 
 def check_private_host(host: str) -> None:
@@ -204,35 +194,18 @@ class CoordinatorLayout:
 
     def write_connection(self, cfg: CoordinatorConfig, *, insecure: bool) -> None:
         """``$FLWR_HOME/config.toml``: one connection to our own Control API."""
-        self.flwr_home.mkdir(parents=True, exist_ok=True)
         conn: dict[str, Any] = {"address": cfg.options.control_address}
         if insecure:
             conn["insecure"] = True
         else:
             conn["root-certificates"] = str(cfg.ca_cert)
-        doc = {"superlink": {"default": CONNECTION, CONNECTION: conn}}
-        (self.flwr_home / "config.toml").write_text(tomli_w.dumps(doc))
+        _flower.write_connection(self.flwr_home, CONNECTION, conn)
 
     def write_app(self, run_config: _flower.RunConfig) -> None:
         """The app folder (components only, every key declared) and the run config."""
-        self.app_dir.mkdir(parents=True, exist_ok=True)
-        project = {
-            "project": {"name": "fedvault-deployment", "version": "1.0.0"},
-            "tool": {
-                "flwr": {
-                    "app": {
-                        "publisher": "fedvault",
-                        "components": {
-                            "serverapp": _flower.SERVER_COMPONENT,
-                            "clientapp": _flower.CLIENT_COMPONENT,
-                        },
-                        "config": dict(run_config),
-                    }
-                }
-            },
-        }
-        (self.app_dir / "pyproject.toml").write_text(tomli_w.dumps(project))
-        self.run_config_file.write_text(tomli_w.dumps(dict(run_config)))
+        _flower.write_app(
+            self.app_dir, self.run_config_file, run_config, name="fedvault-deployment"
+        )
 
 
 def run_config(
