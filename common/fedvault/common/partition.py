@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -9,6 +10,8 @@ from typing import Literal
 import pandas as pd
 
 from fedvault.common.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
 
 PartitionKind = Literal["iid", "dirichlet", "column"]
 
@@ -53,38 +56,67 @@ class PartitionSpec:
         return "iid"
 
 
+def _by_column(
+    frame: pd.DataFrame, column: str, *, target: str
+) -> list[tuple[str, pd.DataFrame]]:
+    from datasets import Dataset
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    if column not in frame.columns:
+        raise DataError(f"partition column {column!r} not in the data")
+    if column == target:
+        raise ConfigError("partition: the site column cannot be the target")
+    keys = frame[column].map(_site_key, na_action="ignore").astype("str")
+    keys = keys.where(keys.str.strip() != "")
+    absent = int(keys.isna().sum())
+    if absent == len(frame):
+        raise DataError(f"partition column {column!r} has no values")
+    if absent:
+        logger.warning(
+            "partition column %r is empty in %d row(s): they belong to no site and "
+            "are left out",
+            column,
+            absent,
+        )
+    keyed = frame.assign(**{column: keys})[keys.notna()].reset_index(drop=True)
+    partitioner = NaturalIdPartitioner(partition_by=column)
+    partitioner.dataset = Dataset.from_pandas(keyed, preserve_index=False)
+    _ = partitioner.num_partitions  # builds the id -> value map
+    ids = partitioner.partition_id_to_natural_id
+    sites = []
+    for pid in sorted(ids, key=lambda i: str(ids[i])):
+        part = partitioner.load_partition(pid).to_pandas()
+        sites.append((f"{column}={ids[pid]}", part.drop(columns=column)))
+    return sites
+
+
+def _site_key(value: object) -> str:
+    """A site's name from its cell: whole numbers without a ``.0`` (7, not 7.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def partition_table(
     frame: pd.DataFrame, spec: PartitionSpec, *, num_sites: int, target: str, seed: int
 ) -> list[tuple[str, pd.DataFrame]]:
     """Deal the rows of ``frame`` to sites; returns ``(site_name, rows)`` pairs.
 
     ``column:NAME`` makes one site per distinct value and drops the column from the
-    features; ``num_sites`` is then ignored. Partitioning itself is done by
-    flwr-datasets on an in-memory ``datasets.Dataset`` (nothing is downloaded).
+    features; ``num_sites`` is then ignored. A row without a value in that column
+    belongs to no site: such rows are left out, with a warning naming the column
+    and how many. Partitioning itself is done by flwr-datasets on an in-memory
+    ``datasets.Dataset`` (nothing is downloaded). Raises :class:`ConfigError` for
+    impossible settings and :class:`DataError` when the column is absent or empty.
     """
+    if spec.kind == "column":
+        return _by_column(frame, spec.column, target=target)
     from datasets import Dataset
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
         IidPartitioner,
-        NaturalIdPartitioner,
         Partitioner,
     )
-
-    if spec.kind == "column":
-        if spec.column not in frame.columns:
-            raise DataError(f"partition column {spec.column!r} not in the data")
-        if spec.column == target:
-            raise ConfigError("partition: the site column cannot be the target")
-        keyed = frame.assign(**{spec.column: frame[spec.column].astype(str)})
-        partitioner: Partitioner = NaturalIdPartitioner(partition_by=spec.column)
-        partitioner.dataset = Dataset.from_pandas(keyed, preserve_index=False)
-        _ = partitioner.num_partitions  # builds the id -> value map
-        ids = partitioner.partition_id_to_natural_id
-        sites = []
-        for pid in sorted(ids, key=lambda i: str(ids[i])):
-            part = partitioner.load_partition(pid).to_pandas()
-            sites.append((f"{spec.column}={ids[pid]}", part.drop(columns=spec.column)))
-        return sites
 
     if num_sites > len(frame):
         raise ConfigError(
@@ -92,6 +124,7 @@ def partition_table(
         )
     shuffled = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
     dataset = Dataset.from_pandas(shuffled, preserve_index=False)
+    partitioner: Partitioner
     if spec.kind == "iid":
         partitioner = IidPartitioner(num_partitions=num_sites)
     else:
