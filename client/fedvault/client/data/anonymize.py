@@ -3,7 +3,9 @@
 - ``identifier`` columns are dropped, or with ``pseudonymize = true`` replaced by
   ``HMAC-SHA256(site secret, "fedvault pseudonym v1" 0x00 value)`` (first 128 bits,
   hex): the same value gives the same pseudonym in every import with the same secret,
-  and without the secret a pseudonym cannot be linked back to its value.
+  and without the secret a pseudonym cannot be linked back to its value. The value
+  is the raw text of the cell (stripped), whatever the column's type: ``000042``
+  and ``42`` are two people.
 - ``quasi-identifier`` columns are generalized by their rule (``band``, ``prefix``,
   ``year``, ``month``, ``shift``); ``shift`` moves every shifted date of one person by
   the same keyed offset in ``[-max-days, +max-days]`` (the person is the first
@@ -193,6 +195,13 @@ def _num(value: float) -> str:
 
 
 def _as_text(series: pd.Series, column: Column) -> pd.Series:
+    """The values as text: text as it is (an identifier's raw text: ``000042``
+    stays ``000042``), parsed values (e.g. from Parquet) in their canonical form."""
+    if not (
+        pd.api.types.is_numeric_dtype(series)
+        or pd.api.types.is_datetime64_any_dtype(series)
+    ):
+        return series.astype("str").where(series.notna())
     if column.type is ColumnType.DATE:
         text: pd.Series = series.dt.strftime(column.date_format).astype("str")
         return text

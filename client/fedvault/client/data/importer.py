@@ -5,8 +5,10 @@ The raw file is read twice, in chunks, so memory stays bounded by the chunk size
 quasi-identifier class):
 
 1. *survey*: validate every row, measure quality, count the rows of each
-   quasi-identifier class. Invalid rows fail the import (default) or are dropped;
-   k-anonymity suppression is decided here. Nothing is written if anything fails.
+   quasi-identifier class and of each label class. Invalid rows fail the import
+   (default) or are dropped; a target whose classes are mostly single rows is
+   refused (:func:`fedvault.common.data.check_label_classes`); k-anonymity
+   suppression is decided here. Nothing is written if anything fails.
 2. *write*: validate and anonymize again, drop the suppressed rows, encrypt each chunk
    into a new vault generation, and commit it atomically with its manifest.
 """
@@ -38,6 +40,7 @@ from fedvault.client.data.schema import Role, Schema
 from fedvault.client.data.validate import ValidationReport, check_chunk
 from fedvault.client.data.vault_format import Manifest
 from fedvault.client.data.vault_writer import VaultWriter
+from fedvault.common.data import check_label_classes
 from fedvault.common.errors import ConfigError, DataError, SchemaError
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,7 @@ class _Survey:
     report: ValidationReport
     meter: QualityMeter
     classes: ClassCounter
+    labels: ClassCounter
 
 
 def import_raw(
@@ -103,6 +107,9 @@ def import_raw(
             f"{raw}: {report.summary()} — fix the file or the schema, or pass "
             "--on-invalid drop to drop invalid rows"
         )
+    check_label_classes(
+        survey.labels.counts.values(), target=schema.target.name, source=str(raw)
+    )
     valid = report.rows - report.invalid_rows
     small = survey.classes.small(schema.k) if schema.k > 1 else np.array([], np.uint64)
     suppressed = sum(survey.classes.counts[int(k)] for k in small)
@@ -125,15 +132,20 @@ def _survey(
     raw: Path, schema: Schema, options: ImportOptions, secret: bytes | None, as_of: date
 ) -> _Survey:
     survey = _Survey(
-        ValidationReport(), QualityMeter(schema, as_of=as_of), ClassCounter()
+        ValidationReport(),
+        QualityMeter(schema, as_of=as_of),
+        ClassCounter(),
+        ClassCounter(),
     )
     quasi = [c.name for c in quasi_columns(schema)]
+    target = schema.target.name
     for chunk in iter_chunks(raw, options.read, schema.missing_values):
         checked = check_chunk(chunk, schema)
         survey.report.add(checked)
         survey.meter.add_received(chunk, checked)
         good = checked.typed[checked.row_ok]
         survey.classes.add(class_keys(quasi_frame(good, schema, secret), quasi))
+        survey.labels.add(class_keys(good, [target]))
     return survey
 
 

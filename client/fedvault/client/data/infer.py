@@ -34,6 +34,12 @@ from fedvault.client.data.schema import (
     Schema,
 )
 from fedvault.client.data.schema_writer import schema_to_toml
+from fedvault.common.data import (
+    MAX_LABEL_CLASSES,
+    NUMBER,
+    ColumnKind,
+    ColumnTally,
+)
 from fedvault.common.errors import DataError
 
 DATE_FORMATS = (
@@ -57,8 +63,7 @@ _SAMPLE = 2000
 class _Profile:
     rows: int = 0
     missing: int = 0
-    is_float: bool = True
-    is_int: bool = True
+    tally: ColumnTally = field(default_factory=ColumnTally)
     formats: list[str] = field(default_factory=lambda: list(DATE_FORMATS))
     distinct: set[str] = field(default_factory=set)
     overflow: bool = False
@@ -73,8 +78,14 @@ class _Profile:
         self.missing += len(series) - len(text)
         if text.empty:
             return
-        self._numbers(text)
-        if not self.is_float and self.formats:
+        self.tally.add(text)
+        numbers = pd.to_numeric(text[text.str.fullmatch(NUMBER)]).astype("float64")
+        if len(numbers):
+            self.formats = []  # a date column holds no plain numbers
+            low, high = float(numbers.min()), float(numbers.max())
+            self.low = low if self.low is None else min(self.low, low)
+            self.high = high if self.high is None else max(self.high, high)
+        elif self.formats:
             self.formats = [f for f in self.formats if _all_dates(text, f)]
         if not self.overflow:
             self.distinct.update(text.unique()[: _MAX_CATEGORIES * 3].tolist())
@@ -82,17 +93,17 @@ class _Profile:
         if len(self.sample) < _SAMPLE:
             self.sample.extend(text.iloc[: _SAMPLE - len(self.sample)].tolist())
 
-    def _numbers(self, text: pd.Series) -> None:
-        if not self.is_float:
-            return
-        numbers = pd.to_numeric(text, errors="coerce")
-        if numbers.isna().any():
-            self.is_float = self.is_int = False
-            return
-        self.is_int = self.is_int and bool((numbers % 1 == 0).all())
-        low, high = float(numbers.min()), float(numbers.max())
-        self.low = low if self.low is None else min(self.low, low)
-        self.high = high if self.high is None else max(self.high, high)
+    @property
+    def labels(self) -> bool:
+        """Whether the values could be class labels: 2 to 20 classes that are not
+        mostly single rows (on average two rows or more each)."""
+        present = self.rows - self.missing
+        classes = len(self.distinct)
+        return (
+            not self.overflow
+            and 2 <= classes <= MAX_LABEL_CLASSES
+            and (2 * classes <= present)
+        )
 
 
 @dataclass(frozen=True)
@@ -104,15 +115,17 @@ class Draft:
     findings: dict[str, tuple[Finding, ...]]
 
     def to_toml(self, source: str) -> str:
-        return schema_to_toml(
-            self.schema,
-            header=(
-                f"DRAFT schema contract inferred from {source} by `fedvault data "
-                "schema infer`.",
-                "Review every column before use: roles decide what leaves the site.",
-            ),
-            notes=self.notes,
-        )
+        header = [
+            f"DRAFT schema contract inferred from {source} by `fedvault data "
+            "schema infer`.",
+            "Review every column before use: roles decide what leaves the site.",
+        ]
+        if not self.schema.with_role(Role.TARGET):
+            header.append(
+                'No column looks like a label: give one role = "target" (an int or '
+                "category column with a few classes, not personal data)."
+            )
+        return schema_to_toml(self.schema, header=header, notes=self.notes)
 
 
 def infer_schema(
@@ -127,12 +140,13 @@ def infer_schema(
             profiles[name].add(chunk[name])
     if not profiles[names[0]].rows:
         raise DataError(f"{path}: no data rows")
+    today = today or date.today()
+    drafted = {name: _draft_column(name, profiles[name], today) for name in names}
+    target = _target_name(drafted, profiles)
     columns: list[Column] = []
     notes: dict[str, tuple[str, ...]] = {}
     findings: dict[str, tuple[Finding, ...]] = {}
-    target = _target_name(names)
-    for name in names:
-        column, why, found = _draft_column(name, profiles[name], today or date.today())
+    for name, (column, why, found) in drafted.items():
         if name == target:
             column, why = _as_target(column, why)
         columns.append(column)
@@ -158,11 +172,7 @@ def _draft_column(
         dates = pd.to_datetime(pd.Series(profile.sample), format=fmt, errors="coerce")
         if looks_like_birth_dates([d.date() for d in dates.dropna()], today=today):
             found.append(Finding(PiiKind.DATE_OF_BIRTH, "values"))
-    why = [f"PII? {f.describe()}" for f in found]
-    if profile.low is not None:
-        why.append(f"observed range {profile.low:g} .. {profile.high:g}")
-    if profile.missing:
-        why.append(f"{profile.missing} of {profile.rows} values missing")
+    why = [f"PII? {f.describe()}" for f in found] + _observed(profile, ctype)
     kinds = sorted((f.kind for f in found), key=_priority)
     role = SUGGESTED_ROLE.get(kinds[0], Role.IDENTIFIER) if kinds else Role.FEATURE
     if kinds and kinds[0] is PiiKind.FREE_TEXT:
@@ -190,6 +200,24 @@ def _draft_column(
     return column, why, found
 
 
+def _observed(profile: _Profile, ctype: ColumnType) -> list[str]:
+    """Notes on the values: range, cells that are no numbers, missing values."""
+    why = []
+    tally = profile.tally
+    if ctype in _NUMERIC and profile.low is not None:
+        why.append(f"observed range {profile.low:g} .. {profile.high:g}")
+    if ctype in _NUMERIC and tally.stray_cells:
+        why.append(
+            f"not numbers: {tally.describe_strays()}; import rejects those rows: "
+            "fix them or leave them empty"
+        )
+    elif tally.mostly_numbers and tally.kind is ColumnKind.TEXT:
+        why.append(f"text, as besides numbers it holds {tally.describe_strays()}")
+    if profile.missing:
+        why.append(f"{profile.missing} of {profile.rows} values missing")
+    return why
+
+
 _NUMERIC = (ColumnType.INT, ColumnType.FLOAT)
 _ORDER = {Role.IDENTIFIER: 0, Role.QUASI_IDENTIFIER: 1, Role.DROP: 2}
 
@@ -200,12 +228,13 @@ def _priority(kind: PiiKind) -> int:
 
 
 def _type(profile: _Profile) -> tuple[ColumnType, str | None]:
-    if profile.rows == profile.missing:
+    """The column's type by :class:`ColumnTally`'s rule (as ``simulate`` reads it);
+    codes (``000042``) and text are told apart by their values."""
+    kind = profile.tally.kind
+    if kind is ColumnKind.EMPTY:
         return ColumnType.TEXT, None
-    if profile.is_int:
-        return ColumnType.INT, None
-    if profile.is_float:
-        return ColumnType.FLOAT, None
+    if kind is ColumnKind.NUMBER:
+        return (ColumnType.INT if profile.tally.whole else ColumnType.FLOAT), None
     if profile.formats:
         return ColumnType.DATE, profile.formats[0]
     sample = profile.sample
@@ -237,27 +266,36 @@ def _generalization(ctype: ColumnType, role: Role) -> Generalization | None:
     return None
 
 
-def _target_name(names: list[str]) -> str:
-    lowered = {n.lower(): n for n in names}
+def _target_name(
+    drafted: dict[str, tuple[Column, list[str], list[Finding]]],
+    profiles: dict[str, _Profile],
+) -> str | None:
+    """The label guess: by name (:data:`TARGET_NAMES`), else the last column, but
+    only among columns that can be labels: features of type int or category, not
+    personal data, with 2 to 20 classes that are not mostly single rows."""
+    fit = [
+        name
+        for name, (column, _, found) in drafted.items()
+        if not found
+        and column.role is Role.FEATURE
+        and column.type in (ColumnType.INT, ColumnType.CATEGORY)
+        and profiles[name].labels
+    ]
+    lowered = {n.lower(): n for n in fit}
     for candidate in TARGET_NAMES:
         if candidate in lowered:
             return lowered[candidate]
-    return names[-1]
+    return fit[-1] if fit else None
 
 
 def _as_target(column: Column, why: list[str]) -> tuple[Column, list[str]]:
-    ctype = (
-        column.type
-        if column.type in (ColumnType.INT, ColumnType.CATEGORY)
-        else (ColumnType.CATEGORY)
-    )
     why = [*why, "the label column (role target): check this guess"]
     target = Column(
         name=column.name,
-        type=ctype,
+        type=column.type,
         role=Role.TARGET,
         required=True,
-        categories=column.categories if ctype is ColumnType.CATEGORY else None,
+        categories=column.categories,
     )
     return target, why
 

@@ -28,6 +28,8 @@ from datetime import date
 from enum import StrEnum
 from typing import Any
 
+from fedvault.common.tables import MISSING_VALUES
+
 
 class Role(StrEnum):
     FEATURE = "feature"
@@ -64,7 +66,7 @@ STRING_TYPES = frozenset({ColumnType.CATEGORY, ColumnType.TEXT, ColumnType.ID})
 TRAINING_ROLES = frozenset(
     {Role.FEATURE, Role.QUASI_IDENTIFIER, Role.SENSITIVE, Role.TARGET}
 )
-DEFAULT_MISSING = ("", "NA", "N/A", "NULL", "null", "NaN", "nan")
+DEFAULT_MISSING = MISSING_VALUES  # as ``simulate --data`` reads CSV files
 DEFAULT_DATE_FORMAT = "%Y-%m-%d"
 
 

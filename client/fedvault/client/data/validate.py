@@ -38,7 +38,8 @@ Mask = np.ndarray[Any, np.dtype[np.bool_]]
 class CheckedChunk:
     """A chunk parsed and checked: typed values (invalid cells missing) and findings.
 
-    ``typed`` keeps the raw chunk's index (0-based positions of the rows in the file).
+    ``typed`` keeps the raw chunk's index (0-based positions of the rows in the file);
+    identifier columns hold their raw (stripped) text, not a parsed value.
     """
 
     typed: pd.DataFrame
@@ -103,7 +104,11 @@ class ValidationReport:
 
 
 def check_chunk(raw: pd.DataFrame, schema: Schema) -> CheckedChunk:
-    """Parse and check one chunk of raw rows (index = 0-based data-row position)."""
+    """Parse and check one chunk of raw rows (index = 0-based data-row position).
+
+    Identifier columns are checked by their type but kept as the file writes them
+    (text, stripped), so they are pseudonymized from their raw text.
+    """
     typed: dict[str, pd.Series] = {}
     present: dict[str, int] = {}
     valid: dict[str, int] = {}
@@ -131,6 +136,9 @@ def check_chunk(raw: pd.DataFrame, schema: Schema) -> CheckedChunk:
     row_ok = np.ones(len(raw), dtype=bool)
     for mask in problems.values():
         row_ok &= ~mask
+    for column in schema.with_role(Role.IDENTIFIER):
+        valid_cells = frame[column.name].notna()
+        frame[column.name] = _raw(raw[column.name]).where(valid_cells)
     return CheckedChunk(
         typed=frame,
         row_numbers=raw.index.to_numpy(dtype=np.int64) + 1,
@@ -142,14 +150,24 @@ def check_chunk(raw: pd.DataFrame, schema: Schema) -> CheckedChunk:
     )
 
 
-def _check_column(
-    series: pd.Series, column: Column, schema: Schema
-) -> tuple[pd.Series, dict[str, Mask], Mask]:
-    is_text = not (
+def _raw(series: pd.Series) -> pd.Series:
+    """An identifier as the file writes it (text stripped): ``000042`` is not ``42``."""
+    if _is_text(series):
+        return series.astype("str").str.strip()
+    return series
+
+
+def _is_text(series: pd.Series) -> bool:
+    return not (
         pd.api.types.is_numeric_dtype(series)
         or pd.api.types.is_datetime64_any_dtype(series)
     )
-    if is_text:
+
+
+def _check_column(
+    series: pd.Series, column: Column, schema: Schema
+) -> tuple[pd.Series, dict[str, Mask], Mask]:
+    if _is_text(series):
         series = series.astype("str").str.strip().where(series.notna())
         missing = (series.isna() | series.isin(schema.missing_values)).to_numpy()
     else:
