@@ -4,8 +4,11 @@ The whole file is profiled in chunks: each column's type (int, float, date with 
 format, category, text or id), whether values are ever missing, and a sample of values
 for the personal-data patterns of :mod:`fedvault.client.data.pii`. Columns that look
 personal get a protective role (identifier, quasi-identifier or drop) and a comment
-saying why; the label column is guessed by name. A draft is a starting point for a
-human to review, never a contract to trust as is.
+saying why. The label column is guessed by name, among the columns that can be
+labels only (never personal data, never mostly distinct values); when none can,
+the draft names no target and says so. Types follow the rule ``simulate --data``
+reads CSV columns by (:class:`fedvault.common.data.ColumnTally`). A draft is a
+starting point for a human to review, never a contract to trust as is.
 """
 
 from __future__ import annotations
