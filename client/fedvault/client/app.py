@@ -214,6 +214,9 @@ def train(msg: Message, context: Context) -> Message:
         device=_device(),
     )
     model = _local_model(settings, prep, msg)
+    if not all(torch.isfinite(p).all() for p in model.state_dict().values()):
+        # A broken global model would waste this round's budget on noise.
+        return _decline(msg, Decline("policy", "the global model is not finite"))
     seed = _round_seed(site, settings.seed, server_round, "train")
     torch.manual_seed(seed)
     if not settings.dp:
