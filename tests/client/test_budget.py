@@ -6,9 +6,8 @@ import pytest
 
 from fedvault.client.budget import SiteBudget
 from fedvault.client.policy import Decline
-from fedvault.client.training import Schedule
 from fedvault.common.config import TrainingConfig
-from fedvault.common.privacy import Step, epsilon_spent
+from fedvault.common.privacy import Schedule, Step, epsilon_spent
 
 pytestmark = pytest.mark.privacy
 
@@ -87,7 +86,10 @@ def test_declines_exactly_at_the_boundary(tmp_path):
     fits = max(
         k
         for k in range(1, 50)
-        if epsilon_spent([Step(3.0, 0.2, 5 * k)], delta=1e-5) <= 2.0
+        if epsilon_spent(
+            [Step(noise_multiplier=3.0, sample_rate=0.2, steps=5 * k)], delta=1e-5
+        )
+        <= 2.0
     )
     trained = _train_rounds(budget, fits)
     assert trained[-1] <= 2.0

@@ -16,7 +16,7 @@ from fedvault.common.privacy import Step, epsilon_spent
 
 DATASET = "icu-2024"
 DELTA = 1e-5
-STEP = Step(1.2, 0.1, 10)
+STEP = Step(noise_multiplier=1.2, sample_rate=0.1, steps=10)
 POLICY = SitePolicy(dataset_id=DATASET, epsilon_max=10.0, delta=DELTA)
 
 
@@ -87,7 +87,7 @@ def test_records_survive_reopening_and_the_run_noise_is_found(tmp_path):
         ("run-a", 2),
     ]
     assert reopened.history() == [STEP, STEP]
-    assert reopened.planned_noise("run-a") == STEP.sigma
+    assert reopened.planned_noise("run-a") == STEP.noise_multiplier
     assert reopened.planned_noise("run-b") is None
 
 
@@ -113,9 +113,36 @@ def test_epsilon_is_cached_until_the_history_changes(tmp_path, monkeypatch):
     [
         (("", 1, STEP, 1.0, _digest(1)), "run-id"),
         (("r", -1, STEP, 1.0, _digest(1)), "round"),
-        (("r", 1, Step(1.0, 0.1, 0), 1.0, _digest(1)), "steps"),
-        (("r", 1, Step(1.0, 1.5, 1), 1.0, _digest(1)), "sample-rate"),
-        (("r", 1, Step(0.0, 0.1, 1), 1.0, _digest(1)), "noise-multiplier"),
+        (
+            (
+                "r",
+                1,
+                Step(noise_multiplier=1.0, sample_rate=0.1, steps=0),
+                1.0,
+                _digest(1),
+            ),
+            "steps",
+        ),
+        (
+            (
+                "r",
+                1,
+                Step(noise_multiplier=1.0, sample_rate=1.5, steps=1),
+                1.0,
+                _digest(1),
+            ),
+            "sample-rate",
+        ),
+        (
+            (
+                "r",
+                1,
+                Step(noise_multiplier=0.0, sample_rate=0.1, steps=1),
+                1.0,
+                _digest(1),
+            ),
+            "noise-multiplier",
+        ),
         (("r", 1, STEP, float("inf"), _digest(1)), "max-grad-norm"),
         (("r", 1, STEP, 1.0, "not-a-hash"), "update-hash"),
         (("r", 1, STEP, 1.0, _digest(1).upper()), "update-hash"),

@@ -219,9 +219,13 @@ def train(msg: Message, context: Context) -> Message:
     if isinstance(plan, Decline):
         return _decline(msg, plan.reason, plan.detail)
     result = train_private(
-        model, data, local, sigma=plan.sigma, max_grad_norm=settings.max_grad_norm
+        model,
+        data,
+        local,
+        sigma=plan.noise_multiplier,
+        max_grad_norm=settings.max_grad_norm,
     )
-    if (result.steps, result.sample_rate) != (plan.steps, plan.q):
+    if (result.steps, result.sample_rate) != (plan.steps, plan.sample_rate):
         raise PrivacyError("executed DP-SGD steps differ from the planned ones")
     sent = _update(msg, model, settings, seed)
     try:

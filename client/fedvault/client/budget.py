@@ -24,10 +24,9 @@ from fedvault.client.policy import (
     load_policy,
     plan_run_noise,
 )
-from fedvault.client.training import Schedule
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import BudgetExceededError, ConfigError, IntegrityError
-from fedvault.common.privacy import Step, epsilon_spent
+from fedvault.common.privacy import Schedule, Step, epsilon_spent
 
 POLICY_FILE = "site.toml"
 
@@ -97,7 +96,10 @@ class SiteBudget:
         )
 
     def plan_round(self, schedule: Schedule) -> Step | Decline:
-        """The round's (sigma, q, steps), or why the site will not train it."""
+        """The round's planned step (noise multiplier, sample rate, steps), computed
+        once and passed as is to
+        :func:`fedvault.client.training.train_private`, or why the site will not
+        train it."""
         fixed = self.settings.noise_multiplier or None
         refusal = check_request(
             self.policy,
@@ -113,11 +115,7 @@ class SiteBudget:
             sigma = self._sigma(schedule)
         except BudgetExceededError as exc:
             return Decline("budget", str(exc))
-        step = Step(
-            sigma,
-            schedule.sample_rate,
-            schedule.steps_per_epoch * self.settings.local_epochs,
-        )
+        step = schedule.plan(noise_multiplier=sigma, epochs=self.settings.local_epochs)
         refusal = self.ledger.check_round(step, self.policy)
         if refusal is not None:
             return refusal
@@ -146,7 +144,7 @@ class SiteBudget:
             lifetime_epsilon=self.ledger.epsilon(),
             budget=self.policy.epsilon_max,
             delta=self.policy.delta,
-            sigma=step.sigma,
+            sigma=step.noise_multiplier,
         )
 
     def replayable(

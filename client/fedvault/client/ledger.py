@@ -44,12 +44,7 @@ from typing import Any
 from fedvault.client.policy import Decline, SitePolicy, check_dataset_id, check_matches
 from fedvault.common.errors import BudgetExceededError, ConfigError, IntegrityError
 from fedvault.common.files import fsync_dir
-from fedvault.common.privacy import (
-    ACCOUNTANTS,
-    Accountant,
-    Step,
-    epsilon_spent,
-)
+from fedvault.common.privacy import ACCOUNTANTS, Accountant, Step, epsilon_spent
 
 __all__ = ["LedgerRecord", "PrivacyLedger", "repair_torn_tail", "verify_ledger"]
 
@@ -82,7 +77,11 @@ class LedgerRecord:
 
     @property
     def step(self) -> Step:
-        return Step(self.noise_multiplier, self.sample_rate, self.steps)
+        return Step(
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=self.sample_rate,
+            steps=self.steps,
+        )
 
 
 def _canonical(obj: dict[str, Any]) -> bytes:
@@ -343,8 +342,9 @@ def _check_run(
         "run-id": isinstance(run_id, str) and 0 < len(run_id) <= 128,
         "round": isinstance(server_round, int) and server_round >= 0,
         "steps": isinstance(step.steps, int) and step.steps >= 1,
-        "sample-rate": 0 < step.q <= 1,
-        "noise-multiplier": math.isfinite(step.sigma) and step.sigma > 0,
+        "sample-rate": 0 < step.sample_rate <= 1,
+        "noise-multiplier": math.isfinite(step.noise_multiplier)
+        and step.noise_multiplier > 0,
         "max-grad-norm": math.isfinite(clip) and clip > 0,
         "update-hash": isinstance(digest, str) and bool(_HEX64.fullmatch(digest)),
     }
@@ -465,11 +465,11 @@ class PrivacyLedger:
         epsilon after it stays at or below ``epsilon-max``.
         """
         self._check_policy(policy)
-        if planned.sigma < policy.min_noise_multiplier:
+        if planned.noise_multiplier < policy.min_noise_multiplier:
             return Decline(
                 "policy",
-                f"noise multiplier {planned.sigma:g} is below the site's minimum "
-                f"{policy.min_noise_multiplier:g}",
+                f"noise multiplier {planned.noise_multiplier:g} is below the site's "
+                f"minimum {policy.min_noise_multiplier:g}",
             )
         projected = self.projected_epsilon(planned)
         if projected > policy.epsilon_max:
@@ -516,8 +516,8 @@ class PrivacyLedger:
                 "run_id": run_id,
                 "round": round,
                 "steps": step.steps,
-                "sample_rate": float(step.q),
-                "noise_multiplier": float(step.sigma),
+                "sample_rate": float(step.sample_rate),
+                "noise_multiplier": float(step.noise_multiplier),
                 "max_grad_norm": float(max_grad_norm),
                 "delta": float(self.delta),
                 "accountant": self.accountant,

@@ -19,16 +19,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedvault.client import _fastdp
 from fedvault.common.errors import PrivacyError
 from fedvault.common.models import loss_fn, per_sample_loss, targets_for_loss
+from fedvault.common.privacy import Schedule
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Poisson sampling rate and DP-SGD steps per local epoch."""
-
-    sample_rate: float
-    steps_per_epoch: int
 
 
 @dataclass(frozen=True, kw_only=True)
