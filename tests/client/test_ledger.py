@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from typer.testing import CliRunner
 
+from fedvault.client import _ledger_files, _ledger_format
 from fedvault.client import ledger as ledger_module
 from fedvault.client.ledger import PrivacyLedger, repair_torn_tail, verify_ledger
 from fedvault.client.ledger_cli import app
@@ -216,8 +217,8 @@ def test_editing_a_record_and_recomputing_its_hash_is_detected(
     data = json.loads(lines[index])
     data["noise_multiplier"] = 5.0  # claim more noise, i.e. less epsilon
     body = {k: v for k, v in data.items() if k != "hash"}
-    data["hash"] = ledger_module._digest(body)
-    lines[index] = ledger_module._canonical(data) + b"\n"
+    data["hash"] = _ledger_format.digest(body)
+    lines[index] = _ledger_format.canonical(data) + b"\n"
     ledger.path.write_bytes(b"".join(lines))
     with pytest.raises(IntegrityError, match=fragment):
         verify_ledger(tmp_path, DATASET)
@@ -304,7 +305,7 @@ def test_a_tampered_ledger_blocks_appends_after_it_was_opened(tmp_path):
 def test_verify_reports_records_changed_since_opening(tmp_path):
     ledger = _filled(tmp_path, rounds=1)
     ledger.path.write_bytes(b"")  # a careful rewrite: empty file, matching head
-    ledger_module._write_head(ledger._paths, 0, ledger_module._genesis(DATASET))
+    _ledger_files.write_head(ledger._paths, 0, _ledger_format.genesis(DATASET))
     assert verify_ledger(tmp_path, DATASET) == []
     with pytest.raises(IntegrityError, match="changed since opened"):
         ledger.verify()  # but this object saw one record, now gone
