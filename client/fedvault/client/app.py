@@ -51,7 +51,7 @@ from fedvault.client.training import (
 )
 from fedvault.common.compression import pack, quantize
 from fedvault.common.config import TrainingConfig
-from fedvault.common.errors import BudgetExceededError, PrivacyError
+from fedvault.common.errors import BudgetExceededError
 from fedvault.common.evaluation import evaluate
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, site_summary
@@ -219,14 +219,8 @@ def train(msg: Message, context: Context) -> Message:
     if isinstance(plan, Decline):
         return _decline(msg, plan.reason, plan.detail)
     result = train_private(
-        model,
-        data,
-        local,
-        sigma=plan.noise_multiplier,
-        max_grad_norm=settings.max_grad_norm,
+        model, data, local, plan=plan, max_grad_norm=settings.max_grad_norm
     )
-    if (result.steps, result.sample_rate) != (plan.steps, plan.sample_rate):
-        raise PrivacyError("executed DP-SGD steps differ from the planned ones")
     sent = _update(msg, model, settings, seed)
     try:
         figures = budget.record(server_round, plan, sent.object_id)
