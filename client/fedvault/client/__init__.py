@@ -7,15 +7,15 @@ Public modules are listed in ``__all__``; import them by name.
 __all__ = [
     "app",
     "budget",
-    "cli",
+    "client_cli",
     "data",
+    "data_cli",
     "ledger",
     "ledger_cli",
     "mods",
     "policy",
     "runtime",
     "site",
-    "site_cli",
     "supernode",
     "training",
 ]
