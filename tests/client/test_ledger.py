@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from fedvault.client import _ledger_files, _ledger_format
 from fedvault.client import ledger as ledger_module
 from fedvault.client.ledger import PrivacyLedger, repair_torn_tail, verify_ledger
-from fedvault.client.ledger_cli import app
+from fedvault.client.ledger_cli import ledger_app
 from fedvault.client.policy import SitePolicy
 from fedvault.common.errors import BudgetExceededError, ConfigError, IntegrityError
 from fedvault.common.privacy import Step, epsilon_spent
@@ -353,7 +353,7 @@ runner = CliRunner()
 
 
 def _cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
+    return runner.invoke(ledger_app, [str(a) for a in args])
 
 
 def test_cli_verify_ok(tmp_path):

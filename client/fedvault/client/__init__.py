@@ -7,8 +7,9 @@ Public modules are listed in ``__all__``; import them by name.
 __all__ = [
     "app",
     "budget",
-    "cli",
+    "client_cli",
     "data",
+    "data_cli",
     "flower_log",
     "ledger",
     "ledger_cli",
@@ -16,7 +17,6 @@ __all__ = [
     "policy",
     "runtime",
     "site",
-    "site_cli",
     "site_config",
     "supernode",
     "training",

@@ -1,6 +1,6 @@
 """A site's data pipeline: schema contract, anonymization, quality, encrypted vault.
 
-See docs/data.md. The command line lives in :mod:`fedvault.client.data.cli`.
+See docs/data.md. The command line lives in :mod:`fedvault.client.data_cli`.
 """
 
 from fedvault.client.data.importer import (
