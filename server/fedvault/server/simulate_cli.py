@@ -71,7 +71,21 @@ def simulate(
         float | None, typer.Option(help="Local SGD learning rate (default: 0.5).")
     ] = None,
     strategy: Annotated[
-        str | None, typer.Option(help="fedavg | fedprox | fedadam (default: fedavg).")
+        str | None,
+        typer.Option(
+            help="fedavg | fedprox | fedadam, or a Byzantine-robust aggregation: "
+            "fedmedian | fedtrimmedavg | krum | multikrum | bulyan (default: fedavg)."
+        ),
+    ] = None,
+    malicious_sites: Annotated[
+        int | None,
+        typer.Option(
+            help="Sites krum, multikrum and bulyan must tolerate (default: 1)."
+        ),
+    ] = None,
+    trim_fraction: Annotated[
+        float | None,
+        typer.Option(help="Share fedtrimmedavg trims at each end (default: 0.2)."),
     ] = None,
     partition: Annotated[
         str | None,
