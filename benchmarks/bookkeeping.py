@@ -58,7 +58,7 @@ def measure(rounds: int) -> dict[str, Any]:
             plan = budget.plan_round(dp_schedule(len(data), t.batch_size))
             assert isinstance(plan, Step)
             t1 = time.perf_counter()
-            train_private(model, data, local, sigma=plan.sigma, max_grad_norm=1.0)
+            train_private(model, data, local, plan=plan, max_grad_norm=1.0)
             t2 = time.perf_counter()
             budget.record(r, plan, f"{r:064x}")
             t3 = time.perf_counter()

@@ -54,19 +54,23 @@ def plain_loop(*, dp: bool, rounds: int, sites: int, data: str = "") -> dict[str
     local = LocalSettings(
         num_classes=2, lr=t.lr, epochs=t.local_epochs, batch_size=t.batch_size
     )
-    sigmas = [
-        plan_noise(
-            target_epsilon=t.epsilon,
-            delta=t.delta,
-            sample_rate=(s := dp_schedule(len(x), t.batch_size)).sample_rate,
-            steps=rounds * s.steps_per_epoch,
+    schedules = [dp_schedule(len(x), t.batch_size) for x in tensors]
+    plans = [
+        s.plan(
+            noise_multiplier=plan_noise(
+                target_epsilon=t.epsilon,
+                delta=t.delta,
+                sample_rate=s.sample_rate,
+                steps=rounds * s.steps_per_epoch,
+            ),
+            epochs=t.local_epochs,
         )
-        for x in tensors
+        for s in schedules
     ]
     start = time.perf_counter()
     for _ in range(rounds):
         states, weights = [], []
-        for x, y, sigma in zip(tensors, labels, sigmas, strict=True):
+        for x, y, plan in zip(tensors, labels, plans, strict=True):
             site_model = build_model(
                 t.model, in_features=prep.num_features, num_classes=2
             )
@@ -74,7 +78,7 @@ def plain_loop(*, dp: bool, rounds: int, sites: int, data: str = "") -> dict[str
             data = torch.utils.data.TensorDataset(x, y)
             if dp:
                 train_private(
-                    site_model, data, local, sigma=sigma, max_grad_norm=t.max_grad_norm
+                    site_model, data, local, plan=plan, max_grad_norm=t.max_grad_norm
                 )
             else:
                 train_plain(site_model, data, local)

@@ -6,9 +6,8 @@ import pytest
 
 from fedvault.client.budget import SiteBudget
 from fedvault.client.policy import Decline
-from fedvault.client.training import Schedule
 from fedvault.common.config import TrainingConfig
-from fedvault.common.privacy import Step, epsilon_spent
+from fedvault.common.privacy import Schedule, Step, epsilon_spent
 
 pytestmark = pytest.mark.privacy
 
@@ -48,7 +47,7 @@ def _train_rounds(budget: SiteBudget, rounds: int) -> list[float]:
     for r in range(1, rounds + 1):
         plan = budget.plan_round(SCHEDULE)
         assert isinstance(plan, Step), plan
-        eps.append(budget.record(r, plan, f"{r:064x}").run_epsilon)
+        eps.append(budget.record(r, plan, f"{r:064x}").epsilon)
     return eps
 
 
@@ -75,10 +74,10 @@ def test_lifetime_composes_across_runs_like_one_accountant(tmp_path):
         figures = second.record(r, plan, f"{r:064x}")
     history = [rec.step for rec in second.ledger.records()]
     assert len(history) == 6
-    assert figures.lifetime_epsilon == pytest.approx(
+    assert figures.epsilon_lifetime == pytest.approx(
         epsilon_spent(history, delta=1e-5), rel=1e-9
     )
-    assert figures.run_epsilon < figures.lifetime_epsilon <= 6.0
+    assert figures.epsilon < figures.epsilon_lifetime <= 6.0
 
 
 def test_declines_exactly_at_the_boundary(tmp_path):
@@ -87,7 +86,10 @@ def test_declines_exactly_at_the_boundary(tmp_path):
     fits = max(
         k
         for k in range(1, 50)
-        if epsilon_spent([Step(3.0, 0.2, 5 * k)], delta=1e-5) <= 2.0
+        if epsilon_spent(
+            [Step(noise_multiplier=3.0, sample_rate=0.2, steps=5 * k)], delta=1e-5
+        )
+        <= 2.0
     )
     trained = _train_rounds(budget, fits)
     assert trained[-1] <= 2.0

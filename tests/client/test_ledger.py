@@ -7,16 +7,17 @@ from datetime import UTC, datetime
 import pytest
 from typer.testing import CliRunner
 
+from fedvault.client import _ledger_files, _ledger_format
 from fedvault.client import ledger as ledger_module
 from fedvault.client.ledger import PrivacyLedger, repair_torn_tail, verify_ledger
-from fedvault.client.ledger_cli import app
+from fedvault.client.ledger_cli import ledger_app
 from fedvault.client.policy import SitePolicy
 from fedvault.common.errors import BudgetExceededError, ConfigError, IntegrityError
 from fedvault.common.privacy import Step, epsilon_spent
 
 DATASET = "icu-2024"
 DELTA = 1e-5
-STEP = Step(1.2, 0.1, 10)
+STEP = Step(noise_multiplier=1.2, sample_rate=0.1, steps=10)
 POLICY = SitePolicy(dataset_id=DATASET, epsilon_max=10.0, delta=DELTA)
 
 
@@ -87,7 +88,7 @@ def test_records_survive_reopening_and_the_run_noise_is_found(tmp_path):
         ("run-a", 2),
     ]
     assert reopened.history() == [STEP, STEP]
-    assert reopened.planned_noise("run-a") == STEP.sigma
+    assert reopened.planned_noise("run-a") == STEP.noise_multiplier
     assert reopened.planned_noise("run-b") is None
 
 
@@ -113,9 +114,36 @@ def test_epsilon_is_cached_until_the_history_changes(tmp_path, monkeypatch):
     [
         (("", 1, STEP, 1.0, _digest(1)), "run-id"),
         (("r", -1, STEP, 1.0, _digest(1)), "round"),
-        (("r", 1, Step(1.0, 0.1, 0), 1.0, _digest(1)), "steps"),
-        (("r", 1, Step(1.0, 1.5, 1), 1.0, _digest(1)), "sample-rate"),
-        (("r", 1, Step(0.0, 0.1, 1), 1.0, _digest(1)), "noise-multiplier"),
+        (
+            (
+                "r",
+                1,
+                Step(noise_multiplier=1.0, sample_rate=0.1, steps=0),
+                1.0,
+                _digest(1),
+            ),
+            "steps",
+        ),
+        (
+            (
+                "r",
+                1,
+                Step(noise_multiplier=1.0, sample_rate=1.5, steps=1),
+                1.0,
+                _digest(1),
+            ),
+            "sample-rate",
+        ),
+        (
+            (
+                "r",
+                1,
+                Step(noise_multiplier=0.0, sample_rate=0.1, steps=1),
+                1.0,
+                _digest(1),
+            ),
+            "noise-multiplier",
+        ),
         (("r", 1, STEP, float("inf"), _digest(1)), "max-grad-norm"),
         (("r", 1, STEP, 1.0, "not-a-hash"), "update-hash"),
         (("r", 1, STEP, 1.0, _digest(1).upper()), "update-hash"),
@@ -189,8 +217,8 @@ def test_editing_a_record_and_recomputing_its_hash_is_detected(
     data = json.loads(lines[index])
     data["noise_multiplier"] = 5.0  # claim more noise, i.e. less epsilon
     body = {k: v for k, v in data.items() if k != "hash"}
-    data["hash"] = ledger_module._digest(body)
-    lines[index] = ledger_module._canonical(data) + b"\n"
+    data["hash"] = _ledger_format.digest(body)
+    lines[index] = _ledger_format.canonical(data) + b"\n"
     ledger.path.write_bytes(b"".join(lines))
     with pytest.raises(IntegrityError, match=fragment):
         verify_ledger(tmp_path, DATASET)
@@ -277,7 +305,7 @@ def test_a_tampered_ledger_blocks_appends_after_it_was_opened(tmp_path):
 def test_verify_reports_records_changed_since_opening(tmp_path):
     ledger = _filled(tmp_path, rounds=1)
     ledger.path.write_bytes(b"")  # a careful rewrite: empty file, matching head
-    ledger_module._write_head(ledger._paths, 0, ledger_module._genesis(DATASET))
+    _ledger_files.write_head(ledger._paths, 0, _ledger_format.genesis(DATASET))
     assert verify_ledger(tmp_path, DATASET) == []
     with pytest.raises(IntegrityError, match="changed since opened"):
         ledger.verify()  # but this object saw one record, now gone
@@ -325,7 +353,7 @@ runner = CliRunner()
 
 
 def _cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
+    return runner.invoke(ledger_app, [str(a) for a in args])
 
 
 def test_cli_verify_ok(tmp_path):

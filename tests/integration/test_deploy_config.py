@@ -11,7 +11,7 @@ import tomli_w
 from typer.testing import CliRunner
 
 from fedvault.client import flower_log, site_config, supernode
-from fedvault.client.site_cli import site_app
+from fedvault.client.client_cli import client_app
 from fedvault.common.errors import ConfigError
 from fedvault.server import coordinator as coord
 from fedvault.server.certs_cli import certs_app
@@ -243,8 +243,8 @@ def test_supernode_failures_are_explained(log, meaning):
 
 def test_registry_names_and_keys_are_unique(tmp_path):
     for name in ("a", "b"):
-        assert site_app is not None
-        result = runner.invoke(site_app, ["keygen", str(tmp_path / name)])
+        assert client_app is not None
+        result = runner.invoke(client_app, ["keygen", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
     registry = SiteRegistry(tmp_path / "sites.json")
     registry.add("site-a", tmp_path / "a" / "site.pub")
@@ -261,7 +261,7 @@ def test_registry_names_and_keys_are_unique(tmp_path):
 
 def test_sites_cli_without_a_running_coordinator(tmp_path):
     (tmp_path / "coordinator.toml").write_text('[coordinator]\nrun-dir = "run"\n')
-    runner.invoke(site_app, ["keygen", str(tmp_path / "k")], catch_exceptions=False)
+    runner.invoke(client_app, ["keygen", str(tmp_path / "k")], catch_exceptions=False)
     config = ["--config", str(tmp_path / "coordinator.toml")]
     pub = str(tmp_path / "k" / "site.pub")
     result = runner.invoke(server_app, ["sites", "add", "site-a", pub, *config])

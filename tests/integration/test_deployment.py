@@ -35,7 +35,7 @@ import tomli_w
 from consortium import events, stop_all, write_site
 from typer.testing import CliRunner
 
-from fedvault.client.site_cli import site_app
+from fedvault.client.client_cli import client_app
 from fedvault.common.data import default_dataset
 from fedvault.common.processes import free_port
 from fedvault.server.certs_cli import certs_app
@@ -115,7 +115,7 @@ class Consortium:
             part = frame.iloc[i * n // 3 : (i + 1) * n // 3]
             part.to_parquet(r / "data" / f"site-{i}.parquet", index=False)
         for name in ("site-0", "site-1", "site-2", "intruder"):
-            _invoke(site_app, "keygen", r / "keys" / name, "--name", name)
+            _invoke(client_app, "keygen", r / "keys" / name, "--name", name)
         coordinator = {
             "coordinator": {
                 "run-dir": "run",
@@ -224,7 +224,7 @@ class Consortium:
         for name in ("site-0", "site-1", "site-2", "intruder", "plaintext"):
             self.launch(
                 name,
-                "fedvault.client.site_cli:site_app",
+                "fedvault.client.client_cli:client_app",
                 "start",
                 "--config",
                 str(self.root / f"{name}.toml"),

@@ -17,8 +17,8 @@ import pytest
 import typer
 import yaml
 
+from fedvault.client.client_cli import client_app
 from fedvault.client.policy import load_policy
-from fedvault.client.site_cli import site_app
 from fedvault.client.site_config import parse_site_config
 from fedvault.common.net import split_address
 from fedvault.server.certs_cli import certs_app
@@ -27,7 +27,7 @@ from fedvault.server.server_cli import server_app
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 # How the lead registers the groups under `fedvault` (entry points).
-GROUPS = {"server": server_app, "client": site_app, "certs": certs_app}
+GROUPS = {"server": server_app, "client": client_app, "certs": certs_app}
 
 
 def _compose() -> dict:

@@ -23,7 +23,7 @@ import tomli_w
 from consortium import events, flower_pids, stop_all, write_site
 from typer.testing import CliRunner
 
-from fedvault.client.site_cli import site_app
+from fedvault.client.client_cli import client_app
 from fedvault.common.data import default_dataset
 from fedvault.common.processes import free_port
 from fedvault.server.certs_cli import certs_app
@@ -51,7 +51,7 @@ def _prepare(root: Path) -> None:
         frame.iloc[i::2].to_parquet(root / "data" / f"site-{i}.parquet", index=False)
         name = f"site-{i}"
         keygen = ["keygen", str(root / "keys" / name), "--name", name]
-        assert runner.invoke(site_app, keygen).exit_code == 0
+        assert runner.invoke(client_app, keygen).exit_code == 0
         write_site(root, name, fleet, "bc", data=f"data/{name}.parquet")
     coordinator = {
         "coordinator": {
@@ -131,7 +131,7 @@ def test_resume_after_the_coordinator_dies(tmp_path):
         for i in range(2):
             procs.launch(
                 f"site-{i}",
-                "fedvault.client.site_cli:site_app",
+                "fedvault.client.client_cli:client_app",
                 "start",
                 "--config",
                 str(tmp_path / f"site-{i}.toml"),

@@ -3,7 +3,7 @@
 import pytest
 from typer.testing import CliRunner
 
-from fedvault.client.data.cli import app as data_app
+from fedvault.client.data_cli import data_app
 from fedvault.common.errors import FederationError
 from fedvault.server import simulate as sim
 

@@ -1,5 +1,6 @@
 """Opacus-style properties of fedvault's local DP-SGD trainer."""
 
+import dataclasses
 import math
 
 import pytest
@@ -12,7 +13,9 @@ from fedvault.client.training import (
     train_plain,
     train_private,
 )
+from fedvault.common.errors import PrivacyError
 from fedvault.common.models import build_model
+from fedvault.common.privacy import Step
 
 pytestmark = pytest.mark.privacy
 
@@ -33,6 +36,11 @@ def _flat(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+def _plan(data, local, sigma):
+    schedule = dp_schedule(len(data), local.batch_size)
+    return schedule.plan(noise_multiplier=sigma, epochs=local.epochs)
+
+
 def test_schedule_is_what_the_loader_runs():
     for n, b in [(77, 16), (100, 10), (5, 32), (1000, 7)]:
         s = dp_schedule(n, b)
@@ -45,7 +53,9 @@ def test_no_noise_and_no_clipping_equals_plain_training():
     local = LocalSettings(num_classes=2, lr=0.3, epochs=1, batch_size=len(data))
     private, plain = _model(), _model()
     torch.manual_seed(1)
-    result = train_private(private, data, local, sigma=0.0, max_grad_norm=1e6)
+    result = train_private(
+        private, data, local, plan=_plan(data, local, 0.0), max_grad_norm=1e6
+    )
     train_plain(plain, data, local)
     assert result.steps == 1 and result.sample_rate == 1.0
     torch.testing.assert_close(_flat(private), _flat(plain), rtol=1e-5, atol=1e-6)
@@ -58,7 +68,7 @@ def test_clipping_bounds_the_update():
     model = _model()
     before = _flat(model)
     torch.manual_seed(2)
-    train_private(model, data, local, sigma=0.0, max_grad_norm=clip)
+    train_private(model, data, local, plan=_plan(data, local, 0.0), max_grad_norm=clip)
     # mean of per-sample gradients each clipped to norm <= C has norm <= C
     assert torch.linalg.norm(_flat(model) - before) <= lr * clip * (1 + 1e-5)
 
@@ -71,10 +81,30 @@ def test_noise_has_the_right_scale():
     model = build_model("mlp", in_features=40, num_classes=2, hidden=128)
     before = _flat(model)
     torch.manual_seed(3)
-    train_private(model, data, local, sigma=sigma, max_grad_norm=clip)
+    train_private(
+        model, data, local, plan=_plan(data, local, sigma), max_grad_norm=clip
+    )
     delta = _flat(model) - before
     # Gaussian noise std sigma*C on the summed gradient, divided by the expected
     # batch size (q*n = 20); the clipped signal (norm <= C) is negligible here.
     expected = lr * sigma * clip / 20
     assert delta.std().item() == pytest.approx(expected, rel=0.03)
     assert abs(delta.mean().item()) < 4 * expected / math.sqrt(delta.numel())
+
+
+def test_a_plan_the_loader_would_not_run_trains_nothing():
+    data = _data()
+    local = LocalSettings(num_classes=2, lr=0.3, epochs=1, batch_size=8)
+    wrong = Step(noise_multiplier=1.0, sample_rate=0.5, steps=3)  # the loader's: 1/3
+    for engine in ("auto", "opacus"):
+        model = _model()
+        before = _flat(model)
+        with pytest.raises(PrivacyError, match="differs from the planned"):
+            train_private(
+                model,
+                data,
+                dataclasses.replace(local, dp_engine=engine),
+                plan=wrong,
+                max_grad_norm=1.0,
+            )
+        assert torch.equal(_flat(model), before)

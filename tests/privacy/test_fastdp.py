@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from fedvault.client import _fastdp
-from fedvault.client.training import LocalSettings, train_private
+from fedvault.client.training import LocalSettings, dp_schedule, train_private
 from fedvault.common.models import build_model
 
 pytestmark = pytest.mark.privacy
@@ -43,8 +43,9 @@ def _run(
         proximal_mu=mu,
         dp_engine=engine,
     )
+    plan = dp_schedule(len(data), batch).plan(noise_multiplier=sigma, epochs=epochs)
     torch.manual_seed(seed)  # the same Poisson batches and noise for both engines
-    result = train_private(model, data, local, sigma=sigma, max_grad_norm=clip)
+    result = train_private(model, data, local, plan=plan, max_grad_norm=clip)
     return torch.cat([p.detach().flatten() for p in model.parameters()]), result
 
 
@@ -77,6 +78,15 @@ def test_empty_batches_are_noise_steps_as_in_opacus():
     slow, r_slow = _run(
         "opacus", "mlp", data, 2, sigma=1.0, clip=1.0, batch=1, epochs=5
     )
+    assert r_fast.steps == r_slow.steps == 15
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+def test_empty_batches_take_the_fedprox_pull_as_in_opacus():
+    data = _data(3, 4, 2)
+    kwargs = {"sigma": 1.0, "clip": 1.0, "batch": 1, "epochs": 5, "mu": 0.1}
+    fast, r_fast = _run("auto", "mlp", data, 2, **kwargs)
+    slow, r_slow = _run("opacus", "mlp", data, 2, **kwargs)
     assert r_fast.steps == r_slow.steps == 15
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
 

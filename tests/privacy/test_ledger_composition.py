@@ -33,7 +33,7 @@ def _opacus(history):
     acct = RDPAccountant()
     for s in history:
         for _ in range(s.steps):
-            acct.step(noise_multiplier=s.sigma, sample_rate=s.q)
+            acct.step(noise_multiplier=s.noise_multiplier, sample_rate=s.sample_rate)
     return acct.get_epsilon(delta=DELTA)
 
 
@@ -45,8 +45,14 @@ def test_golden_epsilon_matches_the_opacus_accountant(
     tmp_path, sigma, q, steps, golden
 ):
     ledger = _ledger(tmp_path, _policy(100.0))
-    record = ledger.append("run-a", 1, Step(sigma, q, steps), 1.0, _digest("a", 1))
-    expected = _opacus([Step(sigma, q, steps)])
+    record = ledger.append(
+        "run-a",
+        1,
+        Step(noise_multiplier=sigma, sample_rate=q, steps=steps),
+        1.0,
+        _digest("a", 1),
+    )
+    expected = _opacus([Step(noise_multiplier=sigma, sample_rate=q, steps=steps)])
     assert record.epsilon == pytest.approx(expected, rel=1e-9)
     assert ledger.epsilon() == pytest.approx(expected, rel=1e-9)
     assert ledger.epsilon() == pytest.approx(golden, abs=1e-3)  # pinned for Opacus 1.6
@@ -54,7 +60,10 @@ def test_golden_epsilon_matches_the_opacus_accountant(
 
 def test_epsilon_across_rounds_and_two_runs_equals_one_accountant(tmp_path):
     policy = _policy(50.0)
-    plan = [("run-a", Step(1.1, 0.05, 20), 3), ("run-b", Step(0.9, 0.1, 10), 2)]
+    plan = [
+        ("run-a", Step(noise_multiplier=1.1, sample_rate=0.05, steps=20), 3),
+        ("run-b", Step(noise_multiplier=0.9, sample_rate=0.1, steps=10), 2),
+    ]
     executed = []
     for run_id, step, rounds in plan:
         for rnd in range(1, rounds + 1):
@@ -69,10 +78,12 @@ def test_epsilon_across_rounds_and_two_runs_equals_one_accountant(tmp_path):
 
 
 def test_the_last_allowed_round_trains_and_the_next_is_declined(tmp_path):
-    step = Step(1.0, 0.1, 10)
+    step = Step(noise_multiplier=1.0, sample_rate=0.1, steps=10)
     allowed = 4
     # exactly 4 rounds' worth, as the ledger composes them (equal steps added up)
-    budget = epsilon_spent([Step(1.0, 0.1, 10 * allowed)], delta=DELTA)
+    budget = epsilon_spent(
+        [Step(noise_multiplier=1.0, sample_rate=0.1, steps=10 * allowed)], delta=DELTA
+    )
     assert budget == pytest.approx(_opacus([step] * allowed), rel=1e-9)
     policy = _policy(budget)
     ledger = _ledger(tmp_path, policy)
@@ -98,14 +109,22 @@ def test_a_second_run_continues_from_the_remaining_budget(tmp_path):
     first = plan_run_noise(ledger, policy, sample_rate=0.1, steps_this_run=50)
     assert first == fresh
     for rnd in range(1, 6):
-        ledger.append("run-a", rnd, Step(first, 0.1, 10), 1.0, _digest("a", rnd))
+        ledger.append(
+            "run-a",
+            rnd,
+            Step(noise_multiplier=first, sample_rate=0.1, steps=10),
+            1.0,
+            _digest("a", rnd),
+        )
     assert ledger.epsilon() <= policy.epsilon_max
 
     ledger = _ledger(tmp_path, policy)  # the next run, a new process
     remaining = policy.epsilon_max - ledger.epsilon()
     second = plan_run_noise(ledger, policy, sample_rate=0.1, steps_this_run=50)
     assert second > first  # the history already spent part of the budget
-    after = ledger.projected_epsilon(Step(second, 0.1, 50))
+    after = ledger.projected_epsilon(
+        Step(noise_multiplier=second, sample_rate=0.1, steps=50)
+    )
     assert after <= policy.epsilon_max
     # tight: the plan leaves unused less than 1% of what was left
     assert policy.epsilon_max - after <= 0.01 * remaining
@@ -123,7 +142,12 @@ def test_a_run_cannot_raise_the_budget(tmp_path):
     )
     own = plan_run_noise(ledger, policy, sample_rate=0.1, steps_this_run=40)
     assert asked == own
-    assert ledger.projected_epsilon(Step(asked, 0.1, 40)) <= policy.epsilon_max
+    assert (
+        ledger.projected_epsilon(
+            Step(noise_multiplier=asked, sample_rate=0.1, steps=40)
+        )
+        <= policy.epsilon_max
+    )
 
 
 def test_a_run_may_ask_for_less_than_the_budget(tmp_path):
@@ -132,7 +156,12 @@ def test_a_run_may_ask_for_less_than_the_budget(tmp_path):
     sigma = plan_run_noise(
         ledger, policy, sample_rate=0.1, steps_this_run=40, target_epsilon_this_run=1.0
     )
-    assert epsilon_spent([Step(sigma, 0.1, 40)], delta=DELTA) <= 1.0
+    assert (
+        epsilon_spent(
+            [Step(noise_multiplier=sigma, sample_rate=0.1, steps=40)], delta=DELTA
+        )
+        <= 1.0
+    )
 
 
 def test_a_run_cannot_lower_the_noise_below_the_policy(tmp_path):
@@ -142,7 +171,7 @@ def test_a_run_cannot_lower_the_noise_below_the_policy(tmp_path):
         ledger, policy, sample_rate=0.1, steps_this_run=10, target_epsilon_this_run=1e3
     )
     assert sigma == 0.9  # the budget would allow far less noise; the floor holds
-    too_little = Step(0.5, 0.1, 10)
+    too_little = Step(noise_multiplier=0.5, sample_rate=0.1, steps=10)
     decision = ledger.check_round(too_little, policy)
     assert decision == Decline(
         "policy", "noise multiplier 0.5 is below the site's minimum 0.9"
@@ -157,12 +186,18 @@ def test_the_run_noise_is_reused_after_a_restart(tmp_path):
     ledger = _ledger(tmp_path, policy)
     sigma = plan_run_noise(ledger, policy, sample_rate=0.1, steps_this_run=30)
     assert ledger.planned_noise("run-a") is None
-    ledger.append("run-a", 1, Step(sigma, 0.1, 10), 1.0, _digest("a", 1))
+    ledger.append(
+        "run-a",
+        1,
+        Step(noise_multiplier=sigma, sample_rate=0.1, steps=10),
+        1.0,
+        _digest("a", 1),
+    )
     assert _ledger(tmp_path, policy).planned_noise("run-a") == sigma
 
 
 def test_planning_on_a_spent_budget_raises(tmp_path):
-    step = Step(1.0, 0.1, 10)
+    step = Step(noise_multiplier=1.0, sample_rate=0.1, steps=10)
     policy = _policy(epsilon_spent([step], delta=DELTA))
     ledger = _ledger(tmp_path, policy)
     ledger.append("run-a", 1, step, 1.0, _digest("a", 1))

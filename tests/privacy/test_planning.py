@@ -15,24 +15,30 @@ pytestmark = pytest.mark.privacy
 )
 def test_planned_noise_spends_at_most_the_target_and_close_to_it(target, q, steps):
     sigma = plan_noise(target_epsilon=target, delta=1e-5, sample_rate=q, steps=steps)
-    spent = epsilon_spent([Step(sigma, q, steps)], delta=1e-5)
+    spent = epsilon_spent(
+        [Step(noise_multiplier=sigma, sample_rate=q, steps=steps)], delta=1e-5
+    )
     assert spent <= target
     assert spent >= target - 0.02
 
 
 def test_epsilon_equals_the_opacus_accountant():
-    history = [Step(1.1, 0.02, 100), Step(0.9, 0.05, 40), Step(1.1, 0.02, 100)]
+    history = [
+        Step(noise_multiplier=1.1, sample_rate=0.02, steps=100),
+        Step(noise_multiplier=0.9, sample_rate=0.05, steps=40),
+        Step(noise_multiplier=1.1, sample_rate=0.02, steps=100),
+    ]
     acct = RDPAccountant()
     for s in history:
         for _ in range(s.steps):
-            acct.step(noise_multiplier=s.sigma, sample_rate=s.q)
+            acct.step(noise_multiplier=s.noise_multiplier, sample_rate=s.sample_rate)
     assert epsilon_spent(history, delta=1e-5) == pytest.approx(
         acct.get_epsilon(delta=1e-5), rel=1e-9
     )
 
 
 def test_prv_accountant_is_supported():
-    history = [Step(1.0, 0.1, 50)]
+    history = [Step(noise_multiplier=1.0, sample_rate=0.1, steps=50)]
     acct = PRVAccountant()
     acct.history = [(1.0, 0.1, 50)]
     assert epsilon_spent(history, delta=1e-5, accountant="prv") == pytest.approx(
@@ -42,7 +48,9 @@ def test_prv_accountant_is_supported():
 
 def test_known_golden_value():
     # sigma=1, q=0.01, 1000 steps, delta=1e-5: RDP epsilon is about 1.9 (Opacus docs).
-    eps = epsilon_spent([Step(1.0, 0.01, 1000)], delta=1e-5)
+    eps = epsilon_spent(
+        [Step(noise_multiplier=1.0, sample_rate=0.01, steps=1000)], delta=1e-5
+    )
     assert 1.5 < eps < 2.5
 
 
@@ -51,8 +59,12 @@ def test_empty_history_spends_nothing():
 
 
 def test_more_noise_spends_less():
-    a = epsilon_spent([Step(1.0, 0.1, 100)], delta=1e-5)
-    b = epsilon_spent([Step(2.0, 0.1, 100)], delta=1e-5)
+    a = epsilon_spent(
+        [Step(noise_multiplier=1.0, sample_rate=0.1, steps=100)], delta=1e-5
+    )
+    b = epsilon_spent(
+        [Step(noise_multiplier=2.0, sample_rate=0.1, steps=100)], delta=1e-5
+    )
     assert b < a
 
 

@@ -14,10 +14,9 @@ from flwr.serverapp import (
     RdpAccountant,
     SamplingMethod,
 )
+from local_grid import site_run_config
 
 from fedvault.client.app import app as client_app
-from fedvault.common.config import TrainingConfig
-from fedvault.common.data import default_dataset
 from fedvault.common.errors import FederationError
 from fedvault.server.federation import Federation
 from fedvault.server.settings import ServerSettings
@@ -26,45 +25,8 @@ NODES = [101, 202, 303]
 
 
 
-def _setup(tmp_path, *, require_secagg=(), min_noise=None, **training):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    frame = default_dataset()
-    test = frame.sample(frac=0.2, random_state=0)
-    rest = frame.drop(test.index).sample(frac=1.0, random_state=0)
-    test_file = tmp_path / "test.parquet"
-    test.to_parquet(test_file, index=False)
-    settings = {"rounds": 2, "epsilon": 3.0, "seed": 3} | training
-    run_config = TrainingConfig(**settings).to_run_config() | {
-        "target": "target",
-        "out-dir": str(tmp_path / "out"),
-        "test-data": str(test_file),
-        "expected-sites": len(NODES),
-        "excluded-sites": "{}",
-        "client-threads": 1,
-    }
-    for pid, rows in enumerate(np.array_split(np.arange(len(rest)), len(NODES))):
-        part = rest.iloc[rows]
-        data = tmp_path / f"site-{pid}.parquet"
-        part.to_parquet(data, index=False)
-        state = tmp_path / f"state-{pid}"
-        state.mkdir()
-        (state / "site.toml").write_text(
-            "[privacy]\n"
-            'dataset-id = "bc"\nepsilon-max = 10.0\ndelta = 1e-5\n'
-            f"min-noise-multiplier = {(min_noise or {}).get(pid, 0.3)}\n"
-            "max-grad-norm = 1.0\n"
-            f"require-secure-aggregation = {str(pid in require_secagg).lower()}\n"
-        )
-        run_config |= {
-            f"site.{pid}.data": str(data),
-            f"site.{pid}.name": f"site-{pid + 1}",
-            f"site.{pid}.state": str(state),
-        }
-    return run_config
-
-
 def _run(tmp_path, local_grid, make_contexts, *, server=None, site=None, **kw):
-    run_config = _setup(tmp_path, **kw)
+    run_config = site_run_config(tmp_path, NODES, **kw)
     server_config = run_config | (server or {})
     grid = local_grid(client_app, make_contexts(NODES, run_config | (site or {})))
     Federation(grid, ServerSettings.from_run_config(server_config)).run()

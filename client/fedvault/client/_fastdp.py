@@ -48,16 +48,25 @@ def dp_sgd_step(
     y: torch.Tensor,
     per_sample_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     *,
-    sigma: float,
+    noise_multiplier: float,
     max_grad_norm: float,
     expected_batch_size: int,
     lr: float,
 ) -> float:
-    """One DP-SGD step in place; returns the batch's summed loss (0 if empty)."""
+    """One DP-SGD step on ``model`` in place; returns the batch's summed loss (0 if
+    the batch is empty, which is still a step: noise only).
+
+    ``x``: float inputs, shape (b, in_features), b >= 0; ``y``: targets as
+    ``per_sample_loss`` takes them (e.g. float (b, 1) for a single logit, int64 (b,)
+    for classes); ``per_sample_loss(out, y)`` returns shape (b,). Noise has standard
+    deviation ``noise_multiplier * max_grad_norm`` per coordinate of the summed,
+    clipped gradient, which is then divided by ``expected_batch_size``.
+    """
+    std = noise_multiplier * max_grad_norm
     linears = [m for m in model if isinstance(m, nn.Linear)]
     if len(x) == 0:
         sums = [torch.zeros_like(p) for lin in linears for p in _params(lin)]
-        _noisy_update(linears, sums, sigma * max_grad_norm, expected_batch_size, lr)
+        _noisy_update(linears, sums, std, expected_batch_size, lr)
         return 0.0
     inputs, outputs = [], []
     h = x
@@ -84,7 +93,7 @@ def dp_sgd_step(
             sums.append(clipped.t() @ a)
             if lin.bias is not None:
                 sums.append(clipped.sum(dim=0))
-        _noisy_update(linears, sums, sigma * max_grad_norm, expected_batch_size, lr)
+        _noisy_update(linears, sums, std, expected_batch_size, lr)
     return float(losses.detach().sum())
 
 

@@ -47,7 +47,7 @@ from fedvault.client.training import (
 )
 from fedvault.common.compression import pack, quantize
 from fedvault.common.config import TrainingConfig
-from fedvault.common.errors import BudgetExceededError, PrivacyError
+from fedvault.common.errors import BudgetExceededError
 from fedvault.common.evaluation import evaluate
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, site_summary
@@ -64,7 +64,6 @@ from fedvault.common.protocol import (
     SERVER_ROUND,
     STATS_ACTION,
     Decline,
-    DpFigures,
     EvaluateMetrics,
     SiteStats,
     TrainMetrics,
@@ -214,6 +213,9 @@ def train(msg: Message, context: Context) -> Message:
         device=_device(),
     )
     model = _local_model(settings, prep, msg)
+    if not all(torch.isfinite(p).all() for p in model.state_dict().values()):
+        # A broken global model would waste this round's budget on noise.
+        return _decline(msg, Decline("policy", "the global model is not finite"))
     seed = _round_seed(site, settings.seed, server_round, "train")
     torch.manual_seed(seed)
     if not settings.dp:
@@ -254,27 +256,15 @@ def _train_private(
     if isinstance(plan, Decline):
         return _decline(msg, plan)
     result = train_private(
-        model, data, local, sigma=plan.sigma, max_grad_norm=settings.max_grad_norm
+        model, data, local, plan=plan, max_grad_norm=settings.max_grad_norm
     )
-    if (result.steps, result.sample_rate) != (plan.steps, plan.q):
-        raise PrivacyError("executed DP-SGD steps differ from the planned ones")
     sent = _update(msg, model, settings, seed)
     try:
         figures = budget.record(server_round, plan, sent.object_id)
     except BudgetExceededError as exc:
         return _decline(msg, Decline("budget", str(exc)))
     metrics = TrainMetrics(
-        num_examples=len(data),
-        loss=result.loss,
-        steps=result.steps,
-        dp=DpFigures(
-            epsilon=figures.run_epsilon,
-            epsilon_lifetime=figures.lifetime_epsilon,
-            epsilon_budget=figures.budget,
-            delta=figures.delta,
-            noise_multiplier=figures.sigma,
-            sample_rate=result.sample_rate,
-        ),
+        num_examples=len(data), loss=result.loss, steps=result.steps, dp=figures
     )
     budget.keep(
         server_round,

@@ -10,7 +10,6 @@ accountant over the ledger's history (lifetime) or this run's records (run).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,23 +23,12 @@ from fedvault.client.policy import (
     load_policy,
     plan_run_noise,
 )
-from fedvault.client.training import Schedule
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import BudgetExceededError, ConfigError, IntegrityError
-from fedvault.common.privacy import Step, epsilon_spent
+from fedvault.common.privacy import Schedule, Step, epsilon_spent
+from fedvault.common.protocol import DpFigures
 
 POLICY_FILE = "site.toml"
-
-
-@dataclass(frozen=True)
-class Figures:
-    """What the site reports about its privacy after a round."""
-
-    run_epsilon: float
-    lifetime_epsilon: float
-    budget: float
-    delta: float
-    sigma: float
 
 
 class SiteBudget:
@@ -97,7 +85,10 @@ class SiteBudget:
         )
 
     def plan_round(self, schedule: Schedule) -> Step | Decline:
-        """The round's (sigma, q, steps), or why the site will not train it."""
+        """The round's planned step (noise multiplier, sample rate, steps), computed
+        once and passed as is to
+        :func:`fedvault.client.training.train_private`, or why the site will not
+        train it."""
         fixed = self.settings.noise_multiplier or None
         refusal = check_request(
             self.policy,
@@ -113,11 +104,7 @@ class SiteBudget:
             sigma = self._sigma(schedule)
         except BudgetExceededError as exc:
             return Decline("budget", str(exc))
-        step = Step(
-            sigma,
-            schedule.sample_rate,
-            schedule.steps_per_epoch * self.settings.local_epochs,
-        )
+        step = schedule.plan(noise_multiplier=sigma, epochs=self.settings.local_epochs)
         refusal = self.ledger.check_round(step, self.policy)
         if refusal is not None:
             return refusal
@@ -130,7 +117,7 @@ class SiteBudget:
             )
         return step
 
-    def record(self, server_round: int, step: Step, update_hash: str) -> Figures:
+    def record(self, server_round: int, step: Step, update_hash: str) -> DpFigures:
         """Append the trained round to the ledger (raises BudgetExceededError and
         records nothing if another run spent the budget meanwhile)."""
         self.ledger.append(
@@ -141,12 +128,13 @@ class SiteBudget:
             update_hash,
             policy=self.policy,
         )
-        return Figures(
-            run_epsilon=self._epsilon(self._run_history()),
-            lifetime_epsilon=self.ledger.epsilon(),
-            budget=self.policy.epsilon_max,
+        return DpFigures(
+            epsilon=self._epsilon(self._run_history()),
+            epsilon_lifetime=self.ledger.epsilon(),
+            epsilon_budget=self.policy.epsilon_max,
             delta=self.policy.delta,
-            sigma=step.sigma,
+            noise_multiplier=step.noise_multiplier,
+            sample_rate=step.sample_rate,
         )
 
     def replayable(

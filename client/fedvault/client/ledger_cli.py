@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,26 +22,22 @@ from rich.table import Table
 
 from fedvault.client.ledger import LedgerRecord, repair_torn_tail, verify_ledger
 from fedvault.client.policy import SitePolicy, load_policy
-from fedvault.common.errors import ConfigError, FedVaultError, IntegrityError
+from fedvault.common.cli import (
+    EXIT_USER_ERROR,
+    FormatOption,
+    OutputFormat,
+    command_group,
+    error_exit,
+    errors_as_exit,
+)
+from fedvault.common.errors import ConfigError, IntegrityError
 from fedvault.common.privacy import epsilon_spent
 
-EXIT_USER_ERROR = 2
-
-app = typer.Typer(
-    name="ledger",
-    help="Show, verify or repair this site's privacy ledger.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+ledger_app = command_group(
+    "ledger", "Show, verify or repair this site's privacy ledger."
 )
 
 console = Console()
-err_console = Console(stderr=True)
-
-
-class OutputFormat(StrEnum):
-    TEXT = "text"
-    JSON = "json"
 
 
 StateOption = Annotated[
@@ -52,11 +47,6 @@ DatasetOption = Annotated[
     str | None,
     typer.Option("--dataset", help="Dataset id (default: the policy's dataset-id)."),
 ]
-
-
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(EXIT_USER_ERROR)
 
 
 def _dataset(dataset: str | None, policy: SitePolicy | None) -> str:
@@ -133,7 +123,8 @@ def _print_table(summary: dict[str, Any]) -> None:
     console.print(line, highlight=False, soft_wrap=True)
 
 
-@app.command()
+@ledger_app.command()
+@errors_as_exit()
 def show(
     state: StateOption,
     dataset: DatasetOption = None,
@@ -141,43 +132,36 @@ def show(
         Path | None,
         typer.Option("--policy", help="Site policy file, for the remaining budget."),
     ] = None,
-    output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="text or json.")
-    ] = OutputFormat.TEXT,
+    output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Every round recorded, lifetime epsilon and the remaining budget."""
-    try:
-        policy = load_policy(policy_file) if policy_file else None
-        dataset_id = _dataset(dataset, policy)
-        summary = _summary(state, dataset_id, verify_ledger(state, dataset_id), policy)
-    except FedVaultError as exc:
-        raise _fail(str(exc)) from None
+    policy = load_policy(policy_file) if policy_file else None
+    dataset_id = _dataset(dataset, policy)
+    summary = _summary(state, dataset_id, verify_ledger(state, dataset_id), policy)
     if output_format is OutputFormat.JSON:
         typer.echo(json.dumps(summary, indent=2))
     else:
         _print_table(summary)
 
 
-@app.command()
+@ledger_app.command()
+@errors_as_exit()
 def verify(state: StateOption, dataset: Annotated[str, typer.Option()]) -> None:
     """Check the hash chain and head: exit 0 if intact, 2 if not."""
     try:
         records = verify_ledger(state, dataset)
     except IntegrityError as exc:
-        raise _fail(f"ledger of {dataset!r} failed verification: {exc}") from None
-    except FedVaultError as exc:
-        raise _fail(str(exc)) from None
+        message = f"ledger of {dataset!r} failed verification: {exc}"
+        raise error_exit(message, EXIT_USER_ERROR) from None
     console.print(
         f"ok: ledger of {dataset!r} intact ({len(records)} records)", highlight=False
     )
 
 
-@app.command()
+@ledger_app.command()
+@errors_as_exit()
 def repair(state: StateOption, dataset: Annotated[str, typer.Option()]) -> None:
     """Drop an incomplete last line left by a crash mid-append, if that is all."""
-    try:
-        dropped = repair_torn_tail(state, dataset)
-    except FedVaultError as exc:
-        raise _fail(str(exc)) from None
+    dropped = repair_torn_tail(state, dataset)
     message = "dropped an incomplete last line" if dropped else "nothing to repair"
     console.print(f"ok: ledger of {dataset!r}: {message}", highlight=False)

@@ -28,15 +28,10 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+from fedvault.common._rdp import search_noise
 from fedvault.common.config import key_of, parse_fields, read_toml
 from fedvault.common.errors import BudgetExceededError, ConfigError, PrivacyError
-from fedvault.common.privacy import (
-    ACCOUNTANTS,
-    Accountant,
-    Step,
-    plan_noise,
-    search_noise,
-)
+from fedvault.common.privacy import ACCOUNTANTS, Accountant, Step, plan_noise
 from fedvault.common.protocol import Decline, DeclineReason
 
 __all__ = [
@@ -234,7 +229,9 @@ def plan_run_noise(
         )
 
     def lifetime(sigma: float, coarse: bool = False) -> float:
-        step = Step(sigma, sample_rate, steps_this_run)
+        step = Step(
+            noise_multiplier=sigma, sample_rate=sample_rate, steps=steps_this_run
+        )
         return ledger.projected_epsilon(step, coarse=coarse)
 
     try:

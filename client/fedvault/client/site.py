@@ -152,7 +152,13 @@ def usable(split: SplitData, target: str) -> str | None:
 
 
 def to_tensors(frame: pd.DataFrame, prep: Preprocessing) -> TensorDataset:
-    """Apply the federation's preprocessing to rows, giving (features, labels)."""
+    """Apply the federation's preprocessing to rows.
+
+    Returns a dataset of (features, labels): features float32 of shape
+    (len(frame), prep.num_features), labels int64 class indices of shape
+    (len(frame),). Raises :class:`DataError` when a column the preprocessing
+    needs is missing or a label is not in the federation's label set.
+    """
     features = torch.from_numpy(prep.transform(frame))
     labels = torch.from_numpy(prep.encode_labels(frame[prep.target]))
     return TensorDataset(features, labels)

@@ -1,16 +1,26 @@
-"""Local training at a site: DP-SGD with Opacus, or plain SGD for comparison.
+"""Local training at a site: DP-SGD (fedvault's fast step or Opacus), or plain SGD.
 
-The DP loader's sampling rate and step count are derived from Opacus' own Poisson
-loader (:func:`dp_schedule`), so the steps planned for the accountant are exactly the
-steps executed.
+A DP round is planned before it trains: :func:`dp_schedule` gives the Poisson
+schedule Opacus' loader runs for the site's rows, the site's budget turns it into a
+:class:`~fedvault.common.privacy.Step` (noise multiplier, sample rate, steps), and
+:func:`train_private` runs exactly that step, checking once that its loader samples
+at the planned rate. The steps the accountant is given are the steps executed.
+
+Every kind of training goes through one loop over batches (:func:`_run`); what
+differs is the step taken on each batch: fedvault's book-keeping DP-SGD step
+(:mod:`fedvault.client._fastdp`) for plain MLPs, Opacus' ``DPOptimizer`` otherwise,
+and a plain SGD optimizer step without DP.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -19,21 +29,22 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedvault.client import _fastdp
 from fedvault.common.errors import PrivacyError
 from fedvault.common.models import loss_fn, per_sample_loss, targets_for_loss
+from fedvault.common.privacy import Schedule, Step
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Schedule:
-    """Poisson sampling rate and DP-SGD steps per local epoch."""
-
-    sample_rate: float
-    steps_per_epoch: int
+_BatchStep = Callable[[torch.Tensor, torch.Tensor], float]
+"""One update on a batch (features, integer labels, on the device); returns the
+batch's summed loss."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class LocalSettings:
-    """Hyper-parameters of one round of local training."""
+    """Hyper-parameters of one round of local training.
+
+    ``epochs`` is what :func:`train_plain` runs; a DP round runs the steps of its
+    plan (which the budget derived from the same epochs).
+    """
 
     num_classes: int
     lr: float
@@ -62,6 +73,88 @@ def dp_schedule(num_examples: int, batch_size: int) -> Schedule:
     return Schedule(sample_rate=float(loader.sample_rate), steps_per_epoch=len(loader))
 
 
+def train_private(
+    model: nn.Module,
+    data: TensorDataset,
+    local: LocalSettings,
+    *,
+    plan: Step,
+    max_grad_norm: float,
+) -> TrainResult:
+    """DP-SGD for exactly ``plan.steps`` steps; the model is updated in place.
+
+    ``data`` holds features (float32, shape (n, in_features)) and integer labels
+    (int64, shape (n,)). Poisson batches come from Opacus' ``DPDataLoader`` at
+    ``plan.sample_rate``, per-sample gradients are clipped to ``max_grad_norm`` and
+    noised with ``plan.noise_multiplier``. Plain MLPs take fedvault's book-keeping
+    step (``_fastdp``: same clipping, noise and scaling as Opacus, without
+    per-sample gradient tensors); other models, or ``local.dp_engine == "opacus"``,
+    Opacus' ``PrivacyEngine``. Randomness comes from torch's global generators:
+    seed them with ``torch.manual_seed`` for a reproducible run.
+
+    Raises :class:`PrivacyError` if the loader's sample rate is not the plan's
+    (nothing is trained then).
+    """
+    model.to(local.device)
+    fast = local.dp_engine == "auto" and _fastdp.supports(model)
+    engine = _fast_engine if fast else _opacus_engine
+    with engine(model, data, local, plan, max_grad_norm) as (loader, step):
+        if float(loader.sample_rate) != plan.sample_rate:
+            raise PrivacyError("DP loader schedule differs from the planned one")
+        loss = _run(model, loader, local, plan.steps, step)
+    return TrainResult(loss=loss, steps=plan.steps, sample_rate=plan.sample_rate)
+
+
+def train_plain(
+    model: nn.Module, data: TensorDataset, local: LocalSettings
+) -> TrainResult:
+    """Non-private minibatch SGD with the same model, loss and optimizer, for
+    ``local.epochs`` shuffled epochs (``data`` as for :func:`train_private`)."""
+    model.to(local.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=local.lr)
+    loader = DataLoader(data, batch_size=local.batch_size, shuffle=True)
+    model.train()
+    steps = local.epochs * len(loader)
+    loss = _run(model, loader, local, steps, _sgd_step(model, optimizer, local))
+    return TrainResult(loss=loss, steps=steps, sample_rate=0.0)
+
+
+def _run(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    local: LocalSettings,
+    steps: int,
+    step: _BatchStep,
+) -> float:
+    """Take ``step`` on ``steps`` batches of ``loader`` (passing over it as often as
+    needed), each followed by the FedProx pull; the mean loss per example."""
+    anchor = [p.detach().clone() for p in model.parameters()]
+    total_loss, seen = 0.0, 0
+    for x, y in _batches(loader, steps):
+        total_loss += step(x.to(local.device), y.to(local.device))
+        if local.proximal_mu > 0:
+            _proximal_step(model, anchor, local.lr, local.proximal_mu)
+        seen += len(y)
+    return total_loss / max(seen, 1)
+
+
+def _batches(loader: DataLoader[Any], steps: int) -> Iterator[Any]:
+    """Exactly ``steps`` batches: whole passes over ``loader``, then part of one.
+
+    A pass is started only when a batch is still due, and never read past what is
+    due, so the random draws (Poisson masks, shuffles) are those of the batches
+    used.
+    """
+    left = steps
+    while left > 0:
+        due = left
+        for batch in itertools.islice(loader, due):
+            left -= 1
+            yield batch
+        if left == due:
+            raise ValueError("the data loader yields no batches")
+
+
 def _proximal_step(
     model: nn.Module, anchor: list[torch.Tensor], lr: float, mu: float
 ) -> None:
@@ -75,153 +168,93 @@ def _proximal_step(
             p.sub_(lr * mu * (p - a))
 
 
-def train_private(
+def _sgd_step(
+    module: nn.Module, optimizer: torch.optim.Optimizer, local: LocalSettings
+) -> _BatchStep:
+    """An optimizer step on the mean loss (plain SGD, or Opacus' DPOptimizer)."""
+    criterion = loss_fn(local.num_classes)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        out = module(x)
+        if len(y) == 0:
+            # An empty Poisson batch is still a step (pure noise). It must go
+            # through backward so that Opacus sees its (empty) per-sample grads.
+            loss = out.sum() * 0.0
+        else:
+            loss = criterion(out, targets_for_loss(y, local.num_classes))
+        loss.backward()
+        optimizer.step()
+        return float(loss.item()) * len(y)
+
+    return step
+
+
+_Engine = Iterator[tuple[Any, _BatchStep]]
+
+
+@contextmanager
+def _fast_engine(
     model: nn.Module,
     data: TensorDataset,
     local: LocalSettings,
-    *,
-    sigma: float,
+    plan: Step,
     max_grad_norm: float,
-) -> TrainResult:
-    """DP-SGD for ``epochs`` local epochs; the model is updated in place.
-
-    Poisson batches come from Opacus' ``DPDataLoader`` and the steps are exactly
-    :func:`dp_schedule`'s. Plain MLPs take fedvault's book-keeping step
-    (``_fastdp``: same clipping, noise and scaling as Opacus, without per-sample
-    gradient tensors); other models, or ``local.dp_engine == "opacus"``, Opacus'
-    ``PrivacyEngine``. Randomness comes from torch's global generators: seed them
-    with ``torch.manual_seed`` for a reproducible run.
-    """
-    model.to(local.device)
-    if local.dp_engine == "auto" and _fastdp.supports(model):
-        return _train_fast(model, data, local, sigma=sigma, max_grad_norm=max_grad_norm)
-    return _train_opacus(model, data, local, sigma=sigma, max_grad_norm=max_grad_norm)
-
-
-def _train_fast(
-    model: nn.Module,
-    data: TensorDataset,
-    local: LocalSettings,
-    *,
-    sigma: float,
-    max_grad_norm: float,
-) -> TrainResult:
+) -> _Engine:
+    """Opacus' Poisson loader and fedvault's book-keeping DP-SGD step."""
     from opacus.data_loader import DPDataLoader
 
-    expected = dp_schedule(len(data), local.batch_size)
+    if not isinstance(model, nn.Sequential):
+        raise TypeError("the fast DP-SGD path takes an nn.Sequential MLP")
     loader = DPDataLoader.from_data_loader(
         DataLoader(data, batch_size=local.batch_size)
     )
-    if len(loader) != expected.steps_per_epoch:
-        raise PrivacyError("DP loader schedule differs from the planned one")
-    expected_batch = int(len(data) * loader.sample_rate)  # as Opacus' make_private
     per_sample = per_sample_loss(local.num_classes)
-    anchor = [p.detach().clone() for p in model.parameters()]
-    if not isinstance(model, nn.Sequential):
-        raise TypeError("the fast DP-SGD path takes an nn.Sequential MLP")
+    expected_batch = int(len(data) * plan.sample_rate)  # as Opacus' make_private
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        return _fastdp.dp_sgd_step(
+            model,
+            x,
+            targets_for_loss(y, local.num_classes),
+            per_sample,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch,
+            lr=local.lr,
+        )
+
     model.train()
-    steps, total_loss, seen = 0, 0.0, 0
-    for _ in range(local.epochs):
-        for x, y in loader:
-            x, y = x.to(local.device), y.to(local.device)
-            total_loss += _fastdp.dp_sgd_step(
-                model,
-                x,
-                targets_for_loss(y, local.num_classes),
-                per_sample,
-                sigma=sigma,
-                max_grad_norm=max_grad_norm,
-                expected_batch_size=expected_batch,
-                lr=local.lr,
-            )
-            if local.proximal_mu > 0 and len(y):
-                _proximal_step(model, anchor, local.lr, local.proximal_mu)
-            steps += 1
-            seen += len(y)
-    return TrainResult(
-        loss=total_loss / max(seen, 1), steps=steps, sample_rate=expected.sample_rate
-    )
+    yield loader, step
 
 
-def _train_opacus(
+@contextmanager
+def _opacus_engine(
     model: nn.Module,
     data: TensorDataset,
     local: LocalSettings,
-    *,
-    sigma: float,
+    plan: Step,
     max_grad_norm: float,
-) -> TrainResult:
+) -> _Engine:
+    """Opacus' ``PrivacyEngine``: its Poisson loader, per-sample gradient hooks and
+    ``DPOptimizer`` (removed again afterwards)."""
     from opacus import PrivacyEngine
 
-    device, num_classes, lr = local.device, local.num_classes, local.lr
-    batch_size, proximal_mu = local.batch_size, local.proximal_mu
-    expected = dp_schedule(len(data), batch_size)
-    anchor = [p.detach().clone() for p in model.parameters()]
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    optimizer = torch.optim.SGD(model.parameters(), lr=local.lr)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant="rdp")
         private_model, dp_optimizer, loader = engine.make_private(
             module=model,
             optimizer=optimizer,
-            data_loader=DataLoader(data, batch_size=batch_size),
-            noise_multiplier=sigma,
+            data_loader=DataLoader(data, batch_size=local.batch_size),
+            noise_multiplier=plan.noise_multiplier,
             max_grad_norm=max_grad_norm,
             poisson_sampling=True,
         )
-    if len(loader) != expected.steps_per_epoch:
-        raise PrivacyError("DP loader schedule differs from the planned one")
-    criterion = loss_fn(num_classes)
-    steps, total_loss, seen = 0, 0.0, 0
     private_model.train()
-    for _ in range(local.epochs):
-        for x, y in loader:
-            dp_optimizer.zero_grad(set_to_none=True)
-            x, y = x.to(device), y.to(device)
-            out = private_model(x)
-            if len(y) == 0:
-                # An empty Poisson batch is still a step (pure noise). It must go
-                # through backward so that Opacus sees its (empty) per-sample grads.
-                loss = out.sum() * 0.0
-            else:
-                loss = criterion(out, targets_for_loss(y, num_classes))
-            loss.backward()
-            dp_optimizer.step()
-            if proximal_mu > 0:
-                _proximal_step(model, anchor, lr, proximal_mu)
-            steps += 1
-            total_loss += loss.item() * len(y)
-            seen += len(y)
-    if hasattr(private_model, "remove_hooks"):
-        private_model.remove_hooks()
-    return TrainResult(
-        loss=total_loss / max(seen, 1), steps=steps, sample_rate=expected.sample_rate
-    )
-
-
-def train_plain(
-    model: nn.Module, data: TensorDataset, local: LocalSettings
-) -> TrainResult:
-    """Non-private minibatch SGD with the same model, loss and optimizer."""
-    device, num_classes, lr = local.device, local.num_classes, local.lr
-    batch_size, proximal_mu = local.batch_size, local.proximal_mu
-    model.to(device)
-    anchor = [p.detach().clone() for p in model.parameters()]
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True)
-    criterion = loss_fn(num_classes)
-    steps, total_loss, seen = 0, 0.0, 0
-    model.train()
-    for _ in range(local.epochs):
-        for x, y in loader:
-            optimizer.zero_grad(set_to_none=True)
-            x, y = x.to(device), y.to(device)
-            loss = criterion(model(x), targets_for_loss(y, num_classes))
-            loss.backward()
-            optimizer.step()
-            if proximal_mu > 0:
-                _proximal_step(model, anchor, lr, proximal_mu)
-            steps += 1
-            total_loss += loss.item() * len(y)
-            seen += len(y)
-    return TrainResult(loss=total_loss / max(seen, 1), steps=steps, sample_rate=0.0)
+    try:
+        yield loader, _sgd_step(private_model, dp_optimizer, local)
+    finally:
+        if hasattr(private_model, "remove_hooks"):
+            private_model.remove_hooks()

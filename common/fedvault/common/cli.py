@@ -1,37 +1,147 @@
-"""The ``fedvault`` command: one Typer app assembled from each role's command groups.
+"""The ``fedvault`` command and the kit every command group is built with.
 
 Roles register commands under the ``fedvault.commands`` entry-point group (a
 ``typer.Typer`` becomes a sub-command group, a function a command), so this module
 imports neither ``fedvault.server`` nor ``fedvault.client``.
+
+Naming rule: each command group lives in one module ``fedvault/<role>/<group>_cli.py``
+at the top of its role's package, named after the group (``fedvault server`` in
+``fedvault.server.server_cli``, ``fedvault client ledger`` in
+``fedvault.client.ledger_cli``, ``fedvault data`` in ``fedvault.client.data_cli``),
+and the group object is ``<group>_app`` (a single command, like ``simulate``, is a
+function of that name). Every group is made by :func:`command_group`.
+
+The kit:
+
+- :func:`command_group`: a ``typer.Typer`` with fedvault's settings;
+- :class:`OutputFormat` and :data:`FormatOption`: the one ``--format text|json``;
+- :func:`errors_as_exit`: the one mapping of errors to exit codes and one-line
+  messages (``error: ...`` on stderr);
+- :func:`progress_bar`: the rich progress bar of rounds, quiet when not wanted.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from fedvault.common.errors import FedVaultError
 
 ENTRY_POINT_GROUP = "fedvault.commands"
-EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
-err_console = Console(stderr=True, soft_wrap=True)
+_err_console = Console(stderr=True, soft_wrap=True)
 
 
-def build_app() -> typer.Typer:
-    app = typer.Typer(
-        name="fedvault",
-        help="Privacy-preserving federated learning: Flower + Opacus DP-SGD, "
-        "encrypted site data and per-site privacy ledgers.",
+class OutputFormat(StrEnum):
+    """What a command prints: tables and sentences, or one JSON document."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help="text or json.")]
+"""The ``--format`` option of every command whose output is data."""
+
+
+def command_group(name: str, help: str) -> typer.Typer:
+    """A Typer command group with fedvault's settings.
+
+    It shows its help when called without a command, offers no shell-completion
+    options, and lets errors through undecorated (the ``fedvault`` entry point turns
+    them into one line, see :func:`errors_as_exit`).
+    """
+    return typer.Typer(
+        name=name,
+        help=help,
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+    )
+
+
+def error_exit(message: str, code: int) -> typer.Exit:
+    """Print ``error: MESSAGE`` as one line on stderr; return the Exit to raise."""
+    _err_console.print(
+        f"[bold red]error:[/] {escape(' '.join(message.split()))}",
+        highlight=False,
+        emoji=False,
+    )
+    return typer.Exit(code)
+
+
+def _exit_code(exc: FedVaultError) -> int:
+    """The user's mistakes are the errors that are also ``ValueError``."""
+    return EXIT_USER_ERROR if isinstance(exc, ValueError) else EXIT_RUN_FAILED
+
+
+@contextmanager
+def errors_as_exit(*, os_errors: bool = False) -> Iterator[None]:
+    """Turn a :class:`FedVaultError` raised inside into one ``error:`` line on stderr
+    and an exit status: :data:`EXIT_USER_ERROR` for the user's mistakes (settings,
+    data, keys: the errors that are also ``ValueError``), :data:`EXIT_RUN_FAILED`
+    when the run failed (privacy refusals, federation failures). With
+    ``os_errors``, an ``OSError`` too (``error: STRERROR: FILENAME``, exit 1).
+
+    Use it as a ``with`` block or as a decorator of a command.
+
+    Raises:
+        typer.Exit: in place of those errors; anything else passes through.
+    """
+    try:
+        yield
+    except FedVaultError as exc:
+        raise error_exit(str(exc), _exit_code(exc)) from None
+    except OSError as exc:
+        if not os_errors:
+            raise
+        message = f"{exc.strerror or exc}: {exc.filename}"
+        raise error_exit(message, EXIT_RUN_FAILED) from None
+
+
+def progress_bar(console: Console, output_format: OutputFormat) -> Progress:
+    """A rich progress bar of rounds: description, bar, done/total, status, time.
+
+    Its tasks take a ``status`` field (``add_task("rounds", total=n, status="")``).
+    It stays silent with ``--format json`` and when ``console`` is not a terminal.
+    """
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=output_format is OutputFormat.JSON or not console.is_terminal,
+    )
+
+
+def build_app() -> typer.Typer:
+    """The ``fedvault`` command, with every group registered under
+    ``fedvault.commands``."""
+    app = command_group(
+        "fedvault",
+        "Privacy-preserving federated learning: Flower + Opacus DP-SGD, "
+        "encrypted site data and per-site privacy ledgers.",
     )
 
     @app.callback()
@@ -47,33 +157,21 @@ def build_app() -> typer.Typer:
     return app
 
 
-def fail(message: str, code: int = EXIT_USER_ERROR) -> typer.Exit:
-    """Print one clear line on stderr and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
 def main() -> None:
     """Console entry point: user errors become one line and a non-zero exit."""
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        code = build_app()(standalone_mode=False)
+        with errors_as_exit():
+            code = build_app()(standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
-    except FedVaultError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(EXIT_USER_ERROR if isinstance(exc, ValueError) else EXIT_RUN_FAILED)
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        _err_console.print("[yellow]interrupted[/]")
+        sys.exit(EXIT_INTERRUPTED)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except click.ClickException as exc:  # usage errors carry their own exit code
+        exc.show()
+        sys.exit(exc.exit_code)

@@ -21,8 +21,19 @@ from fedvault.common.privacy import ACCOUNTANTS, Accountant
 
 ModelName = Literal["mlp", "logreg"]
 MODEL_NAMES: tuple[ModelName, ...] = ("mlp", "logreg")
-StrategyName = Literal["fedavg", "fedprox", "fedadam"]
-STRATEGIES: tuple[StrategyName, ...] = ("fedavg", "fedprox", "fedadam")
+StrategyName = Literal[
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "multikrum",
+    "bulyan",
+]
+STRATEGIES: tuple[StrategyName, ...] = get_args(StrategyName)
+# Byzantine-robust aggregation (Flower's): no weighting by example counts.
+ROBUST_STRATEGIES: tuple[StrategyName, ...] = STRATEGIES[3:]
 ClientDpMode = Literal[
     "off", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive"
 ]
@@ -64,6 +75,10 @@ class TrainingConfig:
     lr: float = 0.5
     strategy: StrategyName = "fedavg"
     proximal_mu: float = 0.01
+    # Krum, MultiKrum and Bulyan: how many sites may be malicious (Flower's
+    # num_malicious_nodes); FedTrimmedAvg: the share trimmed at each end.
+    malicious_sites: int = 1
+    trim_fraction: float = 0.2
     fraction_train: float = 1.0
     min_sites: int = 2
     model: ModelName = "mlp"
@@ -130,11 +145,20 @@ def _check_secure_settings(t: TrainingConfig) -> None:
     _positive(t, "client_noise_multiplier", "client_clipping_norm")
     if not 0 < t.client_delta < 1:
         raise ConfigError(f"client-delta: must be in (0, 1), got {t.client_delta}")
-    if t.client_dp != "off" and t.strategy == "fedadam":
+    if t.client_dp != "off" and t.strategy not in ("fedavg", "fedprox"):
         raise ConfigError(
             "client-dp: needs strategy fedavg or fedprox (Flower's accountant needs "
-            "FedAvg's aggregation; FedAdam would transform the noised average)"
+            f"FedAvg's aggregation; {t.strategy} would transform the noised average)"
         )
+    if t.secagg and t.strategy in ROBUST_STRATEGIES:
+        raise ConfigError(
+            f"strategy: {t.strategy} must see each site's update; with secagg the "
+            "coordinator sees only their sum (use fedavg, fedprox or fedadam)"
+        )
+    if t.malicious_sites < 0:
+        raise ConfigError(f"malicious-sites: must be >= 0, got {t.malicious_sites}")
+    if not 0 <= t.trim_fraction < 0.5:
+        raise ConfigError(f"trim-fraction: must be in [0, 0.5), got {t.trim_fraction}")
     if t.secagg and t.client_dp in ("server-fixed", "server-adaptive"):
         raise ConfigError(
             f"client-dp: {t.client_dp!r} clips each update at the coordinator, which "

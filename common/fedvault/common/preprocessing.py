@@ -92,7 +92,9 @@ class Preprocessing:
         return len(self.labels)
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """Impute, one-hot encode and standardize; returns float32 (n, features)."""
+        """Impute, one-hot encode and standardize; returns float32 of shape
+        (len(frame), num_features). Raises :class:`DataError` naming missing
+        columns."""
         missing = [c for c in (*self.numeric, *self.categorical) if c not in frame]
         if missing:
             raise DataError(f"columns missing from the site's data: {missing}")
@@ -118,7 +120,8 @@ class Preprocessing:
         return np.hstack(parts).astype(np.float32)
 
     def encode_labels(self, series: pd.Series) -> np.ndarray:
-        """Map labels to 0..K-1 with the global label list."""
+        """Map labels to 0..K-1 with the global label list: int64, shape (n,).
+        Raises :class:`DataError` naming labels outside the federation's set."""
         index = {label: i for i, label in enumerate(self.labels)}
         codes = series.astype(str).map(index)
         if codes.isna().any():

@@ -1,24 +1,42 @@
 """The coordinator: its ServerApp and round loop, reports, simulation launcher and
 SuperLink deployment.
 
-Public modules are listed in ``__all__``; import them by name.
+Its public objects are named in ``__all__`` and import lazily from here
+(``from fedvault.server import X``); each lives in the submodule ``_WHERE`` names.
 """
 
+from fedvault.common._exports import lazy_exports
+
 __all__ = [
-    "app",
-    "certs_cli",
-    "checks",
-    "control",
-    "coordinator",
-    "deploy",
-    "federation",
-    "registry",
-    "report",
-    "rundir",
-    "secagg",
-    "server_cli",
-    "settings",
-    "simulate",
-    "simulate_cli",
-    "strategy",
+    "CoordinatorConfig",
+    "Federation",
+    "RunDirectory",
+    "RunState",
+    "ServerSettings",
+    "SimulationConfig",
+    "SiteBook",
+    "load_config",
+    "load_coordinator_config",
+    "make_strategy",
+    "prepare_data",
+    "privacy_report",
+    "run_summary",
 ]
+
+_WHERE = {
+    "CoordinatorConfig": "deploy",
+    "Federation": "federation",
+    "RunDirectory": "rundir",
+    "RunState": "checkpoint",
+    "ServerSettings": "settings",
+    "SimulationConfig": "simulate",
+    "SiteBook": "sites",
+    "load_config": "simulate",
+    "load_coordinator_config": "deploy",
+    "make_strategy": "strategy",
+    "prepare_data": "simulate",
+    "privacy_report": "report",
+    "run_summary": "report",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

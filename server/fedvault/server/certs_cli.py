@@ -12,17 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from fedvault.common import certs
-from fedvault.common.errors import ConfigError
+from fedvault.common.cli import FormatOption, OutputFormat, command_group
 
 console = Console()
 err_console = Console(stderr=True)
 
-certs_app = typer.Typer(
-    name="certs",
-    help="Consortium CA and coordinator certificate (TLS for every site connection).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+certs_app = command_group(
+    "certs",
+    "Consortium CA and coordinator certificate (TLS for every site connection).",
 )
 
 
@@ -69,16 +66,12 @@ def check(
     warn_days: Annotated[
         float, typer.Option(help="Warn when fewer days remain.")
     ] = certs.WARN_DAYS,
-    output_format: Annotated[
-        str, typer.Option("--format", help="text | json")
-    ] = "text",
+    output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Show each certificate's remaining lifetime. Exit 1 when one is expired or
     invalid, 3 when one expires within --warn-days."""
-    if output_format not in ("text", "json"):
-        raise ConfigError(f"format: use text or json, not {output_format!r}")
     statuses = certs.check_certificates(directory, warn_days=warn_days)
-    if output_format == "json":
+    if output_format is OutputFormat.JSON:
         rows = [
             {
                 "path": str(s.path),

@@ -3,12 +3,15 @@
 - :func:`check_reply` / :func:`check_update`: a site's reply is well formed (the
   update's names, shapes and finite values; exactly the expected metrics);
 - :func:`expected_metrics`: the metrics a run's replies must carry;
+- :func:`norm_bound`: the largest update norm a round accepts, set by the honest
+  majority of its replies (a hostile site cannot move it);
 - :func:`release_problem`: why a round's aggregate must not be released under
   client-level DP or secure aggregation, even though enough sites answered.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -76,6 +79,36 @@ def check_update(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str |
         if not np.all(np.isfinite(value)):
             return f"{key}: NaN or infinite values"
     return None
+
+
+# A site's update may be at most NORM_FACTOR times the lower median of the round's
+# update norms (distance from the global model, L2 over every parameter). Honest
+# DP-SGD updates of one round differ by a small factor (site sizes, noise); a scaled
+# or extreme update (x1e30, 3e38) is far outside. NORM_FLOOR keeps a round whose
+# updates are all tiny from rejecting ordinary ones.
+NORM_FACTOR = 25.0
+NORM_FLOOR = 1e-3
+
+
+def update_norm(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> float:
+    """L2 norm of ``arrays - reference`` over every parameter, in float64 (inf when
+    it overflows). ``arrays`` must have passed :func:`check_update`."""
+    total = 0.0
+    for key, array in arrays.items():
+        delta = array.numpy().astype(np.float64) - reference[key]
+        total += float(np.sum(np.square(delta)))
+    return math.sqrt(total) if math.isfinite(total) else math.inf
+
+
+def norm_bound(norms: list[float]) -> float:
+    """The largest update norm a round accepts: :data:`NORM_FACTOR` times the lower
+    median of ``norms`` (at least :data:`NORM_FLOOR`). With three or more replies
+    one site alone cannot raise it; with two, the smaller sets it."""
+    if not norms:
+        return math.inf
+    ordered = sorted(norms)
+    lower_median = ordered[(len(ordered) - 1) // 2]
+    return max(NORM_FACTOR * lower_median, NORM_FLOOR)
 
 
 def release_problem(

@@ -205,6 +205,11 @@ class Federation:
         if self.training.compress == "int8":
             dequantize_replies(replies, reference)
         valid = self.book.usable(replies, server_round, reference)
+        bound = math.inf
+        if self.training.client_dp == "off" and self.secure is None:
+            # (Client-level DP clips every update itself; SecAgg+ replies all carry
+            # the same, already bounded, sum.)
+            valid, bound = self.book.bounded(valid, server_round, reference)
         if len(valid) < plan.min_train_nodes:
             self._stop(
                 server_round,
@@ -220,10 +225,24 @@ class Federation:
             self._stop(server_round, f"round {server_round}: {problem}")
             return None
         new_arrays, _ = plan.strategy.aggregate_train(server_round, valid)
-        if new_arrays is None or check_update(new_arrays, reference) is not None:
-            raise FederationError(f"round {server_round}: aggregation failed")
         row: dict[str, Any] = {"round": server_round, "sites_trained": len(valid)}
-        row |= self._evaluate(server_round, plan.strategy, grid, new_arrays, prep, test)
+        if math.isfinite(bound):
+            row["update_norm_bound"] = bound
+        problem = (
+            "no aggregate"
+            if new_arrays is None
+            else check_update(new_arrays, reference)
+        )
+        if new_arrays is None or problem is not None:
+            # Never broadcast a broken model: the round is discarded and the next
+            # one starts again from the current global model.
+            row["discarded"] = f"aggregate rejected: {problem}"
+            logger.warning("round %d: %s; discarded", server_round, row["discarded"])
+            new_arrays = arrays
+        else:
+            row |= self._evaluate(
+                server_round, plan.strategy, grid, new_arrays, prep, test
+            )
         row["seconds"] = round(time.monotonic() - started, 3)
         self.history.append(row)
         self.rundir.event("round", **row, sites=self.book.table())

@@ -20,6 +20,7 @@ class SiteRecord:
 
     name: str
     examples: int = 0
+    declared_rows: int = 0  # training rows the site's summary declared (0: unknown)
     rounds_trained: int = 0
     epsilon_spent: float = 0.0
     epsilon_lifetime: float | None = None
@@ -167,6 +168,15 @@ def run_summary(
     }
 
 
+# Per-site figures come from each site's own accountant, over its own ledger; the
+# coordinator cannot check them, and a site running modified code can report what
+# it likes. The reports say so next to the figures.
+SITE_FIGURES_SOURCE = (
+    "as reported by each site; the site's own privacy ledger is the authority "
+    "(`fedvault client ledger show`)"
+)
+
+
 def privacy_report(
     t: TrainingConfig,
     sites: dict[str, dict[str, Any]],
@@ -189,6 +199,7 @@ def privacy_report(
         "noise": "planned per site"
         if not t.noise_multiplier
         else f"fixed noise multiplier {t.noise_multiplier:g}",
+        "site_figures_source": SITE_FIGURES_SOURCE if t.dp else None,
         "client_level_dp": client_level,
         "secure_aggregation": t.secagg,
         "secure_aggregation_protocol": secure_aggregation_section(t),
@@ -260,7 +271,7 @@ def _client_line(client: dict[str, Any] | None) -> str:
 def _site_lines(sites: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         "Per site (epsilon in this run / lifetime on this dataset / lifetime budget, "
-        "at the site's delta):"
+        f"at the site's delta), {SITE_FIGURES_SOURCE}:"
     ]
     for name, s in sites.items():
         lifetime = (

@@ -11,16 +11,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
-from fedvault.common.errors import ConfigError, FederationError
+from fedvault.common.cli import FormatOption, OutputFormat, command_group, progress_bar
+from fedvault.common.errors import FederationError
 from fedvault.server import control
 from fedvault.server import coordinator as coord
 from fedvault.server.deploy import (
@@ -36,7 +30,6 @@ console = Console()
 err_console = Console(stderr=True)
 
 ConfigOption = Annotated[Path, typer.Option("--config", help="coordinator.toml")]
-FormatOption = Annotated[str, typer.Option("--format", help="text | json")]
 InsecureOption = Annotated[
     bool,
     typer.Option(
@@ -44,27 +37,11 @@ InsecureOption = Annotated[
     ),
 ]
 
-server_app = typer.Typer(
-    name="server",
-    help="Run the coordinator of a real (networked) federation.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+server_app = command_group(
+    "server", "Run the coordinator of a real (networked) federation."
 )
-sites_app = typer.Typer(
-    name="sites",
-    help="Register and remove sites by their public keys.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+sites_app = command_group("sites", "Register and remove sites by their public keys.")
 server_app.add_typer(sites_app, name="sites")
-
-
-def _format(value: str) -> str:
-    if value not in ("text", "json"):
-        raise ConfigError(f"format: use text or json, not {value!r}")
-    return value
 
 
 def _events(layout: CoordinatorLayout) -> list[dict[str, Any]]:
@@ -84,7 +61,7 @@ def start(
             "--restart", help="Move a previous run's output aside and start over."
         ),
     ] = False,
-    output_format: FormatOption = "text",
+    output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Start the coordinator (Flower SuperLink with TLS and site authentication),
     run the federated training to its end, and write the results to the run folder.
@@ -94,7 +71,7 @@ def start(
     _drive(
         cfg,
         insecure=insecure,
-        quiet=_format(output_format) == "json",
+        output_format=output_format,
         run=lambda poll: coord.start(
             cfg, insecure=insecure, restart=restart, on_poll=poll
         ),
@@ -105,7 +82,7 @@ def start(
 def resume(
     config: ConfigOption = Path("coordinator.toml"),
     insecure: InsecureOption = False,
-    output_format: FormatOption = "text",
+    output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Continue the unfinished run in the config's run folder after the coordinator
     stopped or crashed: from its last completed round, with the same settings and
@@ -114,7 +91,7 @@ def resume(
     _drive(
         cfg,
         insecure=insecure,
-        quiet=_format(output_format) == "json",
+        output_format=output_format,
         run=lambda poll: coord.resume(cfg, insecure=insecure, on_poll=poll),
     )
 
@@ -123,7 +100,7 @@ def _drive(
     cfg: CoordinatorConfig,
     *,
     insecure: bool,
-    quiet: bool,
+    output_format: OutputFormat,
     run: Callable[[Callable[[], None]], dict[str, Any]],
 ) -> None:
     """Run the coordinator with a progress display; report the outcome."""
@@ -134,15 +111,7 @@ def _drive(
             "and read the model. Local tests only.[/]"
         )
     layout = CoordinatorLayout(cfg.run_dir)
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet or not console.is_terminal,
-    )
+    progress = progress_bar(console, output_format)
     task = progress.add_task(
         "rounds", total=cfg.training.rounds, status="waiting for sites"
     )
@@ -160,7 +129,7 @@ def _drive(
 
     with progress:
         summary = run(poll)
-    if quiet:
+    if output_format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
         console.print(
@@ -212,11 +181,11 @@ def _site_state(node_id: int | None, nodes: dict[int, dict[str, Any]]) -> str:
 @server_app.command("status")
 def status(
     config: ConfigOption = Path("coordinator.toml"),
-    output_format: FormatOption = "text",
+    output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Whether the coordinator runs, the current round, and each site's state."""
     doc = _status_doc(config)
-    if _format(output_format) == "json":
+    if output_format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
     if doc["running"]:
@@ -298,11 +267,11 @@ def sites_remove(
 @sites_app.command("list")
 def sites_list(
     config: ConfigOption = Path("coordinator.toml"),
-    output_format: FormatOption = "text",
+    output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """The registered sites and, while the coordinator runs, their state."""
     sites = _status_doc(config)["sites"]
-    if _format(output_format) == "json":
+    if output_format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(sites, indent=2) + "\n")
     else:
         _print_sites(sites)

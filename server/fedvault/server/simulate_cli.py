@@ -9,19 +9,13 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
+from fedvault.common.cli import FormatOption, OutputFormat, progress_bar
 from fedvault.common.config import read_toml
-from fedvault.common.errors import ConfigError
 from fedvault.server import simulate as sim
 from fedvault.server.rundir import PROGRESS_FILE
 
@@ -38,9 +32,26 @@ Settings come from --config FILE (TOML, keys as the long options without dashes,
 e.g. local-epochs = 2), then from the options given here, which win.
 """
 
+# parameters of `simulate` that are not settings under their own name
+_NOT_SETTINGS = frozenset({"config", "output_format", "secagg", "no_dp"})
 
-def _flags(**values: Any) -> dict[str, Any]:
-    return {k.replace("_", "-"): v for k, v in values.items() if v is not None}
+
+def _given(params: dict[str, Any]) -> dict[str, Any]:
+    """The settings given on the command line, under their TOML keys.
+
+    ``None`` means "not given", so a value from --config stays; paths travel as
+    strings; the switches only ever turn something on (--secagg) or off (--no-dp).
+    """
+    values = {
+        name.replace("_", "-"): str(value) if isinstance(value, Path) else value
+        for name, value in params.items()
+        if name not in _NOT_SETTINGS and value is not None
+    }
+    if params["secagg"]:
+        values["secagg"] = True
+    if params["no_dp"]:
+        values["dp"] = False
+    return values
 
 
 def simulate(
@@ -60,7 +71,21 @@ def simulate(
         float | None, typer.Option(help="Local SGD learning rate (default: 0.5).")
     ] = None,
     strategy: Annotated[
-        str | None, typer.Option(help="fedavg | fedprox | fedadam (default: fedavg).")
+        str | None,
+        typer.Option(
+            help="fedavg | fedprox | fedadam, or a Byzantine-robust aggregation: "
+            "fedmedian | fedtrimmedavg | krum | multikrum | bulyan (default: fedavg)."
+        ),
+    ] = None,
+    malicious_sites: Annotated[
+        int | None,
+        typer.Option(
+            help="Sites krum, multikrum and bulyan must tolerate (default: 1)."
+        ),
+    ] = None,
+    trim_fraction: Annotated[
+        float | None,
+        typer.Option(help="Share fedtrimmedavg trims at each end (default: 0.2)."),
     ] = None,
     partition: Annotated[
         str | None,
@@ -182,47 +207,10 @@ def simulate(
     config: Annotated[
         Path | None, typer.Option(help="TOML file of settings; options override it.")
     ] = None,
-    output_format: Annotated[
-        str, typer.Option("--format", help="text | json")
-    ] = "text",
+    output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     values = read_toml(config) if config else {}
-    values |= _flags(
-        sites=sites,
-        rounds=rounds,
-        local_epochs=local_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        strategy=strategy,
-        partition=partition,
-        data=str(data) if data else None,
-        target=target,
-        epsilon=epsilon,
-        delta=delta,
-        max_grad_norm=max_grad_norm,
-        accountant=accountant,
-        model=model,
-        min_sites=min_sites,
-        fraction_train=fraction_train,
-        seed=seed,
-        out=str(out) if out else None,
-        noise_multiplier=noise_multiplier,
-        state=str(state) if state else None,
-        site_budget=site_budget,
-        compress=compress,
-        vaults=vaults,
-        key=str(key) if key else None,
-        client_dp=client_dp,
-        client_noise_multiplier=client_noise_multiplier,
-        client_clipping_norm=client_clipping_norm,
-        client_delta=client_delta,
-    )
-    if secagg:
-        values["secagg"] = True
-    if no_dp:
-        values["dp"] = False
-    if output_format not in ("text", "json"):
-        raise ConfigError(f"format: use text or json, not {output_format!r}")
+    values |= _given(click.get_current_context().params)  # every option above
     cfg = sim.load_config(values)
     out_dir = Path(
         cfg.options.out or f"fedvault-runs/sim-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -232,8 +220,8 @@ def simulate(
             "[bold red]WARNING: --no-dp: training WITHOUT differential privacy; "
             "no privacy guarantee applies to this run.[/]"
         )
-    summary = _run_with_progress(cfg, out_dir, quiet=output_format == "json")
-    if output_format == "json":
+    summary = _run_with_progress(cfg, out_dir, output_format)
+    if output_format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
         _print_tables(summary, out_dir)
@@ -243,18 +231,9 @@ simulate.__doc__ = _HELP
 
 
 def _run_with_progress(
-    cfg: sim.SimulationConfig, out: Path, *, quiet: bool
+    cfg: sim.SimulationConfig, out: Path, output_format: OutputFormat
 ) -> dict[str, Any]:
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet or not console.is_terminal,
-        transient=False,
-    )
+    progress = progress_bar(console, output_format)
     task = progress.add_task(
         "rounds", total=cfg.training.rounds, status="starting Flower"
     )

@@ -19,15 +19,21 @@ from flwr.app import Message
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import FederationError
 from fedvault.common.protocol import (
+    ARRAYS,
     METRICS,
     MISMATCH_PREFIX,
     Decline,
     SiteStats,
     TrainMetrics,
 )
-from fedvault.common.records import metric_record
+from fedvault.common.records import array_record, metric_record
 from fedvault.common.wire import summary_from_bytes
-from fedvault.server.checks import check_reply, expected_metrics
+from fedvault.server.checks import (
+    check_reply,
+    expected_metrics,
+    norm_bound,
+    update_norm,
+)
 from fedvault.server.report import SiteRecord
 
 logger = logging.getLogger(__name__)
@@ -84,7 +90,9 @@ class SiteBook:
             summaries.append(summary)
             rows = summary.get("rows")
             examples = rows if isinstance(rows, int) else 0
-            self.sites[node] = SiteRecord(name=stats.name, examples=examples)
+            self.sites[node] = SiteRecord(
+                name=stats.name, examples=examples, declared_rows=examples
+            )
         return summaries
 
     # -- a round's replies --------------------------------------------------------
@@ -114,6 +122,8 @@ class SiteBook:
                     )
                 continue
             problem = check_reply(reply.content, reference, keys)
+            if problem is None and reference is not None:
+                problem = self._overclaimed(site, reply)
             if problem is not None:
                 site.rejected.append(event | {"reason": problem})
                 logger.warning(
@@ -126,6 +136,44 @@ class SiteBook:
             valid.append(reply)
         valid.sort(key=self.name_of)
         return valid
+
+    def bounded(
+        self,
+        replies: list[Message],
+        server_round: int,
+        reference: dict[str, np.ndarray],
+    ) -> tuple[list[Message], float]:
+        """The training replies whose update norm is within the round's
+        :func:`~fedvault.server.checks.norm_bound`, and the bound; the others are
+        recorded as rejected (a scaled or extreme update never reaches the
+        aggregate)."""
+        norms = [
+            update_norm(array_record(r.content, ARRAYS), reference) for r in replies
+        ]
+        bound = norm_bound(norms)
+        kept = []
+        for reply, norm in zip(replies, norms, strict=True):
+            if norm <= bound:
+                kept.append(reply)
+                continue
+            site = self.site(self.node_of(reply))
+            reason = f"update norm {norm:.4g} exceeds the round's bound {bound:.4g}"
+            site.rejected.append({"round": server_round, "reason": reason})
+            logger.warning("round %d: rejected %s: %s", server_round, site.name, reason)
+        return kept, bound
+
+    def _overclaimed(self, site: SiteRecord, reply: Message) -> str | None:
+        """Why a training reply's example count cannot be true: more rows than the
+        site declared in its summary (the weight FedAvg gives it)."""
+        claimed = TrainMetrics.from_record(
+            metric_record(reply.content, METRICS), dp=self.training.dp
+        ).num_examples
+        if site.declared_rows and claimed > site.declared_rows:
+            return (
+                f"claims {claimed} examples but declared {site.declared_rows} "
+                "training rows"
+            )
+        return None
 
     @staticmethod
     def _failed(site: SiteRecord, event: dict[str, Any], reason: str) -> None:

@@ -22,17 +22,23 @@ from flwr.serverapp import (
     SamplingMethod,
 )
 from flwr.serverapp.strategy import (
+    Bulyan,
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
+    FedMedian,
     FedProx,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
     Strategy,
 )
 
 from fedvault.common.config import ClientDpMode, TrainingConfig
+from fedvault.common.errors import ConfigError
 from fedvault.common.protocol import CLIENT_WEIGHT, NUM_EXAMPLES
 from fedvault.server.report import ClientDpFigures
 
@@ -88,7 +94,10 @@ def sampled_per_round(training: TrainingConfig, *, available: int) -> int:
 
 def make_strategy(training: TrainingConfig, *, available: int) -> StrategyPlan:
     """FedAvg, FedProx or FedAdam (weighted by example count, or equally with
-    client-level DP), wrapped for client-level DP if the run asks for it."""
+    client-level DP), or one of Flower's Byzantine-robust aggregations (FedMedian,
+    FedTrimmedAvg, Krum, MultiKrum, Bulyan), wrapped for client-level DP if the run
+    asks for it. Raises :class:`ConfigError` when a robust strategy has too few
+    sites per round."""
     minimum = min(training.min_sites, available)
     common: dict[str, Any] = {
         "fraction_train": training.fraction_train,
@@ -102,16 +111,41 @@ def make_strategy(training: TrainingConfig, *, available: int) -> StrategyPlan:
     }
     if training.client_dp != "off":
         common["weighted_by_key"] = CLIENT_WEIGHT
-    base: FedAvg
-    if training.strategy == "fedprox":
-        base = FedProx(proximal_mu=training.proximal_mu, **common)
-    elif training.strategy == "fedadam":
-        base = FedAdam(eta=0.05, eta_l=training.lr, **common)
-    else:
-        base = FedAvg(**common)
+    base = _base(
+        training, common, sampled=sampled_per_round(training, available=available)
+    )
     sampled = sampled_per_round(training, available=available)
     strategy = _with_client_dp(base, training, sampled=sampled, population=available)
     return StrategyPlan(strategy, minimum, sampled, training.client_dp)
+
+
+def _base(training: TrainingConfig, common: dict[str, Any], *, sampled: int) -> FedAvg:
+    """The aggregation itself; the Byzantine-robust ones (Flower's) need enough
+    sites per round for ``malicious-sites``, else :class:`ConfigError`."""
+    name, f = training.strategy, training.malicious_sites
+    if name == "fedprox":
+        return FedProx(proximal_mu=training.proximal_mu, **common)
+    if name == "fedadam":
+        return FedAdam(eta=0.05, eta_l=training.lr, **common)
+    if name == "fedmedian":
+        return FedMedian(**common)
+    if name == "fedtrimmedavg":
+        return FedTrimmedAvg(beta=training.trim_fraction, **common)
+    needed = {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}
+    if name in needed and sampled < needed[name]:
+        raise ConfigError(
+            f"strategy: {name} with malicious-sites = {f} needs at least "
+            f"{needed[name]} sites per round, the run has {sampled}"
+        )
+    if name == "krum":
+        return Krum(num_malicious_nodes=f, **common)
+    if name == "multikrum":
+        return MultiKrum(
+            num_malicious_nodes=f, num_nodes_to_select=sampled - f, **common
+        )
+    if name == "bulyan":
+        return Bulyan(num_malicious_nodes=f, **common)
+    return FedAvg(**common)
 
 
 def _with_client_dp(

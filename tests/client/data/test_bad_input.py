@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedvault.client.data.cli import app
 from fedvault.client.data.keys import write_key
+from fedvault.client.data_cli import data_app
 
 HEADER = "pid,name,age,sex,admitted,discharge,score,label"
 GOOD = "P01,Ann Lee,31,F,2024-06-01,2024-06-03,1.5,yes"
@@ -50,7 +50,7 @@ def _import(
         "2025-01-01",
         *extra,
     ]
-    result = runner.invoke(app, args)
+    result = runner.invoke(data_app, args)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -220,26 +220,28 @@ def test_missing_secret(
         "--key",
         str(site["key"]),
     ]
-    result = runner.invoke(app, args)
+    result = runner.invoke(data_app, args)
     _assert_user_error(result.exit_code, result.stderr, "pass a site secret")
 
 
 def test_wrong_key_on_inspect(site: dict[str, Path], tmp_path: Path) -> None:
     other = tmp_path / "other.key"
     write_key(other)
-    result = runner.invoke(app, ["inspect", str(site["vault"]), "--key", str(other)])
+    result = runner.invoke(
+        data_app, ["inspect", str(site["vault"]), "--key", str(other)]
+    )
     _assert_user_error(result.exit_code, result.stderr, "integrity check failed")
     assert result.stdout == ""
 
 
 def test_no_key_at_all(site: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FEDVAULT_DATA_KEY", raising=False)
-    result = runner.invoke(app, ["inspect", str(site["vault"])])
+    result = runner.invoke(data_app, ["inspect", str(site["vault"])])
     _assert_user_error(result.exit_code, result.stderr, "no key: pass --key FILE")
 
 
 def test_inspect_missing_vault(tmp_path: Path, site: dict[str, Path]) -> None:
     result = runner.invoke(
-        app, ["inspect", str(tmp_path / "nowhere"), "--key", str(site["key"])]
+        data_app, ["inspect", str(tmp_path / "nowhere"), "--key", str(site["key"])]
     )
     _assert_user_error(result.exit_code, result.stderr, "no vault at")

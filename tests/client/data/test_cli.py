@@ -11,22 +11,22 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from fedvault.client.data.cli import app
 from fedvault.client.data.demo import DemoFiles, write_demo
 from fedvault.client.data.schema_toml import parse_schema
 from fedvault.client.data.vault import read_frame
+from fedvault.client.data_cli import data_app
 
 runner = CliRunner()
 
 
 def _ok(*args: str, env: dict[str, str] | None = None) -> str:
-    result = runner.invoke(app, list(args), env=env)
+    result = runner.invoke(data_app, list(args), env=env)
     assert result.exit_code == 0, result.output
     return result.stdout
 
 
 def _error(*args: str, env: dict[str, str] | None = None) -> str:
-    result = runner.invoke(app, list(args), env=env)
+    result = runner.invoke(data_app, list(args), env=env)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
@@ -112,7 +112,7 @@ def test_passphrase_flow(demo_files: DemoFiles, tmp_path: Path) -> None:
         "inspect", str(vault), "--passphrase", env=wrong
     )
     prompted = runner.invoke(
-        app,
+        data_app,
         ["inspect", str(vault), "--passphrase"],
         input="a long enough passphrase\n",
         env={"FEDVAULT_DATA_PASSPHRASE": ""},
@@ -138,7 +138,7 @@ def test_env_key_flow(demo_files: DemoFiles, tmp_path: Path) -> None:
 
 
 def test_schema_infer(demo_files: DemoFiles, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["schema", "infer", str(demo_files.sites[0])])
+    result = runner.invoke(data_app, ["schema", "infer", str(demo_files.sites[0])])
     assert result.exit_code == 0, result.output
     draft = parse_schema(tomllib.loads(result.stdout))
     roles = {c.name: c.role.value for c in draft.columns}

@@ -1,32 +1,12 @@
 """A site's data pipeline: schema contract, anonymization, quality, encrypted vault.
 
-See docs/data.md. The command line lives in :mod:`fedvault.client.data.cli`.
+See docs/data.md. The command line lives in :mod:`fedvault.client.data_cli`. Its
+public objects are named in ``__all__`` and import lazily from here
+(``from fedvault.client.data import X``); each lives in the submodule ``_WHERE``
+names.
 """
 
-from fedvault.client.data.importer import (
-    ImportOptions,
-    ImportResult,
-    OnInvalid,
-    import_raw,
-)
-from fedvault.client.data.keys import (
-    generate_key,
-    key_from_env,
-    key_from_passphrase,
-    key_id,
-    load_key,
-    write_key,
-)
-from fedvault.client.data.reader import ReadOptions
-from fedvault.client.data.schema import Column, ColumnType, Role, Schema
-from fedvault.client.data.schema_toml import load_schema, parse_schema
-from fedvault.client.data.vault import (
-    Manifest,
-    iter_batches,
-    read_frame,
-    read_manifest,
-    rotate_key,
-)
+from fedvault.common._exports import lazy_exports
 
 __all__ = [
     "Column",
@@ -40,6 +20,7 @@ __all__ = [
     "Schema",
     "generate_key",
     "import_raw",
+    "infer_schema",
     "iter_batches",
     "key_from_env",
     "key_from_passphrase",
@@ -50,5 +31,35 @@ __all__ = [
     "read_frame",
     "read_manifest",
     "rotate_key",
+    "write_demo",
     "write_key",
 ]
+
+_WHERE = {
+    "Column": "schema",
+    "ColumnType": "schema",
+    "ImportOptions": "importer",
+    "ImportResult": "importer",
+    "Manifest": "vault",
+    "OnInvalid": "importer",
+    "ReadOptions": "reader",
+    "Role": "schema",
+    "Schema": "schema",
+    "generate_key": "keys",
+    "import_raw": "importer",
+    "infer_schema": "infer",
+    "iter_batches": "vault",
+    "key_from_env": "keys",
+    "key_from_passphrase": "keys",
+    "key_id": "keys",
+    "load_key": "keys",
+    "load_schema": "schema_toml",
+    "parse_schema": "schema_toml",
+    "read_frame": "vault",
+    "read_manifest": "vault",
+    "rotate_key": "vault",
+    "write_demo": "demo",
+    "write_key": "keys",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

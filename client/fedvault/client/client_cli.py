@@ -1,4 +1,6 @@
-"""``fedvault client``: a site's key pair and its connection to the coordinator."""
+"""``fedvault client``: a site's key pair, its connection to the coordinator, and
+(``fedvault client ledger``, from :mod:`fedvault.client.ledger_cli`) its privacy
+ledger."""
 
 from __future__ import annotations
 
@@ -9,22 +11,23 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedvault.client.ledger_cli import ledger_app
 from fedvault.client.site_config import load_site_config
 from fedvault.client.supernode import run_site
 from fedvault.common.certs import generate_site_keys
+from fedvault.common.cli import command_group
 
 console = Console(stderr=True)
 
-site_app = typer.Typer(
-    name="client",
-    help="Run a site: create its key pair and connect it to the coordinator.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+client_app = command_group(
+    "client",
+    "Run a site: create its key pair, connect it to the coordinator, and read its "
+    "privacy ledger.",
 )
+client_app.add_typer(ledger_app, name="ledger")
 
 
-@site_app.command("keygen")
+@client_app.command("keygen")
 def keygen(
     directory: Annotated[
         Path, typer.Argument(help="Folder for site.key and site.pub.")
@@ -44,7 +47,7 @@ def keygen(
     )
 
 
-@site_app.command("start")
+@client_app.command("start")
 def start(
     config: Annotated[Path, typer.Option(help="The site's TOML settings.")] = Path(
         "site.toml"

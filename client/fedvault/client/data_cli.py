@@ -7,15 +7,12 @@ Commands: ``schema infer``, ``import``, ``keygen``, ``rotate-key``, ``inspect``,
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
-from collections.abc import Callable
 from datetime import date, datetime
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -27,29 +24,20 @@ from fedvault.client.data.infer import infer_schema
 from fedvault.client.data.reader import ReadOptions
 from fedvault.client.data.schema_toml import load_schema
 from fedvault.client.data.vault import read_header, read_manifest, rotate_key
-from fedvault.common.errors import ConfigError, FedVaultError
-
-EXIT_USER_ERROR = 2
-EXIT_FAILED = 1
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-class OutputFormat(StrEnum):
-    TEXT = "text"
-    JSON = "json"
-
-
-app = typer.Typer(
-    name="data",
-    help="Site data: schema contract, anonymization, encrypted vault, quality report.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from fedvault.common.cli import (
+    FormatOption,
+    OutputFormat,
+    command_group,
+    errors_as_exit,
 )
-schema_app = typer.Typer(help="Schema contracts.", no_args_is_help=True)
-app.add_typer(schema_app, name="schema")
+from fedvault.common.errors import ConfigError
+
+data_app = command_group(
+    "data",
+    "Site data: schema contract, anonymization, encrypted vault, quality report.",
+)
+schema_app = command_group("schema", "Schema contracts.")
+data_app.add_typer(schema_app, name="schema")
 
 KeyOpt = Annotated[
     Path | None,
@@ -62,30 +50,8 @@ PassOpt = Annotated[
         help="Derive the key from a passphrase (prompt, or FEDVAULT_DATA_PASSPHRASE).",
     ),
 ]
-FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="text or json.")]
 DelimOpt = Annotated[str, typer.Option("--delimiter", help="CSV field separator.")]
 EncOpt = Annotated[str, typer.Option("--encoding", help="Text encoding of the CSV.")]
-
-
-def _user_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn fedvault errors into one line on stderr and a non-zero exit."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except FedVaultError as exc:
-            code = EXIT_USER_ERROR if isinstance(exc, ValueError) else EXIT_FAILED
-            raise _fail(str(exc), code) from None
-        except OSError as exc:
-            raise _fail(f"{exc.strerror or exc}: {exc.filename}", EXIT_FAILED) from None
-
-    return wrapper
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
-    return typer.Exit(code)
 
 
 def _console() -> Console:
@@ -93,7 +59,7 @@ def _console() -> Console:
 
 
 @schema_app.command("infer")
-@_user_errors
+@errors_as_exit(os_errors=True)
 def schema_infer(
     raw: Annotated[Path, typer.Argument(help="Raw export (CSV or Parquet).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here.")] = None,
@@ -120,8 +86,8 @@ def schema_infer(
     typer.echo("Review every role before importing: roles decide what is kept.")
 
 
-@app.command("import")
-@_user_errors
+@data_app.command("import")
+@errors_as_exit(os_errors=True)
 def import_command(
     raw: Annotated[Path, typer.Argument(help="Raw export (CSV or Parquet).")],
     schema: Annotated[Path, typer.Option("--schema", help="Schema contract (TOML).")],
@@ -141,7 +107,7 @@ def import_command(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Reference date YYYY-MM-DD.")
     ] = None,
-    output: FormatOpt = OutputFormat.TEXT,
+    output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Validate, anonymize, measure and encrypt RAW into the vault."""
     contract = load_schema(schema)
@@ -171,8 +137,8 @@ def import_command(
     console.print(render.weak_columns_table(manifest.quality))
 
 
-@app.command("keygen")
-@_user_errors
+@data_app.command("keygen")
+@errors_as_exit(os_errors=True)
 def keygen(
     path: Annotated[Path, typer.Argument(help="Key file to create (mode 0600).")],
 ) -> None:
@@ -182,8 +148,8 @@ def keygen(
     typer.echo("Back it up outside the vault: without it the vault cannot be read.")
 
 
-@app.command("rotate-key")
-@_user_errors
+@data_app.command("rotate-key")
+@errors_as_exit(os_errors=True)
 def rotate_key_command(
     vault: Annotated[Path, typer.Argument(help="Vault folder.")],
     key: KeyOpt = None,
@@ -209,13 +175,13 @@ def rotate_key_command(
     typer.echo("The old key no longer opens it; destroy the old key file.")
 
 
-@app.command("inspect")
-@_user_errors
+@data_app.command("inspect")
+@errors_as_exit(os_errors=True)
 def inspect(
     vault: Annotated[Path, typer.Argument(help="Vault folder.")],
     key: KeyOpt = None,
     passphrase: PassOpt = False,
-    output: FormatOpt = OutputFormat.TEXT,
+    output: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Show a vault's manifest, schema and quality report (never rows)."""
     vault_key, _ = _resolve_key(vault, key, passphrase, existing=True)
@@ -230,8 +196,8 @@ def inspect(
     console.print(render.weak_columns_table(manifest.quality))
 
 
-@app.command("demo")
-@_user_errors
+@data_app.command("demo")
+@errors_as_exit(os_errors=True)
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo files.")],
     sites: Annotated[int, typer.Option("--sites", help="Number of sites.")] = 3,
@@ -291,5 +257,5 @@ def _parse_date(text: str | None) -> date | None:
         raise ConfigError(f"--as-of: expected YYYY-MM-DD, got {text!r}") from None
 
 
-if __name__ == "__main__":  # pragma: no cover - ``python -m fedvault.client.data.cli``
-    app()
+if __name__ == "__main__":  # pragma: no cover - ``python -m fedvault.client.data_cli``
+    data_app()

@@ -1,0 +1,244 @@
+"""RDP accounting internals: noise search and per-step curves — PRIVACY-CRITICAL.
+
+.. warning:: Hazmat. Use :mod:`fedvault.common.privacy` (``plan_noise``,
+   ``epsilon_spent``, ``keep_curves_in``) or
+   :func:`fedvault.client.policy.plan_run_noise`, which feed these functions only
+   curves of Opacus' own accountant. Any change here must keep
+   ``tests/privacy/test_planning.py`` and ``tests/privacy/test_ledger_composition.py``
+   passing: they check every figure against Opacus' ``RDPAccountant`` and
+   ``get_noise_multiplier``.
+
+Two mechanisms live here:
+
+- :func:`search_noise`, the root search for the smallest noise multiplier whose
+  epsilon (any decreasing function computed by the accountant) stays at a target:
+  Illinois-style regula falsi on (log sigma, log epsilon), bracketed so that every
+  answer is safe;
+- :func:`rdp_epsilon`, Opacus' ``RDPAccountant.get_epsilon`` term for term, with the
+  RDP curve of one step per distinct (sigma, q) computed once and cached in memory
+  and, after :func:`keep_curves_in`, in files (each a JSON document ``{"key": ...,
+  "curve": [...], "sha256": ...}`` named ``rdp-<hash of the key>.json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedvault.common.errors import PrivacyError
+from fedvault.common.files import atomic_write
+
+# Opacus' RDPAccountant.DEFAULT_ALPHAS, the orders its get_epsilon minimises over.
+ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
+# A subset (integer orders are cheap to price): its epsilon is an upper bound.
+COARSE_ORDERS = (1.5, *range(2, 64))
+_SIGMA_CEILING = 4096.0
+
+Entries = tuple[tuple[float, float, int], ...]
+"""(noise multiplier, sample rate, steps), one per distinct (sigma, q), sorted."""
+
+
+# --- the root search ------------------------------------------------------------
+
+
+def search_noise(
+    eps: Callable[[float], float],
+    target: float,
+    *,
+    what: str,
+    floor: float = 0.0,
+    tolerance: float = 0.01,
+    coarse: Callable[[float], float] | None = None,
+) -> float:
+    """Smallest sigma found with ``target - tolerance <= eps(sigma) <= target``,
+    for any ``eps`` computed by the accountant (e.g. a ledger's history plus a run).
+
+    ``eps`` decreases in sigma. Every bracket keeps eps(hi) <= target, so whatever
+    is returned is safe. Steps are Illinois-style regula falsi on (log sigma,
+    log eps): a handful of evaluations where bisection needs about twenty. Nothing
+    below ``floor`` is tried; ``floor`` is returned when it already fits.
+
+    ``coarse``, if given, is a cheaper *upper bound* of ``eps`` (the same RDP curve
+    at fewer orders): the search runs on it first, and its answer (safe for ``eps``
+    too) is then refined downwards with a few evaluations of ``eps`` itself.
+
+    Raises :class:`PrivacyError` when no sigma up to 4096 reaches ``target``
+    (``what`` names the steps in its message).
+    """
+    first = coarse or eps
+    hi = max(1.0, floor)
+    e_hi = first(hi)
+    if e_hi <= target and hi == floor:
+        return floor
+    lo, e_lo = floor, math.inf
+    while e_hi > target:
+        lo, e_lo, hi = hi, e_hi, hi * 4
+        if hi > _SIGMA_CEILING:
+            raise PrivacyError(
+                f"epsilon={target} is too small for {what} (no noise level reaches it)"
+            )
+        e_hi = first(hi)
+    hi = _regula_falsi(first, target, (lo, e_lo), (hi, e_hi), tolerance)
+    if coarse is None:
+        return hi
+    return _refine(eps, target, hi, floor=floor, tolerance=tolerance)
+
+
+def _refine(
+    eps: Callable[[float], float],
+    target: float,
+    hi: float,
+    *,
+    floor: float,
+    tolerance: float,
+) -> float:
+    """Lower a safe sigma ``hi`` with ``eps`` itself until within ``tolerance``."""
+    e_hi = eps(hi)
+    lo, factor = hi, 0.95
+    for _ in range(12):  # walk down, faster and faster, until eps passes the target
+        lo, factor = max(floor, lo * factor), factor * factor
+        e_lo = eps(lo)
+        if e_lo > target:
+            return _regula_falsi(eps, target, (lo, e_lo), (hi, e_hi), tolerance)
+        hi, e_hi = lo, e_lo
+        if lo == floor or target - e_hi <= tolerance:
+            return hi
+    return hi
+
+
+def _regula_falsi(
+    eps: Callable[[float], float],
+    target: float,
+    lo_point: tuple[float, float],
+    hi_point: tuple[float, float],
+    tolerance: float,
+    max_calls: int = 30,
+) -> float:
+    (lo, e_lo), (hi, e_hi) = lo_point, hi_point
+    kept_lo = kept_hi = 0
+    for _ in range(max_calls):
+        if target - e_hi <= tolerance:
+            break
+        mid = _interpolate(lo, e_lo, hi, e_hi, target, kept_lo, kept_hi)
+        e_mid = eps(mid)
+        if e_mid <= target:
+            hi, e_hi, kept_lo, kept_hi = mid, e_mid, kept_lo + 1, 0
+        else:
+            lo, e_lo, kept_lo, kept_hi = mid, e_mid, 0, kept_hi + 1
+    return hi
+
+
+def _interpolate(
+    lo: float,
+    e_lo: float,
+    hi: float,
+    e_hi: float,
+    target: float,
+    kept_lo: int,
+    kept_hi: int,
+) -> float:
+    """Next sigma to try: where log eps meets log target on the chord, with the
+    endpoint kept more than once down-weighted (Illinois); bisection as fallback."""
+    if lo <= 0 or not math.isfinite(e_lo) or e_hi <= 0:
+        return (lo + hi) / 2
+    a, b = math.log(lo), math.log(hi)
+    fa = math.log(e_lo / target) / 2 ** max(kept_lo - 1, 0)
+    fb = math.log(e_hi / target) / 2 ** max(kept_hi - 1, 0)
+    if fa == fb:
+        return (lo + hi) / 2
+    mid = math.exp(b - fb * (b - a) / (fb - fa))
+    return mid if lo < mid < hi else (lo + hi) / 2
+
+
+# --- RDP curves and their cache -------------------------------------------------
+
+
+def rdp_epsilon(entries: Entries, delta: float, orders: tuple[float, ...]) -> float:
+    """Opacus' RDPAccountant.get_epsilon, term for term: the RDP curve of each
+    distinct (sigma, q) for one step is computed once (cached) and scaled by its
+    steps, exactly as ``compute_rdp(steps=n)`` does, then converted at ``delta``."""
+    from opacus.accountants.analysis import rdp as analysis
+
+    total = sum(steps * unit_rdp(sigma, q, orders) for sigma, q, steps in entries)
+    with warnings.catch_warnings():
+        # "Optimal order is the largest/smallest alpha": the bound is still valid,
+        # only possibly loose; Opacus' own accountant returns the same value.
+        warnings.filterwarnings("ignore", message="Optimal order is the")
+        eps, _ = analysis.get_privacy_spent(orders=list(orders), rdp=total, delta=delta)
+    return float(eps)
+
+
+_curve_folder: Path | None = None
+
+
+def keep_curves_in(folder: Path | None) -> None:
+    """Also keep the per-step RDP curves (exact orders) as files in ``folder``
+    (``None``: in memory only).
+
+    A deployed site starts a fresh ClientApp process per message, which would
+    otherwise recompute Opacus' curve for its run's (sigma, q) every round (~0.4 s
+    on a 2-core machine). A file is used only if its sigma, q, orders and Opacus
+    version equal the ones asked for and its checksum matches (a damaged file is
+    recomputed and rewritten). It guards against damage, not against someone who
+    can write the site's state folder; the ledger beside it has the same trust.
+    """
+    global _curve_folder
+    _curve_folder = folder
+
+
+def _curve_key(sigma: float, q: float, orders: tuple[float, ...]) -> dict[str, Any]:
+    import opacus
+
+    version = opacus.__version__
+    return {"sigma": sigma, "q": q, "orders": list(orders), "opacus": version}
+
+
+def _checksum(key: dict[str, Any], curve: list[float]) -> str:
+    text = json.dumps([key, curve], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _stored_curve(path: Path, key: dict[str, Any]) -> np.ndarray | None:
+    try:
+        doc = json.loads(path.read_text())
+        curve = [float(x) for x in doc["curve"]]
+        if doc["key"] != key or doc["sha256"] != _checksum(key, curve):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return np.asarray(curve, dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=4096)
+def unit_rdp(sigma: float, q: float, orders: tuple[float, ...]) -> np.ndarray:
+    """Opacus' ``compute_rdp`` of one step: float64, shape (len(orders),)."""
+    from opacus.accountants.analysis import rdp as analysis
+
+    folder = _curve_folder if orders == ORDERS else None
+    path = key = None
+    if folder is not None:
+        key = _curve_key(sigma, q, orders)
+        name = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+        path = folder / f"rdp-{name}.json"
+        stored = _stored_curve(path, key)
+        if stored is not None:
+            return stored
+    curve = np.asarray(
+        analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(orders)),
+        dtype=np.float64,
+    )
+    if path is not None and key is not None:
+        values = [float(x) for x in curve]
+        doc = {"key": key, "curve": values, "sha256": _checksum(key, values)}
+        with contextlib.suppress(OSError):  # a cache: losing it costs only time
+            atomic_write(path, json.dumps(doc).encode())
+    return curve
