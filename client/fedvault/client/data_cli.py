@@ -50,7 +50,13 @@ PassOpt = Annotated[
         help="Derive the key from a passphrase (prompt, or FEDVAULT_DATA_PASSPHRASE).",
     ),
 ]
-DelimOpt = Annotated[str, typer.Option("--delimiter", help="CSV field separator.")]
+DelimOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--delimiter",
+        help="CSV field separator (default: detected among , ; TAB |).",
+    ),
+]
 EncOpt = Annotated[str, typer.Option("--encoding", help="Text encoding of the CSV.")]
 
 
@@ -63,7 +69,7 @@ def _console() -> Console:
 def schema_infer(
     raw: Annotated[Path, typer.Argument(help="Raw export (CSV or Parquet).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here.")] = None,
-    delimiter: DelimOpt = ",",
+    delimiter: DelimOpt = None,
     encoding: EncOpt = "utf-8",
 ) -> None:
     """Draft a schema contract from RAW and flag columns that look personal."""
@@ -101,7 +107,7 @@ def import_command(
     on_invalid: Annotated[
         OnInvalid, typer.Option("--on-invalid", help="fail, or drop invalid rows.")
     ] = OnInvalid.FAIL,
-    delimiter: DelimOpt = ",",
+    delimiter: DelimOpt = None,
     encoding: EncOpt = "utf-8",
     chunk_rows: Annotated[int, typer.Option("--chunk-rows")] = 100_000,
     as_of: Annotated[

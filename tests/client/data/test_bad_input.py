@@ -64,10 +64,6 @@ def _assert_user_error(code: int, stderr: str, fragment: str) -> None:
 
 
 CSV_CASES = {
-    "wrong delimiter": (
-        HEADER.replace(",", ";") + "\n" + GOOD.replace(",", ";") + "\n",
-        "is the file ';'-separated? pass --delimiter ';'",
-    ),
     "missing column": (
         "pid,name,age,sex,admitted,discharge,label\n"
         "P01,Ann Lee,31,F,2024-06-01,2024-06-03,yes\n",
@@ -110,6 +106,18 @@ def test_bad_csv(
     code, _, stderr = _import(raw, small_schema, site)
     _assert_user_error(code, stderr, fragment)
     assert snapshot(site["vault"]) == before
+
+
+def test_a_wrong_delimiter_given_gets_the_hint_and_detection_reads_it(
+    site: dict[str, Path], small_schema: Path, tmp_path: Path
+) -> None:
+    raw = tmp_path / "semicolons.csv"
+    rows = [HEADER, GOOD, GOOD.replace("P01", "P02")]
+    raw.write_text("\n".join(r.replace(",", ";") for r in rows) + "\n")
+    code, _, stderr = _import(raw, small_schema, site, "--delimiter", ",")
+    _assert_user_error(code, stderr, "is the file ';'-separated? pass --delimiter ';'")
+    code, _, stderr = _import(raw, small_schema, site)
+    assert code == 0, stderr
 
 
 def test_wrong_encoding(
