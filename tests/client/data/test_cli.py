@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedvault.client.data.demo import DemoFiles, write_demo
+from fedvault.client.data.keys import write_key
 from fedvault.client.data.schema_toml import parse_schema
 from fedvault.client.data.vault import read_frame
 from fedvault.client.data_cli import data_app
@@ -177,3 +178,18 @@ def test_demo_site_count_checked(tmp_path: Path, sites: str) -> None:
     assert "sites: must be between 1 and 50" in _error(
         "demo", "--out", str(tmp_path), "--sites", sites
     )
+
+
+def test_inspect_authenticates_every_chunk(
+    small_vault: Path, key: bytes, tmp_path: Path
+) -> None:
+    """A flipped byte in a chunk (the manifest intact) fails inspect, naming it."""
+    key_file = tmp_path / "keys" / "vault.key"
+    write_key(key_file, key)
+    assert "rows" in _ok("inspect", str(small_vault), "--key", str(key_file))
+    chunk = sorted(small_vault.glob("*/*.fvc"))[1]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    line = _error("inspect", str(small_vault), "--key", str(key_file))
+    assert f"chunk 2 of 3 ({chunk.parent.name}/{chunk.name}) is missing" in line

@@ -31,6 +31,7 @@ __all__ = [
     "read_frame",
     "read_manifest",
     "rotate_key",
+    "verify_vault",
     "write_demo",
     "write_key",
 ]
@@ -58,6 +59,7 @@ _WHERE = {
     "read_frame": "vault",
     "read_manifest": "vault",
     "rotate_key": "vault",
+    "verify_vault": "vault",
     "write_demo": "demo",
     "write_key": "keys",
 }

@@ -43,6 +43,7 @@ __all__ = [
     "read_header",
     "read_manifest",
     "rotate_key",
+    "verify_vault",
 ]
 
 Manifest = fmt.Manifest
@@ -72,6 +73,30 @@ def iter_batches(
     columns = _columns(manifest, include_pseudonyms=include_pseudonyms)
     subkey = fmt.derive_subkey(key, bytes.fromhex(manifest.dataset_id))
     return _batches(vault_dir, manifest, subkey, columns)
+
+
+def verify_vault(vault_dir: Path, key: bytes) -> Manifest:
+    """Authenticate the manifest and decrypt-and-authenticate every chunk (no row
+    is returned); the manifest back when all of it is intact.
+
+    Raises :class:`IntegrityError` naming the first chunk file that is missing,
+    changed or not the one the manifest lists (a wrong key fails on the manifest,
+    opaquely), or :class:`DataError` when there is no vault at ``vault_dir``.
+    """
+    manifest = read_manifest(vault_dir, key)
+    if not manifest.chunks or sum(c.rows for c in manifest.chunks) != manifest.rows:
+        raise IntegrityError("the manifest's chunk list does not add up to its rows")
+    dataset_id = bytes.fromhex(manifest.dataset_id)
+    subkey = fmt.derive_subkey(key, dataset_id)
+    for index, entry in enumerate(manifest.chunks):
+        try:
+            _open_chunk(vault_dir, entry, subkey, dataset_id, index)
+        except IntegrityError:
+            raise IntegrityError(
+                f"chunk {index + 1} of {len(manifest.chunks)} ({entry.file}) is "
+                "missing or damaged"
+            ) from None
+    return manifest
 
 
 def read_frame(
