@@ -24,6 +24,7 @@ from fedvault.client.data.infer import infer_schema
 from fedvault.client.data.reader import ReadOptions
 from fedvault.client.data.schema_toml import load_schema
 from fedvault.client.data.vault import read_header, rotate_key, verify_vault
+from fedvault.client.data.vault_format import MANIFEST_NAME
 from fedvault.common.cli import (
     FormatOption,
     OutputFormat,
@@ -113,16 +114,26 @@ def import_command(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Reference date YYYY-MM-DD.")
     ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Replace the dataset the vault already holds (same key only).",
+        ),
+    ] = False,
     output: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Validate, anonymize, measure and encrypt RAW into the vault."""
+    """Validate, anonymize, measure and encrypt RAW into the vault (a vault that
+    already holds a dataset is replaced only with --replace, under its own key)."""
     contract = load_schema(schema)
-    vault_key, salt = _resolve_key(vault, key, passphrase, existing=False)
+    existing = replace and (vault / MANIFEST_NAME).is_file()
+    vault_key, salt = _resolve_key(vault, key, passphrase, existing=existing)
     site_secret = _resolve_secret(secret, vault)
     options = ImportOptions(
         on_invalid=on_invalid,
         read=ReadOptions(delimiter=delimiter, encoding=encoding, chunk_rows=chunk_rows),
         as_of=_parse_date(as_of),
+        replace=replace,
     )
     result = import_raw(
         raw,
@@ -133,11 +144,18 @@ def import_command(
         options=options,
         kdf_salt=salt,
     )
-    manifest = result.manifest
+    manifest, old = result.manifest, result.replaced
     if output is OutputFormat.JSON:
-        typer.echo(json.dumps({"vault": str(vault), **manifest.to_dict()}, indent=2))
+        replaced = None if old is None else old.to_dict()
+        document = {"vault": str(vault), **manifest.to_dict(), "replaced": replaced}
+        typer.echo(json.dumps(document, indent=2))
         return
     console = _console()
+    if old is not None:
+        console.print(
+            f"replaced dataset {old.dataset_id} ({old.rows} rows, imported "
+            f"{old.created})"
+        )
     console.print(render.manifest_table(manifest, vault=str(vault)))
     console.print(render.quality_table(manifest.quality))
     console.print(render.weak_columns_table(manifest.quality))

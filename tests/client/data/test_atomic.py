@@ -33,7 +33,9 @@ def _reimport(
         vault,
         key=key,
         secret=secret,
-        options=ImportOptions(read=ReadOptions(chunk_rows=3), as_of=AS_OF),
+        options=ImportOptions(
+            read=ReadOptions(chunk_rows=3), as_of=AS_OF, replace=True
+        ),
     )
 
 
@@ -173,3 +175,57 @@ def test_rotate_key_failure_keeps_old_key_working(
         rotate_key(small_vault, key, bytes(range(50, 82)))
     assert snapshot(small_vault) == before
     assert len(read_frame(small_vault, key)) == 10
+
+
+def test_import_into_a_vault_that_holds_data_needs_replace(
+    small_vault: Path,
+    small_schema: Path,
+    write_csv: Callable[..., Path],
+    key: bytes,
+    secret: bytes,
+    small_rows: list[str],
+) -> None:
+    before = read_manifest(small_vault, key)
+    raw = write_csv(small_rows[:8], name="new.csv")
+    plain = ImportOptions(read=ReadOptions(chunk_rows=3), as_of=AS_OF)
+    with pytest.raises(ConfigError, match="already holds a dataset; pass --replace"):
+        import_raw(
+            raw,
+            load_schema(small_schema),
+            small_vault,
+            key=key,
+            secret=secret,
+            options=plain,
+        )
+    with pytest.raises(ConfigError, match="does not open the dataset it holds"):
+        import_raw(
+            raw,
+            load_schema(small_schema),
+            small_vault,
+            key=bytes(32),
+            secret=secret,
+            options=ImportOptions(replace=True, as_of=AS_OF),
+        )
+    assert read_manifest(small_vault, key) == before
+    result = _reimport(small_schema, raw, small_vault, key, secret)
+    assert result.replaced == before and result.manifest.rows == 8
+
+
+def test_a_second_writer_is_refused_while_one_writes(
+    small_vault: Path,
+    small_schema: Path,
+    write_csv: Callable[..., Path],
+    key: bytes,
+    secret: bytes,
+    small_rows: list[str],
+) -> None:
+    raw = write_csv(small_rows[:8], name="new.csv")
+    with vault_writer.VaultWriter(small_vault, key, replacing=key) as first:
+        first.write_plaintext(b"not read", 1)
+        with pytest.raises(ConfigError, match=f"writing it \\(pid {os.getpid()}\\)"):
+            _reimport(small_schema, raw, small_vault, key, secret)
+        with pytest.raises(ConfigError, match="another import or key rotation"):
+            rotate_key(small_vault, key, bytes(range(32)))
+    # the first writer gave up without committing: the vault is as it was, whole
+    assert len(read_frame(small_vault, key)) == 10
+    assert not vault_writer.lock_path(small_vault).exists()

@@ -48,6 +48,7 @@ def _import(
         str(site["secret"]),
         "--as-of",
         "2025-01-01",
+        "--replace",  # into the existing vault, which must come out unchanged
         *extra,
     ]
     result = runner.invoke(data_app, args)

@@ -174,7 +174,8 @@ def test_chunk_from_another_vault_fails(
 ) -> None:
     other = tmp_path / "other"
     shutil.copytree(small_vault, other)
-    with vault_writer.VaultWriter(other, key) as writer:  # same key, new dataset
+    # same key, new dataset
+    with vault_writer.VaultWriter(other, key, replacing=key) as writer:
         writer.write_chunk(pd.DataFrame({"age": ["30-39"], "label": ["yes"]}))
         writer.commit(
             target="label",

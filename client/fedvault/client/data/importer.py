@@ -38,7 +38,7 @@ from fedvault.client.data.reader import ReadOptions, check_columns, iter_chunks
 from fedvault.client.data.reader import read_header as read_raw_header
 from fedvault.client.data.schema import Role, Schema
 from fedvault.client.data.validate import ValidationReport, check_chunk
-from fedvault.client.data.vault_format import Manifest
+from fedvault.client.data.vault_format import MANIFEST_NAME, Manifest
 from fedvault.client.data.vault_writer import VaultWriter
 from fedvault.common.data import check_label_classes
 from fedvault.common.errors import ConfigError, DataError, SchemaError
@@ -58,12 +58,15 @@ class ImportOptions:
     on_invalid: OnInvalid = OnInvalid.FAIL
     read: ReadOptions = field(default_factory=ReadOptions)
     as_of: date | None = None  # reference date for timeliness; default: schema, today
+    # Replace a dataset already in the vault (only under the key that opens it).
+    replace: bool = False
 
 
 @dataclass(frozen=True)
 class ImportResult:
     manifest: Manifest
     validation: dict[str, Any]
+    replaced: Manifest | None = None  # the dataset this import replaced
 
 
 @dataclass
@@ -96,6 +99,11 @@ def import_raw(
             "the schema pseudonymizes identifiers or shifts dates: pass a site secret "
             "(--secret FILE; create one with `fedvault data keygen`)"
         )
+    if (vault_dir / MANIFEST_NAME).is_file() and not options.replace:
+        raise ConfigError(
+            f"vault {vault_dir}: already holds a dataset; pass --replace to replace it "
+            "(under the same key), or choose another --vault"
+        )
     check_columns(raw, read_raw_header(raw, options.read), schema.names)
     as_of = options.as_of or schema.as_of or date.today()
     survey = _survey(raw, schema, options, secret, as_of)
@@ -114,7 +122,7 @@ def import_raw(
     small = survey.classes.small(schema.k) if schema.k > 1 else np.array([], np.uint64)
     suppressed = sum(survey.classes.counts[int(k)] for k in small)
     _check_suppression(raw, schema, valid, suppressed, report.invalid_rows)
-    manifest = _write(
+    manifest, replaced = _write(
         raw,
         schema,
         vault_dir,
@@ -125,7 +133,9 @@ def import_raw(
         survey=survey,
         kdf_salt=kdf_salt,
     )
-    return ImportResult(manifest=manifest, validation=report.to_dict())
+    return ImportResult(
+        manifest=manifest, validation=report.to_dict(), replaced=replaced
+    )
 
 
 def _survey(
@@ -177,11 +187,14 @@ def _write(
     small: np.ndarray[Any, np.dtype[np.uint64]],
     survey: _Survey,
     kdf_salt: bytes | None,
-) -> Manifest:
+) -> tuple[Manifest, Manifest | None]:
+    """Write the vault; returns its manifest and the one it replaced, if any."""
     quasi = [c.name for c in quasi_columns(schema)]
     report, meter = survey.report, survey.meter
     written = 0
-    with VaultWriter(vault_dir, key, kdf_salt=kdf_salt) as writer:
+    with VaultWriter(
+        vault_dir, key, kdf_salt=kdf_salt, replacing=key if options.replace else None
+    ) as writer:
         for chunk in iter_chunks(raw, options.read, schema.missing_values):
             checked = check_chunk(chunk, schema)
             frame = anonymize(checked.typed[checked.row_ok], schema, secret)
@@ -196,7 +209,7 @@ def _write(
         quality = meter.report(
             invalid=report.invalid_rows, suppressed=valid - written, stored=written
         )
-        return writer.commit(
+        manifest = writer.commit(
             target=schema.target.name,
             columns=[(c.name, c.role.value) for c in schema.stored],
             schema=schema.to_dict(),
@@ -204,6 +217,7 @@ def _write(
             quality=quality,
             details=_details(raw, schema, report, options),
         )
+        return manifest, writer.replaced
 
 
 def _details(

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from fedvault.client.data import vault_format as fmt
 from fedvault.client.data.keys import key_id
 from fedvault.client.data.vault_writer import VaultWriter
-from fedvault.common.errors import DataError, IntegrityError
+from fedvault.common.errors import ConfigError, DataError, IntegrityError
 
 __all__ = [
     "Manifest",
@@ -119,8 +119,14 @@ def rotate_key(
     dataset_id = bytes.fromhex(manifest.dataset_id)
     old_subkey = fmt.derive_subkey(old_key, dataset_id)
     with VaultWriter(
-        vault_dir, new_key, kdf_salt=kdf_salt, dataset_id=dataset_id
+        vault_dir,
+        new_key,
+        kdf_salt=kdf_salt,
+        dataset_id=dataset_id,
+        replacing=old_key,
     ) as writer:
+        if writer.replaced is None or writer.replaced.generation != manifest.generation:
+            raise ConfigError(f"vault {vault_dir}: changed while being rotated; retry")
         for index, entry in enumerate(manifest.chunks):
             plain = _open_chunk(vault_dir, entry, old_subkey, dataset_id, index)
             writer.write_plaintext(plain, entry.rows)

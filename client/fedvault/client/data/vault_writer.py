@@ -14,6 +14,7 @@ it holds only ciphertext and may be deleted). Files are created with mode 0600.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import logging
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 
 from fedvault.client.data import vault_format as fmt
 from fedvault.client.data.keys import key_id
-from fedvault.common.errors import ConfigError, DataError
+from fedvault.common.errors import ConfigError, DataError, IntegrityError
 from fedvault.common.files import fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,13 @@ class VaultWriter:
             for frame in frames:
                 writer.write_chunk(frame)
             manifest = writer.commit(target=..., columns=..., ...)
+
+    One writer at a time: entering takes an exclusive lock (``.NAME.lock`` next to
+    the vault) held until exit, so a concurrent import or key rotation is refused
+    with :class:`ConfigError` and never sweeps a generation being committed. A vault
+    that exists is replaced only when ``replacing`` is a key that opens it (the
+    replaced manifest is then :attr:`replaced`); otherwise entering raises
+    :class:`ConfigError` and nothing is written.
     """
 
     def __init__(
@@ -60,6 +68,7 @@ class VaultWriter:
         *,
         kdf_salt: bytes | None = None,
         dataset_id: bytes | None = None,
+        replacing: bytes | None = None,
     ) -> None:
         self.vault_dir = vault_dir
         self._key_id = bytes.fromhex(key_id(key))
@@ -71,11 +80,20 @@ class VaultWriter:
         self._chunks: list[fmt.ChunkEntry] = []
         self._created_vault = False
         self._committed = False
+        self._replacing = replacing
+        self._lock: tuple[int, Path] | None = None
+        self.replaced: fmt.Manifest | None = None
 
     def __enter__(self) -> VaultWriter:
         _check_target(self.vault_dir)
         self.vault_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(mode=0o700)
+        self._lock = _lock(self.vault_dir)
+        try:
+            self.replaced = _existing(self.vault_dir, self._replacing)
+            self._tmp.mkdir(mode=0o700)
+        except BaseException:
+            _unlock(self._lock)
+            raise
         return self
 
     def __exit__(
@@ -84,8 +102,13 @@ class VaultWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._committed:
-            self._discard()
+        try:
+            if not self._committed:
+                self._discard()
+        finally:
+            if self._lock is not None:
+                _unlock(self._lock)
+                self._lock = None
 
     def write_chunk(self, frame: pd.DataFrame) -> None:
         """Encrypt one chunk of rows (as Parquet) into the pending generation."""
@@ -208,6 +231,71 @@ def _check_target(vault_dir: Path) -> None:
             f"vault {vault_dir}: folder is not empty and holds no vault; "
             "choose an empty or new folder"
         )
+
+
+def lock_path(vault_dir: Path) -> Path:
+    """The lock file of ``vault_dir`` (beside it: the vault may not exist yet)."""
+    return vault_dir.parent / f".{vault_dir.name}.lock"
+
+
+def _lock(vault_dir: Path) -> tuple[int, Path]:
+    """Take the vault's write lock, or raise ConfigError naming who holds it.
+
+    The lock file is removed on release, so a lock taken on a file that was just
+    removed (its path now names another file) is dropped and taken again.
+    """
+    path = lock_path(vault_dir)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(
+                f"vault {vault_dir}: another import or key rotation is writing it "
+                f"(pid {holder}); wait for it to finish"
+            ) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd, path
+
+
+def _unlock(lock: tuple[int, Path]) -> None:
+    fd, path = lock
+    with contextlib.suppress(OSError):
+        path.unlink()
+    os.close(fd)  # closing releases the flock
+
+
+def _existing(vault_dir: Path, replacing: bytes | None) -> fmt.Manifest | None:
+    """The manifest of the vault being replaced, checked under the lock."""
+    if not (vault_dir / fmt.MANIFEST_NAME).is_file():
+        return None
+    if replacing is None:
+        raise ConfigError(
+            f"vault {vault_dir}: already holds a dataset; pass --replace to replace it "
+            "(under the same key), or choose another --vault"
+        )
+    try:
+        return fmt.open_manifest(
+            replacing,
+            (vault_dir / fmt.MANIFEST_NAME).read_bytes(),
+            bytes.fromhex(key_id(replacing)),
+        )
+    except IntegrityError:
+        raise ConfigError(
+            f"vault {vault_dir}: the key given does not open the dataset it holds; "
+            "a vault is replaced only under its own key (rotate it with "
+            "`fedvault data rotate-key` first, or choose another --vault)"
+        ) from None
 
 
 def _write_synced(path: Path, data: bytes) -> None:
