@@ -144,6 +144,10 @@ class Federation:
     def _run(self) -> None:
         random.seed(self.training.seed)
         torch.manual_seed(self.training.seed)
+        if self.settings.simulation:
+            # Flower's client-level DP wrappers draw their noise from numpy's
+            # global generator: seeded only in simulation (see ServerSettings).
+            np.random.seed(self.training.seed % 2**32)
         self.rundir.event("start", rounds=self.training.rounds)
         nodes = self._wait_for_sites()
         prep = self._preprocessing(nodes)

@@ -25,6 +25,7 @@ _TEST_DATA = "test-data"
 _EXPECTED_SITES = "expected-sites"
 _EXCLUDED_SITES = "excluded-sites"
 _RESUME = "resume"
+_SIMULATION = "simulation"
 
 # The run-config keys of the coordinator itself (besides TrainingConfig's).
 APP_KEYS = (
@@ -36,6 +37,7 @@ APP_KEYS = (
     RUN_CLIENT_THREADS,
     RUN_KEY,
     _RESUME,
+    _SIMULATION,
 )
 
 
@@ -45,7 +47,11 @@ class ServerSettings:
 
     ``client_threads``: torch threads per site process (0: torch's default);
     ``run_key``: names the run in every site's ledger across coordinator restarts;
-    ``excluded_sites``: sites left out before the run, with why.
+    ``excluded_sites``: sites left out before the run, with why;
+    ``simulation``: one party runs every site (``fedvault simulate``): the
+    coordinator's own randomness (client-level DP noise) is then seeded from the
+    run's seed, for "same seed, same result"; a deployed coordinator draws it from
+    the OS, so that nobody who reads the seed can replay the noise.
     """
 
     training: TrainingConfig
@@ -57,6 +63,7 @@ class ServerSettings:
     client_threads: int = 0
     run_key: str = ""
     resume: bool = False
+    simulation: bool = False
 
     def to_run_config(self) -> RunConfig:
         """The flat scalar mapping Flower's run config carries (absolute paths as
@@ -71,6 +78,7 @@ class ServerSettings:
             RUN_CLIENT_THREADS: self.client_threads,
             RUN_KEY: self.run_key,
             _RESUME: self.resume,
+            _SIMULATION: self.simulation,
         }
         return values
 
@@ -95,4 +103,5 @@ class ServerSettings:
             client_threads=int(run_config.get(RUN_CLIENT_THREADS, 0)),
             run_key=str(run_config.get(RUN_KEY, "")),
             resume=bool(run_config.get(_RESUME, False)),
+            simulation=bool(run_config.get(_SIMULATION, False)),
         )

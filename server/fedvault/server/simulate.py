@@ -285,6 +285,7 @@ def _run_config(
         excluded_sites=prepared.excluded,
         client_threads=1,
         run_key=uuid.uuid4().hex,
+        simulation=True,
     )
     run_config: dict[str, Any] = dict(settings.to_run_config())
     for pid, ((name, _), entry) in enumerate(zip(prepared.sites, entries, strict=True)):
