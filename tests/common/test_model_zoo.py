@@ -165,3 +165,43 @@ def test_a_fixed_model_trains_under_opacus(plugins):
     loss_fn(2)(private(x), targets_for_loss(y, 2)).backward()
     optimizer.step()
     assert all(p.grad is not None for p in private.parameters())
+
+
+def test_resnet18_gets_per_sample_gradients_under_opacus():
+    from opacus.grad_sample.utils import wrap_model
+
+    torch.manual_seed(0)
+    spec = InputSpec.image(1, 16, 16)
+    model, notes = prepare_for_dp(
+        build_model("resnet18", input_spec=spec, num_classes=3)
+    )
+    assert notes == ()
+    module = wrap_model(model, grad_sample_mode="hooks")
+    x, y = torch.rand(2, 1, 16, 16), torch.tensor([0, 2])
+    loss_fn(3)(module(x), targets_for_loss(y, 3)).backward()
+    rows = [p.grad_sample for p in module.parameters()]
+    assert all(r.shape[0] == 2 for r in rows)
+    assert len(rows) == len(list(model.parameters()))
+
+
+def test_in_place_activations_are_made_out_of_place_and_said():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 2))
+    fixed, notes = prepare_for_dp(model)
+    assert notes == ("layer '1': in-place ReLU made out-of-place",)
+    assert fixed[1].inplace is False
+
+
+def test_resnet18_is_torchvisions_with_the_groupnorm_opacus_would_fix_in():
+    from opacus.validators import ModuleValidator
+
+    from fedvault.common._torchvision import torchvision
+
+    resnet18 = torchvision().models.resnet18
+    ours = build_model("resnet18", input_spec=InputSpec.image(3, 64, 64), num_classes=4)
+    theirs = ModuleValidator.fix(resnet18(num_classes=4))
+    shapes = {k: v.shape for k, v in ours.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in theirs.state_dict().items()}
+    groups = [m.num_groups for m in ours.modules() if isinstance(m, nn.GroupNorm)]
+    assert groups == [
+        m.num_groups for m in theirs.modules() if isinstance(m, nn.GroupNorm)
+    ]

@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -184,21 +186,52 @@ def resnet18(spec: InputSpec, outputs: int) -> nn.Module:
     The first convolution takes ``spec.channels``; images under 64 pixels high or
     wide get a 3x3 stride-1 first convolution and no max-pooling (as for CIFAR),
     larger ones keep the 7x7 stride-2 one. The head has ``outputs`` units.
+
+    The GroupNorm layers are those Opacus' ``ModuleValidator.fix`` puts in place of
+    BatchNorm (gcd(32, channels) groups), built directly: the residual additions and
+    ReLUs run out of place, because Opacus' per-sample gradient hooks cannot follow
+    a layer output changed in place, and that block cannot be cloned by the fixer.
     """
-    from opacus.validators import ModuleValidator
-
-    from fedvault.common._torchvision import torchvision
-
-    models = torchvision().models
+    models = _torchvision_models()
     channels, height, width = spec.shape
-    model = models.resnet18(weights=None, num_classes=outputs)
+    model = models.ResNet(
+        _out_of_place_block(), [2, 2, 2, 2], num_classes=outputs, norm_layer=_group_norm
+    )
     if min(height, width) < 64:
         model.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     else:
         model.conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
-    fixed: nn.Module = ModuleValidator.fix(model)
-    return fixed
+    _out_of_place(model)
+    resnet: nn.Module = model
+    return resnet
+
+
+def _group_norm(channels: int) -> nn.Module:
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+def _torchvision_models() -> Any:
+    from fedvault.common._torchvision import torchvision
+
+    torchvision()
+    return importlib.import_module("torchvision.models.resnet")
+
+
+@cache
+def _out_of_place_block() -> type[nn.Module]:
+    """torchvision's ``BasicBlock`` (what ``resnet18`` is built of) with the
+    residual sum ``out = out + identity`` instead of ``out += identity``."""
+    base = _torchvision_models().BasicBlock
+
+    class BasicBlock(base):  # type: ignore[misc, valid-type]
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return self.relu(out + identity)  # type: ignore[no-any-return]
+
+    return BasicBlock
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -215,9 +248,11 @@ def prepare_for_dp(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
 
     Opacus' ``ModuleValidator`` fixes what it can (BatchNorm -> GroupNorm, LSTM ->
     DPLSTM, ...) on a copy; each replaced layer gives one note, e.g. ``"layer 'bn1':
-    BatchNorm2d replaced by GroupNorm"``. The model returned is in training mode; an
-    unchanged model is returned as is. Run it on both sides so that the coordinator's
-    and the sites' architectures (and state-dict keys) agree.
+    BatchNorm2d replaced by GroupNorm"``. In-place activations are made
+    out-of-place (Opacus' hooks cannot follow them), with a note each. The model
+    returned is in training mode; an unchanged model is returned as is. Run it on
+    both sides so that the coordinator's and the sites' architectures (and
+    state-dict keys) agree.
 
     Raises :class:`ConfigError` naming the first layer that cannot be fixed: one the
     validator rejects without a fix, or a trainable layer that keeps buffers
@@ -239,8 +274,23 @@ def prepare_for_dp(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
             for name, m in model.named_modules()
             if name in before and before[name] != type(m).__name__
         )
+    notes += tuple(
+        f"layer {name!r}: in-place {kind} made out-of-place"
+        for name, kind in _out_of_place(model)
+    )
     _check_dp_layers(model)
     return model, notes
+
+
+def _out_of_place(model: nn.Module) -> list[tuple[str, str]]:
+    """Switch in-place activations (``ReLU(inplace=True)``) to out-of-place: Opacus'
+    backward hooks fail on a view changed in place. Same outputs, same weights."""
+    changed = []
+    for name, layer in model.named_modules():
+        if getattr(layer, "inplace", False) is True:
+            layer.inplace = False
+            changed.append((name, type(layer).__name__))
+    return changed
 
 
 def _check_dp_layers(model: nn.Module) -> None:
