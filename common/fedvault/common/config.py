@@ -19,8 +19,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 from fedvault.common.errors import ConfigError
 from fedvault.common.privacy import ACCOUNTANTS, Accountant
 
-ModelName = Literal["mlp", "logreg"]
-MODEL_NAMES: tuple[ModelName, ...] = ("mlp", "logreg")
+ModelName = Literal["mlp", "logreg", "cnn", "resnet18"]
+MODEL_NAMES: tuple[ModelName, ...] = get_args(ModelName)
 StrategyName = Literal[
     "fedavg",
     "fedprox",

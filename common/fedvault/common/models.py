@@ -1,61 +1,152 @@
-"""Model architectures shared by sites and coordinator (same code on both sides)."""
+"""Model architectures and their heads, shared by sites and coordinator (same code on
+both sides).
+
+A task is ``binary`` (one logit, binary cross-entropy), ``multiclass`` (one logit per
+class, cross-entropy) or ``regression`` (one output, MSE or Huber loss). Where a
+function takes ``num_classes`` and an optional ``task``, a missing task is inferred
+from the class count (2: binary, more: multiclass); for regression ``num_classes``
+is ignored.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from fedvault.common.config import MODEL_NAMES, ModelName
+from fedvault.common.errors import ConfigError
+from fedvault.common.model_zoo import (
+    InputSpec,
+    build_plugin,
+    is_plugin,
+    resnet18,
+    small_cnn,
+)
+
+Task = Literal["binary", "multiclass", "regression"]
+TASKS: tuple[Task, ...] = get_args(Task)
+RegressionLoss = Literal["mse", "huber"]
+IMAGE_MODELS = ("cnn", "resnet18")
+TABULAR_MODELS = ("mlp", "logreg")
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def output_units(num_classes: int) -> int:
-    """One logit for a binary task, one per class otherwise."""
-    return 1 if num_classes == 2 else num_classes
+def task_for(num_classes: int, task: Task | None = None) -> Task:
+    """``task`` if given, else the classification task of ``num_classes`` classes.
+
+    Raises :class:`ValueError` for an unknown task, or a classification task with
+    fewer than 2 classes.
+    """
+    if task is not None and task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    if task == "regression":
+        return task
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    return task or ("binary" if num_classes == 2 else "multiclass")
+
+
+def output_units(num_classes: int, *, task: Task | None = None) -> int:
+    """One output for a binary or regression task, one per class otherwise."""
+    return num_classes if task_for(num_classes, task) == "multiclass" else 1
 
 
 def build_model(
-    name: ModelName, *, in_features: int, num_classes: int, hidden: int = 128
+    name: ModelName | str,
+    *,
+    in_features: int | None = None,
+    num_classes: int = 0,
+    hidden: int = 128,
+    input_spec: InputSpec | None = None,
+    task: Task | None = None,
 ) -> nn.Module:
-    """Build the seed's models: MLP Dense(hidden)-ReLU -> head, or logistic regression.
+    """Build a built-in model, or a plug-in ``package.module:factory``.
 
-    Binary tasks get a single logit (use :func:`loss_fn` for the matching loss);
-    multi-class tasks get one logit per class (softmax head).
+    Built-ins: ``mlp`` (Dense(hidden)-ReLU -> head) and ``logreg`` for tables;
+    ``cnn`` (:func:`~fedvault.common.model_zoo.small_cnn`) and ``resnet18``
+    (:func:`~fedvault.common.model_zoo.resnet18`, GroupNorm) for images. The input
+    is ``input_spec``, or ``in_features`` for a table. The head has
+    :func:`output_units` units: one logit for a binary task (use :func:`loss_fn` for
+    the matching loss), one per class for a multi-class one, one value for
+    regression.
+
+    Raises :class:`ValueError` for a missing or bad input size, a bad class count,
+    an unknown name, or a model that does not fit the kind of input;
+    :class:`ConfigError` (a ``ValueError``) for a plug-in that cannot be used.
     """
-    if in_features < 1:
-        raise ValueError(f"in_features must be >= 1, got {in_features}")
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    out = output_units(num_classes)
+    spec = _spec(in_features, input_spec)
+    out = output_units(num_classes, task=task)
+    if is_plugin(name):
+        return build_plugin(name, spec, out)
+    if name in TABULAR_MODELS and spec.features is None:
+        raise ConfigError(
+            f"model {name!r} takes tables; use cnn or resnet18 for images"
+        )
+    if name in IMAGE_MODELS and spec.features is not None:
+        raise ConfigError(f"model {name!r} takes images; use mlp or logreg for tables")
+    features = spec.features or 0
     if name == "mlp":
         return nn.Sequential(
-            nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out)
+            nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, out)
         )
     if name == "logreg":
-        return nn.Sequential(nn.Linear(in_features, out))
-    raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
+        return nn.Sequential(nn.Linear(features, out))
+    if name == "cnn":
+        return small_cnn(spec, out, hidden=hidden)
+    if name == "resnet18":
+        return resnet18(spec, out)
+    raise ConfigError(
+        f"unknown model {name!r}; choose one of {MODEL_NAMES} "
+        "or a plug-in package.module:factory"
+    )
 
 
-def loss_fn(num_classes: int) -> nn.Module:
-    """Loss matching :func:`build_model`'s head (mean reduction)."""
-    return nn.BCEWithLogitsLoss() if num_classes == 2 else nn.CrossEntropyLoss()
+def loss_fn(
+    num_classes: int,
+    *,
+    task: Task | None = None,
+    regression_loss: RegressionLoss = "mse",
+) -> nn.Module:
+    """Loss matching :func:`build_model`'s head (mean reduction); regression takes
+    ``regression_loss``: MSE, or Huber with delta 1 (on standardized targets)."""
+    kind = task_for(num_classes, task)
+    if kind == "regression":
+        return nn.HuberLoss() if regression_loss == "huber" else nn.MSELoss()
+    return nn.BCEWithLogitsLoss() if kind == "binary" else nn.CrossEntropyLoss()
 
 
 def per_sample_loss(
     num_classes: int,
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    *,
+    task: Task | None = None,
+    regression_loss: RegressionLoss = "mse",
+) -> PerSampleLoss:
     """Loss of :func:`loss_fn` per example, shape (n,): the mean of it is the loss."""
-    if num_classes == 2:
-        bce = nn.BCEWithLogitsLoss(reduction="none")
-        return lambda out, y: bce(out, y).sum(dim=1)
-    ce = nn.CrossEntropyLoss(reduction="none")
-    return lambda out, y: ce(out, y)
+    kind = task_for(num_classes, task)
+    if kind == "multiclass":
+        ce = nn.CrossEntropyLoss(reduction="none")
+        return lambda out, y: ce(out, y)
+    elementwise: nn.Module
+    if kind == "binary":
+        elementwise = nn.BCEWithLogitsLoss(reduction="none")
+    elif regression_loss == "huber":
+        elementwise = nn.HuberLoss(reduction="none")
+    else:
+        elementwise = nn.MSELoss(reduction="none")
+    return lambda out, y: elementwise(out, y).sum(dim=1)
 
 
-def targets_for_loss(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Shape integer labels for the loss of the head."""
-    return y.float().unsqueeze(1) if num_classes == 2 else y.long()
+def targets_for_loss(
+    y: torch.Tensor, num_classes: int, *, task: Task | None = None
+) -> torch.Tensor:
+    """Shape targets for the loss of the head: float (n, 1) for a binary or
+    regression task, int64 (n,) class indices for a multi-class one."""
+    if task_for(num_classes, task) == "multiclass":
+        return y.long()
+    return y.float().unsqueeze(1)
 
 
 def predict_proba(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -64,3 +155,15 @@ def predict_proba(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
         p1 = torch.sigmoid(logits.squeeze(1))
         return torch.stack([1 - p1, p1], dim=1)
     return torch.softmax(logits, dim=1)
+
+
+def _spec(in_features: int | None, input_spec: InputSpec | None) -> InputSpec:
+    if input_spec is not None:
+        if in_features is not None and input_spec.shape != (in_features,):
+            raise ValueError(
+                f"in_features={in_features} disagrees with input_spec {input_spec}"
+            )
+        return input_spec
+    if in_features is None or in_features < 1:
+        raise ValueError(f"in_features must be >= 1, got {in_features}")
+    return InputSpec.tabular(in_features)

@@ -22,7 +22,9 @@ def summary_to_bytes(summary: dict[str, Any]) -> bytes:
     for name, col in summary["numeric"].items():
         msg.numeric[name].CopyFrom(
             summary_pb2.NumericColumn(
-                n=int(col["n"]), sum=float(col["sum"]), sumsq=float(col["sumsq"]),
+                n=int(col["n"]),
+                sum=float(col["sum"]),
+                sumsq=float(col["sumsq"]),
                 missing=int(col["missing"]),
             )
         )

@@ -1,0 +1,55 @@
+"""Factories as a site's own package would define them: ``factory(spec, outputs)``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def build(spec, outputs):
+    """Tables: Dense(16)-BatchNorm-ReLU -> head; images: conv-BatchNorm -> head.
+
+    BatchNorm on purpose: prepare_for_dp must swap it for GroupNorm.
+    """
+    if spec.kind == "tabular":
+        return nn.Sequential(
+            nn.Linear(spec.features, 16),
+            nn.BatchNorm1d(16),
+            nn.ReLU(),
+            nn.Linear(16, outputs),
+        )
+    return nn.Sequential(
+        nn.Conv2d(spec.channels, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, outputs),
+    )
+
+
+class _Running(nn.Module):
+    """A trainable layer that keeps a running statistic: Opacus cannot privatize it."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(width))
+        self.register_buffer("seen", torch.zeros(width))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def with_running_stats(spec, outputs):
+    return nn.Sequential(nn.Linear(spec.features, outputs), _Running(outputs))
+
+
+def not_a_module(spec, outputs):
+    return "a string"
+
+
+def wrong_width(spec, outputs):
+    return nn.Sequential(nn.Linear(spec.features, outputs + 1))
+
+
+NOT_CALLABLE = 3
