@@ -29,7 +29,7 @@ from fedvault.client._ledger_format import (
     verify_chain,
 )
 from fedvault.common.errors import IntegrityError
-from fedvault.common.files import fsync_dir
+from fedvault.common.files import fsync_dir, naming
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def write_head(paths: Paths, count: int, last: str) -> None:
         "hash": last,
     }
     tmp = paths.head.with_suffix(".head.tmp")
-    with tmp.open("wb") as handle:
+    with naming(paths.head), tmp.open("wb") as handle:
         handle.write(canonical(head) + b"\n")
         handle.flush()
         os.fsync(handle.fileno())
@@ -98,10 +98,11 @@ def append_line(paths: Paths, line: bytes) -> None:
     """Append ``line`` to the records file and make it durable."""
     fd = os.open(paths.records, os.O_WRONLY | os.O_APPEND)
     try:
-        view = memoryview(line)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        with naming(paths.records):
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
     finally:
         os.close(fd)
 
