@@ -214,6 +214,9 @@ class Federation:
             # (Client-level DP clips every update itself; SecAgg+ replies all carry
             # the same, already bounded, sum.)
             valid, bound = self.book.bounded(valid, server_round, reference)
+        # Every site whose update is usable spent budget on it: counted even when
+        # the round then stops unreleased, so the report agrees with its ledger.
+        self.book.record_training(valid)
         if len(valid) < plan.min_train_nodes:
             self._stop(
                 server_round,
@@ -221,7 +224,6 @@ class Federation:
                 f"than min-sites={plan.min_train_nodes}",
             )
             return None
-        self.book.record_training(valid)
         problem = release_problem(
             self.training, sampled=plan.sampled, usable=len(valid), summed=summed
         )
