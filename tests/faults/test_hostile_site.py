@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from local_grid import site_run_config
 
@@ -134,8 +135,9 @@ def test_a_site_reporting_zero_epsilon_is_labelled_as_its_own_report(
     app = _hostile_app(metrics={"epsilon": 0.0, "epsilon-lifetime": 0.0})
     summary, privacy, out = _run(tmp_path, local_grid, make_contexts, app)
     assert summary["sites"][HOSTILE_NAME]["epsilon_spent"] == 0.0
-    assert "the site's own privacy ledger is the authority" in (
-        privacy["site_figures_source"]
+    assert (
+        "the site's own privacy ledger is the authority"
+        in (privacy["site_figures_source"])
     )
     text = (out / "privacy.txt").read_text()
     assert "as reported by each site" in text
@@ -168,3 +170,62 @@ def test_a_site_declines_a_non_finite_global_model(tmp_path, local_grid, make_co
     decline = reply.content.config_records["decline"]
     assert decline["reason"] == "policy" and "not finite" in str(decline["detail"])
     assert not (tmp_path / "state-0" / "ledger" / "bc.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_extreme_updates_from_most_sites_are_never_broadcast(
+    tmp_path, local_grid, make_contexts
+):
+    """Three of five sites send 3e38 everywhere: the majority would set the
+    relative norm bound, the absolute ceiling still rejects them; the two honest
+    sites (min-sites = 2) carry the run."""
+
+    def app(msg: Message, context: Context) -> Message:
+        reply = client_app(msg, context)
+        hostile = context.node_id in NODES[2:]
+        if not hostile or msg.metadata.message_type != "train" or reply.has_error():
+            return reply
+        arrays = reply.content.array_records["arrays"]
+        content = RecordDict(
+            {
+                "arrays": _tampered(arrays, lambda w: np.full_like(w, 3e38)),
+                "metrics": reply.content.metric_records["metrics"],
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    summary, _, out = _run(tmp_path, local_grid, make_contexts, app, rounds=2)
+    assert summary["status"] == "completed"
+    assert [row["sites_trained"] for row in summary["history"]] == [2, 2]
+    for name in ("site-3", "site-4", "site-5"):
+        rejected = summary["sites"][name]["rejected_updates"]
+        assert len(rejected) == 2
+        assert all("exceeds the round's bound 1e+06" in r["reason"] for r in rejected)
+    assert summary["final"]["accuracy"] > 0.9
+    saved = torch.load(out / "model.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+
+
+@pytest.mark.slow
+def test_a_non_finite_aggregate_is_discarded_not_broadcast(
+    tmp_path, local_grid, make_contexts, monkeypatch
+):
+    """Whatever produced it, an aggregate that is not finite is never sent: the
+    round is discarded and the next starts from the last finite global model."""
+    from flwr.serverapp.strategy import FedAvg
+
+    def broken(self, server_round, replies):
+        arrays = replies[0].content.array_records["arrays"]
+        return _tampered(arrays, lambda w: np.full_like(w, np.nan)), None
+
+    monkeypatch.setattr(FedAvg, "aggregate_train", broken)
+    summary, _, out = _run(tmp_path, local_grid, make_contexts, client_app, rounds=2)
+    assert summary["status"] == "completed"
+    assert [row["discarded"] for row in summary["history"]] == [
+        "aggregate rejected: " + row["discarded"].split(": ", 1)[1]
+        for row in summary["history"]
+    ]
+    assert all("NaN or infinite" in row["discarded"] for row in summary["history"])
+    assert all(s["declines"] == [] for s in summary["sites"].values())
+    saved = torch.load(out / "model.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())

@@ -85,9 +85,11 @@ def check_update(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> str |
 # update norms (distance from the global model, L2 over every parameter). Honest
 # DP-SGD updates of one round differ by a small factor (site sizes, noise); a scaled
 # or extreme update (x1e30, 3e38) is far outside. NORM_FLOOR keeps a round whose
-# updates are all tiny from rejecting ordinary ones.
+# updates are all tiny from rejecting ordinary ones; NORM_CEILING holds even when
+# most sites are hostile (no model fedvault trains moves that far in one round).
 NORM_FACTOR = 25.0
 NORM_FLOOR = 1e-3
+NORM_CEILING = 1e6
 
 
 def update_norm(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> float:
@@ -102,13 +104,14 @@ def update_norm(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> float:
 
 def norm_bound(norms: list[float]) -> float:
     """The largest update norm a round accepts: :data:`NORM_FACTOR` times the lower
-    median of ``norms`` (at least :data:`NORM_FLOOR`). With three or more replies
-    one site alone cannot raise it; with two, the smaller sets it."""
+    median of ``norms``, within [:data:`NORM_FLOOR`, :data:`NORM_CEILING`]. With
+    three or more replies one site alone cannot raise it; with two, the smaller
+    sets it."""
     if not norms:
-        return math.inf
+        return NORM_CEILING
     ordered = sorted(norms)
     lower_median = ordered[(len(ordered) - 1) // 2]
-    return max(NORM_FACTOR * lower_median, NORM_FLOOR)
+    return min(max(NORM_FACTOR * lower_median, NORM_FLOOR), NORM_CEILING)
 
 
 def release_problem(
