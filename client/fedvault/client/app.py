@@ -51,7 +51,6 @@ from fedvault.common.errors import BudgetExceededError
 from fedvault.common.evaluation import evaluate
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, site_summary
-from fedvault.common.privacy import keep_curves_in
 from fedvault.common.protocol import (
     ARRAYS,
     CONFIG,
@@ -175,9 +174,6 @@ def _open_budget(
     site: SiteSettings, settings: TrainingConfig, run_id: str
 ) -> SiteBudget | Decline:
     policy_file, state_dir = policy_path(site.state, site.policy)
-    # Each message runs in a fresh process in deployment: keep Opacus' per-step
-    # RDP curves beside the ledger instead of recomputing them every round.
-    keep_curves_in(state_dir / "accountant")
     return SiteBudget.open(
         policy_file=policy_file,
         state_dir=state_dir,

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from fedvault.client import replay
+from fedvault.client._ledger_cache import use_cache
 from fedvault.client.ledger import PrivacyLedger
 from fedvault.client.policy import (
     Decline,
@@ -56,9 +57,12 @@ class SiteBudget:
         settings: TrainingConfig,
     ) -> SiteBudget | Decline:
         """Load the policy and open (verify) the ledger. A ledger that fails
-        verification is a decline: the site trains nothing until it is fixed."""
+        verification is a decline: the site trains nothing until it is fixed.
+        Opacus' RDP curves are kept beside the ledger, authenticated with the
+        site's key (:mod:`fedvault.client._ledger_cache`)."""
         policy = load_policy(policy_file)
         try:
+            use_cache(state_dir)
             ledger = PrivacyLedger.for_policy(state_dir, policy)
         except IntegrityError as exc:
             return Decline("policy", f"privacy ledger failed verification: {exc}")
