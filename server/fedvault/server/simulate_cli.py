@@ -271,41 +271,10 @@ def _print_tables(summary: dict[str, Any], out: Path) -> None:
         )
     console.print(rounds)
     dp = summary["dp"]
-    title = (
-        f"Privacy per site: sample-level DP-SGD, delta={dp['delta']:g}, "
-        f"{dp['accountant']} accountant"
-        if dp["enabled"]
-        else "Sites ([bold red]NO differential privacy[/])"
-    )
-    sites = Table(title=title)
-    columns = (
-        "site",
-        "examples",
-        "rounds",
-        "ε this run",
-        "ε lifetime",
-        "budget",
-        "sigma",
-        "declined",
-    )
-    for col in columns:
-        sites.add_column(col, justify="right")
+    console.print(_sites_table(summary, dp["enabled"]))
     for name, s in summary["sites"].items():
-        declined = s["declines"]
-        last = f" from r{declined[0]['round']}" if declined else ""
-        sites.add_row(
-            name,
-            str(s["examples"]),
-            str(s["rounds_trained"]),
-            _eps(s["epsilon_spent"]),
-            _eps(s["epsilon_lifetime"]),
-            _fmt(s["epsilon_budget"], "g"),
-            _fmt(s["noise_multiplier"], ".3f"),
-            f"{len(declined)}{last}",
-        )
-    for name, reason in summary["excluded_sites"].items():
-        sites.add_row(name, "-", "0", "-", "-", "-", "-", f"excluded: {reason}")
-    console.print(sites)
+        if s.get("policy_note"):
+            console.print(f"{name} {s['policy_note']}.", highlight=False)
     client = summary.get("client_dp")
     if client is not None:
         eps = client.get("epsilon")
@@ -340,3 +309,37 @@ def _print_tables(summary: dict[str, Any], out: Path) -> None:
         f"{measured} Results in [bold]{out}[/] (summary.json, "
         "privacy.txt, metrics.csv, model.pt)."
     )
+
+
+def _sites_table(summary: dict[str, Any], dp: bool) -> Table:
+    """Per site: its own figures, at its own delta with its own accountant."""
+    title = (
+        "Privacy per site: sample-level DP-SGD, each at its own delta with its own "
+        "accountant"
+        if dp
+        else "Sites ([bold red]NO differential privacy[/])"
+    )
+    sites = Table(title=title)
+    for col in (
+        *("site", "examples", "rounds", "ε this run", "ε lifetime", "budget"),
+        *("δ", "accountant", "sigma", "declined"),
+    ):
+        sites.add_column(col, justify="right")
+    for name, s in summary["sites"].items():
+        declined = s["declines"]
+        last = f" from r{declined[0]['round']}" if declined else ""
+        sites.add_row(
+            name,
+            str(s["examples"]),
+            str(s["rounds_trained"]),
+            _eps(s["epsilon_spent"]),
+            _eps(s["epsilon_lifetime"]),
+            _fmt(s["epsilon_budget"], "g"),
+            _fmt(s.get("delta"), "g"),
+            s.get("accountant") or "-",
+            _fmt(s["noise_multiplier"], ".3f"),
+            f"{len(declined)}{last}",
+        )
+    for name, reason in summary["excluded_sites"].items():
+        sites.add_row(name, "-", "0", *["-"] * 6, f"excluded: {reason}")
+    return sites
