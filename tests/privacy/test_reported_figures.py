@@ -78,8 +78,11 @@ def test_a_second_run_asking_for_another_delta_prints_the_sites_own(
 
     printed = _printed(summary, out, monkeypatch)
     assert "delta=1e-06" not in printed and "prv accountant" not in printed
-    assert printed.count("1e-05") >= 3 and printed.count(" rdp ") >= 3
-    assert printed.count("the run asked for delta 1e-06 with prv") == 3
+    assert "delta=1e-05, rdp accountant (the sites' own)" in printed
+    assert (
+        "site-1, site-2, site-3: accounted with its own policy's delta 1e-05 and rdp "
+        "accountant; the run asked for delta 1e-06 with prv."
+    ) in printed
 
 
 def test_privacy_txt_says_what_is_released_and_whose_noise_it_is(

@@ -270,11 +270,13 @@ def _print_tables(summary: dict[str, Any], out: Path) -> None:
             _fmt(row.get("seconds"), ".1f"),
         )
     console.print(rounds)
-    dp = summary["dp"]
-    console.print(_sites_table(summary, dp["enabled"]))
+    console.print(_sites_table(summary))
+    notes: dict[str, list[str]] = {}
     for name, s in summary["sites"].items():
         if s.get("policy_note"):
-            console.print(f"{name} {s['policy_note']}.", highlight=False)
+            notes.setdefault(s["policy_note"], []).append(name)
+    for note, names in notes.items():
+        console.print(f"{', '.join(names)}: {note}.", highlight=False)
     client = summary.get("client_dp")
     if client is not None:
         eps = client.get("epsilon")
@@ -311,35 +313,37 @@ def _print_tables(summary: dict[str, Any], out: Path) -> None:
     )
 
 
-def _sites_table(summary: dict[str, Any], dp: bool) -> Table:
-    """Per site: its own figures, at its own delta with its own accountant."""
-    title = (
-        "Privacy per site: sample-level DP-SGD, each at its own delta with its own "
-        "accountant"
-        if dp
-        else "Sites ([bold red]NO differential privacy[/])"
-    )
+def _sites_table(summary: dict[str, Any]) -> Table:
+    """Per site: its own figures, at its own delta with its own accountant (in the
+    title when every site used the same, else in two more columns)."""
+    dp = summary["dp"]
+    shared = bool(dp["enabled"] and dp["delta"] is not None and dp["accountant"])
+    if not dp["enabled"]:
+        title = "Sites ([bold red]NO differential privacy[/])"
+    elif shared:
+        title = (
+            f"Privacy per site: sample-level DP-SGD, delta={dp['delta']:g}, "
+            f"{dp['accountant']} accountant (the sites' own)"
+        )
+    else:
+        title = "Privacy per site: sample-level DP-SGD, at each site's own delta"
+    columns = ["site", "examples", "rounds", "ε this run", "ε lifetime", "budget"]
+    columns += [] if shared or not dp["enabled"] else ["δ", "accountant"]
     sites = Table(title=title)
-    for col in (
-        *("site", "examples", "rounds", "ε this run", "ε lifetime", "budget"),
-        *("δ", "accountant", "sigma", "declined"),
-    ):
+    for col in [*columns, "sigma", "declined"]:
         sites.add_column(col, justify="right")
     for name, s in summary["sites"].items():
         declined = s["declines"]
         last = f" from r{declined[0]['round']}" if declined else ""
+        row = [name, str(s["examples"]), str(s["rounds_trained"])]
+        row += [_eps(s["epsilon_spent"]), _eps(s["epsilon_lifetime"])]
+        row += [_fmt(s["epsilon_budget"], "g")]
+        if len(columns) > 6:
+            row += [_fmt(s.get("delta"), "g"), s.get("accountant") or "-"]
         sites.add_row(
-            name,
-            str(s["examples"]),
-            str(s["rounds_trained"]),
-            _eps(s["epsilon_spent"]),
-            _eps(s["epsilon_lifetime"]),
-            _fmt(s["epsilon_budget"], "g"),
-            _fmt(s.get("delta"), "g"),
-            s.get("accountant") or "-",
-            _fmt(s["noise_multiplier"], ".3f"),
-            f"{len(declined)}{last}",
+            *row, _fmt(s["noise_multiplier"], ".3f"), f"{len(declined)}{last}"
         )
     for name, reason in summary["excluded_sites"].items():
-        sites.add_row(name, "-", "0", *["-"] * 6, f"excluded: {reason}")
+        dashes = ["-"] * (len(columns) - 2)
+        sites.add_row(name, "-", "0", *dashes, f"excluded: {reason}")
     return sites
