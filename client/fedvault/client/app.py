@@ -3,13 +3,13 @@
 The record keys, metric names and decline codec it uses are
 :mod:`fedvault.common.protocol`'s; the Flower-facing client modules are this one,
 :mod:`fedvault.client.mods` (the privacy gate on training messages) and the
-SuperNode launcher (:mod:`fedvault.client.runtime`). Handlers:
+SuperNode launcher (:mod:`fedvault.client.runtime`).
 
 Every handler first checks the whole request (the run's settings) against the
 site's own policy, before any data is read (:func:`_admit`, through
 :func:`fedvault.client.policy.check_request`), and declines the run with a typed
 reason when it asks for less protection than the policy allows; the coordinator can
-ask, never override.
+ask, never override. Handlers:
 
 - ``query.stats``: summary counts of the site's training rows (no rows leave);
 - ``train``: DP-SGD on the site's rows from the received global model; replies with
@@ -101,13 +101,13 @@ def _threads(context: Context) -> None:
         torch.set_num_threads(threads)
 
 
+def _log_decline(msg: Message, decline: Decline) -> None:
+    kind = msg.metadata.message_type
+    logger.warning("declining %s: %s (%s)", kind, decline.reason, decline.detail)
+
+
 def _decline(msg: Message, decline: Decline) -> Message:
-    logger.warning(
-        "declining %s: %s (%s)",
-        msg.metadata.message_type,
-        decline.reason,
-        decline.detail,
-    )
+    _log_decline(msg, decline)
     return decline.reply(msg)
 
 
@@ -163,7 +163,7 @@ def stats(msg: Message, context: Context) -> Message:
     """Summary counts of this site's training rows, for federated preprocessing."""
     site, run = _admit(context)
     if isinstance(run, Decline):
-        _decline(msg, run)
+        _log_decline(msg, run)
         return Message(SiteStats(site.name, decline=run).to_content(), reply_to=msg)
     target = str(context.run_config[RUN_TARGET])
     split = load_site_data(site, target=target, seed=run.settings.seed)
@@ -285,10 +285,7 @@ def _train_plain(
 ) -> Message:
     """Plain SGD, only ever reached when the site's policy allows non-private
     training (``allow-non-private``): nothing is accounted or recorded."""
-    logger.warning(
-        "training WITHOUT differential privacy: the run asks for it and the site's "
-        "policy allows it (allow-non-private)"
-    )
+    logger.warning("training WITHOUT DP, as the policy allows (allow-non-private)")
     result = train_plain(model, data, local)
     plain = TrainMetrics(
         num_examples=len(data),
