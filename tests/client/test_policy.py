@@ -1,10 +1,9 @@
 """The site policy file: parsed once, validated, and the only source of the limits."""
 
-import math
-
 import pytest
 
 from fedvault.client.policy import Decline, SitePolicy, check_request, load_policy
+from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import BudgetExceededError, ConfigError, PrivacyError
 
 FULL = """
@@ -138,35 +137,30 @@ POLICY = SitePolicy(
 )
 
 
+def _request(**settings):
+    return TrainingConfig(**({"secagg": True} | settings))
+
+
 def test_request_within_the_policy_is_accepted():
-    assert check_request(POLICY, max_grad_norm=1.0, secure_aggregation=True) is None
-    assert (
-        check_request(
-            POLICY, max_grad_norm=0.5, secure_aggregation=True, noise_multiplier=0.8
-        )
-        is None
-    )
+    assert check_request(POLICY, _request()) is None
+    relaxed = _request(max_grad_norm=0.5, noise_multiplier=0.8)
+    assert check_request(POLICY, relaxed) is None
 
 
 @pytest.mark.parametrize(
-    ("clip", "secagg", "sigma", "fragment"),
+    ("settings", "fragment"),
     [
-        (1.01, True, None, "clipping norm 1.01 exceeds"),
-        (math.inf, True, None, "finite"),
-        (math.nan, True, None, "finite"),
-        (0.0, True, None, "finite"),
-        (1.0, True, 0.79, "noise multiplier 0.79 is below"),
-        (1.0, True, 0.0, "below"),
-        (1.0, True, math.nan, "below"),
-        (1.0, False, None, "requires secure aggregation"),
+        ({"max_grad_norm": 1.01}, "clipping norm 1.01 exceeds"),
+        ({"noise_multiplier": 0.79}, "noise multiplier 0.79 is below"),
+        ({"noise_multiplier": 10.5}, "above the site's max-noise-multiplier 10"),
+        ({"secagg": False}, "requires secure aggregation"),
+        ({"dp": False}, "allow-non-private"),
     ],
 )
 def test_request_breaking_the_policy_is_declined_with_a_typed_reply(
-    clip, secagg, sigma, fragment
+    settings, fragment
 ):
-    decision = check_request(
-        POLICY, max_grad_norm=clip, secure_aggregation=secagg, noise_multiplier=sigma
-    )
+    decision = check_request(POLICY, _request(**settings))
     assert isinstance(decision, Decline)
     assert decision.reason == "policy"
     assert fragment in decision.detail
@@ -174,7 +168,7 @@ def test_request_breaking_the_policy_is_declined_with_a_typed_reply(
 
 def test_secure_aggregation_not_required_accepts_either():
     relaxed = SitePolicy(dataset_id="d", epsilon_max=1.0, delta=1e-5)
-    assert check_request(relaxed, max_grad_norm=1.0, secure_aggregation=False) is None
+    assert check_request(relaxed, TrainingConfig(secagg=False)) is None
 
 
 def test_decline_converts_to_the_matching_error():

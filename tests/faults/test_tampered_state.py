@@ -88,7 +88,7 @@ def test_a_damaged_ledger_blocks_only_its_site(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(POLICY_CASES))
-def test_a_broken_policy_file_fails_only_its_site(
+def test_a_broken_policy_file_rules_out_only_its_site(
     tmp_path, local_grid, make_contexts, case
 ):
     run_config = site_run_config(tmp_path, NODES, rounds=1)
@@ -96,9 +96,11 @@ def test_a_broken_policy_file_fails_only_its_site(
     (tmp_path / "state-0" / "site.toml").write_text(text)
     summary = _run(tmp_path, local_grid, make_contexts, run_config, "run")
     assert summary["status"] == "completed"
-    site = summary["sites"]["site-1"]
-    assert site["rounds_trained"] == 0 and len(site["failures"]) == 1
-    assert reason in site["failures"][0]["reason"]
+    # refused at the edge of the first message, under the site's own name
+    assert "site-1" not in summary["sites"]
+    why = summary["excluded_sites"]["site-1"]
+    assert why.startswith("declined (policy): the site's policy cannot be read")
+    assert reason in why
     assert not (tmp_path / "state-0" / "ledger" / "bc.jsonl").exists()
     assert summary["sites"]["site-2"]["rounds_trained"] == 1
 

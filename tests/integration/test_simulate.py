@@ -30,8 +30,10 @@ def test_dp_federation_learns_within_budget(tmp_path):
     assert summary["dp"] == {
         "enabled": True,
         "level": "sample-level, per site (DP-SGD)",
-        "delta": 1e-5,
+        "delta": 1e-5,  # the sites' own (all the same here)
         "accountant": "rdp",
+        "requested_delta": 1e-5,  # what the run asked for
+        "requested_accountant": "rdp",
         "epsilon_target": 3.0,
         "max_grad_norm": 1.0,
         "sampling": "poisson",
@@ -40,6 +42,8 @@ def test_dp_federation_learns_within_budget(tmp_path):
     for site in summary["sites"].values():
         assert 0 < site["epsilon_spent"] <= site["epsilon_budget"] == 3.0
         assert site["rounds_trained"] == 2 and site["noise_multiplier"] > 0
+        assert (site["delta"], site["accountant"]) == (1e-5, "rdp")
+        assert site["policy_note"] is None and site["noise_from_run_seed"] is True
     for name in ("summary.json", "metrics.csv", "model.pt", "preprocessing.json"):
         assert (out / name).is_file()
     bundle = torch.load(out / "model.pt", weights_only=False)

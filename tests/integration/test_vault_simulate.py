@@ -59,3 +59,24 @@ def test_a_wrong_key_is_refused_by_every_site(vaults, tmp_path):
         sim.run(_cfg(root, paths, key="other.key"), tmp_path / "bad")
     summary_written = (tmp_path / "bad" / "summary.json").exists()
     assert not summary_written
+
+
+def test_a_delta_not_below_one_over_n_is_refused_before_flower_starts(
+    vaults, tmp_path, monkeypatch, capsys
+):
+    import sys
+
+    from fedvault.common.cli import main
+
+    root, paths = vaults
+    out = tmp_path / "delta"
+    args = ["--vaults", ",".join(map(str, paths)), "--key", str(root / "vault.key")]
+    args += ["--target", "diagnosis", "--delta", "0.4", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["fedvault", "simulate", *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "delta: 0.4 is not below 1/n" in err and "rows)" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()  # nothing written, Flower never started

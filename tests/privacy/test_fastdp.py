@@ -101,3 +101,46 @@ def test_only_plain_mlps_take_the_fast_path():
     assert not _fastdp.supports(torch.nn.Linear(3, 1))
     norm = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
     assert not _fastdp.supports(norm)
+
+
+def _tied():
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(6, 6)
+    return torch.nn.Sequential(
+        shared, torch.nn.ReLU(), shared, torch.nn.ReLU(), torch.nn.Linear(6, 1)
+    )
+
+
+def _frozen():
+    torch.manual_seed(0)
+    model = build_model("mlp", in_features=6, num_classes=2, hidden=16)
+    model[0].weight.requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize("make", [_tied, _frozen], ids=["tied", "frozen"])
+def test_tied_or_frozen_layers_take_the_opacus_path(monkeypatch, make):
+    """A Linear used twice sums two per-sample gradients before clipping, and
+    Opacus neither clips nor noises a frozen parameter: the fast step does neither,
+    so such models must train through Opacus' own engine."""
+    from fedvault.client import training
+
+    taken = []
+    for name in ("_fast_engine", "_opacus_engine"):
+        real = getattr(training, name)
+
+        def spy(*args, _real=real, _name=name):
+            taken.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(training, name, spy)
+    data = _data(40, 6, 2)
+    local = LocalSettings(num_classes=2, lr=0.2, epochs=1, batch_size=8)
+    plan = dp_schedule(len(data), 8).plan(noise_multiplier=1.0, epochs=1)
+    model = make()
+    frozen = [p.detach().clone() for p in model.parameters() if not p.requires_grad]
+    torch.manual_seed(3)
+    train_private(model, data, local, plan=plan, max_grad_norm=0.5)
+    assert taken == ["_opacus_engine"]
+    kept = [p for p in model.parameters() if not p.requires_grad]
+    assert all(torch.equal(a, b) for a, b in zip(frozen, kept, strict=True))

@@ -7,6 +7,7 @@ from opacus.accountants import RDPAccountant
 
 from fedvault.client.ledger import PrivacyLedger
 from fedvault.client.policy import Decline, SitePolicy, check_request, plan_run_noise
+from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import BudgetExceededError
 from fedvault.common.privacy import Step, epsilon_spent
 
@@ -176,9 +177,9 @@ def test_a_run_cannot_lower_the_noise_below_the_policy(tmp_path):
     assert decision == Decline(
         "policy", "noise multiplier 0.5 is below the site's minimum 0.9"
     )
-    assert check_request(
-        policy, max_grad_norm=1.0, secure_aggregation=False, noise_multiplier=0.5
-    ) == Decline("policy", "noise multiplier 0.5 is below the site's minimum 0.9")
+    assert check_request(policy, TrainingConfig(noise_multiplier=0.5)) == Decline(
+        "policy", "noise multiplier 0.5 is below the site's minimum 0.9"
+    )
 
 
 def test_the_run_noise_is_reused_after_a_restart(tmp_path):

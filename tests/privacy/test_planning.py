@@ -3,6 +3,7 @@
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
+from fedvault.common import _rdp
 from fedvault.common.errors import ConfigError, PrivacyError
 from fedvault.common.privacy import Step, epsilon_spent, plan_noise
 
@@ -87,3 +88,22 @@ def test_planning_rejects_bad_settings(kwargs):
 def test_unreachable_budget_is_a_privacy_error():
     with pytest.raises(PrivacyError, match="too small"):
         plan_noise(target_epsilon=1e-4, delta=1e-5, sample_rate=1.0, steps=10_000)
+
+
+def test_the_coarse_orders_are_a_subset_of_the_exact_ones():
+    assert set(_rdp.COARSE_ORDERS) <= set(_rdp.ORDERS)
+    history = [Step(noise_multiplier=1.2, sample_rate=0.02, steps=10)]
+    coarse = epsilon_spent(history, delta=1e-5, coarse=True)
+    assert coarse >= epsilon_spent(history, delta=1e-5)  # an upper bound
+
+
+@pytest.mark.parametrize(
+    ("target", "q", "steps"),
+    # where the optimal RDP order is near 11, which the coarse orders held and the
+    # exact (Opacus') orders do not: the search used to stop above the target
+    [(0.85, 0.02, 10), (0.875, 0.02, 10), (1.175, 0.05, 30), (1.425, 0.1, 30)],
+)
+def test_a_planned_sigma_never_overshoots_its_target(target, q, steps):
+    sigma = plan_noise(target_epsilon=target, delta=1e-5, sample_rate=q, steps=steps)
+    step = Step(noise_multiplier=sigma, sample_rate=q, steps=steps)
+    assert epsilon_spent([step], delta=1e-5) <= target

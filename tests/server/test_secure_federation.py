@@ -96,16 +96,16 @@ def test_a_declining_site_under_secagg_is_left_out_of_the_sum(
         secagg=True,
         epsilon=100.0,
         noise_multiplier=2.0,
-        min_noise={2: 3.0},
+        budget={2: 0.01},
     )
     assert summary["status"] == "completed"
     assert [h["sites_trained"] for h in summary["history"]] == [2, 2]
     declines = summary["sites"]["site-3"]["declines"]
     assert [(d["round"], d["reason"]) for d in declines] == [
-        (1, "policy"),
-        (2, "policy"),
+        (1, "budget"),
+        (2, "budget"),
     ]
-    assert "below the site's minimum" in declines[0]["detail"]
+    assert "would bring lifetime epsilon" in declines[0]["detail"]
     assert summary["sites"]["site-3"]["failures"] == []
     assert summary["final"]["accuracy"] > 0.8
 
@@ -116,9 +116,11 @@ def test_site_policy_requiring_secagg_is_respected(
     _, plain, _, _ = _run(
         tmp_path / "plain", local_grid, make_contexts, rounds=1, require_secagg=(1,)
     )
-    declines = plain["sites"]["site-2"]["declines"]
-    assert [d["reason"] for d in declines] == ["policy"]
-    assert "requires secure aggregation" in declines[0]["detail"]
+    # The site refuses the whole run at its edge: no summary, no update, nothing.
+    assert "site-2" not in plain["sites"]
+    assert plain["excluded_sites"]["site-2"] == (
+        "declined (policy): the site requires secure aggregation; the run has it off"
+    )
     assert plain["status"] == "completed" and plain["history"][0]["sites_trained"] == 2
 
     _, secure, _, _ = _run(
@@ -141,7 +143,7 @@ def test_client_dp_releases_nothing_when_a_sampled_site_is_missing(
         local_grid,
         make_contexts,
         client_dp="server-fixed",
-        require_secagg=(2,),
+        budget={2: 0.01},
     )
     assert summary["status"] == "stopped" and summary["rounds_completed"] == 0
     assert "client-level DP: only 2 of the 3" in summary["stop_reason"]

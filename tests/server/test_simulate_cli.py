@@ -78,3 +78,36 @@ def test_existing_run_is_not_overwritten(monkeypatch, capsys, tmp_path):
     code, err = _run(monkeypatch, capsys, "--out", str(out))
     assert code == 2 and "already holds a run" in err
     assert (out / "summary.json").read_text() == "{}"
+
+
+def test_no_dp_on_a_state_whose_policies_forbid_it(monkeypatch, capsys, tmp_path):
+    """A site's existing policy decides: --no-dp on a --state whose policy does not
+    allow non-private training stops before anything is written or started."""
+    state = tmp_path / "state" / "site-1"
+    state.mkdir(parents=True)
+    policy = '[privacy]\ndataset-id = "bc"\nepsilon-max = 3.0\ndelta = 1e-5\n'
+    (state / "site.toml").write_text(policy)
+    out = tmp_path / "run"
+    code, err = _run(
+        monkeypatch,
+        capsys,
+        "--no-dp",
+        "--state",
+        str(tmp_path / "state"),
+        "--out",
+        str(out),
+    )
+    assert code == 2 and "site-1" in err and "allow-non-private" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    assert (state / "site.toml").read_text() == policy
+
+
+@pytest.mark.parametrize("dp", [True, False])
+def test_simulated_policies_allow_non_private_only_for_no_dp(tmp_path, dp):
+    from fedvault.client.policy import load_policy
+    from fedvault.server import simulate as sim
+
+    prepared = sim.prepare_data(sim.load_config({"sites": 2, "dp": dp}))
+    folders = sim.site_states(prepared, tmp_path)
+    for folder in folders:
+        assert load_policy(folder / "site.toml").allow_non_private is (not dp)

@@ -115,10 +115,13 @@ def make_contexts():
     return contexts_for
 
 
-def site_run_config(tmp_path, nodes, *, require_secagg=(), min_noise=None, **training):
+def site_run_config(
+    tmp_path, nodes, *, require_secagg=(), min_noise=None, budget=None, **training
+):
     """The run config of an in-process federation of ``len(nodes)`` sites on the
     embedded data (each site's rows in a file, its own policy in its state folder),
-    with a held-out test file; ``training`` overrides TrainingConfig fields."""
+    with a held-out test file; ``training`` overrides TrainingConfig fields.
+    ``min_noise`` and ``budget`` (epsilon-max) override a site's policy by index."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     frame = default_dataset()
     test = frame.sample(frac=0.2, random_state=0)
@@ -142,10 +145,13 @@ def site_run_config(tmp_path, nodes, *, require_secagg=(), min_noise=None, **tra
         state.mkdir()
         (state / "site.toml").write_text(
             "[privacy]\n"
-            'dataset-id = "bc"\nepsilon-max = 10.0\ndelta = 1e-5\n'
+            f'dataset-id = "bc"\nepsilon-max = {(budget or {}).get(pid, 10.0)}\n'
+            "delta = 1e-5\n"
             f"min-noise-multiplier = {(min_noise or {}).get(pid, 0.3)}\n"
             "max-grad-norm = 1.0\n"
             f"require-secure-aggregation = {str(pid in require_secagg).lower()}\n"
+            # as fedvault simulate writes them: a --no-dp run's sites allow it
+            f"allow-non-private = {str(not settings.get('dp', True)).lower()}\n"
         )
         run_config |= {
             f"site.{pid}.data": str(data),

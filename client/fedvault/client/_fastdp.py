@@ -32,14 +32,27 @@ _ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.LeakyReLU, nn.GELU
 
 def supports(model: nn.Module) -> bool:
     """True for an ``nn.Sequential`` of ``nn.Linear`` and parameter-free
-    element-wise activations (the MLP and logistic regression fedvault builds)."""
+    element-wise activations (the MLP and logistic regression fedvault builds),
+    each layer used once, with no parameter shared and every parameter trained.
+
+    A layer used twice (tied weights) sums two per-sample gradients before the
+    norm, and a frozen parameter is neither clipped nor noised by Opacus; this step
+    does neither, so such models take Opacus' own path.
+    """
     if not isinstance(model, nn.Sequential):
+        return False
+    layers = list(model)
+    if len({id(m) for m in layers}) != len(layers):
+        return False
+    params = list(model.parameters())
+    shared = sum(1 for _ in model.named_parameters(remove_duplicate=False))
+    if shared != len(params) or not all(p.requires_grad for p in params):
         return False
     return all(
         isinstance(m, nn.Linear)
         or (isinstance(m, _ACTIVATIONS) and not any(True for _ in m.parameters()))
-        for m in model
-    ) and any(isinstance(m, nn.Linear) for m in model)
+        for m in layers
+    ) and any(isinstance(m, nn.Linear) for m in layers)
 
 
 def dp_sgd_step(

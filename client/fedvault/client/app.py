@@ -3,7 +3,13 @@
 The record keys, metric names and decline codec it uses are
 :mod:`fedvault.common.protocol`'s; the Flower-facing client modules are this one,
 :mod:`fedvault.client.mods` (the privacy gate on training messages) and the
-SuperNode launcher (:mod:`fedvault.client.runtime`). Handlers:
+SuperNode launcher (:mod:`fedvault.client.runtime`).
+
+Every handler first checks the whole request (the run's settings) against the
+site's own policy, before any data is read (:func:`_admit`, through
+:func:`fedvault.client.policy.check_request`), and declines the run with a typed
+reason when it asks for less protection than the policy allows; the coordinator can
+ask, never override. Handlers:
 
 - ``query.stats``: summary counts of the site's training rows (no rows leave);
 - ``train``: DP-SGD on the site's rows from the received global model; replies with
@@ -22,6 +28,8 @@ import dataclasses
 import hashlib
 import logging
 import secrets
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,8 +40,10 @@ from torch.utils.data import TensorDataset
 
 from fedvault.client.budget import SiteBudget, policy_path
 from fedvault.client.mods import privacy_mod
+from fedvault.client.policy import SitePolicy, check_request, check_rows, load_policy
 from fedvault.client.site import (
     SiteSettings,
+    SplitData,
     load_site_data,
     site_settings,
     to_tensors,
@@ -47,11 +57,10 @@ from fedvault.client.training import (
 )
 from fedvault.common.compression import pack, quantize
 from fedvault.common.config import TrainingConfig
-from fedvault.common.errors import BudgetExceededError
+from fedvault.common.errors import BudgetExceededError, ConfigError
 from fedvault.common.evaluation import evaluate
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, site_summary
-from fedvault.common.privacy import keep_curves_in
 from fedvault.common.protocol import (
     ARRAYS,
     CONFIG,
@@ -92,13 +101,13 @@ def _threads(context: Context) -> None:
         torch.set_num_threads(threads)
 
 
+def _log_decline(msg: Message, decline: Decline) -> None:
+    kind = msg.metadata.message_type
+    logger.warning("declining %s: %s (%s)", kind, decline.reason, decline.detail)
+
+
 def _decline(msg: Message, decline: Decline) -> Message:
-    logger.warning(
-        "declining %s: %s (%s)",
-        msg.metadata.message_type,
-        decline.reason,
-        decline.detail,
-    )
+    _log_decline(msg, decline)
     return decline.reply(msg)
 
 
@@ -116,21 +125,57 @@ def _round_seed(site: SiteSettings, seed: int, server_round: int, kind: str) -> 
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") % (2**63)
 
 
+@dataclass(frozen=True)
+class _Run:
+    """A run the site takes part in: its settings, the site's own, its policy."""
+
+    settings: TrainingConfig
+    site: SiteSettings
+    policy: SitePolicy
+    policy_file: Path
+    state_dir: Path
+
+
+def _admit(context: Context) -> tuple[SiteSettings, _Run | Decline]:
+    """The edge of every handler: the run's request against the site's policy,
+    before any data is read (a site without a readable policy takes part in
+    nothing)."""
+    settings = TrainingConfig.from_run_config(context.run_config)
+    site = site_settings(context.node_config, context.run_config)
+    try:
+        policy_file, state_dir = policy_path(site.state, site.policy)
+        policy = load_policy(policy_file)
+    except ConfigError as exc:
+        return site, Decline("policy", f"the site's policy cannot be read: {exc}")
+    refusal = check_request(policy, settings)
+    if refusal is not None:
+        return site, refusal
+    return site, _Run(settings, site, policy, policy_file, state_dir)
+
+
+def _refuse_rows(run: _Run, split: SplitData) -> Decline | None:
+    """Why the site's own rows rule the run out (delta against their number)."""
+    return check_rows(run.policy, rows=len(split.train)) if run.settings.dp else None
+
+
 @app.query(STATS_ACTION)
 def stats(msg: Message, context: Context) -> Message:
     """Summary counts of this site's training rows, for federated preprocessing."""
-    settings = TrainingConfig.from_run_config(context.run_config)
-    site = site_settings(context.node_config, context.run_config)
+    site, run = _admit(context)
+    if isinstance(run, Decline):
+        _log_decline(msg, run)
+        return Message(SiteStats(site.name, decline=run).to_content(), reply_to=msg)
     target = str(context.run_config[RUN_TARGET])
-    split = load_site_data(site, target=target, seed=settings.seed)
+    split = load_site_data(site, target=target, seed=run.settings.seed)
+    refusal = _refuse_rows(run, split)
     reason = usable(split, target)
-    answer = (
-        SiteStats(
-            site.name, summary=summary_to_bytes(site_summary(split.train, target))
-        )
-        if reason is None
-        else SiteStats(site.name, reason=reason)
-    )
+    if refusal is not None:
+        answer = SiteStats(site.name, decline=refusal)
+    elif reason is not None:
+        answer = SiteStats(site.name, reason=reason)
+    else:
+        summary = summary_to_bytes(site_summary(split.train, target))
+        answer = SiteStats(site.name, summary=summary)
     return Message(answer.to_content(), reply_to=msg)
 
 
@@ -171,18 +216,13 @@ def _update(
     return packed_record(pack(quantize(local, reference, np.random.default_rng(seed))))
 
 
-def _open_budget(
-    site: SiteSettings, settings: TrainingConfig, run_id: str
-) -> SiteBudget | Decline:
-    policy_file, state_dir = policy_path(site.state, site.policy)
-    # Each message runs in a fresh process in deployment: keep Opacus' per-step
-    # RDP curves beside the ledger instead of recomputing them every round.
-    keep_curves_in(state_dir / "accountant")
+def _open_budget(run: _Run, run_id: str) -> SiteBudget | Decline:
     return SiteBudget.open(
-        policy_file=policy_file,
-        state_dir=state_dir,
+        policy_file=run.policy_file,
+        state_dir=run.state_dir,
         run_id=run_id,
-        settings=settings,
+        settings=run.settings,
+        policy=run.policy,
     )
 
 
@@ -190,16 +230,22 @@ def _open_budget(
 def train(msg: Message, context: Context) -> Message:
     """One round of local training on the received global model.
 
-    With DP the site's own policy and ledger decide first (typed declines), and the
-    trained round is appended to the ledger before the update is sent.
+    The site's own policy decides first (typed declines, before any data is read);
+    with DP its ledger then plans the round, and the trained round is appended to
+    the ledger before the update is sent.
     """
     _threads(context)
-    settings = TrainingConfig.from_run_config(context.run_config)
-    site = site_settings(context.node_config, context.run_config)
+    _, run = _admit(context)
+    if isinstance(run, Decline):
+        return _decline(msg, run)
+    settings, site = run.settings, run.site
     config = config_record(msg.content, CONFIG)
     prep = _preprocessing(msg)
     server_round = int(number(config, SERVER_ROUND))
     split = load_site_data(site, target=prep.target, seed=settings.seed)
+    refusal = _refuse_rows(run, split)
+    if refusal is not None:
+        return _decline(msg, refusal)
     reason = usable(split, prep.target)
     if reason is not None:
         return _decline(msg, Decline("data", reason))
@@ -219,26 +265,40 @@ def train(msg: Message, context: Context) -> Message:
     seed = _round_seed(site, settings.seed, server_round, "train")
     torch.manual_seed(seed)
     if not settings.dp:
-        result = train_plain(model, data, local)
-        plain = TrainMetrics(
-            num_examples=len(data),
-            loss=result.loss,
-            steps=result.steps,
-            client_weight=settings.client_dp != "off",
-        )
-        return _reply(msg, _update(msg, model, settings, seed), plain.to_record())
+        return _train_plain(msg, settings, model, data, local, seed)
     # The coordinator's run key survives a coordinator restart (resume); Flower's
     # run id does not. Either names this run in the site's ledger.
     run_key = str(context.run_config.get(RUN_KEY) or context.run_id)
-    budget = _open_budget(site, settings, run_key)
+    budget = _open_budget(run, run_key)
     if isinstance(budget, Decline):
         return _decline(msg, budget)
-    return _train_private(msg, settings, budget, model, data, local, server_round, seed)
+    return _train_private(msg, run, budget, model, data, local, server_round, seed)
+
+
+def _train_plain(
+    msg: Message,
+    settings: TrainingConfig,
+    model: nn.Module,
+    data: TensorDataset,
+    local: LocalSettings,
+    seed: int,
+) -> Message:
+    """Plain SGD, only ever reached when the site's policy allows non-private
+    training (``allow-non-private``): nothing is accounted or recorded."""
+    logger.warning("training WITHOUT DP, as the policy allows (allow-non-private)")
+    result = train_plain(model, data, local)
+    plain = TrainMetrics(
+        num_examples=len(data),
+        loss=result.loss,
+        steps=result.steps,
+        client_weight=settings.client_dp != "off",
+    )
+    return _reply(msg, _update(msg, model, settings, seed), plain.to_record())
 
 
 def _train_private(
     msg: Message,
-    settings: TrainingConfig,
+    run: _Run,
     budget: SiteBudget,
     model: nn.Module,
     data: TensorDataset,
@@ -248,6 +308,7 @@ def _train_private(
 ) -> Message:
     """DP-SGD for the round the budget plans, recorded in the ledger before the
     update is sent (or the update of this round again, if already trained)."""
+    settings = run.settings
     global_hash = array_record(msg.content, ARRAYS).object_id
     replayed = _replay(msg, settings, budget, server_round, global_hash)
     if replayed is not None:
@@ -260,7 +321,12 @@ def _train_private(
     )
     sent = _update(msg, model, settings, seed)
     try:
-        figures = budget.record(server_round, plan, sent.object_id)
+        figures = budget.record(
+            server_round,
+            plan,
+            sent.object_id,
+            noise_from_run_seed=run.site.simulated,
+        )
     except BudgetExceededError as exc:
         return _decline(msg, Decline("budget", str(exc)))
     metrics = TrainMetrics(
@@ -309,10 +375,15 @@ def _replay(
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Metrics of the global model on this site's validation split."""
     _threads(context)
-    settings = TrainingConfig.from_run_config(context.run_config)
-    site = site_settings(context.node_config, context.run_config)
+    _, run = _admit(context)
+    if isinstance(run, Decline):
+        return _decline(msg, run)
+    settings = run.settings
     prep = _preprocessing(msg)
-    split = load_site_data(site, target=prep.target, seed=settings.seed)
+    split = load_site_data(run.site, target=prep.target, seed=settings.seed)
+    refusal = _refuse_rows(run, split)
+    if refusal is not None:
+        return _decline(msg, refusal)
     if len(split.validation) == 0:
         return _decline(msg, Decline("data", "no validation rows"))
     data = to_tensors(split.validation, prep)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from fedvault.client import replay
+from fedvault.client._ledger_cache import use_cache
 from fedvault.client.ledger import PrivacyLedger
 from fedvault.client.policy import (
     Decline,
@@ -54,11 +55,19 @@ class SiteBudget:
         state_dir: Path,
         run_id: str,
         settings: TrainingConfig,
+        policy: SitePolicy | None = None,
     ) -> SiteBudget | Decline:
-        """Load the policy and open (verify) the ledger. A ledger that fails
-        verification is a decline: the site trains nothing until it is fixed."""
-        policy = load_policy(policy_file)
+        """Load the policy (unless given, already read from ``policy_file``) and
+        open (verify) the ledger. A ledger that fails verification is a decline:
+        the site trains nothing until it is fixed. Opacus' RDP curves are kept
+        beside the ledger, authenticated with the site's key
+        (:mod:`fedvault.client._ledger_cache`).
+
+        Raises :class:`ConfigError` for a missing or invalid policy file.
+        """
+        policy = policy or load_policy(policy_file)
         try:
+            use_cache(state_dir)
             ledger = PrivacyLedger.for_policy(state_dir, policy)
         except IntegrityError as exc:
             return Decline("policy", f"privacy ledger failed verification: {exc}")
@@ -89,15 +98,7 @@ class SiteBudget:
         once and passed as is to
         :func:`fedvault.client.training.train_private`, or why the site will not
         train it."""
-        fixed = self.settings.noise_multiplier or None
-        refusal = check_request(
-            self.policy,
-            max_grad_norm=self.settings.max_grad_norm,
-            # Enforced, not just claimed: with secagg on, fedvault.client.mods
-            # refuses any training message that is not a SecAgg+ stage.
-            secure_aggregation=self.settings.secagg,
-            noise_multiplier=fixed,
-        )
+        refusal = check_request(self.policy, self.settings)
         if refusal is not None:
             return refusal
         try:
@@ -105,6 +106,8 @@ class SiteBudget:
         except BudgetExceededError as exc:
             return Decline("budget", str(exc))
         step = schedule.plan(noise_multiplier=sigma, epochs=self.settings.local_epochs)
+        if sigma > self.policy.max_noise_multiplier:
+            return self._useless(step)
         refusal = self.ledger.check_round(step, self.policy)
         if refusal is not None:
             return refusal
@@ -117,9 +120,28 @@ class SiteBudget:
             )
         return step
 
-    def record(self, server_round: int, step: Step, update_hash: str) -> DpFigures:
+    def _useless(self, step: Step) -> Decline:
+        spent, budget = self.ledger.epsilon(), self.policy.epsilon_max
+        return Decline(
+            "budget",
+            f"the budget left is too small for a useful round: within this run's "
+            f"epsilon {self.settings.epsilon:g} and the lifetime budget "
+            f"({spent:.4f} of {budget:g} spent) its rounds need noise multiplier "
+            f"{step.noise_multiplier:.3g} > the site's max-noise-multiplier "
+            f"{self.policy.max_noise_multiplier:g}",
+        )
+
+    def record(
+        self,
+        server_round: int,
+        step: Step,
+        update_hash: str,
+        *,
+        noise_from_run_seed: bool = False,
+    ) -> DpFigures:
         """Append the trained round to the ledger (raises BudgetExceededError and
-        records nothing if another run spent the budget meanwhile)."""
+        records nothing if another run spent the budget meanwhile); the site's
+        figures after it, at its own delta and with its own accountant."""
         self.ledger.append(
             self.run_id,
             server_round,
@@ -135,6 +157,8 @@ class SiteBudget:
             delta=self.policy.delta,
             noise_multiplier=step.noise_multiplier,
             sample_rate=step.sample_rate,
+            accountant=self.policy.accountant,
+            noise_from_run_seed=noise_from_run_seed,
         )
 
     def replayable(
@@ -183,5 +207,8 @@ def policy_path(state_dir: Path | None, policy: Path | None) -> tuple[Path, Path
     """Resolve the policy file and state folder of a site (policy defaults to
     ``STATE/site.toml``)."""
     if state_dir is None:
-        raise ConfigError("DP training needs the site's state folder (state=DIR)")
+        raise ConfigError(
+            "the site needs its state folder (state=DIR), which holds its policy "
+            "and its privacy ledger"
+        )
     return (policy or state_dir / POLICY_FILE), state_dir

@@ -2,7 +2,8 @@
 
 - ``show``: every recorded round, lifetime epsilon and (with ``--policy``) the
   remaining budget, as a table or ``--format json``;
-- ``verify``: exit 0 when the hash chain and head are intact, exit 2 with one line
+- ``verify``: exit 0 when the hash chain and head are intact and every cached RDP
+  curve of the accountant authenticates under the site's key, exit 2 with one line
   naming the problem otherwise;
 - ``repair``: drop an incomplete last line left by a crash mid-append (nothing else).
 
@@ -20,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedvault.client._ledger_cache import verify_cache
 from fedvault.client.ledger import LedgerRecord, repair_torn_tail, verify_ledger
 from fedvault.client.policy import SitePolicy, load_policy
 from fedvault.common.cli import (
@@ -147,14 +149,22 @@ def show(
 @ledger_app.command()
 @errors_as_exit()
 def verify(state: StateOption, dataset: Annotated[str, typer.Option()]) -> None:
-    """Check the hash chain and head: exit 0 if intact, 2 if not."""
+    """Check the hash chain and head, and the accountant's cached curves: exit 0 if
+    intact, 2 if not."""
     try:
         records = verify_ledger(state, dataset)
     except IntegrityError as exc:
         message = f"ledger of {dataset!r} failed verification: {exc}"
         raise error_exit(message, EXIT_USER_ERROR) from None
+    try:
+        curves = verify_cache(state)
+    except IntegrityError as exc:
+        message = f"accountant cache of {state} failed verification: {exc}"
+        raise error_exit(message, EXIT_USER_ERROR) from None
     console.print(
-        f"ok: ledger of {dataset!r} intact ({len(records)} records)", highlight=False
+        f"ok: ledger of {dataset!r} intact ({len(records)} records); accountant "
+        f"cache: {curves} curves authenticated",
+        highlight=False,
     )
 
 

@@ -17,7 +17,8 @@ Two mechanisms live here:
 - :func:`rdp_epsilon`, Opacus' ``RDPAccountant.get_epsilon`` term for term, with the
   RDP curve of one step per distinct (sigma, q) computed once and cached in memory
   and, after :func:`keep_curves_in`, in files (each a JSON document ``{"key": ...,
-  "curve": [...], "sha256": ...}`` named ``rdp-<hash of the key>.json``).
+  "curve": [...], "hmac": ...}`` named ``rdp-<hash of the key>.json``, authenticated
+  with HMAC-SHA256 under a key the site holds; :func:`verify_curves` checks them).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import hmac
 import json
+import logging
 import math
 import warnings
 from collections.abc import Callable
@@ -34,13 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from fedvault.common.errors import PrivacyError
+from fedvault.common.errors import IntegrityError, PrivacyError
 from fedvault.common.files import atomic_write
+
+logger = logging.getLogger(__name__)
 
 # Opacus' RDPAccountant.DEFAULT_ALPHAS, the orders its get_epsilon minimises over.
 ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
-# A subset (integer orders are cheap to price): its epsilon is an upper bound.
-COARSE_ORDERS = (1.5, *range(2, 64))
+# A subset of ORDERS (1.5 and the integer orders, cheap to price): the minimum over
+# fewer orders is never below the minimum over all, so its epsilon is an upper bound.
+COARSE_ORDERS = tuple(a for a in ORDERS if a == 1.5 or float(a).is_integer())
 _SIGMA_CEILING = 4096.0
 
 Entries = tuple[tuple[float, float, int], ...]
@@ -178,21 +184,27 @@ def rdp_epsilon(entries: Entries, delta: float, orders: tuple[float, ...]) -> fl
 
 
 _curve_folder: Path | None = None
+_curve_secret = b""
+CURVE_PATTERN = "rdp-*.json"
 
 
-def keep_curves_in(folder: Path | None) -> None:
+def keep_curves_in(folder: Path | None, *, secret: bytes = b"") -> None:
     """Also keep the per-step RDP curves (exact orders) as files in ``folder``
-    (``None``: in memory only).
+    (``None``: in memory only), authenticated with HMAC-SHA256 under ``secret``.
 
     A deployed site starts a fresh ClientApp process per message, which would
     otherwise recompute Opacus' curve for its run's (sigma, q) every round (~0.4 s
     on a 2-core machine). A file is used only if its sigma, q, orders and Opacus
-    version equal the ones asked for and its checksum matches (a damaged file is
-    recomputed and rewritten). It guards against damage, not against someone who
-    can write the site's state folder; the ledger beside it has the same trust.
+    version equal the ones asked for and its HMAC verifies under ``secret`` (a
+    secret the site holds, see :mod:`fedvault.client._ledger_cache`); any other file
+    is ignored, recomputed and rewritten, so a forged or damaged cache can cost
+    time but never lower an epsilon. Raises :class:`ValueError` for a folder without
+    a secret of at least 16 bytes.
     """
-    global _curve_folder
-    _curve_folder = folder
+    global _curve_folder, _curve_secret
+    if folder is not None and len(secret) < 16:
+        raise ValueError("the RDP curve cache needs a secret of at least 16 bytes")
+    _curve_folder, _curve_secret = folder, secret
 
 
 def _curve_key(sigma: float, q: float, orders: tuple[float, ...]) -> dict[str, Any]:
@@ -202,20 +214,55 @@ def _curve_key(sigma: float, q: float, orders: tuple[float, ...]) -> dict[str, A
     return {"sigma": sigma, "q": q, "orders": list(orders), "opacus": version}
 
 
-def _checksum(key: dict[str, Any], curve: list[float]) -> str:
+def _mac(secret: bytes, key: Any, curve: list[float]) -> str:
     text = json.dumps([key, curve], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
 
 
-def _stored_curve(path: Path, key: dict[str, Any]) -> np.ndarray | None:
+def _read_curve(path: Path, secret: bytes) -> tuple[Any, list[float]]:
+    """The (key, curve) of a cache file; :class:`IntegrityError` unless it is
+    well formed and its HMAC verifies under ``secret``."""
     try:
         doc = json.loads(path.read_text())
         curve = [float(x) for x in doc["curve"]]
-        if doc["key"] != key or doc["sha256"] != _checksum(key, curve):
-            return None
+        mac = str(doc["hmac"])
+        key = doc["key"]
     except (OSError, ValueError, KeyError, TypeError):
+        raise IntegrityError(f"{path.name}: unreadable cache file") from None
+    if not hmac.compare_digest(mac, _mac(secret, key, curve)):
+        raise IntegrityError(f"{path.name}: cache file failed authentication")
+    return key, curve
+
+
+def _stored_curve(path: Path, key: dict[str, Any]) -> np.ndarray | None:
+    if not path.exists():
         return None
-    return np.asarray(curve, dtype=np.float64)
+    try:
+        stored_key, curve = _read_curve(path, _curve_secret)
+    except IntegrityError as exc:
+        logger.warning("RDP curve cache: %s; recomputed", exc)
+        return None
+    return np.asarray(curve, dtype=np.float64) if stored_key == key else None
+
+
+def verify_curves(folder: Path, secret: bytes) -> int:
+    """Check every cached curve file in ``folder`` against ``secret``; return how
+    many verified. Raises :class:`IntegrityError` naming how many failed and the
+    first of them (a missing folder holds nothing to check: 0)."""
+    bad: list[str] = []
+    good = 0
+    for path in sorted(folder.glob(CURVE_PATTERN)) if folder.is_dir() else []:
+        try:
+            _read_curve(path, secret)
+            good += 1
+        except IntegrityError:
+            bad.append(path.name)
+    if bad:
+        raise IntegrityError(
+            f"{len(bad)} of {len(bad) + good} cached RDP curves in {folder} failed "
+            f"authentication (first: {bad[0]}); the site ignores and recomputes them"
+        )
+    return good
 
 
 @functools.lru_cache(maxsize=4096)
@@ -238,7 +285,7 @@ def unit_rdp(sigma: float, q: float, orders: tuple[float, ...]) -> np.ndarray:
     )
     if path is not None and key is not None:
         values = [float(x) for x in curve]
-        doc = {"key": key, "curve": values, "sha256": _checksum(key, values)}
+        doc = {"key": key, "curve": values, "hmac": _mac(_curve_secret, key, values)}
         with contextlib.suppress(OSError):  # a cache: losing it costs only time
             atomic_write(path, json.dumps(doc).encode())
     return curve

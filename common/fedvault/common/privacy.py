@@ -18,17 +18,19 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fedvault.common import _rdp
-from fedvault.common._rdp import keep_curves_in
+from fedvault.common._rdp import CURVE_PATTERN, keep_curves_in, verify_curves
 from fedvault.common.errors import ConfigError, PrivacyError
 
 __all__ = [
     "ACCOUNTANTS",
+    "CURVE_PATTERN",
     "Accountant",
     "Schedule",
     "Step",
     "epsilon_spent",
     "keep_curves_in",
     "plan_noise",
+    "verify_curves",
 ]
 
 Accountant = Literal["rdp", "prv"]

@@ -8,13 +8,14 @@ modules. A round, as the records travel (see docs/architecture.md):
 message (kind)              content
 ==========================  ==========================================================
 stats query (``query.stats``)   coordinator -> site: empty
-stats reply                 ``site`` ConfigRecord: :class:`SiteStats`
+stats reply                 ``site`` ConfigRecord: :class:`SiteStats` (and
+                            ``decline`` when the site refuses the run)
 train (``train``)           ``arrays`` (global model), ``config``: :data:`PREPROCESSING`
                             and Flower's :data:`SERVER_ROUND` (FedProx adds
                             :data:`PROXIMAL_MU`, client-level DP its clipping norm)
 train reply                 ``arrays`` (weights, or an int8 packed update) and
-                            ``metrics``: :class:`TrainMetrics`; or ``decline``:
-                            :class:`Decline`
+                            ``metrics``: :class:`TrainMetrics` (with DP, the site's
+                            own :class:`DpFigures`); or ``decline``: :class:`Decline`
 evaluate (``evaluate``)     ``arrays``, ``config``: :data:`PREPROCESSING`
 evaluate reply              ``metrics``: :class:`EvaluateMetrics`; or ``decline``
 ==========================  ==========================================================
@@ -41,6 +42,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 
 from fedvault.common.errors import BudgetExceededError, PrivacyError
+from fedvault.common.privacy import Accountant
 from fedvault.common.records import number, text
 
 # -- message kinds ------------------------------------------------------------
@@ -169,12 +171,19 @@ class Decline:
 
 
 # -- metrics ------------------------------------------------------------------
+# A site's accountant travels as a number (a MetricRecord holds numbers only).
+ACCOUNTANT_CODES: dict[Accountant, int] = {"rdp": 1, "prv": 2}
+
+
 @dataclass(frozen=True, kw_only=True)
 class DpFigures:
     """A site's own privacy figures after a DP-SGD round, from its accountant.
 
     ``epsilon``: this run; ``epsilon_lifetime``: every run on the dataset;
-    ``epsilon_budget``: the site's lifetime budget; all at ``delta``.
+    ``epsilon_budget``: the site's lifetime budget; all at the site's own ``delta``
+    with the site's own ``accountant`` (its policy's, whatever the run asked for).
+    ``noise_from_run_seed``: the round's noise derives from the run's seed
+    (simulation: reproducible by whoever holds the seed), not from the OS's entropy.
     """
 
     epsilon: float
@@ -183,13 +192,47 @@ class DpFigures:
     delta: float
     noise_multiplier: float
     sample_rate: float
+    accountant: Accountant = "rdp"
+    noise_from_run_seed: bool = False
+
+    def values(self) -> dict[str, float]:
+        """The figures by wire name, as numbers."""
+        values = {
+            _key(f.name): float(getattr(self, f.name))
+            for f in fields(self)
+            if f.name not in ("accountant", "noise_from_run_seed")
+        }
+        values[ACCOUNTANT_CODE] = float(ACCOUNTANT_CODES[self.accountant])
+        values[NOISE_FROM_RUN_SEED] = float(self.noise_from_run_seed)
+        return values
+
+    @classmethod
+    def from_values(cls, record: Mapping[str, object]) -> DpFigures:
+        """Read the figures; :class:`ValueError` names a missing, non-numeric or
+        unknown value."""
+        numbers = {k.replace("-", "_"): number(record, k) for k in _DP_NUMBERS}
+        code = number(record, ACCOUNTANT_CODE)
+        names = [a for a, c in ACCOUNTANT_CODES.items() if c == code]
+        if not names:
+            raise ValueError(f"{ACCOUNTANT_CODE}: unknown accountant code {code:g}")
+        seeded = number(record, NOISE_FROM_RUN_SEED)
+        if seeded not in (0.0, 1.0):
+            raise ValueError(f"{NOISE_FROM_RUN_SEED}: must be 0 or 1, got {seeded:g}")
+        return cls(**numbers, accountant=names[0], noise_from_run_seed=seeded == 1.0)
 
 
 def _key(name: str) -> str:
     return name.replace("_", "-")
 
 
-_DP_KEYS = tuple(_key(f.name) for f in fields(DpFigures))
+ACCOUNTANT_CODE = "accountant-code"
+NOISE_FROM_RUN_SEED = "noise-from-run-seed"
+_DP_NUMBERS = tuple(
+    _key(f.name)
+    for f in fields(DpFigures)
+    if f.name not in ("accountant", "noise_from_run_seed")
+)
+_DP_KEYS = (*_DP_NUMBERS, ACCOUNTANT_CODE, NOISE_FROM_RUN_SEED)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,7 +258,7 @@ class TrainMetrics:
             "steps": float(self.steps),
         }
         if self.dp is not None:
-            values |= {_key(f.name): getattr(self.dp, f.name) for f in fields(self.dp)}
+            values |= self.dp.values()
         if self.client_weight:
             values[CLIENT_WEIGHT] = 1.0
         return values
@@ -240,15 +283,11 @@ class TrainMetrics:
     def from_record(cls, record: Mapping[str, object], *, dp: bool) -> TrainMetrics:
         """Read a training reply's metrics; :class:`ValueError` names a missing or
         non-numeric key."""
-        figures = None
-        if dp:
-            values = {k.replace("-", "_"): number(record, k) for k in _DP_KEYS}
-            figures = DpFigures(**values)
         return cls(
             num_examples=int(number(record, NUM_EXAMPLES)),
             loss=number(record, "loss"),
             steps=int(number(record, "steps")),
-            dp=figures,
+            dp=DpFigures.from_values(record) if dp else None,
             client_weight=CLIENT_WEIGHT in record,
         )
 
@@ -302,19 +341,26 @@ def metrics_problem(record: Mapping[str, object], keys: set[str]) -> str | None:
 @dataclass(frozen=True)
 class SiteStats:
     """A site's answer to the stats query: its name and either its summary
-    (``fedvault.common.wire`` bytes) or why it cannot train."""
+    (``fedvault.common.wire`` bytes), or why it cannot train (``reason``), or its
+    typed refusal of the whole run (``decline``: the run breaks its policy)."""
 
     name: str
     summary: bytes | None = None
     reason: str | None = None
+    decline: Decline | None = None
 
     def to_content(self) -> RecordDict:
         record = ConfigRecord({"site": self.name, "usable": self.summary is not None})
+        content = RecordDict({SITE: record})
         if self.summary is not None:
             record["summary"] = self.summary
+        elif self.decline is not None:
+            decline = self.decline
+            record["reason"] = f"declined ({decline.reason}): {decline.detail}"
+            content[DECLINE] = self.decline.to_content()[DECLINE]
         else:
             record["reason"] = self.reason or "unusable"
-        return RecordDict({SITE: record})
+        return content
 
     @classmethod
     def from_content(cls, content: RecordDict) -> SiteStats:
@@ -324,7 +370,8 @@ class SiteStats:
         record = content.config_records[SITE]
         name = text(record, "site")
         if not record.get("usable"):
-            return cls(name, reason=text(record, "reason"))
+            decline = Decline.from_content(content)
+            return cls(name, reason=text(record, "reason"), decline=decline)
         summary = record.get("summary")
         if not isinstance(summary, bytes):
             raise ValueError("summary is not bytes")

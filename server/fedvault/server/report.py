@@ -16,7 +16,8 @@ from fedvault.common.protocol import SECAGG_CLIPPING_RANGE, SECAGG_QUANTIZATION_
 
 @dataclass
 class SiteRecord:
-    """What the coordinator learned about one site during the run."""
+    """What the coordinator learned about one site during the run (privacy figures
+    as the site reported them: its own delta, accountant, sigma and q)."""
 
     name: str
     examples: int = 0
@@ -26,12 +27,29 @@ class SiteRecord:
     epsilon_lifetime: float | None = None
     epsilon_budget: float | None = None
     delta: float | None = None
+    accountant: str | None = None
     noise_multiplier: float | None = None
+    sample_rate: float | None = None
+    noise_from_run_seed: bool | None = None
     declines: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
 
-    def as_dict(self, dp: bool) -> dict[str, Any]:
+    def policy_note(self, t: TrainingConfig) -> str | None:
+        """How the site's own delta/accountant differ from the run's request."""
+        if self.delta is None or (self.delta, self.accountant) == (
+            t.delta,
+            t.accountant,
+        ):
+            return None
+        return (
+            f"accounted with its own policy's delta {self.delta:g} and "
+            f"{self.accountant} accountant; the run asked for delta {t.delta:g} "
+            f"with {t.accountant}"
+        )
+
+    def as_dict(self, t: TrainingConfig) -> dict[str, Any]:
+        dp = t.dp
         remaining = None
         if dp and self.epsilon_budget is not None and self.epsilon_lifetime is not None:
             remaining = max(self.epsilon_budget - self.epsilon_lifetime, 0.0)
@@ -43,33 +61,38 @@ class SiteRecord:
             "epsilon_budget": self.epsilon_budget if dp else None,
             "epsilon_remaining": remaining,
             "delta": self.delta if dp else None,
+            "accountant": self.accountant if dp else None,
+            "policy_note": self.policy_note(t) if dp else None,
             "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "noise_from_run_seed": self.noise_from_run_seed,
             "declines": self.declines,
             "rejected_updates": self.rejected,
             "failures": self.failures,
         }
 
 
-def dp_section(t: TrainingConfig) -> dict[str, Any]:
-    if not t.dp:
-        return {
-            "enabled": False,
-            "level": None,
-            "delta": None,
-            "accountant": None,
-            "epsilon_target": None,
-            "max_grad_norm": None,
-            "sampling": None,
-        }
-    return {
+def _common(sites: dict[str, dict[str, Any]], key: str) -> Any:
+    """The value every site that reported figures shares, else None."""
+    values = {s[key] for s in sites.values() if s.get(key) is not None}
+    return values.pop() if len(values) == 1 else None
+
+
+def dp_section(t: TrainingConfig, sites: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The DP part of ``summary.json``: ``delta``/``accountant`` are the sites' own
+    (None when they differ, or none trained); the run's request is apart."""
+    section = {
         "enabled": True,
         "level": "sample-level, per site (DP-SGD)",
-        "delta": t.delta,
-        "accountant": t.accountant,
+        "delta": _common(sites, "delta"),
+        "accountant": _common(sites, "accountant"),
+        "requested_delta": t.delta,
+        "requested_accountant": t.accountant,
         "epsilon_target": t.epsilon,
         "max_grad_norm": t.max_grad_norm,
         "sampling": "poisson",
     }
+    return section if t.dp else {k: None for k in section} | {"enabled": False}
 
 
 @dataclass(frozen=True)
@@ -155,7 +178,7 @@ def run_summary(
         "stop_reason": stop_reason or None,
         "strategy": t.strategy,
         "model": t.model,
-        "dp": dp_section(t),
+        "dp": dp_section(t, sites),
         "client_dp": client_level,
         "secure_aggregation": secure_aggregation_section(t),
         "history": history,
@@ -192,13 +215,16 @@ def privacy_report(
         "guarantee": "sample-level (epsilon, delta)-DP per site, add/remove one record"
         if t.dp
         else "none: --no-dp",
-        "accountant": t.accountant if t.dp else None,
-        "run_delta": t.delta if t.dp else None,
+        "accountant": _common(sites, "accountant") if t.dp else None,
+        "delta": _common(sites, "delta") if t.dp else None,
+        "requested_accountant": t.accountant if t.dp else None,
+        "requested_delta": t.delta if t.dp else None,
         "run_epsilon_target": t.epsilon if t.dp else None,
         "clipping_norm": t.max_grad_norm if t.dp else None,
         "noise": "planned per site"
         if not t.noise_multiplier
         else f"fixed noise multiplier {t.noise_multiplier:g}",
+        "seed": t.seed,
         "site_figures_source": SITE_FIGURES_SOURCE if t.dp else None,
         "client_level_dp": client_level,
         "secure_aggregation": t.secagg,
@@ -212,7 +238,12 @@ def privacy_report(
                     "epsilon_budget",
                     "epsilon_remaining",
                     "delta",
+                    "accountant",
+                    "policy_note",
+                    "examples",
                     "noise_multiplier",
+                    "sample_rate",
+                    "noise_from_run_seed",
                     "rounds_trained",
                     "declines",
                 )
@@ -226,24 +257,54 @@ def privacy_text(report: dict[str, Any]) -> str:
     """A short human-readable privacy statement for the run (``privacy.txt``)."""
     client = report["client_level_dp"]
     secure = report["secure_aggregation"]
-    if report["mechanism"] == "none":
+    sample = report["mechanism"] != "none"
+    if not sample:
         lines = [
             "NO DIFFERENTIAL PRIVACY at the sites. This run trained with --no-dp: "
             "the records behind each site's updates carry no sample-level guarantee."
         ]
     else:
         lines = [
-            f"Mechanism: {report['mechanism']}; accountant: {report['accountant']}; "
-            f"clipping norm C = {report['clipping_norm']:g}; noise: {report['noise']}."
+            f"Mechanism: {report['mechanism']}; clipping norm C = "
+            f"{report['clipping_norm']:g}; noise: {report['noise']}. Each site "
+            "accounts with its own policy's accountant and delta (below), whatever "
+            f"the run asked for (delta {report['requested_delta']:g}, "
+            f"{report['requested_accountant']})."
         ]
     lines.append(
         f"Secure aggregation: {'on (SecAgg+)' if secure else 'off'}. "
         f"Client-level DP: {_client_line(client)}."
     )
-    if report["mechanism"] != "none":
+    if sample:
         lines += ["", *_site_lines(report["sites"])]
-    lines += ["", *_meaning(report["mechanism"] != "none", client, secure)]
+        lines += ["", *_released_lines(report)]
+    lines += ["", *_meaning(sample, client, secure)]
     return "\n".join(lines) + "\n"
+
+
+def _released_lines(report: dict[str, Any]) -> list[str]:
+    """What leaves every site besides its noised updates, and whose noise it is."""
+    lines = [
+        "Released in the clear with every update, and not covered by epsilon: the "
+        "site's training-row count n, its Poisson sampling rate q = 1/ceil(n/B) and "
+        "its noise multiplier sigma (planned from q and its budget); all three "
+        "depend on n."
+    ]
+    sites = report["sites"].values()
+    if any(s["noise_from_run_seed"] for s in sites):
+        lines.append(
+            "Noise: this was a simulation. Each site's noise derives from the run's "
+            f"seed ({report['seed']}, stored in summary.json), so whoever holds the "
+            "seed can reproduce it and subtract it from an update; the guarantee "
+            "holds only against those who do not. A deployed site draws its noise "
+            "seed from its operating system's entropy and never sends it."
+        )
+    elif any(s["noise_from_run_seed"] is False for s in sites):
+        lines.append(
+            "Noise: each site drew its noise seed from its operating system's "
+            "entropy every round and never sent it."
+        )
+    return lines
 
 
 def _down(value: float) -> str:
@@ -271,7 +332,8 @@ def _client_line(client: dict[str, Any] | None) -> str:
 def _site_lines(sites: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         "Per site (epsilon in this run / lifetime on this dataset / lifetime budget, "
-        f"at the site's delta), {SITE_FIGURES_SOURCE}:"
+        "at the site's own delta with its own accountant), "
+        f"{SITE_FIGURES_SOURCE}:"
     ]
     for name, s in sites.items():
         lifetime = (
@@ -279,11 +341,14 @@ def _site_lines(sites: dict[str, dict[str, Any]]) -> list[str]:
         )
         budget = "-" if s["epsilon_budget"] is None else f"{s['epsilon_budget']:g}"
         delta = "-" if s["delta"] is None else f"{s['delta']:g}"
+        accountant = s["accountant"] or "-"
         lines.append(
             f"  {name}: {_down(s['epsilon_spent'])} / {lifetime} / {budget} "
-            f"(delta {delta}; {s['rounds_trained']} rounds; "
+            f"(delta {delta}, {accountant} accountant; {s['rounds_trained']} rounds; "
             f"{len(s['declines'])} declined)"
         )
+        if s["policy_note"]:
+            lines.append(f"    {name} {s['policy_note']}.")
     return lines
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 import tomli_w
 
-from fedvault.common.config import TrainingConfig, key_of, parse_fields
+from fedvault.common.config import TrainingConfig, key_of, parse_fields, read_toml
 from fedvault.common.data import (
     DEFAULT_TARGET,
     check_target,
@@ -36,6 +36,7 @@ from fedvault.common.partition import PartitionSpec, partition_table
 from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
 from fedvault.server import _flower
+from fedvault.server import _vaults as _vaults_mod
 from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE
 from fedvault.server.settings import ServerSettings
 
@@ -143,6 +144,11 @@ def _vaults(cfg: SimulationConfig) -> PreparedData:
         sites.append((vault.resolve().name, vault.resolve()))
     if len({name for name, _ in sites}) != len(sites):
         raise ConfigError("vaults: two vaults share a folder name; rename one")
+    if cfg.delta_given and cfg.training.dp:
+        # Only an explicit delta is checked here (it costs a process per vault);
+        # every site also refuses, itself, a delta not below 1/n of its rows.
+        paths = [path for _, path in sites if isinstance(path, Path)]
+        _with_delta(cfg, max(_vaults_mod.vault_rows(paths, key)))
     return PreparedData(sites=sites, test=None, excluded={}, config=cfg)
 
 
@@ -219,7 +225,8 @@ def site_states(prepared: PreparedData, root: Path) -> list[Path]:
     A policy file that exists is the site's own and is never overwritten (a second
     run on the same ``--state`` continues from the remaining budgets); a missing one
     is written from the run's settings, with lifetime budget ``--site-budget``
-    (default: ``--epsilon``).
+    (default: ``--epsilon``), and ``allow-non-private = true`` for a ``--no-dp``
+    run only (a site's policy decides whether a run may switch DP off).
     """
     t, opts = prepared.training, prepared.options
     dataset = _safe(Path(opts.data).stem) if opts.data else "breast-cancer"
@@ -238,12 +245,33 @@ def site_states(prepared: PreparedData, root: Path) -> list[Path]:
                 "max-grad-norm": t.max_grad_norm,
                 "min-noise-multiplier": MIN_NOISE_IN_SIMULATION,
             }
+            if not t.dp:
+                table["allow-non-private"] = True
             policy.write_text(
                 "# Written by fedvault simulate for a simulated site; edit freely.\n"
                 + tomli_w.dumps({"privacy": table})
             )
         folders.append(folder)
     return folders
+
+
+def check_states(prepared: PreparedData, root: Path) -> None:
+    """Refuse, before anything is written, a ``--no-dp`` run on a ``--state``
+    whose existing site policies do not allow it: those sites would decline every
+    message of the run. Raises :class:`ConfigError` naming the site and the key."""
+    if prepared.training.dp:
+        return
+    for name, _ in prepared.sites:
+        policy = root / _safe(name) / "site.toml"
+        if not policy.is_file():
+            continue
+        table = read_toml(policy).get("privacy", {})
+        if not (isinstance(table, dict) and table.get("allow-non-private") is True):
+            raise ConfigError(
+                f"no-dp: site {name}'s policy ({policy}) does not allow training "
+                "without differential privacy; it would decline the run (set "
+                "allow-non-private = true there, or use another --state)"
+            )
 
 
 def _site_inputs(
@@ -310,13 +338,15 @@ def run(
     """
     check_out_dir(out)
     prepared = prepare_data(cfg)
+    state_root = Path(cfg.options.state) if cfg.options.state else None
+    if state_root is not None:
+        check_states(prepared, state_root)
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     with tempfile.TemporaryDirectory(prefix="fedvault-sim-") as tmp:
         layout = _flower.SimulationLayout(Path(tmp))
         entries, test_file = _site_inputs(prepared, layout.work)
         port = free_port()
-        state_root = Path(opts_state) if (opts_state := cfg.options.state) else None
         states = site_states(prepared, state_root or layout.work / "state")
         run_config = _run_config(prepared, out, entries, test_file, states)
         layout.write(run_config, port)

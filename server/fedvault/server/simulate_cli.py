@@ -284,42 +284,13 @@ def _print_tables(summary: dict[str, Any], out: Path) -> None:
             _fmt(row.get("seconds"), ".1f"),
         )
     console.print(rounds)
-    dp = summary["dp"]
-    title = (
-        f"Privacy per site: sample-level DP-SGD, delta={dp['delta']:g}, "
-        f"{dp['accountant']} accountant"
-        if dp["enabled"]
-        else "Sites ([bold red]NO differential privacy[/])"
-    )
-    sites = Table(title=title)
-    columns = (
-        "site",
-        "examples",
-        "rounds",
-        "ε this run",
-        "ε lifetime",
-        "budget",
-        "sigma",
-        "declined",
-    )
-    for col in columns:
-        sites.add_column(col, justify="right")
+    console.print(_sites_table(summary))
+    notes: dict[str, list[str]] = {}
     for name, s in summary["sites"].items():
-        declined = s["declines"]
-        last = f" from r{declined[0]['round']}" if declined else ""
-        sites.add_row(
-            name,
-            str(s["examples"]),
-            str(s["rounds_trained"]),
-            _eps(s["epsilon_spent"]),
-            _eps(s["epsilon_lifetime"]),
-            _fmt(s["epsilon_budget"], "g"),
-            _fmt(s["noise_multiplier"], ".3f"),
-            f"{len(declined)}{last}",
-        )
-    for name, reason in summary["excluded_sites"].items():
-        sites.add_row(name, "-", "0", "-", "-", "-", "-", f"excluded: {reason}")
-    console.print(sites)
+        if s.get("policy_note"):
+            notes.setdefault(s["policy_note"], []).append(name)
+    for note, names in notes.items():
+        console.print(f"{', '.join(names)}: {note}.", highlight=False)
     client = summary.get("client_dp")
     if client is not None:
         eps = client.get("epsilon")
@@ -354,3 +325,39 @@ def _print_tables(summary: dict[str, Any], out: Path) -> None:
         f"{measured} Results in [bold]{out}[/] (summary.json, "
         "privacy.txt, metrics.csv, model.pt)."
     )
+
+
+def _sites_table(summary: dict[str, Any]) -> Table:
+    """Per site: its own figures, at its own delta with its own accountant (in the
+    title when every site used the same, else in two more columns)."""
+    dp = summary["dp"]
+    shared = bool(dp["enabled"] and dp["delta"] is not None and dp["accountant"])
+    if not dp["enabled"]:
+        title = "Sites ([bold red]NO differential privacy[/])"
+    elif shared:
+        title = (
+            f"Privacy per site: sample-level DP-SGD, delta={dp['delta']:g}, "
+            f"{dp['accountant']} accountant (the sites' own)"
+        )
+    else:
+        title = "Privacy per site: sample-level DP-SGD, at each site's own delta"
+    columns = ["site", "examples", "rounds", "ε this run", "ε lifetime", "budget"]
+    columns += [] if shared or not dp["enabled"] else ["δ", "accountant"]
+    sites = Table(title=title)
+    for col in [*columns, "sigma", "declined"]:
+        sites.add_column(col, justify="right")
+    for name, s in summary["sites"].items():
+        declined = s["declines"]
+        last = f" from r{declined[0]['round']}" if declined else ""
+        row = [name, str(s["examples"]), str(s["rounds_trained"])]
+        row += [_eps(s["epsilon_spent"]), _eps(s["epsilon_lifetime"])]
+        row += [_fmt(s["epsilon_budget"], "g")]
+        if len(columns) > 6:
+            row += [_fmt(s.get("delta"), "g"), s.get("accountant") or "-"]
+        sites.add_row(
+            *row, _fmt(s["noise_multiplier"], ".3f"), f"{len(declined)}{last}"
+        )
+    for name, reason in summary["excluded_sites"].items():
+        dashes = ["-"] * (len(columns) - 2)
+        sites.add_row(name, "-", "0", *dashes, f"excluded: {reason}")
+    return sites

@@ -82,6 +82,13 @@ class SiteBook:
                 stats = SiteStats.from_content(reply.content)
                 if stats.summary is None:
                     self.excluded[stats.name] = stats.reason or "unusable"
+                    if stats.decline is not None:
+                        logger.warning(
+                            "%s declined the run (%s): %s",
+                            stats.name,
+                            stats.decline.reason,
+                            stats.decline.detail,
+                        )
                     continue
                 summary = summary_from_bytes(stats.summary)
             except ValueError as exc:
@@ -165,9 +172,12 @@ class SiteBook:
     def _overclaimed(self, site: SiteRecord, reply: Message) -> str | None:
         """Why a training reply's example count cannot be true: more rows than the
         site declared in its summary (the weight FedAvg gives it)."""
-        claimed = TrainMetrics.from_record(
-            metric_record(reply.content, METRICS), dp=self.training.dp
-        ).num_examples
+        try:
+            claimed = TrainMetrics.from_record(
+                metric_record(reply.content, METRICS), dp=self.training.dp
+            ).num_examples
+        except ValueError as exc:
+            return str(exc)
         if site.declared_rows and claimed > site.declared_rows:
             return (
                 f"claims {claimed} examples but declared {site.declared_rows} "
@@ -200,13 +210,17 @@ class SiteBook:
                 site.epsilon_lifetime = metrics.dp.epsilon_lifetime
                 site.epsilon_budget = metrics.dp.epsilon_budget
                 site.delta = metrics.dp.delta
+                site.accountant = metrics.dp.accountant
                 site.noise_multiplier = metrics.dp.noise_multiplier
+                site.sample_rate = metrics.dp.sample_rate
+                site.noise_from_run_seed = metrics.dp.noise_from_run_seed
 
     # -- outputs ------------------------------------------------------------------
     def table(self) -> dict[str, dict[str, Any]]:
-        """Every site's record, by name, as the reports show it."""
+        """Every site's record, by name, as the reports show it (with DP, each
+        site's own delta and accountant, and where they differ from the run's)."""
         ordered = sorted(self.sites.values(), key=lambda s: s.name)
-        return {s.name: s.as_dict(self.training.dp) for s in ordered}
+        return {s.name: s.as_dict(self.training) for s in ordered}
 
     def restore(self, records: dict[str, SiteRecord], excluded: dict[str, str]) -> None:
         """Take back what a checkpoint knew, matching sites by name."""
