@@ -1,0 +1,92 @@
+"""``fedvault model``: use what a federation trained (predict, export, compress,
+explain). Every command takes a run folder (``fedvault simulate --out``, ``fedvault
+server start``) or a model file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from fedvault.common.cli import FormatOption, OutputFormat, command_group
+from fedvault.server import predict as pred
+from fedvault.server import trained
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+model_app = command_group(
+    "model", "Use a trained model: predict, export, compress, explain."
+)
+
+RunArgument = Annotated[
+    Path, typer.Argument(help="Run folder (holding model.pt) or a model file.")
+]
+
+
+def _notes(notes: tuple[str, ...] | list[str]) -> None:
+    for note in notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def _json(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+@model_app.command("predict")
+def predict(
+    run: RunArgument,
+    data: Annotated[Path, typer.Argument(help="CSV or Parquet file of records.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write predictions here (.csv or .parquet); default: "
+            "CSV on standard output."
+        ),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            help="Refuse categories not seen in training (default: "
+            "encode them as none of the known ones, with a note)."
+        ),
+    ] = False,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """One row per record: the predicted class and each class's probability.
+
+    The run's own preprocessing is applied first; missing values are imputed as in
+    training. A file missing a column or holding text where numbers are expected
+    is refused with one line naming the columns."""
+    if out is not None:
+        pred.check_output(out)
+    model = trained.load(run)
+    result = pred.predict_file(model, data, strict=strict)
+    _notes(result.notes)
+    if out is None:
+        sys.stdout.write(result.table.to_csv(index=False))
+        return
+    pred.write_table(result.table, out)
+    counts = result.table[pred.PREDICTED].value_counts().to_dict()
+    if output_format is OutputFormat.JSON:
+        _json(
+            {
+                "model": str(model.path),
+                "data": str(data),
+                "out": str(out),
+                "rows": len(result.table),
+                "predicted": {str(k): int(v) for k, v in counts.items()},
+                "notes": list(result.notes),
+            }
+        )
+        return
+    shares = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    console.print(
+        f"Predicted {len(result.table)} rows of {data} with {model.path} "
+        f"(round {model.rounds_completed}) -> {out} ({shares})",
+        highlight=False,
+    )
