@@ -13,6 +13,9 @@ import typer
 from rich.console import Console
 
 from fedvault.common.cli import FormatOption, OutputFormat, command_group
+from fedvault.common.data import load_table
+from fedvault.common.errors import DataError
+from fedvault.server import export as exp
 from fedvault.server import predict as pred
 from fedvault.server import trained
 
@@ -90,3 +93,52 @@ def predict(
         f"(round {model.rounds_completed}) -> {out} ({shares})",
         highlight=False,
     )
+
+
+@model_app.command("export")
+def export(
+    run: RunArgument,
+    export_format: Annotated[
+        exp.ExportFormat, typer.Option("--format", help="onnx or torchscript.")
+    ] = exp.ExportFormat.ONNX,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="The exported file; default: next to the model file "
+            "(model.onnx, model.torchscript.pt)."
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Check the export on up to 256 rows of this file "
+            "(default: rows drawn from the run's statistics)."
+        ),
+    ] = None,
+) -> None:
+    """Write the model with its preprocessing as ONNX or TorchScript, plus a
+    sidecar JSON (input columns, category codes, classes), after checking that
+    the exported file predicts what PyTorch predicts (within 1e-5)."""
+    fmt = export_format
+    model = trained.load(run)
+    target = out or model.path.parent / f"model{exp.SUFFIXES[fmt]}"
+    _check_writable(target)
+    sample = None if data is None else load_table(data)
+    result = exp.export(
+        model, fmt, target, sample=sample, sample_name=f"rows of {data}"
+    )
+    runtime = "onnxruntime" if fmt is exp.ExportFormat.ONNX else "torch.jit.load"
+    console.print(
+        f"Exported {result.path} ({fmt}) and {result.sidecar.name} (inputs, "
+        f"category codes, classes).\nCheck ({runtime}) on {result.rows_checked} "
+        f"{result.sample}: max |probability difference| vs PyTorch = "
+        f"{result.max_abs_diff:.2e} (tolerance {exp.TOLERANCE:g}).",
+        highlight=False,
+    )
+
+
+def _check_writable(out: Path) -> None:
+    if out.is_dir():
+        raise DataError(f"{out}: is a folder")
+    if not out.parent.is_dir():
+        raise DataError(f"{out}: folder {out.parent} does not exist")
