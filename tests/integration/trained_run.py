@@ -6,6 +6,8 @@ breast-cancer data plus one categorical column with a few missing values.
 One run is made per test session (about 10 s) and shared, read-only, by every
 module that asks for it."""
 
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +15,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from local_grid import LocalGrid, contexts_for, site_run_config
 
 from fedvault.client.app import app as client_app
+from fedvault.common.cli import main
 from fedvault.common.data import default_dataset
 from fedvault.server.federation import Federation
 from fedvault.server.settings import ServerSettings
@@ -54,10 +57,23 @@ def make_run(root, *, rounds=2, **training):
     return root / "out"
 
 
-def shared_run(tmp_path_factory):
-    """The session's run folder and test rows (made on first use)."""
+@pytest.fixture(scope="module", name="run")
+def run_fixture(tmp_path_factory):
+    """The session's run folder and its held-out test rows (made on first use)."""
     root = tmp_path_factory.getbasetemp() / "fedvault-trained-run"
     out = root / "out"
     if not (out / "summary.json").exists():
         make_run(root)
     return out, pd.read_parquet(root / "test.parquet")
+
+
+def fedvault(monkeypatch, capsys, *args):
+    """Run the ``fedvault`` entry point; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["fedvault", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

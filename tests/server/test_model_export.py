@@ -8,9 +8,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from trained_run import shared_run
+from trained_run import fedvault, run_fixture  # noqa: F401 (the fixture `run`)
 
-from fedvault.common.cli import main
 from fedvault.server import export
 
 # A user's script: numpy, pandas, json and the runtime only; importing fedvault fails.
@@ -45,22 +44,6 @@ np.save(out, proba)
 """
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return shared_run(tmp_path_factory)
-
-
-def _fedvault(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["fedvault", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_exported_model_predicts_like_fedvault_without_fedvault(
     run, tmp_path, monkeypatch, capsys, fmt
@@ -71,7 +54,7 @@ def test_exported_model_predicts_like_fedvault_without_fedvault(
     data = tmp_path / "new.csv"
     records.to_csv(data, index=False)
     out = tmp_path / f"model.{fmt}"
-    code, stdout, err = _fedvault(
+    code, stdout, err = fedvault(
         monkeypatch, capsys, "model", "export", folder, "--format", fmt, "--out", out
     )
     assert code == 0, err
@@ -80,7 +63,7 @@ def test_exported_model_predicts_like_fedvault_without_fedvault(
     assert [i["name"] for i in side["inputs"]] == ["numeric", "categorical"]
     assert side["output"]["classes"] == ["0", "1"]
     preds = tmp_path / "preds.csv"
-    code, _, err = _fedvault(
+    code, _, err = fedvault(
         monkeypatch, capsys, "model", "predict", folder, data, "--out", preds
     )
     assert code == 0, err
@@ -97,15 +80,20 @@ def test_exported_model_predicts_like_fedvault_without_fedvault(
     np.testing.assert_allclose(np.load(result), expected, rtol=0, atol=1e-5)
 
 
-def test_export_that_does_not_match_writes_nothing(
-    run, tmp_path, monkeypatch, capsys
-):
+def test_export_that_does_not_match_writes_nothing(run, tmp_path, monkeypatch, capsys):
     folder, _ = run
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # no difference is small enough
     out = tmp_path / "model.torchscript.pt"
-    code, _, err = _fedvault(
-        monkeypatch, capsys, "model", "export", folder, "--format", "torchscript",
-        "--out", out,
+    code, _, err = fedvault(
+        monkeypatch,
+        capsys,
+        "model",
+        "export",
+        folder,
+        "--format",
+        "torchscript",
+        "--out",
+        out,
     )
     assert code == 1
     assert "differs from the PyTorch model" in err and "nothing written" in err
@@ -137,7 +125,7 @@ def test_bad_input_one_line_exit_2_nothing_written(
         data = tmp_path / "sample.csv"
         test.drop(columns=["mean radius"]).to_csv(data, index=False)
         args += ["--data", data]
-    code, stdout, err = _fedvault(
+    code, stdout, err = fedvault(
         monkeypatch, capsys, "model", "export", *args, "--out", out_dir / "m.onnx"
     )
     assert code == 2

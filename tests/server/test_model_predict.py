@@ -4,31 +4,12 @@ preprocessing, and bad input refused with one line, exit 2, nothing written."""
 import io
 import json
 import shutil
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from trained_run import shared_run
-
-from fedvault.common.cli import main
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return shared_run(tmp_path_factory)
-
-
-def _fedvault(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["fedvault", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from trained_run import fedvault, run_fixture  # noqa: F401 (the fixture `run`)
 
 
 def test_predictions_reproduce_the_runs_test_accuracy(
@@ -38,7 +19,7 @@ def test_predictions_reproduce_the_runs_test_accuracy(
     data = tmp_path / "new.csv"
     test.drop(columns=["target"]).to_csv(data, index=False)
     out = tmp_path / "preds.csv"
-    code, stdout, err = _fedvault(
+    code, stdout, err = fedvault(
         monkeypatch, capsys, "model", "predict", folder, data, "--out", out
     )
     assert code == 0, err
@@ -62,11 +43,11 @@ def test_unseen_category_is_noted_or_refused(run, tmp_path, monkeypatch, capsys)
     frame.loc[0, "clinic"] = "west"
     data = tmp_path / "new.parquet"
     frame.to_parquet(data, index=False)
-    code, stdout, err = _fedvault(monkeypatch, capsys, "model", "predict", folder, data)
+    code, stdout, err = fedvault(monkeypatch, capsys, "model", "predict", folder, data)
     assert code == 0
     assert "'clinic': 1 value(s) in categories not seen in training ('west')" in err
     assert len(pd.read_csv(io.StringIO(stdout))) == 5
-    code, _, err = _fedvault(
+    code, _, err = fedvault(
         monkeypatch, capsys, "model", "predict", folder, data, "--strict"
     )
     assert code == 2 and "'west'" in err
@@ -120,7 +101,7 @@ def test_bad_input_one_line_exit_2_nothing_written(
         source = tmp_path / "weights.pt"
         torch.save({"w": torch.zeros(2)}, source)
     out = tmp_path / "preds.csv"
-    code, stdout, err = _fedvault(
+    code, stdout, err = fedvault(
         monkeypatch, capsys, "model", "predict", source, data, "--out", out
     )
     assert code == 2
