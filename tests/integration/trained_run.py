@@ -77,3 +77,11 @@ def fedvault(monkeypatch, capsys, *args):
         code = exc.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def assert_refused(code, stdout, err, needle):
+    """Bad input: exit 2, one ``error:`` line naming the problem, no output."""
+    assert code == 2, err
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert stdout == ""

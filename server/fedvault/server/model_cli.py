@@ -4,6 +4,7 @@ server start``) or a model file."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,10 +12,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from fedvault.common.cli import FormatOption, OutputFormat, command_group
 from fedvault.common.data import load_table
 from fedvault.common.errors import DataError
+from fedvault.server import compress as cmp
 from fedvault.server import export as exp
 from fedvault.server import predict as pred
 from fedvault.server import trained
@@ -142,3 +145,92 @@ def _check_writable(out: Path) -> None:
         raise DataError(f"{out}: is a folder")
     if not out.parent.is_dir():
         raise DataError(f"{out}: folder {out.parent} does not exist")
+
+
+@model_app.command("compress")
+def compress(
+    run: RunArgument,
+    quantize: Annotated[
+        str, typer.Option(help="int8 (dynamic quantization of Linear layers) or none.")
+    ] = "int8",
+    prune: Annotated[
+        float,
+        typer.Option(help="Share of each layer's smallest weights to set to zero."),
+    ] = 0.0,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labelled CSV or Parquet file: accuracy and AUC of "
+            "every variant on it."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="The compressed model file; default: "
+            "model.compressed.pt next to the model file."
+        ),
+    ] = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Quantize (int8) and/or prune the model with PyTorch's own tools; one table of
+    size before/after and, on a labelled file, the accuracy and AUC change."""
+    cmp.check_settings(quantize, prune)
+    model = trained.load(run)
+    cmp.check_source(model)
+    target = out or model.path.parent / "model.compressed.pt"
+    _check_writable(target)
+    labelled = None
+    if data is not None:
+        frame = load_table(data)
+        x, notes = trained.features(model.prep, frame, source=str(data))
+        labelled = (x, trained.labels(model.prep, frame, source=str(data)))
+        _notes(notes)
+    smaller, rows = cmp.compress(
+        model, quantize=quantize, prune=prune, labelled=labelled
+    )
+    cmp.save(model, smaller, target, quantize=quantize, prune=prune)
+    on = None if labelled is None else f"{len(labelled[1])} labelled rows of {data}"
+    if output_format is OutputFormat.JSON:
+        _json(
+            {
+                "out": str(target),
+                "evaluated_on": on,
+                "variants": [dataclasses.asdict(r) for r in rows],
+            }
+        )
+        return
+    console.print(_compress_table(rows, title=f"{model.path} -> {target}"))
+    console.print(
+        f"Accuracy and AUC on {on}."
+        if on
+        else "No --data: sizes only (give a labelled file for the accuracy change).",
+        highlight=False,
+    )
+
+
+def _compress_table(rows: list[cmp.Variant], *, title: str) -> Table:
+    base = rows[0]
+    table = Table(title=title)
+    table.add_column("model", no_wrap=True)
+    for col in ("bytes (x)", "gzipped (x)", "acc.", "Δ acc.", "AUC", "Δ AUC"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            r.name,
+            f"{r.size:,} ({r.size / base.size:.2f})",
+            f"{r.gzipped:,} ({r.gzipped / base.gzipped:.2f})",
+            _fmt(r.accuracy),
+            _delta(r.accuracy, base.accuracy),
+            _fmt(r.auc),
+            _delta(r.auc, base.auc),
+        )
+    return table
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _delta(value: float | None, base: float | None) -> str:
+    return "-" if value is None or base is None else f"{value - base:+.4f}"

@@ -109,7 +109,10 @@ def load(path: Path) -> TrainedModel:
     compression = bundle.get("compression")
     model = _network(file, config, prep, compression)
     try:
-        model.load_state_dict(bundle["state_dict"])
+        from fedvault.server.compress import quiet_quantized
+
+        with quiet_quantized():
+            model.load_state_dict(bundle["state_dict"])
     except (RuntimeError, TypeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise DataError(
@@ -133,8 +136,11 @@ def read_bundle(file: Path) -> dict[str, Any]:
     Raises:
         DataError: the file is unreadable, corrupted, or not a fedvault model file.
     """
+    from fedvault.server.compress import quiet_quantized
+
     try:
-        bundle = torch.load(file, map_location="cpu", weights_only=True)
+        with quiet_quantized():
+            bundle = torch.load(file, map_location="cpu", weights_only=True)
     except _UNREADABLE:
         raise DataError(
             f"{file}: not a readable model file (corrupted or truncated?)"
