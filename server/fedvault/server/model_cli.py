@@ -18,6 +18,7 @@ from fedvault.common.cli import FormatOption, OutputFormat, command_group
 from fedvault.common.data import load_table
 from fedvault.common.errors import DataError
 from fedvault.server import compress as cmp
+from fedvault.server import explain as xpl
 from fedvault.server import export as exp
 from fedvault.server import predict as pred
 from fedvault.server import trained
@@ -234,3 +235,54 @@ def _fmt(value: float | None) -> str:
 
 def _delta(value: float | None, base: float | None) -> str:
     return "-" if value is None or base is None else f"{value - base:+.4f}"
+
+
+@model_app.command("explain")
+def explain(
+    run: RunArgument,
+    data: Annotated[
+        Path, typer.Argument(help="Labelled CSV or Parquet file (with the target).")
+    ],
+    metric: Annotated[
+        xpl.Metric, typer.Option(help="Score whose drop is measured.")
+    ] = xpl.Metric.ACCURACY,
+    repeats: Annotated[int, typer.Option(help="Shuffles per column.")] = 10,
+    top: Annotated[
+        int, typer.Option(help="Columns shown in the table and chart.")
+    ] = 15,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for importance.json and importance.png; default: "
+            "explain/ in the run folder (next to the model file)."
+        ),
+    ] = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Global feature importance: permutation importance of every input column on
+    a labelled file, as a ranked table, a PNG bar chart and JSON."""
+    model = trained.load(run)
+    folder = out or model.path.parent / "explain"
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder}: exists and is not a folder")
+    frame = load_table(data)
+    result = xpl.explain(model, frame, source=str(data), metric=metric, repeats=repeats)
+    json_path, png_path = xpl.write(result, folder, top=top)
+    if output_format is OutputFormat.JSON:
+        _json(result.to_json() | {"json": str(json_path), "png": str(png_path)})
+        return
+    table = Table(
+        title=f"Permutation importance ({result.metric} drop, {result.repeats} "
+        f"shuffles) on {result.rows} labelled rows of {data}"
+    )
+    for col in ("rank", "column", "importance", "± sd"):
+        table.add_column(col, justify="left" if col == "column" else "right")
+    for rank, item in enumerate(result.columns[:top], start=1):
+        table.add_row(str(rank), item.column, f"{item.mean:+.4f}", f"{item.std:.4f}")
+    console.print(table)
+    console.print(
+        f"Baseline {result.metric} {result.baseline:.4f} on that file. Computed on "
+        f"{data} only: it describes the model there, not the sites' data. "
+        f"Wrote {json_path} and {png_path}.",
+        highlight=False,
+    )
