@@ -1,6 +1,6 @@
 """``fedvault model``: use what a federation trained (predict, export, compress,
-explain). Every command takes a run folder (``fedvault simulate --out``, ``fedvault
-server start``) or a model file."""
+explain, card). Every command takes a run folder (``fedvault simulate --out``,
+``fedvault server start``) or a model file."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from fedvault.common.errors import DataError
 from fedvault.server import compress as cmp
 from fedvault.server import explain as xpl
 from fedvault.server import export as exp
+from fedvault.server import model_card as mc
 from fedvault.server import predict as pred
 from fedvault.server import trained
 
@@ -285,4 +286,31 @@ def explain(
         f"{data} only: it describes the model there, not the sites' data. "
         f"Wrote {json_path} and {png_path}.",
         highlight=False,
+    )
+
+
+@model_app.command("card")
+def card(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labelled test file for the metrics with 95% intervals "
+            "(default: keep those of the card already there)."
+        ),
+    ] = None,
+) -> None:
+    """(Re)write model_card.md and model_card.json in a run folder: the model card
+    and a GDPR Art. 30-style record of processing, with [OPERATOR: ...]
+    placeholders to fill in. Runs write it themselves at the end."""
+    if not run.is_dir():
+        raise DataError(f"{run}: no such run folder")
+    test = None
+    if data is not None:
+        test = mc.test_metrics(trained.load(run), load_table(data), str(data))
+    elif (run / mc.CARD_JSON).is_file():
+        test = mc.previous_test_metrics(run)
+    mc.write(run, mc.build(run, test))
+    console.print(
+        f"Wrote {run / mc.CARD_MD} and {run / mc.CARD_JSON}.", highlight=False
     )

@@ -69,7 +69,9 @@ class TrainedModel:
         with torch.no_grad():
             logits = self.model(torch.from_numpy(x))
             proba = predict_proba(logits, self.prep.num_classes)
-        return np.asarray(proba.numpy(), dtype=np.float64)
+        out: np.ndarray = np.asarray(proba.numpy(), dtype=np.float64)
+        out /= out.sum(axis=1, keepdims=True)  # rows sum to 1 in float64
+        return out
 
 
 def model_file(path: Path) -> tuple[Path, Path | None]:
