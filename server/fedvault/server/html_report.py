@@ -80,6 +80,10 @@ def events_per_round(sites: Mapping[str, Any]) -> dict[str, dict[int, int]]:
     return counts
 
 
+def _rounds_in(events: Mapping[str, Mapping[int, int]]) -> list[int]:
+    return [r for per_round in events.values() for r in per_round]
+
+
 def _img(png: bytes | None, alt: str) -> str:
     if png is None:
         return f'<p class="note">{escape(alt)}: nothing to plot.</p>'
@@ -211,6 +215,7 @@ def build_html(run_dir: Path) -> str:
     privacy = privacy_path.read_text(encoding="utf-8") if privacy_path.is_file() else ""
     final = summary.get("final") or {}
     rounds = int(summary.get("rounds_completed") or 0)
+    events = events_per_round(sites)  # a stopped run's last round is not in history
     body = [
         f"<h1>fedvault run report</h1><p>{escape(str(run_dir.resolve()))}: "
         f"{escape(str(summary.get('status')))}, {rounds} of "
@@ -227,7 +232,7 @@ def build_html(run_dir: Path) -> str:
         f"<pre>{escape(privacy)}</pre>",
         "<h2>Sites: declines, failures, rejected updates</h2>",
         _img(
-            report_plots.events_plot(events_per_round(sites), rounds),
+            report_plots.events_plot(events, max([rounds, *_rounds_in(events)])),
             "declines and failures per round",
         ),
         _sites_table(sites),
