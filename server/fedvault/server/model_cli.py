@@ -28,7 +28,7 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 model_app = command_group(
-    "model", "Use a trained model: predict, export, compress, explain."
+    "model", "Use a trained model: predict, export, compress, explain, model card."
 )
 
 RunArgument = Annotated[

@@ -27,10 +27,11 @@ def report(
         typer.Option(help="The HTML file; default: report.html in the run folder."),
     ] = None,
 ) -> None:
-    """Write one self-contained HTML page of a run: accuracy, AUC and loss per
-    round, epsilon per site against its budget, declines and failures per round,
-    and the model card. No scripts, no network requests; plots are inline
-    images. Open it in any browser."""
+    """Write one self-contained HTML report of a run.
+
+    Accuracy, AUC and loss per round, epsilon per site against its budget,
+    declines and failures per round, and the model card. No scripts, no network
+    requests; plots are inline images. Open it in any browser."""
     if out is not None and (out.is_dir() or not out.parent.is_dir()):
         raise DataError(f"{out}: not a file in an existing folder")
     started = time.monotonic()
