@@ -74,6 +74,13 @@ def test_card_command_rewrites_with_a_given_test_file(
     copy.mkdir()
     for name in ("model.pt", "summary.json", "privacy.json", "preprocessing.json"):
         (copy / name).write_bytes((folder / name).read_bytes())
+    code, _, err = fedvault(monkeypatch, capsys, "model", "card", copy)
+    assert code == 0, err  # no test file and no card before: no test metrics
+    assert (
+        json.loads((copy / "model_card.json").read_text())["metrics"]["test_split"]
+        is None
+    )
+    assert "No central test split in this run" in (copy / "model_card.md").read_text()
     data = tmp_path / "half.csv"
     test.head(50).to_csv(data, index=False)
     code, _, err = fedvault(monkeypatch, capsys, "model", "card", copy, "--data", data)
