@@ -14,7 +14,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedvault.common.cli import FormatOption, OutputFormat, command_group
+from fedvault.common.cli import (
+    FormatOption,
+    OutputFormat,
+    command_group,
+    errors_as_exit,
+)
 from fedvault.common.data import load_table
 from fedvault.common.errors import DataError
 from fedvault.server import compress as cmp
@@ -46,6 +51,7 @@ def _json(obj: dict[str, Any]) -> None:
 
 
 @model_app.command("predict")
+@errors_as_exit(os_errors=True)
 def predict(
     run: RunArgument,
     data: Annotated[Path, typer.Argument(help="CSV or Parquet file of records.")],
@@ -101,6 +107,7 @@ def predict(
 
 
 @model_app.command("export")
+@errors_as_exit(os_errors=True)
 def export(
     run: RunArgument,
     export_format: Annotated[
@@ -150,6 +157,7 @@ def _check_writable(out: Path) -> None:
 
 
 @model_app.command("compress")
+@errors_as_exit(os_errors=True)
 def compress(
     run: RunArgument,
     quantize: Annotated[
@@ -239,6 +247,7 @@ def _delta(value: float | None, base: float | None) -> str:
 
 
 @model_app.command("explain")
+@errors_as_exit(os_errors=True)
 def explain(
     run: RunArgument,
     data: Annotated[
@@ -290,6 +299,7 @@ def explain(
 
 
 @model_app.command("card")
+@errors_as_exit(os_errors=True)
 def card(
     run: Annotated[Path, typer.Argument(help="Run folder.")],
     data: Annotated[

@@ -9,12 +9,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedvault.common.cli import errors_as_exit
 from fedvault.common.errors import DataError
 from fedvault.server import html_report
 
 console = Console(soft_wrap=True)
 
 
+@errors_as_exit(os_errors=True)
 def report(
     run: Annotated[
         Path,
