@@ -15,6 +15,7 @@ from benchmarks import (
     bookkeeping,
     deployment,
     dp_cost,
+    model_use,
     overhead,
     report,
     scale,
@@ -32,7 +33,7 @@ def main() -> None:
         "--quick", action="store_true", help="small sizes, a few minutes"
     )
     parser.add_argument(
-        "--only", default="B1,B2,B3,B4,B5,B6,B7,B8", help="comma-separated subset"
+        "--only", default="B1,B2,B3,B4,B5,B6,B7,B8,B9", help="comma-separated subset"
     )
     parser.add_argument(
         "--largest", type=int, default=1_000, help="B4's largest federation"
@@ -56,6 +57,7 @@ def main() -> None:
         "B5": wire.run,
         "B6": secagg_cost.run,
         "B8": deployment.run,
+        "B9": model_use.run,
     }
     for name, fn in runners.items():
         if name in wanted:

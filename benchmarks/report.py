@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks.model_use import render as _b9
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "benchmarks-scale.png"
@@ -342,6 +344,7 @@ SECTIONS = {
     "B6": _b6,
     "B7": _b7,
     "B8": _b8,
+    "B9": _b9,
 }
 
 

@@ -2,6 +2,7 @@
 importing a package stays cheap (no torch, Flower or pandas until asked for)."""
 
 import importlib
+import importlib.util
 import subprocess
 import sys
 
@@ -21,6 +22,9 @@ def test_every_public_name_resolves(name):
     assert package.__all__ == sorted(package.__all__)
     assert package.__all__, f"{name} names no public object"
     for public in package.__all__:
+        # a public object must not share its name with a submodule, which would
+        # replace it on the package once imported
+        assert importlib.util.find_spec(f"{name}.{public}") is None, public
         obj = getattr(package, public)
         assert obj.__name__ == public
         assert obj.__module__.startswith(name)

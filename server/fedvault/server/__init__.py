@@ -15,12 +15,16 @@ __all__ = [
     "ServerSettings",
     "SimulationConfig",
     "SiteBook",
+    "TrainedModel",
+    "build_html",
     "load_config",
     "load_coordinator_config",
     "make_strategy",
+    "predict_file",
     "prepare_data",
     "privacy_report",
     "run_summary",
+    "write_for_run",
 ]
 
 _WHERE = {
@@ -31,12 +35,16 @@ _WHERE = {
     "ServerSettings": "settings",
     "SimulationConfig": "simulate",
     "SiteBook": "sites",
+    "TrainedModel": "trained",
+    "build_html": "html_report",
     "load_config": "simulate",
     "load_coordinator_config": "deploy",
     "make_strategy": "strategy",
+    "predict_file": "predict",
     "prepare_data": "simulate",
     "privacy_report": "report",
     "run_summary": "report",
+    "write_for_run": "model_card",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

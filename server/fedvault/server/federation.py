@@ -40,7 +40,7 @@ from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, merge_summaries
 from fedvault.common.protocol import PREPROCESSING, STATS_MESSAGE
 from fedvault.common.records import number
-from fedvault.server import checkpoint
+from fedvault.server import checkpoint, model_card
 from fedvault.server.checks import check_update, dequantize_replies, release_problem
 from fedvault.server.exchange import send_and_receive
 from fedvault.server.report import (
@@ -384,4 +384,5 @@ class Federation:
         self.rundir.write_json(PRIVACY_FILE, report)
         self.rundir.write_text(PRIVACY_TEXT_FILE, privacy_text(report))
         self.rundir.write_json(SUMMARY_FILE, summary)
+        model_card.write_for_run(self.rundir.root, test_data=self.settings.test_data)
         self.rundir.event("done", status=summary["status"], reason=self.stop_reason)

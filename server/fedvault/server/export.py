@@ -1,0 +1,275 @@
+"""Export a trained model to ONNX or TorchScript, preprocessing included, and check
+that the exported file predicts what fedvault predicts.
+
+The exported graph takes the records' columns as (up to) two inputs and returns
+class probabilities:
+
+- ``numeric``: float32 (n, numeric columns), in the sidecar's column order; a
+  missing value is NaN; imputation (global mean) and standardization run inside;
+- ``categorical``: int64 (n, categorical columns): per column, the index of the
+  value in the sidecar's vocabulary, -1 for a category not seen in training, and
+  the index of the column's mode for a missing value (what :func:`encode_inputs`
+  does); the one-hot encoding runs inside.
+
+Strings cannot enter a graph exported from PyTorch, so that one step lives in the
+sidecar JSON (``<file>.json``), which also names the inputs, the columns and the
+classes. Only onnxruntime (or torch for TorchScript) and numpy are needed to use it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from fedvault.common.errors import DataError, FederationError
+from fedvault.common.files import atomic_write
+from fedvault.common.preprocessing import Preprocessing
+from fedvault.server.trained import TrainedModel, features
+
+
+class ExportFormat(StrEnum):
+    ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+
+
+SUFFIXES = {ExportFormat.ONNX: ".onnx", ExportFormat.TORCHSCRIPT: ".torchscript.pt"}
+TOLERANCE = 1e-5
+SAMPLE_ROWS = 256
+
+
+class Pipeline(nn.Module):
+    """Preprocessing, the network and the probabilities in one module."""
+
+    def __init__(self, model: nn.Module, prep: Preprocessing) -> None:
+        super().__init__()
+        self.model = model
+        self.means: torch.Tensor
+        self.stds: torch.Tensor
+        self.register_buffer("means", torch.tensor(prep.means, dtype=torch.float32))
+        self.register_buffer("stds", torch.tensor(prep.stds, dtype=torch.float32))
+        self.vocab_sizes = [len(v) for v in prep.vocab]
+        self.has_numeric = bool(prep.numeric)
+        self.binary = prep.num_classes == 2
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        parts = []
+        if self.has_numeric:
+            x = inputs[0]
+            x = torch.where(torch.isnan(x), self.means, x)
+            parts.append((x - self.means) / self.stds)
+        if self.vocab_sizes:
+            codes = inputs[-1]
+            for i, size in enumerate(self.vocab_sizes):
+                categories = torch.arange(size, dtype=codes.dtype)
+                parts.append((codes[:, i : i + 1] == categories).to(torch.float32))
+        logits = self.model(torch.cat(parts, dim=1))
+        if self.binary:
+            p1 = torch.sigmoid(logits[:, 0])
+            return torch.stack([1 - p1, p1], dim=1)
+        return torch.softmax(logits, dim=1)
+
+
+def input_names(prep: Preprocessing) -> list[str]:
+    return (["numeric"] if prep.numeric else []) + (
+        ["categorical"] if prep.categorical else []
+    )
+
+
+def encode_inputs(prep: Preprocessing, frame: pd.DataFrame) -> list[np.ndarray]:
+    """The exported graph's inputs for ``frame`` (see the module docstring)."""
+    inputs = []
+    if prep.numeric:
+        num = frame[list(prep.numeric)].apply(pd.to_numeric, errors="coerce")
+        inputs.append(num.to_numpy(dtype=np.float32, copy=True))
+    if prep.categorical:
+        codes = np.empty((len(frame), len(prep.categorical)), dtype=np.int64)
+        for i, (col, vocab, mode) in enumerate(
+            zip(prep.categorical, prep.vocab, prep.modes, strict=True)
+        ):
+            index = {c: j for j, c in enumerate(vocab)}
+            values = frame[col].astype("string").fillna(mode).astype(str)
+            codes[:, i] = [index.get(v, -1) for v in values]
+        inputs.append(codes)
+    return inputs
+
+
+def sidecar(trained: TrainedModel, fmt: ExportFormat) -> dict[str, Any]:
+    """What a user of the exported file needs to feed it."""
+    prep = trained.prep
+    described: dict[str, dict[str, Any]] = {
+        "numeric": {
+            "dtype": "float32",
+            "columns": list(prep.numeric),
+            "missing": "NaN (imputed with the training mean inside the graph)",
+        },
+        "categorical": {
+            "dtype": "int64",
+            "columns": list(prep.categorical),
+            "vocabulary": {
+                c: list(v) for c, v in zip(prep.categorical, prep.vocab, strict=True)
+            },
+            "missing": {
+                c: m for c, m in zip(prep.categorical, prep.modes, strict=True)
+            },
+            "encoding": "index of the value in the column's vocabulary; -1 for a "
+            "category not seen in training; a missing value counts as the "
+            "column's 'missing' entry",
+        },
+    }
+    return {
+        "format": str(fmt),
+        "inputs": [{"name": n, **described[n]} for n in input_names(prep)],
+        "output": {"name": "probabilities", "classes": list(prep.labels)},
+        "target": prep.target,
+        "model": trained.config.model,
+        "rounds_completed": trained.rounds_completed,
+        "source": str(trained.path),
+    }
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    sidecar: Path
+    rows_checked: int
+    sample: str
+    max_abs_diff: float
+
+
+def export(
+    trained: TrainedModel,
+    fmt: ExportFormat,
+    out: Path,
+    *,
+    sample: pd.DataFrame | None = None,
+    sample_name: str = "",
+) -> ExportResult:
+    """Write the exported model and its sidecar, after checking the export.
+
+    The file is exported to a temporary folder, loaded back with onnxruntime (ONNX)
+    or ``torch.jit.load`` (TorchScript) and run on ``sample`` (default: rows drawn
+    from the run's preprocessing statistics); only when its probabilities match
+    fedvault's own within :data:`TOLERANCE` is anything written to ``out``.
+
+    Raises:
+        DataError: a compressed model, or a sample that does not fit the model.
+        FederationError: the exported file does not match (nothing written).
+    """
+    if trained.compression is not None:
+        raise DataError(f"{trained.path}: export the model as trained, not compressed")
+    if sample is None:
+        sample = synthetic_rows(trained.prep)
+        sample_name = "synthetic rows drawn from the run's statistics"
+    sample = sample.head(SAMPLE_ROWS)
+    expected = trained.probabilities(
+        features(trained.prep, sample, source=sample_name)[0]
+    )
+    inputs = encode_inputs(trained.prep, sample)
+    pipeline = Pipeline(trained.model, trained.prep).eval()
+    with _quiet_exporters():
+        data = _exported_bytes(pipeline, fmt, trained.prep, inputs)
+        # run from the bytes alone: the file must hold everything it needs
+        if fmt is ExportFormat.ONNX:
+            got = _run_onnx(data, trained.prep, inputs)
+        else:
+            got = _run_torchscript(data, inputs)
+    diff = float(np.max(np.abs(got - expected)))
+    if not diff <= TOLERANCE:
+        raise FederationError(
+            f"the exported {fmt} model differs from the PyTorch model by "
+            f"{diff:.3g} (> {TOLERANCE:g}); nothing written"
+        )
+    side = out.with_name(out.name + ".json")
+    atomic_write(out, data)
+    atomic_write(side, (json.dumps(sidecar(trained, fmt), indent=2) + "\n").encode())
+    return ExportResult(out, side, len(sample), sample_name, diff)
+
+
+def synthetic_rows(prep: Preprocessing, rows: int = SAMPLE_ROWS) -> pd.DataFrame:
+    """Records drawn from the run's preprocessing statistics (means, standard
+    deviations, vocabularies), with missing values and an unseen category."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(index=range(rows))
+    for col, mean, std in zip(prep.numeric, prep.means, prep.stds, strict=True):
+        values = rng.normal(mean, std, rows)
+        values[rng.random(rows) < 0.05] = np.nan
+        frame[col] = values
+    for col, vocab in zip(prep.categorical, prep.vocab, strict=True):
+        choices = np.array([*vocab, "(unseen)", None], dtype=object)
+        frame[col] = choices[rng.integers(0, len(choices), rows)]
+    return frame
+
+
+def _exported_bytes(
+    pipeline: Pipeline,
+    fmt: ExportFormat,
+    prep: Preprocessing,
+    inputs: list[np.ndarray],
+) -> bytes:
+    args = tuple(torch.from_numpy(a) for a in inputs)
+    with tempfile.TemporaryDirectory(prefix="fedvault-export-") as tmp:
+        file = Path(tmp) / f"model{SUFFIXES[fmt]}"
+        if fmt is ExportFormat.ONNX:
+            batch = torch.export.Dim("batch")
+            torch.onnx.export(
+                pipeline,
+                args,
+                str(file),
+                input_names=input_names(prep),
+                output_names=["probabilities"],
+                # one entry: forward's *inputs
+                dynamic_shapes=(tuple({0: batch} for _ in inputs),),
+                external_data=False,
+                verbose=False,
+            )
+        else:
+            traced = torch.jit.trace(pipeline, args)  # type: ignore[no-untyped-call]
+            torch.jit.save(traced, str(file))
+        return file.read_bytes()
+
+
+def _run_onnx(data: bytes, prep: Preprocessing, inputs: list[np.ndarray]) -> np.ndarray:
+    import onnxruntime  # type: ignore[import-untyped]
+
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    feed = dict(zip(input_names(prep), inputs, strict=True))
+    return np.asarray(session.run(None, feed)[0], dtype=np.float64)
+
+
+def _run_torchscript(data: bytes, inputs: list[np.ndarray]) -> np.ndarray:
+    loaded = torch.jit.load(io.BytesIO(data))  # type: ignore[no-untyped-call]
+    with torch.no_grad():
+        out = loaded(*(torch.from_numpy(a) for a in inputs))
+    return np.asarray(out.numpy(), dtype=np.float64)
+
+
+@contextmanager
+def _quiet_exporters() -> Iterator[None]:
+    """torch 2.9+ warns that TorchScript is deprecated (it still works, and its
+    files load in C++ without Python) and its ONNX exporter logs optional
+    torchvision ops; neither concerns the user."""
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"`torch\.jit\.", DeprecationWarning)
+            warnings.filterwarnings("ignore", r"`isinstance\(treespec", FutureWarning)
+            warnings.filterwarnings("ignore", "# The axis name", UserWarning)
+            yield
+    finally:
+        onnx_logger.setLevel(level)

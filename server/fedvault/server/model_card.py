@@ -1,0 +1,332 @@
+"""The model card and record of processing of a run (``model_card.json`` and
+``model_card.md`` in the run folder), filled from what the run recorded.
+
+What the run knows is filled in: the sites and the rows they released, the task
+and the model, test-split metrics with 95 % confidence intervals (Wilson for
+accuracy, Hanley-McNeil for a binary AUC), the privacy guarantee in plain words.
+What only the operator knows (controller, purposes, data subjects, retention,
+transfers, intended use) is a placeholder starting with ``[OPERATOR:``, in a GDPR
+Article 30(1)-style record of processing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedvault.common.data import load_table
+from fedvault.common.errors import DataError, FedVaultError
+from fedvault.common.files import atomic_write
+from fedvault.server.model_card_text import markdown
+from fedvault.server.rundir import PRIVACY_FILE, SUMMARY_FILE
+from fedvault.server.trained import TrainedModel, features, labels, load
+
+logger = logging.getLogger(__name__)
+
+CARD_JSON = "model_card.json"
+CARD_MD = "model_card.md"
+OPERATOR = "[OPERATOR: {}]"
+Z95 = 1.959963984540054
+
+
+def wilson(successes: int, n: int) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion."""
+    from scipy.stats import binomtest  # type: ignore[import-untyped]
+
+    ci = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def auc_interval(auc: float, positives: int, negatives: int) -> tuple[float, float]:
+    """95 % interval of a binary ROC AUC from Hanley & McNeil's (1982) standard
+    error, clipped to [0, 1]."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (
+        auc * (1 - auc)
+        + (positives - 1) * (q1 - auc * auc)
+        + (negatives - 1) * (q2 - auc * auc)
+    ) / (positives * negatives)
+    se = math.sqrt(max(var, 0.0))
+    return max(0.0, auc - Z95 * se), min(1.0, auc + Z95 * se)
+
+
+def test_metrics(
+    trained: TrainedModel, frame: pd.DataFrame, source: str
+) -> dict[str, Any]:
+    """Accuracy and AUC with 95 % intervals on a labelled frame.
+
+    Raises:
+        DataError: the frame does not fit the model or lacks labels.
+    """
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    x, _ = features(trained.prep, frame, source=source)
+    y = labels(trained.prep, frame, source=source)
+    proba = trained.probabilities(x)
+    n, k = len(y), trained.prep.num_classes
+    correct = int((proba.argmax(axis=1) == y).sum())
+    low, high = wilson(correct, n)
+    out: dict[str, Any] = {
+        "data": source,
+        "rows": n,
+        "class_counts": {
+            label: int((y == i).sum()) for i, label in enumerate(trained.prep.labels)
+        },
+        "accuracy": correct / n,
+        "accuracy_ci95": [low, high],
+        "accuracy_ci_method": "Wilson score interval",
+        "log_loss": float(log_loss(y, proba, labels=list(range(k)))),
+        "auc": None,
+        "auc_ci95": None,
+    }
+    if len(np.unique(y)) == k:
+        if k == 2:
+            auc = float(roc_auc_score(y, proba[:, 1]))
+            positives = int(y.sum())
+            out["auc_ci95"] = list(auc_interval(auc, positives, n - positives))
+            out["auc_ci_method"] = "Hanley-McNeil standard error"
+        else:
+            auc = float(roc_auc_score(y, proba, multi_class="ovr"))
+            out["auc_ci_method"] = "none for a multi-class (one-vs-rest) AUC"
+        out["auc"] = auc
+    return out
+
+
+def _json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(f"{path.parent}: no {path.name}; not a finished fedvault run")
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from None
+    return data
+
+
+def _sites(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "rows_released": s.get("examples"),
+            "rounds_trained": s.get("rounds_trained"),
+            "epsilon": s.get("epsilon_spent"),
+            "epsilon_budget": s.get("epsilon_budget"),
+            "declines": len(s.get("declines", [])),
+            "failures": len(s.get("failures", [])),
+        }
+        for name, s in summary.get("sites", {}).items()
+    ]
+
+
+def _privacy(summary: dict[str, Any], privacy: dict[str, Any]) -> dict[str, Any]:
+    sites = privacy.get("sites", {})
+    spent = [s["epsilon_spent"] for s in sites.values() if s.get("epsilon_spent")]
+    dp = privacy.get("mechanism", "none") != "none"
+    client = privacy.get("client_level_dp")
+    not_covered = [
+        "the per-column summary counts each site sent for federated preprocessing "
+        "(not noised)",
+        "each site's evaluation metrics (not noised)",
+        "the participation of a whole site"
+        + ("" if client else " (no client-level DP in this run)"),
+    ]
+    if not dp:
+        not_covered.insert(0, "the training records: this run used no DP (--no-dp)")
+    # Each site accounts at its own delta: the card states the largest (weakest).
+    deltas = [s["delta"] for s in sites.values() if s.get("delta") is not None]
+    delta = privacy.get("delta") or (max(deltas) if deltas else None)
+    return {
+        "level": privacy.get("guarantee"),
+        "mechanism": privacy.get("mechanism"),
+        "accountant": privacy.get("accountant"),
+        "delta": delta,
+        "epsilon_max": max(spent) if spent else None,
+        "epsilon_per_site": {n: s.get("epsilon_spent") for n, s in sites.items()},
+        "client_level": client,
+        "secure_aggregation": bool(privacy.get("secure_aggregation")),
+        "not_covered": not_covered,
+        "figures_source": privacy.get("site_figures_source"),
+        "in_plain_words": _plain_words(dp, spent, delta, client),
+    }
+
+
+def _plain_words(dp: bool, spent: list[float], delta: float | None, client: Any) -> str:
+    if not dp:
+        return (
+            "No differential privacy: nothing bounds what the model reveals about "
+            "any one record."
+        )
+    worst = math.floor(max(spent, default=0.0) * 1000) / 1000
+    text = (
+        f"For any one record at any site, whether or not it was used changes the "
+        f"probability of anything this training released by at most a factor "
+        f"e^{worst:g} (about {math.exp(worst):.1f}x), except with probability "
+        f"{'delta (each site its own)' if delta is None else format(delta, 'g')}. "
+        "This protects individual records, not the fact that a site took part."
+    )
+    if client:
+        text += (
+            " Client-level DP also bounds what the model reveals about a whole site."
+        )
+    return text
+
+
+def build(run_dir: Path, test: dict[str, Any] | None) -> dict[str, Any]:
+    """The card of the run in ``run_dir`` (``test``: :func:`test_metrics`).
+
+    Raises:
+        DataError: the folder holds no finished run.
+    """
+    summary = _json(run_dir / SUMMARY_FILE)
+    privacy = _json(run_dir / PRIVACY_FILE)
+    trained = load(run_dir)
+    prep, config = trained.prep, trained.config
+    sites = _sites(summary)
+    task = (
+        f"{'binary' if prep.num_classes == 2 else 'multi-class'} classification "
+        f"of {prep.target!r} ({', '.join(prep.labels)})"
+    )
+    return {
+        "card": "fedvault model card and record of processing",
+        "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "run": {
+            "folder": str(run_dir.resolve()),
+            "status": summary.get("status"),
+            "stop_reason": summary.get("stop_reason"),
+            "rounds_completed": summary.get("rounds_completed"),
+            "rounds_planned": summary.get("rounds_planned"),
+        },
+        "intended_use": {
+            "purpose": OPERATOR.format("what decisions the model supports"),
+            "users": OPERATOR.format("who uses its outputs"),
+            "out_of_scope": OPERATOR.format("uses it must not be put to"),
+            "limits": _limits(prep.rows, len(sites), summary),
+        },
+        "task": task,
+        "model": {
+            "architecture": _architecture(
+                config.model, prep.num_features, config.hidden, prep.num_classes
+            ),
+            "parameters": sum(p.numel() for p in trained.model.parameters()),
+            "strategy": config.strategy,
+            "settings": config.to_run_config(),
+        },
+        "data": {
+            "sites": sites,
+            "rows_released": sum(s["rows_released"] or 0 for s in sites),
+            "rows_in_preprocessing": prep.rows,
+            "excluded_sites": summary.get("excluded_sites", {}),
+            "columns": {
+                "numeric": list(prep.numeric),
+                "categorical": list(prep.categorical),
+            },
+            "target": prep.target,
+            "time_range": OPERATOR.format("period the records cover (not recorded)"),
+        },
+        "metrics": {
+            "test_split": test,
+            "validation_at_sites": (summary.get("final") or {}).get("val_accuracy"),
+            "per_site": "not recorded: sites report validation metrics that the "
+            "coordinator averages",
+        },
+        "privacy": _privacy(summary, privacy),
+        "record_of_processing": _record(
+            prep.target, list(prep.feature_names), sites, privacy
+        ),
+    }
+
+
+def _architecture(model: str, features: int, hidden: int, classes: int) -> str:
+    out = 1 if classes == 2 else classes
+    if model == "mlp":
+        return f"MLP {features}-{hidden}-{out} (ReLU)"
+    return f"logistic regression {features}-{out}"
+
+
+def _limits(rows: int, sites: int, summary: dict[str, Any]) -> list[str]:
+    limits = [
+        f"Trained on {rows} rows from {sites} site(s); it reflects their "
+        "populations and may not transfer to others.",
+        "Probabilities are not calibrated; DP noise lowers accuracy.",
+        OPERATOR.format("known failure modes, groups it was not checked on"),
+    ]
+    if summary.get("status") != "completed":
+        limits.insert(0, f"The run stopped early: {summary.get('stop_reason')}")
+    return limits
+
+
+def _record(
+    target: str,
+    features: list[str],
+    sites: list[dict[str, Any]],
+    privacy: dict[str, Any],
+) -> dict[str, Any]:
+    measures = [
+        "records never leave a site: only model updates, metrics and per-column "
+        "summary counts do",
+        f"training: {privacy.get('mechanism')}"
+        + (
+            f", accountant {privacy['accountant']}" if privacy.get("accountant") else ""
+        ),
+        "secure aggregation (SecAgg+): "
+        + ("on" if privacy.get("secure_aggregation") else "off"),
+        "client-level DP: " + ("on" if privacy.get("client_level_dp") else "off"),
+        "a privacy ledger and lifetime budget per site, enforced by the site",
+        OPERATOR.format(
+            "transport (TLS, site authentication), access control, "
+            "encryption at rest, staff measures"
+        ),
+    ]
+    return {
+        "controller": OPERATOR.format(
+            "name and contact of the controller(s), representative, DPO"
+        ),
+        "purposes": OPERATOR.format(f"purpose of training a model of {target!r}"),
+        "categories_of_data_subjects": OPERATOR.format("e.g. patients of the sites"),
+        "categories_of_personal_data": [
+            "the columns " + ", ".join(features),
+            "derived from them: model updates and per-column summary counts",
+        ],
+        "recipients": [
+            "the coordinator (updates, metrics, summary counts)",
+            *(f"{s['name']} (the global model)" for s in sites),
+            OPERATOR.format("users of the model"),
+        ],
+        "transfers_to_third_countries": OPERATOR.format("none, or which and why"),
+        "retention": OPERATOR.format("how long run folders and models are kept"),
+        "technical_and_organisational_measures": measures,
+    }
+
+
+def previous_test_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The test metrics of the card already in ``run_dir`` (None if it has none)."""
+    card = _json(run_dir / CARD_JSON)
+    test: dict[str, Any] | None = (card.get("metrics") or {}).get("test_split")
+    return test
+
+
+def write(run_dir: Path, card: dict[str, Any]) -> None:
+    """Write ``model_card.json`` and ``model_card.md`` into the run folder."""
+    atomic_write(run_dir / CARD_JSON, (json.dumps(card, indent=2) + "\n").encode())
+    atomic_write(run_dir / CARD_MD, markdown(card).encode())
+
+
+def write_for_run(run_dir: Path, *, test_data: Path | None) -> None:
+    """Write the card at the end of a run. A card that cannot be written is logged,
+    never a failed run: the model and reports are already saved."""
+    try:
+        test = None
+        if test_data is not None:
+            frame = load_table(test_data)
+            test = test_metrics(
+                load(run_dir), frame, f"the coordinator's test data ({test_data.name})"
+            )
+        write(run_dir, build(run_dir, test))
+    except (FedVaultError, OSError, ValueError) as exc:
+        logger.warning("model card not written: %s", exc)

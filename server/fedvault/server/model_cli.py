@@ -1,0 +1,326 @@
+"""``fedvault model``: use what a federation trained (predict, export, compress,
+explain, card). Every command takes a run folder (``fedvault simulate --out``,
+``fedvault server start``) or a model file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedvault.common.cli import (
+    FormatOption,
+    OutputFormat,
+    command_group,
+    errors_as_exit,
+)
+from fedvault.common.data import load_table
+from fedvault.common.errors import DataError
+from fedvault.server import compress as cmp
+from fedvault.server import explain as xpl
+from fedvault.server import export as exp
+from fedvault.server import model_card as mc
+from fedvault.server import predict as pred
+from fedvault.server import trained
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+model_app = command_group(
+    "model", "Use a trained model: predict, export, compress, explain, model card."
+)
+
+RunArgument = Annotated[
+    Path, typer.Argument(help="Run folder (holding model.pt) or a model file.")
+]
+
+
+def _notes(notes: tuple[str, ...] | list[str]) -> None:
+    for note in notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def _json(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+@model_app.command("predict")
+@errors_as_exit(os_errors=True)
+def predict(
+    run: RunArgument,
+    data: Annotated[Path, typer.Argument(help="CSV or Parquet file of records.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write predictions here (.csv or .parquet); default: "
+            "CSV on standard output."
+        ),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            help="Refuse categories not seen in training (default: "
+            "encode them as none of the known ones, with a note)."
+        ),
+    ] = False,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """One row per record: the predicted class and each class's probability.
+
+    The run's own preprocessing is applied first; missing values are imputed as in
+    training. A file missing a column or holding text where numbers are expected
+    is refused with one line naming the columns."""
+    if out is not None:
+        pred.check_output(out)
+    model = trained.load(run)
+    result = pred.predict_file(model, data, strict=strict)
+    _notes(result.notes)
+    if out is None:
+        sys.stdout.write(result.table.to_csv(index=False))
+        return
+    pred.write_table(result.table, out)
+    counts = result.table[pred.PREDICTED].value_counts().to_dict()
+    if output_format is OutputFormat.JSON:
+        _json(
+            {
+                "model": str(model.path),
+                "data": str(data),
+                "out": str(out),
+                "rows": len(result.table),
+                "predicted": {str(k): int(v) for k, v in counts.items()},
+                "notes": list(result.notes),
+            }
+        )
+        return
+    shares = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    console.print(
+        f"Predicted {len(result.table)} rows of {data} with {model.path} "
+        f"(round {model.rounds_completed}) -> {out} ({shares})",
+        highlight=False,
+    )
+
+
+@model_app.command("export")
+@errors_as_exit(os_errors=True)
+def export(
+    run: RunArgument,
+    export_format: Annotated[
+        exp.ExportFormat, typer.Option("--format", help="onnx or torchscript.")
+    ] = exp.ExportFormat.ONNX,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="The exported file; default: next to the model file "
+            "(model.onnx, model.torchscript.pt)."
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Check the export on up to 256 rows of this file "
+            "(default: rows drawn from the run's statistics)."
+        ),
+    ] = None,
+) -> None:
+    """Write the model with its preprocessing as ONNX or TorchScript, plus a
+    sidecar JSON (input columns, category codes, classes), after checking that
+    the exported file predicts what PyTorch predicts (within 1e-5)."""
+    fmt = export_format
+    model = trained.load(run)
+    target = out or model.path.parent / f"model{exp.SUFFIXES[fmt]}"
+    _check_writable(target)
+    sample = None if data is None else load_table(data)
+    result = exp.export(
+        model, fmt, target, sample=sample, sample_name=f"rows of {data}"
+    )
+    runtime = "onnxruntime" if fmt is exp.ExportFormat.ONNX else "torch.jit.load"
+    console.print(
+        f"Exported {result.path} ({fmt}) and {result.sidecar.name} (inputs, "
+        f"category codes, classes).\nCheck ({runtime}) on {result.rows_checked} "
+        f"{result.sample}: max |probability difference| vs PyTorch = "
+        f"{result.max_abs_diff:.2e} (tolerance {exp.TOLERANCE:g}).",
+        highlight=False,
+    )
+
+
+def _check_writable(out: Path) -> None:
+    if out.is_dir():
+        raise DataError(f"{out}: is a folder")
+    if not out.parent.is_dir():
+        raise DataError(f"{out}: folder {out.parent} does not exist")
+
+
+@model_app.command("compress")
+@errors_as_exit(os_errors=True)
+def compress(
+    run: RunArgument,
+    quantize: Annotated[
+        str, typer.Option(help="int8 (dynamic quantization of Linear layers) or none.")
+    ] = "int8",
+    prune: Annotated[
+        float,
+        typer.Option(help="Share of each layer's smallest weights to set to zero."),
+    ] = 0.0,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labelled CSV or Parquet file: accuracy and AUC of "
+            "every variant on it."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="The compressed model file; default: "
+            "model.compressed.pt next to the model file."
+        ),
+    ] = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Quantize (int8) and/or prune the model with PyTorch's own tools; one table of
+    size before/after and, on a labelled file, the accuracy and AUC change."""
+    cmp.check_settings(quantize, prune)
+    model = trained.load(run)
+    cmp.check_source(model)
+    target = out or model.path.parent / "model.compressed.pt"
+    _check_writable(target)
+    labelled = None
+    if data is not None:
+        frame = load_table(data)
+        x, notes = trained.features(model.prep, frame, source=str(data))
+        labelled = (x, trained.labels(model.prep, frame, source=str(data)))
+        _notes(notes)
+    smaller, rows = cmp.compress(
+        model, quantize=quantize, prune=prune, labelled=labelled
+    )
+    cmp.save(model, smaller, target, quantize=quantize, prune=prune)
+    on = None if labelled is None else f"{len(labelled[1])} labelled rows of {data}"
+    if output_format is OutputFormat.JSON:
+        _json(
+            {
+                "out": str(target),
+                "evaluated_on": on,
+                "variants": [dataclasses.asdict(r) for r in rows],
+            }
+        )
+        return
+    console.print(_compress_table(rows, title=f"{model.path} -> {target}"))
+    console.print(
+        f"Accuracy and AUC on {on}."
+        if on
+        else "No --data: sizes only (give a labelled file for the accuracy change).",
+        highlight=False,
+    )
+
+
+def _compress_table(rows: list[cmp.Variant], *, title: str) -> Table:
+    base = rows[0]
+    table = Table(title=title)
+    table.add_column("model", no_wrap=True)
+    for col in ("bytes (x)", "gzipped (x)", "acc.", "Δ acc.", "AUC", "Δ AUC"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            r.name,
+            f"{r.size:,} ({r.size / base.size:.2f})",
+            f"{r.gzipped:,} ({r.gzipped / base.gzipped:.2f})",
+            _fmt(r.accuracy),
+            _delta(r.accuracy, base.accuracy),
+            _fmt(r.auc),
+            _delta(r.auc, base.auc),
+        )
+    return table
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _delta(value: float | None, base: float | None) -> str:
+    return "-" if value is None or base is None else f"{value - base:+.4f}"
+
+
+@model_app.command("explain")
+@errors_as_exit(os_errors=True)
+def explain(
+    run: RunArgument,
+    data: Annotated[
+        Path, typer.Argument(help="Labelled CSV or Parquet file (with the target).")
+    ],
+    metric: Annotated[
+        xpl.Metric, typer.Option(help="Score whose drop is measured.")
+    ] = xpl.Metric.ACCURACY,
+    repeats: Annotated[int, typer.Option(help="Shuffles per column.")] = 10,
+    top: Annotated[
+        int, typer.Option(help="Columns shown in the table and chart.")
+    ] = 15,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for importance.json and importance.png; default: "
+            "explain/ in the run folder (next to the model file)."
+        ),
+    ] = None,
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Global feature importance: permutation importance of every input column on
+    a labelled file, as a ranked table, a PNG bar chart and JSON."""
+    model = trained.load(run)
+    folder = out or model.path.parent / "explain"
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder}: exists and is not a folder")
+    frame = load_table(data)
+    result = xpl.explain(model, frame, source=str(data), metric=metric, repeats=repeats)
+    json_path, png_path = xpl.write(result, folder, top=top)
+    if output_format is OutputFormat.JSON:
+        _json(result.to_json() | {"json": str(json_path), "png": str(png_path)})
+        return
+    table = Table(
+        title=f"Permutation importance ({result.metric} drop, {result.repeats} "
+        f"shuffles) on {result.rows} labelled rows of {data}"
+    )
+    for col in ("rank", "column", "importance", "± sd"):
+        table.add_column(col, justify="left" if col == "column" else "right")
+    for rank, item in enumerate(result.columns[:top], start=1):
+        table.add_row(str(rank), item.column, f"{item.mean:+.4f}", f"{item.std:.4f}")
+    console.print(table)
+    console.print(
+        f"Baseline {result.metric} {result.baseline:.4f} on that file. Computed on "
+        f"{data} only: it describes the model there, not the sites' data. "
+        f"Wrote {json_path} and {png_path}.",
+        highlight=False,
+    )
+
+
+@model_app.command("card")
+@errors_as_exit(os_errors=True)
+def card(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labelled test file for the metrics with 95% intervals "
+            "(default: keep those of the card already there)."
+        ),
+    ] = None,
+) -> None:
+    """(Re)write model_card.md and model_card.json in a run folder: the model card
+    and a GDPR Art. 30-style record of processing, with [OPERATOR: ...]
+    placeholders to fill in. Runs write it themselves at the end."""
+    if not run.is_dir():
+        raise DataError(f"{run}: no such run folder")
+    test = None
+    if data is not None:
+        test = mc.test_metrics(trained.load(run), load_table(data), str(data))
+    elif (run / mc.CARD_JSON).is_file():
+        test = mc.previous_test_metrics(run)
+    mc.write(run, mc.build(run, test))
+    console.print(
+        f"Wrote {run / mc.CARD_MD} and {run / mc.CARD_JSON}.", highlight=False
+    )
