@@ -38,7 +38,13 @@ from typing import Any, Protocol
 from fedvault.common._rdp import search_noise
 from fedvault.common.config import TrainingConfig, key_of, parse_fields, read_toml
 from fedvault.common.errors import BudgetExceededError, ConfigError, PrivacyError
-from fedvault.common.privacy import ACCOUNTANTS, Accountant, Step, plan_noise
+from fedvault.common.privacy import (
+    ACCOUNTANTS,
+    Accountant,
+    Step,
+    epsilon_spent,
+    plan_noise,
+)
 from fedvault.common.protocol import Decline, DeclineReason
 
 __all__ = [
@@ -270,10 +276,14 @@ def plan_run_noise(
     if steps_this_run < 1:
         raise ConfigError(f"steps must be >= 1, got {steps_this_run}")
     floor = policy.min_noise_multiplier
-    # A run target at or above the budget is implied by the lifetime bound.
+    # A run target at or above the budget is implied by the lifetime bound; one the
+    # site's smallest noise already meets needs no search (a search towards a huge
+    # target, e.g. epsilon 1000 with PRV, could run for minutes).
     if (
         target_epsilon_this_run is not None
         and target_epsilon_this_run < policy.epsilon_max
+        and _run_epsilon(policy, floor, sample_rate, steps_this_run)
+        > target_epsilon_this_run
     ):
         run_only = plan_noise(
             target_epsilon=target_epsilon_this_run,
@@ -312,3 +322,11 @@ def plan_run_noise(
             f"cannot cover {steps_this_run} more steps at any noise multiplier"
         ) from None
     return max(sigma, floor)
+
+
+def _run_epsilon(
+    policy: SitePolicy, sigma: float, sample_rate: float, steps: int
+) -> float:
+    """Epsilon of ``steps`` steps at ``sigma`` alone, with the site's accountant."""
+    step = Step(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+    return epsilon_spent([step], delta=policy.delta, accountant=policy.accountant)
