@@ -29,6 +29,37 @@ def flower_pids(root: Path) -> list[int]:
     return pids
 
 
+def coordinator_toml(root: Path, *, rounds: int = 1) -> Path:
+    """``root/coordinator.toml``: one expected site, free loopback ports."""
+    from fedvault.common.processes import free_port
+
+    doc = {
+        "coordinator": {
+            "run-dir": "run",
+            "fleet-address": f"127.0.0.1:{free_port()}",
+            "control-address": f"127.0.0.1:{free_port()}",
+            "expected-sites": 1,
+        },
+        "training": {"rounds": rounds, "min-sites": 1, "round-timeout": 300.0},
+    }
+    path = root / "coordinator.toml"
+    path.write_text(tomli_w.dumps(doc))
+    return path
+
+
+def wait_for_run(
+    proc: subprocess.Popen[bytes], run_dir: Path, out: Path, timeout: float = 90
+) -> None:
+    """Wait until the coordinator ``proc`` has submitted its run (a run id in
+    ``run_dir/coordinator.json``); fail with its output if it exits first."""
+    live = run_dir / "coordinator.json"
+    deadline = time.monotonic() + timeout
+    while "run-id" not in (live.read_text() if live.exists() else ""):
+        assert proc.poll() is None, out.read_text()
+        assert time.monotonic() < deadline, "the coordinator did not start"
+        time.sleep(0.5)
+
+
 def events(root: Path) -> list[dict[str, object]]:
     """The coordinator's progress events so far (``run/output/progress.jsonl``)."""
     path = root / "run" / "output" / "progress.jsonl"

@@ -4,20 +4,37 @@ Every Flower process fedvault starts runs with a private ``FLWR_HOME`` and with
 telemetry, update checks and runtime dependency installation off: a hospital's
 machine must not phone home or download packages behind its operator's back.
 Each one starts in its own process session (:func:`spawn`), so that
-:func:`stop_process` stops it together with every process it started.
+:func:`stop_process` stops it together with every process it started, and, on
+Linux, dies with the process that started it (a parent-death signal): a coordinator
+or a site killed with SIGKILL leaves no Flower process behind. Flower's own children
+watch their parent's pid and leave when it is gone.
+
+A state folder is used by one fedvault process at a time (:class:`PidLock`), and
+:func:`leftovers` finds Flower processes that outlived the fedvault process that
+started them (Linux), so that the next command can name them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
+import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from fedvault.common.errors import ConfigError
+
+PARENT_ENV = "FEDVAULT_PARENT_PID"  # set in every process spawn() starts
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def flower_env(
@@ -61,19 +78,55 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in ``cwd`` in its own session, stdout and stderr into ``log``,
     with :func:`flower_env` for ``flwr_home`` plus ``env``; stop it with
-    :func:`stop_process`.
+    :func:`stop_process`. On Linux it is killed when the calling thread's process
+    dies (call it from a thread that outlives the process: the main thread).
 
     Raises:
         OSError: when ``cmd`` cannot be started (e.g. the program is missing).
     """
+    parent = {PARENT_ENV: str(os.getpid())}
     return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
         list(cmd),
         cwd=cwd,
-        env=flower_env(flwr_home, env),
+        env=flower_env(flwr_home, {**(env or {}), **parent}),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_death_signal(os.getpid()),  # prctl only: no locks, no imports
     )
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, looked up before any fork (None where there is none)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return prctl
+
+
+def _death_signal(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child die with ``parent``; None off Linux."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+
+    def arm() -> None:  # runs in the child between fork and exec: no imports
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return arm
+
+
+def die_with_parent() -> None:
+    """Make the calling process die when its parent does (Linux; a no-op elsewhere).
+
+    For a process that forks children without exec (fedvault's ClientApp launcher).
+    """
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 def stop_process(proc: subprocess.Popen[bytes], wait: float = 5.0) -> None:
@@ -86,3 +139,183 @@ def stop_process(proc: subprocess.Popen[bytes], wait: float = 5.0) -> None:
             os.killpg(proc.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=wait)
+
+
+class FolderInUseError(ConfigError):
+    """Another live process holds a state folder's lock (:class:`PidLock`)."""
+
+    def __init__(self, message: str, *, pid: int) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+def _read_pid(fd: int) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return int(os.pread(fd, 32, 0).decode().strip() or 0)
+    return 0
+
+
+class PidLock:
+    """One process at a time for a state folder: an exclusive ``flock`` on ``path``,
+    which holds the holder's pid. The OS drops the lock however the holder ends
+    (SIGKILL included), so a lock file left behind never blocks anyone.
+
+    Use as a context manager, or :meth:`acquire` and :meth:`release`.
+    """
+
+    def __init__(self, path: Path, *, what: str, wait: float = 2.0) -> None:
+        self.path, self.what, self.wait = path, what, wait
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock, waiting up to ``wait`` seconds for a brief holder
+        (a :func:`lock_holder` probe).
+
+        Raises:
+            FolderInUseError: naming ``what`` and the holder's pid, when another
+                process holds it.
+            OSError: when the lock file cannot be created.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                pid = _read_pid(fd)
+                os.close(fd)
+                holder = f"pid {pid}" if pid else "another process"
+                raise FolderInUseError(
+                    f"{self.what} is in use by {holder} ({self.path})", pid=pid
+                ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the lock up (the file stays: removing it would race a waiter)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> PidLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid of the live process holding the :class:`PidLock` at ``path`` (0 when
+    it has not written its pid yet), or None when nobody holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A process :func:`spawn` started whose starter is gone."""
+
+    pid: int
+    command: str
+
+    def __str__(self) -> str:
+        return f"{self.command} (pid {self.pid})"
+
+
+def _environ(pid_dir: Path) -> dict[str, str]:
+    raw = (pid_dir / "environ").read_bytes()
+    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
+
+
+def _command(pid_dir: Path) -> str:
+    argv = (pid_dir / "cmdline").read_bytes().split(b"\0")
+    words = [Path(a.decode(errors="replace")).name for a in argv if a][:4]
+    if words and words[0].startswith("python"):  # python -P -m fedvault...: the module
+        words = [w for w in words[1:] if not w.startswith("-")][:1] or words
+    return " ".join(words[:2])[:80] or "?"
+
+
+def leftovers(flwr_home: Path) -> list[Leftover]:
+    """Processes started by :func:`spawn` with ``flwr_home`` (or by one of them)
+    whose fedvault process is gone: left behind by a crash or a SIGKILL where no
+    parent-death signal reached them. Linux only (reads ``/proc``); [] elsewhere."""
+    proc = Path("/proc")
+    if not (proc / "self" / "environ").exists():
+        return []
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            env = _environ(entry)
+            if env.get("FLWR_HOME") != str(flwr_home) or PARENT_ENV not in env:
+                continue
+            if not _started_before(int(env[PARENT_ENV]), entry):
+                found.append(Leftover(int(entry.name), _command(entry)))
+    return sorted(found, key=lambda p: p.pid)
+
+
+def _start_tick(pid_dir: Path) -> int:
+    """When the process started (clock ticks after boot, ``/proc/PID/stat``)."""
+    stat = (pid_dir / "stat").read_text()
+    return int(stat.rpartition(")")[2].split()[19])
+
+
+def _started_before(parent: int, child: Path) -> bool:
+    """Whether ``parent`` lives and is older than ``child``: the process that
+    started it, not a later one that reuses its pid."""
+    try:
+        return _start_tick(Path("/proc") / str(parent)) <= _start_tick(child)
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] != "Z"
+    return True
+
+
+def terminate(pids: Sequence[int], wait: float = 5.0) -> list[int]:
+    """TERM, then KILL after ``wait`` s, each process in ``pids``; returns those
+    still alive at the end (not ours to signal, or unkillable)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+def describe(processes: Sequence[Leftover]) -> str:
+    """``a (pid 1), b (pid 2)``."""
+    return ", ".join(str(p) for p in processes)

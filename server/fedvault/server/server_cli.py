@@ -1,4 +1,5 @@
-"""``fedvault server``: run the coordinator, show its state, manage site keys."""
+"""``fedvault server``: run and stop the coordinator, show its state, manage site
+keys."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from fedvault.server.deploy import (
 )
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.rundir import PROGRESS_FILE
+from fedvault.server.runstate import RunState, inspect_run, read_events
+from fedvault.server.superlink import read_live
 
 logger = logging.getLogger(__name__)
 console = Console()
@@ -45,10 +48,7 @@ server_app.add_typer(sites_app, name="sites")
 
 
 def _events(layout: CoordinatorLayout) -> list[dict[str, Any]]:
-    path = layout.output / PROGRESS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_events(layout.output / PROGRESS_FILE)
 
 
 @server_app.command("start")
@@ -127,8 +127,13 @@ def _drive(
                     status=f"{event['sites_trained']} sites trained",
                 )
 
-    with progress:
-        summary = run(poll)
+    try:
+        with progress:
+            summary = run(poll)
+    except coord.StopRequested:
+        folder = inspect_run(layout, rounds=cfg.training.rounds)
+        err_console.print(f"coordinator stopped: {folder.message(cfg.source)}")
+        return
     if output_format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
@@ -145,8 +150,16 @@ def _status_doc(config: Path) -> dict[str, Any]:
     cfg = load_coordinator_config(config)
     layout = CoordinatorLayout(cfg.run_dir)
     registry = SiteRegistry(layout.registry)
-    live = coord.read_live(layout)
-    doc: dict[str, Any] = {"running": live is not None, "run-dir": str(cfg.run_dir)}
+    folder = inspect_run(layout, rounds=cfg.training.rounds)
+    live = read_live(layout)
+    doc: dict[str, Any] = {
+        "running": folder.state is RunState.RUNNING,
+        "state": folder.state.value,
+        "message": folder.message(cfg.source),
+        "run-dir": str(cfg.run_dir),
+        "pid": folder.pid,
+        "leftovers": [str(p) for p in folder.leftovers],
+    }
     nodes: dict[int, dict[str, Any]] = {}
     if live is not None:
         doc |= {k: live.get(k) for k in ("fleet-address", "control-address", "run-id")}
@@ -154,8 +167,7 @@ def _status_doc(config: Path) -> dict[str, Any]:
             nodes = {int(n["node-id"]): n for n in control.list_nodes(layout)}
         if live.get("run-id") is not None:
             doc["run-status"] = control.run_status(layout, int(live["run-id"]))
-    rounds = [e for e in _events(layout) if e["event"] == "round"]
-    doc["round"] = rounds[-1]["round"] if rounds else 0
+    doc["round"] = folder.rounds_done
     doc["rounds"] = cfg.training.rounds
     doc["sites"] = [
         {
@@ -183,26 +195,33 @@ def status(
     config: ConfigOption = Path("coordinator.toml"),
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Whether the coordinator runs, the current round, and each site's state."""
+    """The run folder's state (new, running, stopped, failed, completed) and what
+    to do about it, the current round, and each site's state."""
     doc = _status_doc(config)
     if output_format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
-    if doc["running"]:
+    console.print(f"{doc['state']}: {doc['message']}", markup=False)
+    if doc["running"] and "fleet-address" in doc:
         console.print(
-            f"coordinator running; Fleet API {doc['fleet-address']}, "
-            f"Control API {doc['control-address']} (loopback/private)"
-        )
-        console.print(
-            f"run {doc.get('run-id')}: {doc.get('run-status', '-')}, "
-            f"round {doc['round']} of {doc['rounds']}"
-        )
-    else:
-        console.print(
-            f"coordinator not running; last completed round {doc['round']} "
-            f"of {doc['rounds']}"
+            f"Fleet API {doc['fleet-address']}, Control API "
+            f"{doc['control-address']} (loopback/private); run {doc.get('run-id')}: "
+            f"{doc.get('run-status', '-')}",
+            markup=False,
         )
     _print_sites(doc["sites"])
+
+
+@server_app.command("stop")
+def stop(config: ConfigOption = Path("coordinator.toml")) -> None:
+    """Stop the coordinator cleanly: its run stops after its last completed round,
+    whose checkpoint is kept (`fedvault server resume` continues it). Also stops
+    Flower processes that a killed coordinator left behind."""
+    cfg = load_coordinator_config(config)
+    stopped = coord.stop(cfg)
+    folder = inspect_run(CoordinatorLayout(cfg.run_dir), rounds=cfg.training.rounds)
+    done = f"stopped {', '.join(stopped)}" if stopped else "nothing was running"
+    console.print(f"{done}; {folder.message(cfg.source)}", markup=False)
 
 
 def _print_sites(sites: list[dict[str, Any]]) -> None:
@@ -227,7 +246,7 @@ def sites_add(
     layout = CoordinatorLayout(cfg.run_dir)
     registry = SiteRegistry(layout.registry)
     entry = registry.add(name, public_key)
-    live = coord.read_live(layout)
+    live = read_live(layout)
     if live is not None and not live.get("insecure"):
         registry.set_node(name, control.register_key(layout, name, entry.public_key))
         registry.save()
@@ -252,7 +271,7 @@ def sites_remove(
     layout = CoordinatorLayout(cfg.run_dir)
     registry = SiteRegistry(layout.registry)
     entry = registry.get(name)
-    live = coord.read_live(layout)
+    live = read_live(layout)
     if live is not None and entry.node_id is not None and not live.get("insecure"):
         try:
             control.unregister_node(layout, entry.node_id)
