@@ -14,25 +14,22 @@ import time
 from pathlib import Path
 
 import pytest
-from consortium import coordinator_toml, flower_pids, stop_all, wait_for_run
+from consortium import (
+    coordinator_toml,
+    flower_pids,
+    run_fedvault,
+    stop_all,
+    wait_for_run,
+)
 
 from fedvault.common import processes
-from fedvault.common.cli import main
 from fedvault.server.deploy import CoordinatorLayout, load_coordinator_config
 
 ROUNDS = 3
 
 
 def _fedvault(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """`fedvault ARGS` as a user runs it: exit status, stdout + stderr."""
-    monkeypatch.setattr(sys, "argv", ["fedvault", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, " ".join((out.out + out.err).split())
+    return run_fedvault(monkeypatch, capsys, *args)
 
 
 def _server(monkeypatch, capsys, command: str, config: Path, *extra: str):

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from fedvault.client.ledger_cli import ledger_app
 from fedvault.client.site_config import load_site_config
-from fedvault.client.supernode import run_site
+from fedvault.client.supernode import run_site, stop_site
 from fedvault.common.certs import generate_site_keys
 from fedvault.common.cli import command_group
 
@@ -64,3 +64,17 @@ def start(
             "authentication; test use on one machine only.[/]"
         )
     run_site(cfg, echo=sys.stderr)
+
+
+@client_app.command("stop")
+def stop(
+    config: Annotated[Path, typer.Option(help="The site's TOML settings.")] = Path(
+        "site.toml"
+    ),
+) -> None:
+    """Stop this site's `fedvault client start` (its SuperNode and ClientApps with
+    it), and any of its processes that a killed one left behind."""
+    cfg = load_site_config(config)
+    stopped = stop_site(cfg)
+    done = f"stopped {', '.join(stopped)}" if stopped else "nothing was running"
+    console.print(f"site {cfg.options.name}: {done}", markup=False)

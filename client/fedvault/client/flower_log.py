@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 
+# The coordinator refused to activate this site's key: not registered, revoked, or
+# still counted online from a connection that crashed (Flower gives no detail).
+KEY_REFUSED = re.compile(r"code: 2004|Failed to activate SuperNode")
+
 # Known SuperNode failures, by the text Flower logs, and what they mean for a site.
 _REFUSALS = (
     (
-        re.compile(r"code: 2004|Failed to activate SuperNode"),
+        KEY_REFUSED,
         "the coordinator refused this site's key: ask the coordinator to run "
         "`fedvault server sites add NAME site.pub`",
     ),

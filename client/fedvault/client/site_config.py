@@ -133,6 +133,21 @@ class SiteConfig:
         return self.state_dir / "node-config.toml"
 
     @property
+    def lock(self) -> Path:
+        """Held by the one ``fedvault client start`` running this site; its pid."""
+        return self.state_dir / "site.lock"
+
+    @property
+    def live(self) -> Path:
+        """Written by a running ``client start``, removed when it stops cleanly:
+        found at start, it names a previous one that was killed or crashed."""
+        return self.state_dir / "site.json"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.state_dir / "flwr-home"
+
+    @property
     def policy_file(self) -> Path | None:
         """The site's privacy policy: ``policy``, else this file's [privacy] table."""
         if self.options.policy:

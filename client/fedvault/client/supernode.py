@@ -11,6 +11,7 @@ on CUDA when there is a GPU. How the SuperNode and its ClientApp processes are s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -19,16 +20,29 @@ import threading
 import time
 from typing import IO
 
-from fedvault.client.flower_log import explain_failure
+from fedvault.client.flower_log import KEY_REFUSED, explain_failure
 from fedvault.client.site_config import SiteConfig, check_files, write_node_config
-from fedvault.common.errors import FederationError
-from fedvault.common.net import split_address
-from fedvault.common.processes import flower_bin, spawn, stop_process
+from fedvault.common.errors import ConfigError, FederationError
+from fedvault.common.net import port_in_use, split_address
+from fedvault.common.processes import (
+    FolderInUseError,
+    PidLock,
+    describe,
+    flower_bin,
+    leftovers,
+    spawn,
+    stop_folder,
+    stop_process,
+)
 
 RUNTIME = "fedvault.client.runtime"
 # -P: the working directory (the state folder) is not put on sys.path, so nothing
 # in it can shadow an import.
 PYTHON_FLAGS = ("-P", "-m")
+# Flower counts a SuperNode online until two heartbeats (30 s apart) are missed;
+# after a crash its key is refused until then.
+REJOIN_WINDOW = 75.0
+REJOIN_PAUSE = 5.0
 
 
 def supernode_command(cfg: SiteConfig) -> list[str]:
@@ -88,12 +102,122 @@ def run_site(cfg: SiteConfig, *, echo: IO[str] | None = None) -> int:
     """Run the SuperNode (and, with ``isolation = "fork"``, fedvault's ClientApp
     launcher) until it exits or SIGTERM/Ctrl-C; returns 0 on a clean stop.
 
-    Raises :class:`FederationError` with the reason when either process fails.
+    One ``client start`` per state folder. After a ``client start`` that was
+    killed or crashed, the coordinator may still count the site as connected for
+    up to a minute and refuse its key meanwhile: the SuperNode is then started
+    again for up to :data:`REJOIN_WINDOW` seconds.
+
+    Raises:
+        ConfigError: another ``client start`` runs this site, processes a killed
+            one left behind still run, the runtime address is taken, or a file
+            or setting is wrong.
+        FederationError: with the reason, when a process fails.
     """
     check_files(cfg)
-    write_node_config(cfg)
-    home = cfg.state_dir / "flwr-home"
+    name = cfg.options.name
+    lock = PidLock(cfg.lock, what=f"site {name}'s state folder {cfg.state_dir}")
+    try:
+        lock.acquire()
+    except FolderInUseError as exc:
+        raise ConfigError(
+            f"site {name} already runs from {cfg.state_dir} (pid {exc.pid or '?'}); "
+            "`fedvault client stop` stops it"
+        ) from None
+    written = False
+    try:
+        _refuse_leftovers(cfg)
+        crashed = _previous_crash(cfg)
+        write_node_config(cfg)
+        cfg.live.write_text(json.dumps({"pid": os.getpid()}) + "\n")
+        written = True
+        if crashed is not None and echo is not None:
+            echo.write(
+                f"site {name}: the previous `fedvault client start` (pid {crashed}) "
+                "did not stop cleanly (killed or crashed)\n"
+            )
+        return _supervise(cfg, echo, rejoin=crashed is not None)
+    finally:
+        if written:  # any way out but a kill or a crash: a clean stop
+            cfg.live.unlink(missing_ok=True)
+        lock.release()
+
+
+def stop_site(cfg: SiteConfig) -> list[str]:
+    """Stop the ``client start`` running this site (as SIGTERM or Ctrl-C would)
+    and any Flower process a killed one left behind; returns what was stopped.
+
+    Raises:
+        FederationError: a process did not stop in time.
+    """
+    return stop_folder(
+        cfg.lock, cfg.flwr_home, what="`fedvault client start`", timeout=60.0
+    )
+
+
+def _refuse_leftovers(cfg: SiteConfig) -> None:
+    left = leftovers(cfg.flwr_home)
+    if left:
+        pids = " ".join(str(p.pid) for p in left)
+        raise ConfigError(
+            f"site {cfg.options.name}: {describe(left)}, left running by a "
+            "`fedvault client start` that was killed, still serve this site; "
+            f"`fedvault client stop` (or `kill {pids}`) stops them"
+        )
+    address = cfg.options.runtime_address
+    if port_in_use(address, key="runtime-address"):
+        raise ConfigError(
+            f"runtime-address: {address} is already in use by another program "
+            "(each site on a host needs its own)"
+        )
+
+
+def _previous_crash(cfg: SiteConfig) -> int | None:
+    """The pid of a ``client start`` that did not stop cleanly, if one left its
+    ``site.json`` behind."""
+    try:
+        return int(json.loads(cfg.live.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _supervise(cfg: SiteConfig, echo: IO[str] | None, *, rejoin: bool) -> int:
+    main = threading.current_thread() is threading.main_thread()
+    stops = (signal.SIGTERM, signal.SIGHUP)
+    previous = [signal.signal(sig, _raise_interrupt) for sig in stops] if main else []
+    deadline = time.monotonic() + REJOIN_WINDOW
+    try:
+        while True:
+            failure = _run_once(cfg, echo)
+            if failure is None:
+                return 0
+            if not (rejoin and KEY_REFUSED.search(failure)):
+                break
+            if time.monotonic() > deadline:
+                break
+            if echo is not None:
+                echo.write(
+                    f"site {cfg.options.name}: the coordinator refused the key; it "
+                    "counts a crashed connection as online for up to a minute: "
+                    f"trying again in {REJOIN_PAUSE:g} s\n"
+                )
+            time.sleep(REJOIN_PAUSE)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for sig, handler in zip(stops, previous, strict=False):
+            signal.signal(sig, handler)
+    raise FederationError(f"site {cfg.options.name}: {explain_failure(failure)}")
+
+
+def _run_once(cfg: SiteConfig, echo: IO[str] | None) -> str | None:
+    """Start the site's processes and wait until one ends; None when the SuperNode
+    stopped cleanly, else what the log says (prefixed for the launcher).
+
+    Raises:
+        KeyboardInterrupt: on Ctrl-C or SIGTERM, once every process is stopped.
+    """
     procs: list[subprocess.Popen[bytes]] = []
+    home = cfg.flwr_home
     with cfg.log.open("ab") as log:
         start = log.tell()
         node = spawn(supernode_command(cfg), cwd=cfg.state_dir, log=log, flwr_home=home)
@@ -106,24 +230,16 @@ def run_site(cfg: SiteConfig, *, echo: IO[str] | None = None) -> int:
             f"site {cfg.options.name}: SuperNode pid {node.pid} dialing "
             f"{cfg.options.coordinator}; log {cfg.log}\n"
         )
-    main = threading.current_thread() is threading.main_thread()
-    stops = (signal.SIGTERM, signal.SIGHUP)
-    previous = [signal.signal(sig, _raise_interrupt) for sig in stops] if main else []
     try:
         failed = _wait_first(procs)
-    except KeyboardInterrupt:
-        return 0
     finally:
         _stop_all(procs)
-        for sig, handler in zip(stops, previous, strict=False):
-            signal.signal(sig, handler)
     if failed is None:
-        return 0
+        return None
     with cfg.log.open("rb") as written:
         written.seek(start)
         text = written.read().decode(errors="replace")
-    what = "" if failed is node else "ClientApp launcher: "
-    raise FederationError(f"site {cfg.options.name}: {what}{explain_failure(text)}")
+    return text if failed is node else f"ClientApp launcher: {text}"
 
 
 def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from fedvault.common.errors import ConfigError
+from fedvault.common.errors import ConfigError, FederationError
 
 PARENT_ENV = "FEDVAULT_PARENT_PID"  # set in every process spawn() starts
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -319,3 +319,37 @@ def terminate(pids: Sequence[int], wait: float = 5.0) -> list[int]:
 def describe(processes: Sequence[Leftover]) -> str:
     """``a (pid 1), b (pid 2)``."""
     return ", ".join(str(p) for p in processes)
+
+
+def stop_folder(
+    lock: Path, flwr_home: Path, *, what: str, timeout: float
+) -> list[str]:
+    """Stop the process holding the :class:`PidLock` ``lock`` with SIGTERM (it stops
+    as on Ctrl-C), wait up to ``timeout`` s for it to let go, then stop the
+    :func:`leftovers` of ``flwr_home``. Returns what was stopped ([]: nothing ran).
+
+    Raises:
+        FederationError: a process did not stop in time, or the lock's holder is
+            unknown.
+    """
+    stopped = []
+    pid = lock_holder(lock)
+    if pid is not None and pid != os.getpid():
+        if pid == 0:
+            raise FederationError(f"{lock} is held by a process of unknown pid")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while lock_holder(lock) is not None:
+            if time.monotonic() > deadline:
+                raise FederationError(
+                    f"{what} (pid {pid}) did not stop within {timeout:g} s"
+                )
+            time.sleep(0.2)
+        stopped.append(f"{what} (pid {pid})")
+    left = leftovers(flwr_home)
+    if left:
+        if terminate([p.pid for p in left]):
+            raise FederationError(f"could not stop {describe(left)}")
+        stopped.append(describe(left))
+    return stopped

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -30,14 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fedvault.common.errors import ConfigError, FederationError
-from fedvault.common.processes import (
-    FolderInUseError,
-    PidLock,
-    describe,
-    leftovers,
-    lock_holder,
-    terminate,
-)
+from fedvault.common.processes import FolderInUseError, PidLock, stop_folder
 from fedvault.server.control import flwr_json, run_status, submit, sync_registry
 from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout, run_config
 from fedvault.server.registry import SiteRegistry
@@ -261,25 +253,6 @@ def stop(cfg: CoordinatorConfig, *, timeout: float = STOP_TIMEOUT) -> list[str]:
         FederationError: a process did not stop within ``timeout`` seconds.
     """
     layout = CoordinatorLayout(cfg.run_dir)
-    stopped = []
-    pid = lock_holder(layout.lock)
-    if pid is not None and pid != os.getpid():
-        if pid == 0:
-            raise FederationError(f"{layout.lock} is held by an unknown process")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while lock_holder(layout.lock) is not None:
-            if time.monotonic() > deadline:
-                raise FederationError(
-                    f"the coordinator (pid {pid}) did not stop within {timeout:g} s"
-                )
-            time.sleep(0.2)
-        stopped.append(f"the coordinator (pid {pid})")
-    left = leftovers(layout.flwr_home)
-    if left:
-        alive = terminate([p.pid for p in left])
-        if alive:
-            raise FederationError(f"could not stop {describe(left)}")
-        stopped.append(describe(left))
-    return stopped
+    return stop_folder(
+        layout.lock, layout.flwr_home, what="the coordinator", timeout=timeout
+    )
