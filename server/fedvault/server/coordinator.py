@@ -32,7 +32,7 @@ from fedvault.common.errors import ConfigError, FederationError
 from fedvault.common.processes import FolderInUseError, PidLock, stop_folder
 from fedvault.server.control import flwr_json, run_status, submit, sync_registry
 from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout, run_config
-from fedvault.server.registry import SiteRegistry
+from fedvault.server.registry import SiteRegistry, read_public_key
 from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE, RunDirectory
 from fedvault.server.runstate import RunFolder, RunState, inspect_run
 from fedvault.server.superlink import superlink, write_live
@@ -184,9 +184,7 @@ def _run(
     on_poll: Callable[[], None] | None,
 ) -> dict[str, Any]:
     registry = SiteRegistry(layout.registry)
-    for name, key in cfg.sites.items():
-        if name not in registry.sites:
-            registry.add(name, key)
+    _admit_listed(cfg, registry)
     layout.write_app(values)
     try:
         with _sigterm_as_interrupt(), superlink(cfg, insecure=insecure):
@@ -214,6 +212,24 @@ def _run(
         raise FederationError(f"the run ended as {status!r}: {_last_error(layout)}")
     summary: dict[str, Any] = json.loads(summary_path.read_text())
     return summary
+
+
+def _admit_listed(cfg: CoordinatorConfig, registry: SiteRegistry) -> None:
+    """List the sites of ``[sites]`` that the registry does not know yet, except a
+    key revoked with ``sites remove``: the removal wins over the file."""
+    for name, key in cfg.sites.items():
+        if name in registry.sites:
+            continue
+        revoked = registry.revoked.get(read_public_key(key)[1])
+        if revoked is not None:
+            logger.warning(
+                "[sites] %s in %s is not admitted: %s",
+                name,
+                cfg.source or "the config",
+                revoked.describe(),
+            )
+            continue
+        registry.add(name, key)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,11 @@ Flower registers SuperNodes by public key and returns a node id, but does not re
 names back; fedvault keeps the mapping in ``sites.json`` in the run folder, written
 atomically. A site may be listed before the coordinator runs (node id ``None``): it
 is registered with Flower when the coordinator starts.
+
+Removing a site revokes its key for good: ``sites.json`` keeps the key's fingerprint
+(``revoked``), so neither ``sites add`` nor ``coordinator.toml``'s ``[sites]`` admits
+it again (Flower itself never registers a key twice on one state database). A site
+that is to come back makes a new key.
 """
 
 from __future__ import annotations
@@ -52,16 +57,36 @@ def read_public_key(path: Path) -> tuple[str, str]:
     return line, "SHA256:" + hashlib.sha256(line.encode()).hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class Revocation:
+    """A key removed with ``sites remove``: never admitted again."""
+
+    name: str
+    fingerprint: str
+    removed_at: float
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.removed_at))
+        return (
+            f"its key {self.fingerprint} was revoked when site {self.name!r} was "
+            f"removed ({when}); the site must make a new key (`fedvault client "
+            "keygen`) to be added again"
+        )
+
+
 class SiteRegistry:
     """``sites.json``: loaded and saved whole; names and keys are unique."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sites: dict[str, SiteEntry] = {}
+        self.revoked: dict[str, Revocation] = {}
         if path.exists():
             try:
                 raw = json.loads(path.read_text())
                 self.sites = {s["name"]: SiteEntry(**s) for s in raw["sites"]}
+                revoked = (Revocation(**r) for r in raw.get("revoked", []))
+                self.revoked = {r.fingerprint: r for r in revoked}
             except (ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(f"{path}: unreadable site registry ({exc})") from None
 
@@ -69,13 +94,22 @@ class SiteRegistry:
         doc = {
             "sites": [
                 asdict(s) for s in sorted(self.sites.values(), key=lambda s: s.name)
-            ]
+            ],
+            "revoked": [asdict(r) for r in self.revoked.values()],
         }
         atomic_write(self.path, (json.dumps(doc, indent=2) + "\n").encode())
 
     def add(self, name: str, public_key: Path) -> SiteEntry:
+        """List a site by its public key.
+
+        Raises:
+            ConfigError: the name is malformed or taken, the key is already
+                listed, or it was revoked.
+        """
         check_site_name(name)
         line, fingerprint = read_public_key(public_key)
+        if fingerprint in self.revoked:
+            raise ConfigError(f"site {name!r}: {self.revoked[fingerprint].describe()}")
         if name in self.sites:
             raise ConfigError(f"site {name!r} is already registered")
         for other in self.sites.values():
@@ -100,8 +134,16 @@ class SiteRegistry:
         )
 
     def remove(self, name: str) -> SiteEntry:
+        """Unlist a site and revoke its key for good.
+
+        Raises:
+            ConfigError: no site has that name.
+        """
         entry = self.get(name)
         del self.sites[name]
+        self.revoked[entry.fingerprint] = Revocation(
+            name, entry.fingerprint, time.time()
+        )
         return entry
 
     def name_of(self, node_id: int) -> str | None:

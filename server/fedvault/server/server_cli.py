@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedvault.common.cli import FormatOption, OutputFormat, command_group, progress_bar
-from fedvault.common.errors import FederationError
+from fedvault.common.errors import ConfigError, FederationError
 from fedvault.server import control
 from fedvault.server import coordinator as coord
 from fedvault.server.deploy import (
@@ -266,8 +266,16 @@ def sites_remove(
     name: Annotated[str, typer.Argument(help="Site name.")],
     config: ConfigOption = Path("coordinator.toml"),
 ) -> None:
-    """Revoke a site's key: it can no longer connect."""
+    """Revoke a site's key for good: it can no longer connect, and its key is never
+    admitted again (the site makes a new one to come back). Refused while
+    coordinator.toml lists the site under [sites]."""
     cfg = load_coordinator_config(config)
+    if name in cfg.sites:
+        raise ConfigError(
+            f"site {name!r} is listed under [sites] in {config}: delete that line "
+            "first (a run folder made afresh from the file would admit it again), "
+            "then remove the site"
+        )
     layout = CoordinatorLayout(cfg.run_dir)
     registry = SiteRegistry(layout.registry)
     entry = registry.get(name)
