@@ -158,6 +158,7 @@ def test_site_policy_comes_from_its_privacy_table(tmp_path):
     (tmp_path / "ca.crt").write_text("x")
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "site.key").write_text("x")
+    (tmp_path / "keys" / "site.key").chmod(0o600)  # else refused: others can read
     (tmp_path / "a.parquet").write_text("x")
     site = {
         "name": "site-a",

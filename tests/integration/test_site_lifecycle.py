@@ -144,3 +144,14 @@ def test_a_killed_site_leaves_nothing_running_and_rejoins(tmp_path):
     assert [r for r in _ledger_rounds(tmp_path, "site-1") if r > crashed_after + 1]
     summary = json.loads((tmp_path / "run" / "output" / "summary.json").read_text())
     assert summary["rounds_completed"] == rounds
+    # One permission rule in both state folders; logs without terminal codes or
+    # a line per successful request.
+    for folder in (tmp_path / "run", *(tmp_path / "state").glob("site-*")):
+        shared = [p for p in (folder, *folder.rglob("*")) if p.stat().st_mode & 0o077]
+        assert shared == [], shared
+    logs = [tmp_path / "run" / "superlink" / "superlink.log"]
+    logs += list((tmp_path / "state").glob("*/supernode.log"))
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert "\x1b[" not in text, log
+    assert '" 200' not in logs[0].read_text()

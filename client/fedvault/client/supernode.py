@@ -23,6 +23,7 @@ from typing import IO
 from fedvault.client.flower_log import KEY_REFUSED, explain_failure
 from fedvault.client.site_config import SiteConfig, check_files, write_node_config
 from fedvault.common.errors import ConfigError, FederationError
+from fedvault.common.files import private
 from fedvault.common.net import port_in_use, split_address
 from fedvault.common.processes import (
     FolderInUseError,
@@ -123,23 +124,27 @@ def run_site(cfg: SiteConfig, *, echo: IO[str] | None = None) -> int:
             f"site {name} already runs from {cfg.state_dir} (pid {exc.pid or '?'}); "
             "`fedvault client stop` stops it"
         ) from None
-    written = False
     try:
-        _refuse_leftovers(cfg)
-        crashed = _previous_crash(cfg)
-        write_node_config(cfg)
-        cfg.live.write_text(json.dumps({"pid": os.getpid()}) + "\n")
-        written = True
+        with private(cfg.state_dir):  # 0700/0600 for all: ledger, logs, Flower's
+            return _run_locked(cfg, echo)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: SiteConfig, echo: IO[str] | None) -> int:
+    _refuse_leftovers(cfg)
+    crashed = _previous_crash(cfg)
+    write_node_config(cfg)
+    cfg.live.write_text(json.dumps({"pid": os.getpid()}) + "\n")
+    try:
         if crashed is not None and echo is not None:
             echo.write(
-                f"site {name}: the previous `fedvault client start` (pid {crashed}) "
-                "did not stop cleanly (killed or crashed)\n"
+                f"site {cfg.options.name}: the previous `fedvault client start` "
+                f"(pid {crashed}) did not stop cleanly (killed or crashed)\n"
             )
         return _supervise(cfg, echo, rejoin=crashed is not None)
-    finally:
-        if written:  # any way out but a kill or a crash: a clean stop
-            cfg.live.unlink(missing_ok=True)
-        lock.release()
+    finally:  # any way out but a kill or a crash is a clean stop
+        cfg.live.unlink(missing_ok=True)
 
 
 def stop_site(cfg: SiteConfig) -> list[str]:
@@ -217,14 +222,13 @@ def _run_once(cfg: SiteConfig, echo: IO[str] | None) -> str | None:
         KeyboardInterrupt: on Ctrl-C or SIGTERM, once every process is stopped.
     """
     procs: list[subprocess.Popen[bytes]] = []
-    home = cfg.flwr_home
-    with cfg.log.open("ab") as log:
-        start = log.tell()
-        node = spawn(supernode_command(cfg), cwd=cfg.state_dir, log=log, flwr_home=home)
-        procs.append(node)
-        if cfg.options.isolation == "fork":
-            launcher = launcher_command(cfg, node.pid)
-            procs.append(spawn(launcher, cwd=cfg.state_dir, log=log, flwr_home=home))
+    home, log = cfg.flwr_home, cfg.log
+    start = log.stat().st_size if log.exists() else 0
+    node = spawn(supernode_command(cfg), cwd=cfg.state_dir, log=log, flwr_home=home)
+    procs.append(node)
+    if cfg.options.isolation == "fork":
+        launcher = launcher_command(cfg, node.pid)
+        procs.append(spawn(launcher, cwd=cfg.state_dir, log=log, flwr_home=home))
     if echo is not None:
         echo.write(
             f"site {cfg.options.name}: SuperNode pid {node.pid} dialing "

@@ -1,9 +1,14 @@
-"""Durable, atomic file writes shared by every role (checkpoints, ledgers, vaults)."""
+"""Durable, atomic file writes shared by every role (checkpoints, ledgers, vaults),
+and the one permission rule of a state folder (a coordinator's run folder, a site's
+state folder): folders 0700, files 0600, whoever writes them (:func:`private`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -33,3 +38,28 @@ def atomic_write(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def private(folder: Path) -> Iterator[None]:
+    """Make ``folder`` and everything in it private to this user (folders 0700,
+    files 0600; links are left alone), and create every file and folder private
+    during the block: the umask is 077 for this process and for the processes it
+    starts (Flower's state database, logs, ledgers).
+
+    Raises:
+        OSError: when ``folder`` cannot be created.
+    """
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in (folder, *folder.rglob("*")):
+        with contextlib.suppress(OSError):  # vanished meanwhile, or not ours
+            mode = path.lstat().st_mode
+            if stat.S_ISDIR(mode) and stat.S_IMODE(mode) & 0o077:
+                path.chmod(0o700)
+            elif stat.S_ISREG(mode) and stat.S_IMODE(mode) & 0o077:
+                path.chmod(0o600)
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)

@@ -21,6 +21,7 @@ import ctypes
 import fcntl
 import functools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,8 +33,10 @@ from pathlib import Path
 from typing import IO
 
 from fedvault.common.errors import ConfigError, FederationError
+from fedvault.common.flower_logs import LogPump
 
 PARENT_ENV = "FEDVAULT_PARENT_PID"  # set in every process spawn() starts
+_PUMPS: dict[int, LogPump] = {}  # pid -> the thread writing its log
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -72,28 +75,37 @@ def spawn(
     cmd: Sequence[str],
     *,
     cwd: Path,
-    log: IO[bytes],
+    log: IO[bytes] | Path,
     flwr_home: Path,
     env: Mapping[str, str] | None = None,
+    quiet: Sequence[re.Pattern[bytes]] = (),
 ) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in ``cwd`` in its own session, stdout and stderr into ``log``,
     with :func:`flower_env` for ``flwr_home`` plus ``env``; stop it with
     :func:`stop_process`. On Linux it is killed when the calling thread's process
     dies (call it from a thread that outlives the process: the main thread).
 
+    A ``log`` path is appended to without colour codes and without the lines
+    ``quiet`` matches (:class:`~fedvault.common.flower_logs.LogPump`), mode 0600;
+    an open file receives the output as it is.
+
     Raises:
         OSError: when ``cmd`` cannot be started (e.g. the program is missing).
     """
     parent = {PARENT_ENV: str(os.getpid())}
-    return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
         list(cmd),
         cwd=cwd,
         env=flower_env(flwr_home, {**(env or {}), **parent}),
-        stdout=log,
+        stdout=subprocess.PIPE if isinstance(log, Path) else log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
         preexec_fn=_death_signal(os.getpid()),  # prctl only: no locks, no imports
     )
+    if isinstance(log, Path) and proc.stdout is not None:
+        _PUMPS[proc.pid] = pump = LogPump(proc.stdout, log, quiet)
+        pump.start()
+    return proc
 
 
 @functools.cache
@@ -134,11 +146,14 @@ def stop_process(proc: subprocess.Popen[bytes], wait: float = 5.0) -> None:
     while `flwr run --stream` is attached), then KILL, each with a grace period."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
         if proc.poll() is not None:
-            return
+            break
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=wait)
+    pump = _PUMPS.pop(proc.pid, None)
+    if pump is not None:  # the last lines are in the log file once this returns
+        pump.join(timeout=wait)
 
 
 class FolderInUseError(ConfigError):

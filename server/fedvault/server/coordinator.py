@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fedvault.common.errors import ConfigError, FederationError
+from fedvault.common.files import private
 from fedvault.common.processes import FolderInUseError, PidLock, stop_folder
 from fedvault.server.control import flwr_json, run_status, submit, sync_registry
 from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout, run_config
@@ -93,7 +94,8 @@ def _claim(cfg: CoordinatorConfig, layout: CoordinatorLayout) -> Iterator[None]:
         folder = inspect_run(layout, rounds=cfg.training.rounds)
         raise ConfigError(folder.message(cfg.source)) from None
     try:
-        yield
+        with private(layout.root):  # 0700/0600 for all in it, Flower's files too
+            yield
     finally:
         lock.release()
 

@@ -13,16 +13,18 @@ that is to come back makes a new key.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedvault.common.certs import load_site_public_key
+from fedvault.common.certs import fingerprint, load_site_public_key
 from fedvault.common.errors import ConfigError
 from fedvault.common.files import atomic_write
 
@@ -49,12 +51,27 @@ def check_site_name(name: str) -> str:
 
 
 def read_public_key(path: Path) -> tuple[str, str]:
-    """(OpenSSH public key line without comment, SHA-256 fingerprint)."""
+    """(OpenSSH public key line without comment, its fingerprint as ``ssh-keygen
+    -l`` prints it).
+
+    Raises:
+        ConfigError: the file is missing or not a site's public key.
+    """
     key = load_site_public_key(path)
     line = key.public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     ).decode()
-    return line, "SHA256:" + hashlib.sha256(line.encode()).hexdigest()[:32]
+    return line, fingerprint(key)
+
+
+def _entry(raw: dict[str, object]) -> SiteEntry:
+    """A stored entry, its fingerprint recomputed from its key (older registries
+    stored another format)."""
+    entry = SiteEntry(**raw)  # type: ignore[arg-type]
+    key = serialization.load_ssh_public_key(entry.public_key.encode())
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError(f"site {entry.name}: not an EC key")
+    return dataclasses.replace(entry, fingerprint=fingerprint(key))
 
 
 @dataclass(frozen=True)
@@ -84,10 +101,10 @@ class SiteRegistry:
         if path.exists():
             try:
                 raw = json.loads(path.read_text())
-                self.sites = {s["name"]: SiteEntry(**s) for s in raw["sites"]}
+                self.sites = {s["name"]: _entry(s) for s in raw["sites"]}
                 revoked = (Revocation(**r) for r in raw.get("revoked", []))
                 self.revoked = {r.fingerprint: r for r in revoked}
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, UnsupportedAlgorithm) as exc:
                 raise ConfigError(f"{path}: unreadable site registry ({exc})") from None
 
     def save(self) -> None:

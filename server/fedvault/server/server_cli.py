@@ -14,7 +14,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedvault.common.cli import FormatOption, OutputFormat, command_group, progress_bar
+from fedvault.common.cli import (
+    FormatOption,
+    OutputFormat,
+    command_group,
+    output_console,
+    progress_bar,
+    say,
+)
 from fedvault.common.errors import ConfigError, FederationError
 from fedvault.server import control
 from fedvault.server import coordinator as coord
@@ -29,7 +36,7 @@ from fedvault.server.runstate import RunState, inspect_run, read_events
 from fedvault.server.superlink import read_live
 
 logger = logging.getLogger(__name__)
-console = Console()
+console = output_console()
 err_console = Console(stderr=True)
 
 ConfigOption = Annotated[Path, typer.Option("--config", help="coordinator.toml")]
@@ -105,10 +112,11 @@ def _drive(
 ) -> None:
     """Run the coordinator with a progress display; report the outcome."""
     if insecure:
-        err_console.print(
-            "[bold red]WARNING: --insecure: no TLS and no site "
-            "authentication. Anyone who reaches the Fleet port can join "
-            "and read the model. Local tests only.[/]"
+        say(
+            err_console,
+            "WARNING: --insecure: no TLS and no site authentication. Anyone who "
+            "reaches the Fleet port can join and read the model. Local tests only.",
+            style="bold red",
         )
     layout = CoordinatorLayout(cfg.run_dir)
     progress = progress_bar(console, output_format)
@@ -132,17 +140,18 @@ def _drive(
             summary = run(poll)
     except coord.StopRequested:
         folder = inspect_run(layout, rounds=cfg.training.rounds)
-        err_console.print(f"coordinator stopped: {folder.message(cfg.source)}")
+        say(err_console, f"coordinator stopped: {folder.message(cfg.source)}")
         return
     if output_format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
-        console.print(
+        say(
+            console,
             f"Run {summary['status']}: {summary.get('rounds_completed')} rounds. "
-            f"Results in [bold]{layout.output}[/]."
+            f"Results in {layout.output}.",
         )
     if summary["status"] != "completed":
-        err_console.print(f"[yellow]run stopped early:[/] {summary.get('stop_reason')}")
+        say(err_console, f"run stopped early: {summary.get('stop_reason')}")
         raise typer.Exit(1)
 
 
@@ -201,13 +210,13 @@ def status(
     if output_format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
-    console.print(f"{doc['state']}: {doc['message']}", markup=False)
+    say(console, f"{doc['state']}: {doc['message']}")
     if doc["running"] and "fleet-address" in doc:
-        console.print(
+        say(
+            console,
             f"Fleet API {doc['fleet-address']}, Control API "
             f"{doc['control-address']} (loopback/private); run {doc.get('run-id')}: "
             f"{doc.get('run-status', '-')}",
-            markup=False,
         )
     _print_sites(doc["sites"])
 
@@ -221,12 +230,12 @@ def stop(config: ConfigOption = Path("coordinator.toml")) -> None:
     stopped = coord.stop(cfg)
     folder = inspect_run(CoordinatorLayout(cfg.run_dir), rounds=cfg.training.rounds)
     done = f"stopped {', '.join(stopped)}" if stopped else "nothing was running"
-    console.print(f"{done}; {folder.message(cfg.source)}", markup=False)
+    say(console, f"{done}; {folder.message(cfg.source)}")
 
 
 def _print_sites(sites: list[dict[str, Any]]) -> None:
     table = Table(title="Sites")
-    for col in ("name", "node id", "status", "key fingerprint"):
+    for col in ("name", "node id", "status", "key fingerprint (ssh-keygen -l)"):
         table.add_column(col)
     for s in sites:
         table.add_row(
@@ -250,14 +259,15 @@ def sites_add(
     if live is not None and not live.get("insecure"):
         registry.set_node(name, control.register_key(layout, name, entry.public_key))
         registry.save()
-        console.print(
-            f"site {name} registered ({entry.fingerprint}); it can connect now"
+        say(
+            console, f"site {name} registered ({entry.fingerprint}); it can connect now"
         )
     else:
         registry.save()
-        console.print(
+        say(
+            console,
             f"site {name} added ({entry.fingerprint}); it is registered with "
-            "Flower when the coordinator starts"
+            "Flower when the coordinator starts",
         )
 
 
@@ -288,7 +298,7 @@ def sites_remove(
     registry.remove(name)
     registry.save()
     when = "now" if live is not None else "when the coordinator starts"
-    console.print(f"site {name} removed; its key is revoked {when}")
+    say(console, f"site {name} removed; its key is revoked {when}")
 
 
 @sites_app.command("list")

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import ssl
 import subprocess
 import time
@@ -23,6 +24,7 @@ from typing import Any
 from fedvault.common.certs import SERVER_CERT, SERVER_KEY, check_certificates
 from fedvault.common.errors import ConfigError, FederationError
 from fedvault.common.files import atomic_write
+from fedvault.common.flower_logs import explain_exit, plain
 from fedvault.common.net import port_in_use, split_address
 from fedvault.common.processes import flower_bin, lock_holder, spawn, stop_process
 from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout
@@ -30,6 +32,14 @@ from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT = 60.0
+
+# SuperLink lines left out of its log: one per request that succeeded (uvicorn's
+# access log, always on in Flower), and the Control API calls that fedvault's own
+# polling (`flwr ls`, `server status`) makes every few seconds.
+QUIET = (
+    re.compile(rb'\[uvicorn\.access\] .*" [23]\d\d\s*$'),
+    re.compile(rb"INFO :\s+ControlServicer\.(ListRuns|ListNodes)\s*$"),
+)
 
 
 def _ssl_context(cfg: CoordinatorConfig, insecure: bool) -> ssl.SSLContext | None:
@@ -51,6 +61,7 @@ def wait_healthy(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
+            stop_process(proc)  # its last lines are in the log once this returns
             raise FederationError(
                 f"the SuperLink exited during start-up: {_log_tail(cfg)}"
             )
@@ -65,8 +76,13 @@ def wait_healthy(
 
 
 def _log_tail(cfg: CoordinatorConfig) -> str:
+    """What the SuperLink's log says went wrong, in words, naming the log."""
     log = CoordinatorLayout(cfg.run_dir).log
-    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    text = plain(log.read_text(errors="replace")) if log.exists() else ""
+    explained = explain_exit(text)
+    if explained is not None:
+        return f"{explained} (see {log})"
+    lines = text.splitlines()
     wanted = [ln for ln in lines if "ERROR" in ln or "rror" in ln] or lines
     return (wanted or ["no log"])[-1].strip()[:300] + f" (see {log})"
 
@@ -130,13 +146,13 @@ def superlink(cfg: CoordinatorConfig, *, insecure: bool) -> Iterator[Coordinator
     _check_ports(cfg)
     layout.write_connection(cfg, insecure=insecure)
     # flower_env leaves out FLWR_INTERNAL_GRPC_CONTROL_API: never a second Control API
-    with layout.log.open("ab") as log:
-        proc = spawn(
-            superlink_command(cfg, insecure=insecure),
-            cwd=layout.state,
-            log=log,
-            flwr_home=layout.flwr_home,
-        )
+    proc = spawn(
+        superlink_command(cfg, insecure=insecure),
+        cwd=layout.state,
+        log=layout.log,
+        flwr_home=layout.flwr_home,
+        quiet=QUIET,
+    )
     try:
         wait_healthy(cfg, proc, insecure=insecure, timeout=START_TIMEOUT)
         live = {
