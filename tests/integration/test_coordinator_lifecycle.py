@@ -23,6 +23,7 @@ from consortium import (
 )
 
 from fedvault.common import processes
+from fedvault.server import coordinator as coord
 from fedvault.server.deploy import CoordinatorLayout, load_coordinator_config
 
 ROUNDS = 3
@@ -83,11 +84,39 @@ def test_start_resume_and_status_say_the_same_thing(
     message = status.split(": ", 1)[1].split(" Sites")[0]
     for needle in needles:
         assert needle in message
-    for command in ("start", "resume"):
-        if state == "stopped" and command == "resume":
+    commands = [["start"], ["resume"], ["start", "--resume-stopped"]]
+    for command in commands:
+        if state == "stopped" and command != ["start"]:
             continue  # it would resume
-        code, err = _server(monkeypatch, capsys, command, config, "--insecure")
+        code, err = _fedvault(
+            monkeypatch,
+            capsys,
+            "server",
+            *command,
+            "--config",
+            str(config),
+            "--insecure",
+        )
         assert code == 2 and err.endswith(f"error: {message}"), (command, err)
+
+
+@pytest.mark.parametrize(
+    ("state", "resumed"), [("stopped", True), ("new", False), ("stopped-x", False)]
+)
+def test_start_resume_stopped_resumes_only_a_stopped_run(
+    monkeypatch, tmp_path, state, resumed
+):
+    cfg = load_coordinator_config(coordinator_toml(tmp_path, rounds=ROUNDS))
+    layout = CoordinatorLayout(cfg.run_dir)
+    if state.startswith("stopped"):
+        _write(layout, rounds=2, **STATES["stopped"][0])
+    ran = []
+    monkeypatch.setattr(
+        coord, "_run", lambda cfg, layout, values, **kw: ran.append(values)
+    )
+    coord.start(cfg, resume_stopped=True, restart=state == "stopped-x")
+    assert ran[0]["resume"] is resumed
+    assert (ran[0]["run-key"] == "k") is resumed
 
 
 def test_a_new_folder_has_nothing_to_resume(monkeypatch, capsys, tmp_path):

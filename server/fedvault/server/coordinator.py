@@ -130,19 +130,28 @@ def start(
     *,
     insecure: bool = False,
     restart: bool = False,
+    resume_stopped: bool = False,
     on_poll: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Start the coordinator and run the federation to its end; returns the summary.
 
+    With ``resume_stopped``, a stopped run in the folder is resumed instead (one
+    command for a service manager: it starts a study and, after a crash, a
+    reboot or ``server stop``, continues it).
+
     Raises:
-        ConfigError: the run folder is not new (unless ``restart``), a coordinator
-            runs it, processes an earlier one left behind still run, a port is
-            taken, or the certificates are wrong.
+        ConfigError: the run folder is not new (unless ``restart``, or stopped
+            with ``resume_stopped``), a coordinator runs it, processes an earlier
+            one left behind still run, a port is taken, or the certificates are
+            wrong.
         FederationError: the run failed or did not finish in time.
         StopRequested: SIGTERM stopped the run (its checkpoint is kept).
     """
     layout = CoordinatorLayout(cfg.run_dir)
     with _claim(cfg, layout):
+        folder = inspect_run(layout, rounds=cfg.training.rounds)
+        if resume_stopped and folder.state is RunState.STOPPED and not restart:
+            return _resume(cfg, layout, folder, insecure=insecure, on_poll=on_poll)
         prepare_output(
             layout, restart=restart, rounds=cfg.training.rounds, config=cfg.source
         )
@@ -169,12 +178,23 @@ def resume(
     layout = CoordinatorLayout(cfg.run_dir)
     with _claim(cfg, layout):
         folder = inspect_run(layout, rounds=cfg.training.rounds)
-        folder.refuse_unless(RunState.STOPPED, config=cfg.source)
-        previous = tomllib.loads(layout.run_config_file.read_text())
-        values = run_config(
-            cfg, layout.output.resolve(), run_key=str(previous["run-key"]), resume=True
-        )
-        return _run(cfg, layout, values, insecure=insecure, on_poll=on_poll)
+        return _resume(cfg, layout, folder, insecure=insecure, on_poll=on_poll)
+
+
+def _resume(
+    cfg: CoordinatorConfig,
+    layout: CoordinatorLayout,
+    folder: RunFolder,
+    *,
+    insecure: bool,
+    on_poll: Callable[[], None] | None,
+) -> dict[str, Any]:
+    folder.refuse_unless(RunState.STOPPED, config=cfg.source)
+    previous = tomllib.loads(layout.run_config_file.read_text())
+    values = run_config(
+        cfg, layout.output.resolve(), run_key=str(previous["run-key"]), resume=True
+    )
+    return _run(cfg, layout, values, insecure=insecure, on_poll=on_poll)
 
 
 def _run(

@@ -68,6 +68,14 @@ def start(
             "--restart", help="Move a previous run's output aside and start over."
         ),
     ] = False,
+    resume_stopped: Annotated[
+        bool,
+        typer.Option(
+            "--resume-stopped",
+            help="If the run folder holds a stopped run, resume it instead "
+            "(for a service manager: one command that starts and continues).",
+        ),
+    ] = False,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Start the coordinator (Flower SuperLink with TLS and site authentication),
@@ -80,7 +88,11 @@ def start(
         insecure=insecure,
         output_format=output_format,
         run=lambda poll: coord.start(
-            cfg, insecure=insecure, restart=restart, on_poll=poll
+            cfg,
+            insecure=insecure,
+            restart=restart,
+            resume_stopped=resume_stopped,
+            on_poll=poll,
         ),
     )
 
