@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ PYTHON_FLAGS = ("-P", "-m")
 # Flower counts a SuperNode online until two heartbeats (30 s apart) are missed;
 # after a crash its key is refused until then.
 REJOIN_WINDOW = 75.0
+ACCEPTED = re.compile(r"SuperNode ID: \d+")  # logged once the coordinator accepts
 REJOIN_PAUSE = 5.0
 
 
@@ -103,10 +105,11 @@ def run_site(cfg: SiteConfig, *, echo: IO[str] | None = None) -> int:
     """Run the SuperNode (and, with ``isolation = "fork"``, fedvault's ClientApp
     launcher) until it exits or SIGTERM/Ctrl-C; returns 0 on a clean stop.
 
-    One ``client start`` per state folder. After a ``client start`` that was
-    killed or crashed, the coordinator may still count the site as connected for
-    up to a minute and refuse its key meanwhile: the SuperNode is then started
-    again for up to :data:`REJOIN_WINDOW` seconds.
+    One ``client start`` per state folder. After a connection that ended without
+    a goodbye (this site killed or crashed, or the coordinator gone), the
+    coordinator may still count the site as connected for up to a minute and
+    refuse its key meanwhile: a site it accepted before (or whose last ``client
+    start`` crashed) starts its SuperNode again for up to :data:`REJOIN_WINDOW` s.
 
     Raises:
         ConfigError: another ``client start`` runs this site, processes a killed
@@ -142,7 +145,8 @@ def _run_locked(cfg: SiteConfig, echo: IO[str] | None) -> int:
                 f"site {cfg.options.name}: the previous `fedvault client start` "
                 f"(pid {crashed}) did not stop cleanly (killed or crashed)\n"
             )
-        return _supervise(cfg, echo, rejoin=crashed is not None)
+        rejoin = crashed is not None or _accepted_before(cfg)
+        return _supervise(cfg, echo, rejoin=rejoin)
     finally:  # any way out but a kill or a crash is a clean stop
         cfg.live.unlink(missing_ok=True)
 
@@ -185,24 +189,38 @@ def _previous_crash(cfg: SiteConfig) -> int | None:
         return None
 
 
+def _accepted_before(cfg: SiteConfig) -> bool:
+    """Whether the coordinator ever accepted this site's key (its log says so)."""
+    try:
+        return ACCEPTED.search(cfg.log.read_text(errors="replace")) is not None
+    except OSError:
+        return False
+
+
 def _supervise(cfg: SiteConfig, echo: IO[str] | None, *, rejoin: bool) -> int:
+    """Run the site until it stops; a key refusal of a site the coordinator knew
+    (``rejoin``) is retried for :data:`REJOIN_WINDOW` s: the coordinator still
+    counts its lost connection as online."""
     main = threading.current_thread() is threading.main_thread()
     stops = (signal.SIGTERM, signal.SIGHUP)
     previous = [signal.signal(sig, _raise_interrupt) for sig in stops] if main else []
-    deadline = time.monotonic() + REJOIN_WINDOW
+    refused_since: float | None = None
     try:
         while True:
             failure = _run_once(cfg, echo)
             if failure is None:
                 return 0
+            if ACCEPTED.search(failure):  # this time it was in: a new streak
+                rejoin, refused_since = True, None
             if not (rejoin and KEY_REFUSED.search(failure)):
                 break
-            if time.monotonic() > deadline:
+            refused_since = refused_since or time.monotonic()
+            if time.monotonic() - refused_since > REJOIN_WINDOW:
                 break
             if echo is not None:
                 echo.write(
                     f"site {cfg.options.name}: the coordinator refused the key; it "
-                    "counts a crashed connection as online for up to a minute: "
+                    "counts a lost connection as online for up to a minute: "
                     f"trying again in {REJOIN_PAUSE:g} s\n"
                 )
             time.sleep(REJOIN_PAUSE)

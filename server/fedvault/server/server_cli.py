@@ -184,10 +184,13 @@ def _status_doc(config: Path) -> dict[str, Any]:
     nodes: dict[int, dict[str, Any]] = {}
     if live is not None:
         doc |= {k: live.get(k) for k in ("fleet-address", "control-address", "run-id")}
-        if not live.get("insecure"):
-            nodes = {int(n["node-id"]): n for n in control.list_nodes(layout)}
-        if live.get("run-id") is not None:
-            doc["run-status"] = control.run_status(layout, int(live["run-id"]))
+        try:  # the coordinator may be stopping meanwhile: say so, do not fail
+            if not live.get("insecure"):
+                nodes = {int(n["node-id"]): n for n in control.list_nodes(layout)}
+            if live.get("run-id") is not None:
+                doc["run-status"] = control.run_status(layout, int(live["run-id"]))
+        except FederationError as exc:
+            doc["run-status"] = f"not answering ({exc})"
     doc["round"] = folder.rounds_done
     doc["rounds"] = cfg.training.rounds
     doc["sites"] = [
