@@ -13,7 +13,7 @@ import time
 import pytest
 
 from fedvault.common import processes
-from fedvault.common.processes import FolderInUseError, PidLock, lock_holder
+from fedvault.common.files import FolderInUseError, PidLock, lock_holder
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="parent-death signal and /proc"
@@ -67,7 +67,7 @@ def test_a_spawned_process_dies_with_its_parent_even_on_sigkill(tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from fedvault.common.processes import PidLock
+from fedvault.common.files import PidLock
 with PidLock(Path(sys.argv[1]), what="the folder"):
     print("locked", flush=True)
     time.sleep(120)

@@ -25,7 +25,8 @@ from consortium import (
 )
 
 from fedvault.common import processes
-from fedvault.common.processes import PidLock, free_port
+from fedvault.common.files import PidLock
+from fedvault.common.processes import free_port
 
 CLIENT = "fedvault.client.client_cli:client_app"
 SERVER = "fedvault.server.server_cli:server_app"

@@ -24,11 +24,9 @@ from typing import IO
 from fedvault.client.flower_log import KEY_REFUSED, explain_failure
 from fedvault.client.site_config import SiteConfig, check_files, write_node_config
 from fedvault.common.errors import ConfigError, FederationError
-from fedvault.common.files import private
+from fedvault.common.files import FolderInUseError, PidLock, private
 from fedvault.common.net import port_in_use, split_address
 from fedvault.common.processes import (
-    FolderInUseError,
-    PidLock,
     describe,
     flower_bin,
     leftovers,

@@ -9,16 +9,16 @@ Linux, dies with the process that started it (a parent-death signal): a coordina
 or a site killed with SIGKILL leaves no Flower process behind. Flower's own children
 watch their parent's pid and leave when it is gone.
 
-A state folder is used by one fedvault process at a time (:class:`PidLock`), and
-:func:`leftovers` finds Flower processes that outlived the fedvault process that
-started them (Linux), so that the next command can name them.
+A state folder is used by one fedvault process at a time
+(:class:`fedvault.common.files.PidLock`), and :func:`leftovers` finds Flower
+processes that outlived the fedvault process that started them (Linux), so that
+the next command can name them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import functools
 import os
 import re
@@ -32,11 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from fedvault.common.errors import ConfigError, FederationError
+from fedvault.common.errors import FederationError
+from fedvault.common.files import lock_holder
 from fedvault.common.flower_logs import LogPump
 
 PARENT_ENV = "FEDVAULT_PARENT_PID"  # set in every process spawn() starts
 _PUMPS: dict[int, LogPump] = {}  # pid -> the thread writing its log
+_HOMES: dict[int, Path] = {}  # pid -> the FLWR_HOME it was started with
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -102,6 +104,7 @@ def spawn(
         start_new_session=True,
         preexec_fn=_death_signal(os.getpid()),  # prctl only: no locks, no imports
     )
+    _HOMES[proc.pid] = flwr_home
     if isinstance(log, Path) and proc.stdout is not None:
         _PUMPS[proc.pid] = pump = LogPump(proc.stdout, log, quiet)
         pump.start()
@@ -151,97 +154,13 @@ def stop_process(proc: subprocess.Popen[bytes], wait: float = 5.0) -> None:
             os.killpg(proc.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=wait)
+    home = _HOMES.pop(proc.pid, None)
+    others = [pid for pid, h in list(_HOMES.items()) if h == home and alive(pid)]
+    if home is not None and not others:  # the last one running with this home
+        _stop_family(home, wait)  # Flower's own children, in sessions of their own
     pump = _PUMPS.pop(proc.pid, None)
     if pump is not None:  # the last lines are in the log file once this returns
         pump.join(timeout=wait)
-
-
-class FolderInUseError(ConfigError):
-    """Another live process holds a state folder's lock (:class:`PidLock`)."""
-
-    def __init__(self, message: str, *, pid: int) -> None:
-        super().__init__(message)
-        self.pid = pid
-
-
-def _read_pid(fd: int) -> int:
-    with contextlib.suppress(OSError, ValueError):
-        return int(os.pread(fd, 32, 0).decode().strip() or 0)
-    return 0
-
-
-class PidLock:
-    """One process at a time for a state folder: an exclusive ``flock`` on ``path``,
-    which holds the holder's pid. The OS drops the lock however the holder ends
-    (SIGKILL included), so a lock file left behind never blocks anyone.
-
-    Use as a context manager, or :meth:`acquire` and :meth:`release`.
-    """
-
-    def __init__(self, path: Path, *, what: str, wait: float = 2.0) -> None:
-        self.path, self.what, self.wait = path, what, wait
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        """Take the lock, waiting up to ``wait`` seconds for a brief holder
-        (a :func:`lock_holder` probe).
-
-        Raises:
-            FolderInUseError: naming ``what`` and the holder's pid, when another
-                process holds it.
-            OSError: when the lock file cannot be created.
-        """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + self.wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.1)
-                    continue
-                pid = _read_pid(fd)
-                os.close(fd)
-                holder = f"pid {pid}" if pid else "another process"
-                raise FolderInUseError(
-                    f"{self.what} is in use by {holder} ({self.path})", pid=pid
-                ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        """Give the lock up (the file stays: removing it would race a waiter)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> PidLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def lock_holder(path: Path) -> int | None:
-    """The pid of the live process holding the :class:`PidLock` at ``path`` (0 when
-    it has not written its pid yet), or None when nobody holds it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _read_pid(fd)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -267,6 +186,33 @@ def _command(pid_dir: Path) -> str:
     if words and words[0].startswith("python"):  # python -P -m fedvault...: the module
         words = [w for w in words[1:] if not w.startswith("-")][:1] or words
     return " ".join(words[:2])[:80] or "?"
+
+
+def _family(flwr_home: Path) -> list[int]:
+    """Live processes this process started with ``flwr_home``, and theirs (Linux)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            env = _environ(entry)
+            if (
+                env.get("FLWR_HOME") == str(flwr_home)
+                and env.get(PARENT_ENV) == str(os.getpid())
+                and alive(int(entry.name))
+            ):
+                found.append(int(entry.name))
+    return found
+
+
+def _stop_family(flwr_home: Path, wait: float) -> None:
+    """Once a Flower process is stopped, wait up to ``wait`` s for the processes
+    it started (they leave when their parent is gone), then kill what remains: a
+    clean stop leaves nothing for the next command to find."""
+    deadline = time.monotonic() + wait
+    while (left := _family(flwr_home)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def leftovers(flwr_home: Path) -> list[Leftover]:

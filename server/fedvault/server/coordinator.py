@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from fedvault.common.errors import ConfigError, FederationError
-from fedvault.common.files import private
-from fedvault.common.processes import FolderInUseError, PidLock, stop_folder
+from fedvault.common.files import FolderInUseError, PidLock, private
+from fedvault.common.processes import stop_folder
 from fedvault.server.control import flwr_json, run_status, submit, sync_registry
 from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout, run_config
 from fedvault.server.registry import SiteRegistry, read_public_key

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from fedvault.common.errors import ConfigError
-from fedvault.common.processes import Leftover, describe, leftovers, lock_holder
+from fedvault.common.files import lock_holder
+from fedvault.common.processes import Leftover, describe, leftovers
 from fedvault.server.checkpoint import CHECKPOINT_FILE
 from fedvault.server.deploy import CoordinatorLayout
 from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE

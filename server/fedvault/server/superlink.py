@@ -23,10 +23,10 @@ from typing import Any
 
 from fedvault.common.certs import SERVER_CERT, SERVER_KEY, check_certificates
 from fedvault.common.errors import ConfigError, FederationError
-from fedvault.common.files import atomic_write
+from fedvault.common.files import atomic_write, lock_holder
 from fedvault.common.flower_logs import explain_exit, plain
 from fedvault.common.net import port_in_use, split_address
-from fedvault.common.processes import flower_bin, lock_holder, spawn, stop_process
+from fedvault.common.processes import flower_bin, spawn, stop_process
 from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout
 
 logger = logging.getLogger(__name__)
