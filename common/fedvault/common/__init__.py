@@ -11,6 +11,8 @@ __all__ = [
     "data",
     "errors",
     "evaluation",
+    "files",
+    "flower_logs",
     "models",
     "net",
     "partition",

@@ -15,10 +15,12 @@ __all__ = [
     "registry",
     "report",
     "rundir",
+    "runstate",
     "secagg",
     "server_cli",
     "settings",
     "simulate",
     "simulate_cli",
     "strategy",
+    "superlink",
 ]
