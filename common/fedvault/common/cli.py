@@ -17,17 +17,20 @@ The kit:
 - :class:`OutputFormat` and :data:`FormatOption`: the one ``--format text|json``;
 - :func:`errors_as_exit`: the one mapping of errors to exit codes and one-line
   messages (``error: ...`` on stderr);
+- :func:`say`: a message printed verbatim (no markup, never wrapped);
+- :func:`output_console`: a console whose tables keep whole lines in a file;
 - :func:`progress_bar`: the rich progress bar of rounds, quiet when not wanted.
 """
 
 from __future__ import annotations
 
 import logging
+import platform
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from importlib.metadata import entry_points
+from importlib.metadata import entry_points, version
 from typing import Annotated, Any
 
 import click
@@ -76,6 +79,22 @@ def command_group(name: str, help: str) -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+    )
+
+
+def output_console(*, stderr: bool = False) -> Console:
+    """A console for a command's output: as wide as the terminal, or 200 columns
+    when the output goes to a file or a pipe (tables are not squeezed into 80)."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=200)
+
+
+def say(console: Console, text: str, *, style: str | None = None) -> None:
+    """Print ``text`` exactly as written: no console markup (``[privacy]`` stays),
+    no highlighting or emoji codes, never wrapped (a path or a command stays whole
+    for copying). ``style`` colours the whole line on a terminal."""
+    console.print(
+        text, style=style, markup=False, highlight=False, emoji=False, soft_wrap=True
     )
 
 
@@ -135,6 +154,20 @@ def progress_bar(console: Console, output_format: OutputFormat) -> Progress:
     )
 
 
+def versions() -> str:
+    """``fedvault X (Flower Y, Python Z)``: what a coordinator and its sites compare."""
+    return (
+        f"fedvault {version('fedvault')} (Flower {version('flwr')}, "
+        f"Python {platform.python_version()})"
+    )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(versions() + "\n")
+        raise typer.Exit
+
+
 def build_app() -> typer.Typer:
     """The ``fedvault`` command, with every group registered under
     ``fedvault.commands``."""
@@ -145,7 +178,17 @@ def build_app() -> typer.Typer:
     )
 
     @app.callback()
-    def _root() -> None:
+    def _root(
+        show_version: Annotated[
+            bool,
+            typer.Option(
+                "--version",
+                callback=_print_version,
+                is_eager=True,
+                help="Print fedvault's, Flower's and Python's versions and exit.",
+            ),
+        ] = False,
+    ) -> None:
         """Privacy-preserving federated learning (run a sub-command with --help)."""
 
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -168,7 +211,7 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except KeyboardInterrupt:
-        _err_console.print("[yellow]interrupted[/]")
+        say(_err_console, "interrupted", style="yellow")
         sys.exit(EXIT_INTERRUPTED)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,12 +40,15 @@ class RunDirectory:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def event(self, kind: str, **data: Any) -> None:
-        """Append one progress event (read live by the CLI's progress display)."""
+        """Append one progress event (read live by the CLI's progress display);
+        the file is private (0600), as everything atomic_write writes."""
         line = json.dumps(_clean({"event": kind, "time": time.time(), **data}))
-        with (self.root / PROGRESS_FILE).open("a", encoding="utf-8") as handle:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        fd = os.open(self.root / PROGRESS_FILE, flags, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
 
     def write_json(self, name: str, obj: Any) -> None:
