@@ -83,6 +83,10 @@ def test_coordinator_config_paths_and_run_config(tmp_path):
         ({"training": {"rounds": 0}}, "rounds"),
         ({"extra": {}}, "unknown table"),
         ({"sites": {"a": 3}}, "public key path"),
+        (
+            {"coordinator": {"expected-sites": 2}, "training": {"min-sites": 9}},
+            "min-sites: 9 is more than the 2 sites",
+        ),
     ],
 )
 def test_bad_coordinator_config_names_the_key(tmp_path, raw, match):

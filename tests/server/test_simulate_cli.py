@@ -111,3 +111,21 @@ def test_simulated_policies_allow_non_private_only_for_no_dp(tmp_path, dp):
     folders = sim.site_states(prepared, tmp_path)
     for folder in folders:
         assert load_policy(folder / "site.toml").allow_non_private is (not dp)
+
+
+def test_a_state_folder_that_cannot_be_made_is_one_line_and_no_out(tmp_path):
+    """--state /proc/nope: one line naming the path, exit 2, no run folder."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fedvault = str(Path(sys.executable).parent / "fedvault")
+    done = subprocess.run(
+        [fedvault, "simulate", "--state", "/proc/nope", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "error: No such file or directory: /proc/nope"
+    assert not (tmp_path / "o").exists()

@@ -119,7 +119,9 @@ def errors_as_exit(*, os_errors: bool = False) -> Iterator[None]:
     and an exit status: :data:`EXIT_USER_ERROR` for the user's mistakes (settings,
     data, keys: the errors that are also ``ValueError``), :data:`EXIT_RUN_FAILED`
     when the run failed (privacy refusals, federation failures). With
-    ``os_errors``, an ``OSError`` too (``error: STRERROR: FILENAME``, exit 1).
+    ``os_errors``, an ``OSError`` too (``error: STRERROR: FILENAME``; exit 2 for a
+    path the user gave that is missing or not usable, else 1). The ``fedvault``
+    entry point passes ``os_errors``: no file-system error ends in a traceback.
 
     Use it as a ``with`` block or as a decorator of a command.
 
@@ -133,8 +135,26 @@ def errors_as_exit(*, os_errors: bool = False) -> Iterator[None]:
     except OSError as exc:
         if not os_errors:
             raise
-        message = f"{exc.strerror or exc}: {exc.filename}"
-        raise error_exit(message, EXIT_RUN_FAILED) from None
+        message = str(exc.strerror or exc)
+        if exc.filename is not None:
+            message += f": {exc.filename}"
+        raise error_exit(message, _os_exit_code(exc)) from None
+
+
+# A path the user gave that is missing, of the wrong kind or not theirs to use is
+# their mistake (exit 2); anything else the file system says (a full disk, an I/O
+# error) failed the run (exit 1).
+_USER_PATH_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+def _os_exit_code(exc: OSError) -> int:
+    return EXIT_USER_ERROR if isinstance(exc, _USER_PATH_ERRORS) else EXIT_RUN_FAILED
 
 
 def progress_bar(console: Console, output_format: OutputFormat) -> Progress:
@@ -206,7 +226,7 @@ def main() -> None:
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        with errors_as_exit():
+        with errors_as_exit(os_errors=True):
             code = build_app()(standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)

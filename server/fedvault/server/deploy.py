@@ -144,6 +144,12 @@ def parse_coordinator_config(raw: dict[str, Any], *, base: Path) -> CoordinatorC
         CoordinatorOptions, tables["coordinator"], source="[coordinator]"
     )
     training = parse_fields(TrainingConfig, tables["training"], source="[training]")
+    if options.expected_sites and training.min_sites > options.expected_sites:
+        raise ConfigError(
+            f"[training] min-sites: {training.min_sites} is more than the "
+            f"{options.expected_sites} sites [coordinator] expected-sites waits for; "
+            "no round could ever run"
+        )
     sites = {}
     for name, key_path in tables["sites"].items():
         if not isinstance(key_path, str):

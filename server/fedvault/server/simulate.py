@@ -341,6 +341,8 @@ def run(
     state_root = Path(cfg.options.state) if cfg.options.state else None
     if state_root is not None:
         check_states(prepared, state_root)
+        # a --state that cannot be made is refused before --out is created
+        state_root.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     with tempfile.TemporaryDirectory(prefix="fedvault-sim-") as tmp:
