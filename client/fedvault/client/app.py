@@ -166,7 +166,7 @@ def stats(msg: Message, context: Context) -> Message:
         _log_decline(msg, run)
         return Message(SiteStats(site.name, decline=run).to_content(), reply_to=msg)
     target = str(context.run_config[RUN_TARGET])
-    split = load_site_data(site, target=target, seed=run.settings.seed)
+    split = load_site_data(site, target=target)
     refusal = _refuse_rows(run, split)
     reason = usable(split, target)
     if refusal is not None:
@@ -242,7 +242,7 @@ def train(msg: Message, context: Context) -> Message:
     config = config_record(msg.content, CONFIG)
     prep = _preprocessing(msg)
     server_round = int(number(config, SERVER_ROUND))
-    split = load_site_data(site, target=prep.target, seed=settings.seed)
+    split = load_site_data(site, target=prep.target)
     refusal = _refuse_rows(run, split)
     if refusal is not None:
         return _decline(msg, refusal)
@@ -380,7 +380,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         return _decline(msg, run)
     settings = run.settings
     prep = _preprocessing(msg)
-    split = load_site_data(run.site, target=prep.target, seed=settings.seed)
+    split = load_site_data(run.site, target=prep.target)
     refusal = _refuse_rows(run, split)
     if refusal is not None:
         return _decline(msg, refusal)

@@ -12,6 +12,7 @@ takes its data location or key from the coordinator.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,12 +114,12 @@ def _read(site: SiteSettings) -> pd.DataFrame:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_split(site: SiteSettings, version: int, target: str, seed: int) -> SplitData:
+def _load_split(site: SiteSettings, version: int, target: str) -> SplitData:
     frame = _read(site)
     if target not in frame.columns:
         raise DataError(f"site {site.name}: target column {target!r} missing")
     frame = frame[frame[target].notna()]
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_dataset_seed(site))
     order = rng.permutation(len(frame))
     n_val = round(len(frame) * VALIDATION_SHARE) if len(frame) >= 20 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
@@ -128,18 +129,34 @@ def _load_split(site: SiteSettings, version: int, target: str, seed: int) -> Spl
     )
 
 
-def load_site_data(site: SiteSettings, *, target: str, seed: int) -> SplitData:
-    """Load and split the site's data (cached per process while it is unchanged).
+def _source(site: SiteSettings) -> Path | None:
+    return site.vault / MANIFEST_NAME if site.vault is not None else site.data
+
+
+def _dataset_seed(site: SiteSettings) -> int:
+    """The split's seed: a digest of the dataset version (the vault's manifest, or
+    the data file's bytes). The site chooses its split, the same one for every run
+    on this version of its data; a coordinator's seed cannot move rows between the
+    training rows (whose summaries are released) and the validation rows, so asking
+    again with other seeds learns nothing new."""
+    source = _source(site)
+    digest = hashlib.sha256(source.read_bytes() if source is not None else b"")
+    return int.from_bytes(digest.digest()[:8], "big")
+
+
+def load_site_data(site: SiteSettings, *, target: str) -> SplitData:
+    """Load and split the site's data (cached per process while it is unchanged);
+    the split is fixed per dataset version (:func:`_dataset_seed`).
 
     A vault is decrypted and verified in full before any row is used; a wrong key or
     a tampered vault raises :class:`IntegrityError` and nothing is trained.
     """
-    source = site.vault / MANIFEST_NAME if site.vault is not None else site.data
+    source = _source(site)
     try:
         version = source.stat().st_mtime_ns if source is not None else 0
     except OSError as exc:
         raise DataError(f"site {site.name}: cannot read {source}") from exc
-    return _load_split(site, version, target, seed)
+    return _load_split(site, version, target)
 
 
 def usable(split: SplitData, target: str) -> str | None:
