@@ -146,3 +146,34 @@ def test_int8_updates_train_as_well(tmp_path):
     assert summary["rounds_completed"] == 2
     assert summary["final"]["accuracy"] > 0.8
     assert summary["config"]["compress"] == "int8"
+
+
+def test_a_run_no_site_can_afford_exits_non_zero_saying_why(tmp_path):
+    """--epsilon 0.01: every site declines round 1 (budget). Exit 1, the reason and
+    what to change on stderr, and no claim that a model was trained."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from fedvault.common.cli import main; main()",
+            "simulate",
+            "--epsilon",
+            "0.01",
+            "--rounds",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "error: the run stopped early" in proc.stderr
+    assert "declined (budget: " in proc.stderr
+    assert "a larger --epsilon" in proc.stderr
+    assert "untrained initial model" in proc.stderr
+    assert "Final test accuracy" not in proc.stdout
+    assert json.loads((out / "summary.json").read_text())["history"] == []
