@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from fedvault.common.errors import ConfigError
 from fedvault.common.files import atomic_write
 
 PROGRESS_FILE = "progress.jsonl"
@@ -73,3 +74,19 @@ class RunDirectory:
         for row in history:
             writer.writerow({k: row.get(k) for k in columns})
         atomic_write(self.root / METRICS_FILE, out.getvalue().encode())
+
+
+def check_new_run_dir(out: Path) -> None:
+    """Refuse an ``--out`` that holds a run, is not a folder, or holds other files
+    (a run folder is written whole; nobody's files are overwritten in it).
+
+    Raises :class:`ConfigError` naming the folder.
+    """
+    if (out / SUMMARY_FILE).exists() or (out / PROGRESS_FILE).exists():
+        raise ConfigError(f"out: {out} already holds a run; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(
+            f"out: {out} is not empty; choose a new or empty folder for the run"
+        )

@@ -37,7 +37,7 @@ from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
 from fedvault.server import _flower
 from fedvault.server import _vaults as _vaults_mod
-from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE
+from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE, check_new_run_dir
 from fedvault.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -144,11 +144,19 @@ def _vaults(cfg: SimulationConfig) -> PreparedData:
         sites.append((vault.resolve().name, vault.resolve()))
     if len({name for name, _ in sites}) != len(sites):
         raise ConfigError("vaults: two vaults share a folder name; rename one")
+    paths = [path for _, path in sites if isinstance(path, Path)]
+    facts = _vaults_mod.vault_facts(paths, key)
+    target = _vaults_mod.vault_target(
+        {str(p): t for p, (_, t) in zip(paths, facts, strict=True)},
+        given=cfg.options.target,
+        default=DEFAULT_TARGET,
+    )
+    cfg = dataclasses.replace(
+        cfg, options=dataclasses.replace(cfg.options, target=target)
+    )
     if cfg.delta_given and cfg.training.dp:
-        # Only an explicit delta is checked here (it costs a process per vault);
-        # every site also refuses, itself, a delta not below 1/n of its rows.
-        paths = [path for _, path in sites if isinstance(path, Path)]
-        _with_delta(cfg, max(_vaults_mod.vault_rows(paths, key)))
+        # every site also refuses, itself, a delta not below 1/n of its rows
+        _with_delta(cfg, max(rows for rows, _ in facts))
     return PreparedData(sites=sites, test=None, excluded={}, config=cfg)
 
 
@@ -322,13 +330,6 @@ def _run_config(
     return run_config
 
 
-def check_out_dir(out: Path) -> None:
-    if (out / SUMMARY_FILE).exists() or (out / PROGRESS_FILE).exists():
-        raise ConfigError(f"out: {out} already holds a run; choose another --out")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out: {out} exists and is not a folder")
-
-
 def run(
     cfg: SimulationConfig, out: Path, *, on_poll: Callable[[], None] | None = None
 ) -> dict[str, Any]:
@@ -336,8 +337,14 @@ def run(
 
     Everything is validated before ``out`` is created: bad input leaves no trace.
     """
-    check_out_dir(out)
+    check_new_run_dir(out)
     prepared = prepare_data(cfg)
+    if len(prepared.sites) < prepared.training.min_sites:  # no round could run
+        raise ConfigError(
+            f"min-sites: {prepared.training.min_sites}, but only "
+            f"{len(prepared.sites)} site(s) hold data; use fewer --min-sites or "
+            "more --sites"
+        )
     state_root = Path(cfg.options.state) if cfg.options.state else None
     if state_root is not None:
         check_states(prepared, state_root)
