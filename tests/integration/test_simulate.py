@@ -117,8 +117,14 @@ def test_natural_partition_from_csv_with_a_tiny_site(tmp_path):
 def test_sites_decline_when_spent_and_a_second_run_continues(tmp_path):
     state = tmp_path / "state"
     # Fixed sigma: every round costs the same, so sites stop once the budget is spent.
-    first = _run(tmp_path, "spend", rounds=50, epsilon=100.0, state=str(state),
-                 **{"noise-multiplier": 3.0, "site-budget": 2.0})
+    first = _run(
+        tmp_path,
+        "spend",
+        rounds=50,
+        epsilon=100.0,
+        state=str(state),
+        **{"noise-multiplier": 3.0, "site-budget": 2.0},
+    )
     assert first["status"] == "stopped"
     assert "fewer than min-sites" in first["stop_reason"]
     for site in first["sites"].values():
@@ -131,8 +137,9 @@ def test_sites_decline_when_spent_and_a_second_run_continues(tmp_path):
 
     # Same state, more budget granted by the site's operator: continues from it.
     for policy in state.glob("*/site.toml"):
-        policy.write_text(policy.read_text().replace("epsilon-max = 2.0",
-                                                     "epsilon-max = 4.0"))
+        policy.write_text(
+            policy.read_text().replace("epsilon-max = 2.0", "epsilon-max = 4.0")
+        )
     second = _run(tmp_path, "more", rounds=2, epsilon=1.0, state=str(state))
     for name, site in second["sites"].items():
         before = first["sites"][name]["epsilon_lifetime"]
@@ -177,3 +184,58 @@ def test_a_run_no_site_can_afford_exits_non_zero_saying_why(tmp_path):
     assert "untrained initial model" in proc.stderr
     assert "Final test accuracy" not in proc.stdout
     assert json.loads((out / "summary.json").read_text())["history"] == []
+
+
+def _processes_in_simulation_folders() -> list[str]:
+    import os
+    import tempfile
+
+    root = os.path.join(tempfile.gettempdir(), "fedvault-sim-")
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if cwd.startswith(root):
+                found.append(f"{entry.name} {cwd}")
+    return found
+
+
+def test_sigterm_stops_everything_and_marks_the_run_interrupted(tmp_path):
+    """A scheduler's SIGTERM mid-run: no Flower or Ray process is left, the
+    private work folder (the sites' plaintext copies) is gone, and the run folder
+    says it was interrupted rather than blaming the sites."""
+    import signal
+    import tempfile
+    import time
+
+    before = set(Path(tempfile.gettempdir()).glob("fedvault-sim-*"))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from fedvault.common.cli import main; main()",
+            "simulate",
+            "--no-dp",
+            "--rounds",
+            "300",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    progress = out / "progress.jsonl"
+    while '"event": "round"' not in (progress.read_text() if progress.exists() else ""):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    assert '"event": "interrupted"' in progress.read_text()
+    assert set(Path(tempfile.gettempdir()).glob("fedvault-sim-*")) <= before
+    time.sleep(2)
+    assert _processes_in_simulation_folders() == []

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -220,11 +221,19 @@ def build_app() -> typer.Typer:
     return app
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point: user errors become one line and a non-zero exit."""
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C: child processes are
+    # stopped and temporary folders (a simulation's copies of the data) removed.
+    # A command with its own SIGTERM meaning (server start) sets its own handler.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         with errors_as_exit(os_errors=True):
             code = build_app()(standalone_mode=False)

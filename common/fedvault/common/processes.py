@@ -154,6 +154,7 @@ def stop_process(proc: subprocess.Popen[bytes], wait: float = 5.0) -> None:
             os.killpg(proc.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=wait)
+    _kill_group(proc.pid)  # what it started in its session and left (Ray's agents)
     home = _HOMES.pop(proc.pid, None)
     others = [pid for pid, h in list(_HOMES.items()) if h == home and alive(pid)]
     if home is not None and not others:  # the last one running with this home
@@ -201,6 +202,43 @@ def _family(flwr_home: Path) -> list[int]:
             ):
                 found.append(int(entry.name))
     return found
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL every process still in process group ``pgid`` (Linux: read from
+    ``/proc``, so no other group is ever signalled, even if the number is reused).
+    Ray's dashboard and runtime-env agents ignore the signals that stop Flower and
+    outlive it otherwise."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # fields after the parenthesised command: state, ppid, pgrp, ...
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+def kill_processes_in(folder: Path) -> int:
+    """SIGKILL every process whose working folder is ``folder`` or inside it (a
+    private work folder only fedvault's children run in: Ray's agents, whose
+    environment and group are their own, are found this way). Linux only; returns
+    how many were killed."""
+    proc, root, killed = Path("/proc"), str(folder.resolve()), 0
+    if not proc.is_dir():
+        return 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            cwd = os.readlink(entry / "cwd").removesuffix(" (deleted)")
+            if cwd == root or cwd.startswith(root + os.sep):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 def _stop_family(flwr_home: Path, wait: float) -> None:

@@ -90,3 +90,37 @@ def check_new_run_dir(out: Path) -> None:
         raise ConfigError(
             f"out: {out} is not empty; choose a new or empty folder for the run"
         )
+
+
+def mark_interrupted(out: Path) -> None:
+    """Say in the run folder that the user interrupted the run: whatever the
+    ServerApp wrote while it was being stopped (sites failing as their temporary
+    files went away) is not what the sites decided."""
+    path = out / SUMMARY_FILE
+    if path.is_file():
+        summary = json.loads(path.read_text())
+        summary["status"] = "interrupted"
+        summary["stop_reason"] = (
+            "interrupted by the user (Ctrl-C or SIGTERM); declines and failures "
+            "recorded while the run was being stopped are not the sites' decisions"
+        )
+        atomic_write(path, (json.dumps(summary, indent=2) + "\n").encode())
+    if out.is_dir():
+        with (out / PROGRESS_FILE).open("a") as handle:
+            handle.write(
+                json.dumps({"event": "interrupted", "time": time.time()}) + "\n"
+            )
+
+
+def last_error(out: Path) -> str:
+    """The ServerApp's own error event, else the tail of Flower's log."""
+    progress = out / PROGRESS_FILE
+    if progress.exists():
+        for line in reversed(progress.read_text().splitlines()):
+            event = json.loads(line)
+            if event.get("event") == "error":
+                return str(event.get("message"))
+    log = out / "flower.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    errors = [ln for ln in lines if "ERROR" in ln or "Error" in ln]
+    return (errors or lines or ["no log"])[-1].strip()[:400] + f" (see {log})"

@@ -37,7 +37,12 @@ from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
 from fedvault.server import _flower
 from fedvault.server import _vaults as _vaults_mod
-from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE, check_new_run_dir
+from fedvault.server.rundir import (
+    SUMMARY_FILE,
+    check_new_run_dir,
+    last_error,
+    mark_interrupted,
+)
 from fedvault.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -352,6 +357,26 @@ def run(
         state_root.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
+    try:
+        status = _simulate(cfg, prepared, out, state_root, on_poll)
+    except KeyboardInterrupt:
+        mark_interrupted(out)
+        raise
+    if status != "finished:completed" or not (out / SUMMARY_FILE).exists():
+        raise FederationError(f"the run ended as {status!r}: {last_error(out)}")
+    summary: dict[str, Any] = json.loads((out / SUMMARY_FILE).read_text())
+    return summary
+
+
+def _simulate(
+    cfg: SimulationConfig,
+    prepared: PreparedData,
+    out: Path,
+    state_root: Path | None,
+    on_poll: Callable[[], None] | None,
+) -> str:
+    """Flower's part of the run, in a private work folder removed at the end
+    (an interrupt included); returns the run's final status."""
     with tempfile.TemporaryDirectory(prefix="fedvault-sim-") as tmp:
         layout = _flower.SimulationLayout(Path(tmp))
         entries, test_file = _site_inputs(prepared, layout.work)
@@ -376,21 +401,4 @@ def run(
             time.monotonic() - started,
             status,
         )
-    if status != "finished:completed" or not (out / SUMMARY_FILE).exists():
-        raise FederationError(f"the run ended as {status!r}: {_last_error(out)}")
-    summary: dict[str, Any] = json.loads((out / SUMMARY_FILE).read_text())
-    return summary
-
-
-def _last_error(out: Path) -> str:
-    """The ServerApp's own error event, else the tail of Flower's log."""
-    progress = out / PROGRESS_FILE
-    if progress.exists():
-        for line in reversed(progress.read_text().splitlines()):
-            event = json.loads(line)
-            if event.get("event") == "error":
-                return str(event.get("message"))
-    log = out / "flower.log"
-    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    errors = [ln for ln in lines if "ERROR" in ln or "Error" in ln]
-    return (errors or lines or ["no log"])[-1].strip()[:400] + f" (see {log})"
+    return status
