@@ -233,7 +233,10 @@ def keygen(
     """Create a 256-bit key file (vault key or site secret); never overwrites."""
     key = keys.write_key(path)
     typer.echo(f"wrote {path} (key id {keys.key_id(key)}, mode 0600)")
-    typer.echo("Back it up outside the vault: without it the vault cannot be read.")
+    typer.echo(
+        "Back it up outside the vault: a vault key opens its vault, a site secret "
+        "keys its pseudonyms; neither can be recovered."
+    )
 
 
 @data_app.command("rotate-key")
@@ -315,11 +318,12 @@ def demo(
         raise ConfigError(f"--kind: use table or dicom, not {kind!r}")
     files = write_demo(out, sites=sites, seed=seed)
     typer.echo(f"wrote {len(files.sites)} site exports and {files.schema}")
-    typer.echo(f"label column: {DEMO_TARGET}. Next, per site i:")
-    typer.echo("  fedvault data keygen site-i.key; fedvault data keygen site-i.secret")
+    typer.echo(f"label column: {DEMO_TARGET}. Next (one key and secret here, as the")
+    typer.echo("README does; each real site keeps its own), then per site i:")
+    typer.echo("  fedvault data keygen site.key; fedvault data keygen site.secret")
     typer.echo(
         f"  fedvault data import {out}/site-i.csv --schema {files.schema} "
-        "--vault vaults/site-i --key site-i.key --secret site-i.secret"
+        "--vault vaults/site-i --key site.key --secret site.secret"
     )
 
 
