@@ -32,7 +32,7 @@ from fedvault.common.data import (
     load_table,
 )
 from fedvault.common.errors import ConfigError, DataError, FederationError
-from fedvault.common.partition import PartitionSpec, partition_table
+from fedvault.common.partition import PartitionSpec, hold_out, partition_table
 from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
 from fedvault.server import _flower
@@ -180,7 +180,7 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     spec = PartitionSpec.parse(opts.partition)
     if spec.kind != "column" and opts.sites > len(frame):
         raise ConfigError(f"sites: {opts.sites} sites but only {len(frame)} rows")
-    test, rest = _hold_out(frame, opts.target, opts.test_share, cfg.training.seed)
+    test, rest = hold_out(frame, opts.target, opts.test_share, cfg.training.seed)
     parts = partition_table(
         rest, spec, num_sites=opts.sites, target=opts.target, seed=cfg.training.seed
     )
@@ -192,22 +192,6 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
         raise DataError("no site received any rows")
     settled = _with_delta(cfg, max(len(p) for _, p in parts))
     return PreparedData(sites=sites, test=test, excluded=excluded, config=settled)
-
-
-def _hold_out(
-    frame: pd.DataFrame, target: str, share: float, seed: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from sklearn.model_selection import train_test_split
-
-    counts = frame[target].value_counts()
-    stratify = frame[target] if counts.min() >= 2 else None
-    try:
-        rest, test = train_test_split(
-            frame, test_size=share, random_state=seed, stratify=stratify
-        )
-    except ValueError as exc:
-        raise DataError(f"cannot hold out a test split: {exc}") from exc
-    return test.reset_index(drop=True), rest.reset_index(drop=True)
 
 
 def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
