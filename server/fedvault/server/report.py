@@ -354,20 +354,21 @@ def _site_lines(sites: dict[str, dict[str, Any]]) -> list[str]:
 
 def _meaning(sample: bool, client: dict[str, Any] | None, secure: bool) -> list[str]:
     sees = (
-        "the coordinator sees only the sum of the sites' updates (SecAgg+), but "
-        "still each site's metrics and summary counts for preprocessing (not noised)."
+        "the coordinator sees only the sum of the sites' updates (SecAgg+). NOT "
+        "covered by epsilon: each site's metrics and its summary counts for "
+        "preprocessing, released exactly (not noised)."
         if secure
-        else "the coordinator still sees each site's update, its metrics and its "
-        "summary counts for preprocessing (not noised)."
+        else "NOT covered by epsilon: each site's metrics and its summary counts "
+        "for preprocessing, released exactly (not noised)."
     )
     out = []
     if sample:
         out.append(
-            "What this means: for every record held by a site, whatever that site "
-            "released in this run (all its model updates) changes the probability of "
-            "any outcome by at most a factor e^epsilon, except with probability "
-            "delta, whether or not that record was in the site's data. It protects "
-            f"individual records, not the participation of a whole site; {sees}"
+            "What this means: for every record held by a site, the site's model "
+            "updates in this run change the probability of any outcome by at most a "
+            "factor e^epsilon, except with probability delta, whether or not that "
+            "record was in the site's data. It protects individual records, not the "
+            f"participation of a whole site; {sees}"
         )
     if client is not None:
         clipper = (
