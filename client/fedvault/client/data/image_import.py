@@ -25,9 +25,9 @@ import torch
 from fedvault.client.data.dicom import DeidOptions, check_burned_in, deidentify
 from fedvault.client.data.keys import key_id
 from fedvault.client.data.vault import iter_batches, read_manifest
-from fedvault.client.data.vault_format import MANIFEST_NAME, Manifest
-from fedvault.client.data.vault_writer import VaultWriter
-from fedvault.common.errors import ConfigError, DataError
+from fedvault.client.data.vault_format import Manifest
+from fedvault.client.data.vault_writer import VaultWriter, check_replace
+from fedvault.common.errors import DataError
 from fedvault.common.images import (
     DEFAULT_SIZE,
     DICOM_SUFFIXES,
@@ -84,11 +84,7 @@ def import_images(
     ``replace``) or is locked; nothing is written then.
     """
     options = options or ImageImportOptions()
-    if (vault_dir / MANIFEST_NAME).is_file() and not options.replace:
-        raise ConfigError(
-            f"vault {vault_dir}: already holds a dataset; pass --replace to replace it "
-            "(under the same key), or choose another --vault"
-        )
+    check_replace(vault_dir, replace=options.replace)
     images = _read(source, options)
     frame = _frame(images, source, secret)
     report = _report(images)
