@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fedvault.client.admission import Run, admit, refuse_rows
+from fedvault.client.answers import answers_mod, notice
 from fedvault.client.budget import SiteBudget
 from fedvault.client.mods import privacy_mod
 from fedvault.client.site import (
@@ -62,6 +63,7 @@ from fedvault.common.protocol import (
     ARRAYS,
     CONFIG,
     METRICS,
+    NOTICE_ACTION,
     PREPROCESSING,
     PROXIMAL_MU,
     RUN_CLIENT_THREADS,
@@ -85,7 +87,8 @@ from fedvault.common.wire import summary_to_bytes
 
 logger = logging.getLogger(__name__)
 
-app = ClientApp(mods=[privacy_mod])
+app = ClientApp(mods=[answers_mod, privacy_mod])  # answers_mod: the site's log
+app.query(NOTICE_ACTION)(notice)  # a coordinator's notice, recorded by answers_mod
 
 
 def _device() -> torch.device:

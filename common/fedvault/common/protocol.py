@@ -48,6 +48,11 @@ from fedvault.common.records import number, text
 # -- message kinds ------------------------------------------------------------
 STATS_ACTION = "stats"
 STATS_MESSAGE = f"{MessageType.QUERY}.{STATS_ACTION}"
+# coordinator -> a site that is connected but not in the run: ``notice`` ConfigRecord
+# with ``text`` (why, and when it takes part); the site logs it and answers empty.
+NOTICE_ACTION = "notice"
+NOTICE_MESSAGE = f"{MessageType.QUERY}.{NOTICE_ACTION}"
+NOTICE = "notice"
 
 # -- record keys --------------------------------------------------------------
 ARRAYS = "arrays"  # ArrayRecord: the global model, or a site's weights

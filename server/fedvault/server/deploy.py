@@ -238,4 +238,5 @@ def run_config(
         client_threads=cfg.options.client_threads,
         run_key=run_key,
         resume=resume,
+        registry=CoordinatorLayout(cfg.run_dir).registry.resolve(),
     ).to_run_config()

@@ -87,6 +87,7 @@ class Federation:
         self.book = SiteBook(self.training, settings.excluded_sites)
         self.history: list[dict[str, Any]] = []
         self.stop_reason = ""
+        self.stopped_states: dict[str, dict[str, str]] = {}
         self.plan: StrategyPlan | None = None
         self.secure = (
             SecureRound(
@@ -117,6 +118,7 @@ class Federation:
             Message(RecordDict(), message_type=STATS_MESSAGE, dst_node_id=n)
             for n in nodes
         ]
+        self.book.present = set(nodes)
         summaries = self.book.summaries(self._exchange(messages))
         if len(summaries) < self.training.min_sites:
             raise FederationError(
@@ -217,18 +219,20 @@ class Federation:
         # Every site whose update is usable spent budget on it: counted even when
         # the round then stops unreleased, so the report agrees with its ledger.
         self.book.record_training(valid)
+        states = self.book.after_round(self.grid, server_round, self.settings.registry)
         if len(valid) < plan.min_train_nodes:
             self._stop(
                 server_round,
                 f"round {server_round}: only {len(valid)} site(s) trained, fewer "
                 f"than min-sites={plan.min_train_nodes}",
+                states,
             )
             return None
         problem = release_problem(
             self.training, sampled=plan.sampled, usable=len(valid), summed=summed
         )
         if problem is not None:
-            self._stop(server_round, f"round {server_round}: {problem}")
+            self._stop(server_round, f"round {server_round}: {problem}", states)
             return None
         new_arrays, _ = plan.strategy.aggregate_train(server_round, valid)
         row: dict[str, Any] = {"round": server_round, "sites_trained": len(valid)}
@@ -250,6 +254,7 @@ class Federation:
                 server_round, plan.strategy, grid, new_arrays, prep, test
             )
         row["seconds"] = round(time.monotonic() - started, 3)
+        row["site_states"] = states
         self.history.append(row)
         self.rundir.event("round", **row, sites=self.book.table())
         return new_arrays
@@ -265,6 +270,7 @@ class Federation:
         """The round's training replies, in the clear or through SecAgg+ (then
         also how many sites' masked updates the sum holds)."""
         messages = list(strategy.configure_train(server_round, arrays, config, grid))
+        self.book.sampled(messages)
         if self.secure is None:
             return self._exchange(messages), None
         # Weights are example counts, known from preprocessing: the largest bounds them.
@@ -272,10 +278,10 @@ class Federation:
         result = self.secure.run(server_round, messages, arrays, max_weight=largest)
         return result.replies, result.contributors
 
-    def _stop(self, server_round: int, reason: str) -> None:
-        self.stop_reason = reason
+    def _stop(self, server_round: int, reason: str, states: dict[str, str]) -> None:
+        self.stop_reason, self.stopped_states = reason, {str(server_round): states}
         logger.warning("%s; stopping", reason)
-        self.rundir.event("stopped", round=server_round, reason=reason)
+        self.rundir.event("stopped", round=server_round, reason=reason, sites=states)
 
     def _evaluate(
         self,
@@ -380,6 +386,8 @@ class Federation:
             stop_reason=self.stop_reason,
             client_level=client_level,
         )
+        states = {str(r["round"]): r.get("site_states", {}) for r in self.history}
+        summary["site_states"] = states | self.stopped_states  # per training round
         report = privacy_report(t, sites, client_level=client_level)
         self.rundir.write_json(PRIVACY_FILE, report)
         self.rundir.write_text(PRIVACY_TEXT_FILE, privacy_text(report))

@@ -26,6 +26,7 @@ _EXPECTED_SITES = "expected-sites"
 _EXCLUDED_SITES = "excluded-sites"
 _RESUME = "resume"
 _SIMULATION = "simulation"
+_REGISTRY = "sites-registry"
 
 # The run-config keys of the coordinator itself (besides TrainingConfig's).
 APP_KEYS = (
@@ -38,6 +39,7 @@ APP_KEYS = (
     RUN_KEY,
     _RESUME,
     _SIMULATION,
+    _REGISTRY,
 )
 
 
@@ -51,7 +53,9 @@ class ServerSettings:
     ``simulation``: one party runs every site (``fedvault simulate``): the
     coordinator's own randomness (client-level DP noise) is then seeded from the
     run's seed, for "same seed, same result"; a deployed coordinator draws it from
-    the OS, so that nobody who reads the seed can replay the noise.
+    the OS, so that nobody who reads the seed can replay the noise;
+    ``registry``: a deployed coordinator's ``sites.json`` (every site it knows,
+    re-read each round; None in simulation).
     """
 
     training: TrainingConfig
@@ -64,6 +68,7 @@ class ServerSettings:
     run_key: str = ""
     resume: bool = False
     simulation: bool = False
+    registry: Path | None = None
 
     def to_run_config(self) -> RunConfig:
         """The flat scalar mapping Flower's run config carries (absolute paths as
@@ -79,6 +84,7 @@ class ServerSettings:
             RUN_KEY: self.run_key,
             _RESUME: self.resume,
             _SIMULATION: self.simulation,
+            _REGISTRY: "" if self.registry is None else str(self.registry),
         }
         return values
 
@@ -89,6 +95,7 @@ class ServerSettings:
             if not str(run_config.get(key, "")):
                 raise ConfigError(f"run config: {key!r} is required")
         test = str(run_config.get(_TEST_DATA, ""))
+        registry = str(run_config.get(_REGISTRY, ""))
         try:
             excluded = json.loads(str(run_config.get(_EXCLUDED_SITES, "{}")))
         except json.JSONDecodeError as exc:
@@ -104,4 +111,5 @@ class ServerSettings:
             run_key=str(run_config.get(RUN_KEY, "")),
             resume=bool(run_config.get(_RESUME, False)),
             simulation=bool(run_config.get(_SIMULATION, False)),
+            registry=Path(registry) if registry else None,
         )
