@@ -20,6 +20,8 @@ ANSWERS_FILE = "answers.jsonl"
 
 def describe(entry: dict[str, Any]) -> str:
     """One line for the operator: ``round 3 train: trained (epsilon ...)``."""
+    if entry.get("answer") == "notice":
+        return f"the coordinator says: {entry.get('reason', '')}"
     where = entry.get("message", "?")
     if entry.get("round") is not None:
         where = f"round {entry['round']} {where}"

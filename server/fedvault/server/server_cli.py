@@ -136,6 +136,8 @@ def _drive(
         "rounds", total=cfg.training.rounds, status="waiting for sites"
     )
 
+    told: set[tuple[str, int]] = set()
+
     def poll() -> None:
         for event in _events(layout):
             if event["event"] == "ready":
@@ -146,6 +148,7 @@ def _drive(
                     completed=event["round"],
                     status=f"{event['sites_trained']} sites trained",
                 )
+            _tell_states(event, told)
 
     try:
         with progress:
@@ -165,6 +168,25 @@ def _drive(
     if summary["status"] != "completed":
         say(err_console, f"run stopped early: {summary.get('stop_reason')}")
         raise typer.Exit(1)
+
+
+def _round_states(event: dict[str, Any]) -> dict[str, str] | None:
+    """Every known site's state in a ``round`` or ``stopped`` event, if it has them."""
+    states = event.get("site_states" if event["event"] == "round" else "sites")
+    if event["event"] not in ("round", "stopped") or not isinstance(states, dict):
+        return None
+    return {str(k): str(v) for k, v in states.items()}
+
+
+def _tell_states(event: dict[str, Any], told: set[tuple[str, int]]) -> None:
+    """One line per round (on stderr): what each known site did in it."""
+    states = _round_states(event)
+    key = (str(event["event"]), int(event.get("round", 0)))
+    if states is None or key in told:
+        return
+    told.add(key)
+    sites = "; ".join(f"{name}: {state}" for name, state in states.items())
+    say(err_console, f"round {key[1]}: {sites}")
 
 
 def _status_doc(config: Path) -> dict[str, Any]:
@@ -193,12 +215,16 @@ def _status_doc(config: Path) -> dict[str, Any]:
             doc["run-status"] = f"not answering ({exc})"
     doc["round"] = folder.rounds_done
     doc["rounds"] = cfg.training.rounds
+    last: dict[str, str] = {}
+    for event in _events(layout):
+        last = _round_states(event) or last
     doc["sites"] = [
         {
             "name": e.name,
             "node-id": e.node_id,
             "fingerprint": e.fingerprint,
             "status": _site_state(e.node_id, nodes),
+            "last-round": last.get(e.name, "-"),
         }
         for e in registry.sites.values()
     ]
@@ -250,11 +276,16 @@ def stop(config: ConfigOption = Path("coordinator.toml")) -> None:
 
 def _print_sites(sites: list[dict[str, Any]]) -> None:
     table = Table(title="Sites")
-    for col in ("name", "node id", "status", "key fingerprint (ssh-keygen -l)"):
+    columns = ("name", "node id", "status", "last round", "key fingerprint")
+    for col in columns:
         table.add_column(col)
     for s in sites:
         table.add_row(
-            s["name"], str(s["node-id"] or "-"), s.get("status", "-"), s["fingerprint"]
+            s["name"],
+            str(s["node-id"] or "-"),
+            s.get("status", "-"),
+            s.get("last-round", "-"),
+            s["fingerprint"],
         )
     console.print(table)
 
@@ -274,8 +305,18 @@ def sites_add(
     if live is not None and not live.get("insecure"):
         registry.set_node(name, control.register_key(layout, name, entry.public_key))
         registry.save()
+        later = ""
+        if any(e["event"] == "ready" for e in _events(layout)):
+            later = (
+                f"; the run in progress keeps the sites it started with: {name} "
+                "takes part in the coordinator's next run (it is told so when it "
+                "connects)"
+            )
+        elif live.get("run-id") is not None:
+            later = "; the run is still waiting for its sites: it can join it"
         say(
-            console, f"site {name} registered ({entry.fingerprint}); it can connect now"
+            console,
+            f"site {name} registered ({entry.fingerprint}); it can connect now{later}",
         )
     else:
         registry.save()
