@@ -105,3 +105,22 @@ def test_a_connected_site_left_out_of_a_round_is_not_sampled(tmp_path):
         "b": "failed: no reply within round-timeout",
         "c": NOT_SAMPLED,
     }
+
+
+def test_a_site_on_another_fedvault_minor_version_declines(
+    tmp_path, local_grid, make_contexts
+):
+    from fedvault.client.answers import version_mismatch
+
+    assert version_mismatch("1.4.2", "1.4.0") is None
+    assert version_mismatch("", "1.4.0") is None  # an older coordinator: not checked
+    run_config = site_run_config(tmp_path, NODES[:3], rounds=1, min_sites=2)
+    contexts = make_contexts(NODES[:3], run_config)
+    contexts[303].run_config["fedvault-version"] = "0.0.1"  # as if the coordinator's
+    grid = local_grid(client_app, contexts)
+    Federation(grid, ServerSettings.from_run_config(run_config)).run()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    reason = summary["excluded_sites"]["site-3"]
+    assert reason.startswith("declined (policy): the coordinator runs fedvault 0.0.1")
+    assert "major.minor must match" in reason
+    assert summary["site_states"]["1"]["site-3"] == f"excluded: {reason}"

@@ -19,12 +19,14 @@ import json
 import logging
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedvault.client.site import site_settings
 from fedvault.client.site_status import ANSWERS_FILE, describe
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import FedVaultError
@@ -33,6 +35,7 @@ from fedvault.common.protocol import (
     METRICS,
     NOTICE,
     NOTICE_MESSAGE,
+    RUN_FEDVAULT_VERSION,
     RUN_KEY,
     SERVER_ROUND,
     STATS_MESSAGE,
@@ -68,6 +71,12 @@ def answers_mod(
         text = str(record.get("text", "")) if record is not None else ""
         _note(state, context, msg, {"answer": "notice", "reason": text})
         return Message(RecordDict(), reply_to=msg)
+    mismatch = version_mismatch(str(context.run_config.get(RUN_FEDVAULT_VERSION, "")))
+    if mismatch is not None and msg.metadata.message_type == STATS_MESSAGE:
+        name = site_settings(context.node_config, context.run_config).name
+        _note(state, context, msg, {"answer": "declined", "reason": mismatch.detail})
+        stats = SiteStats(name, decline=mismatch)
+        return Message(stats.to_content(), reply_to=msg)
     try:
         reply = call_next(msg, context)
     except Exception as exc:
@@ -77,6 +86,20 @@ def answers_mod(
     if entry is not None:
         _note(state, context, msg, entry)
     return reply
+
+
+def version_mismatch(coordinator: str, site: str | None = None) -> Decline | None:
+    """A ``policy`` decline when the coordinator's fedvault version (from the run
+    config; empty: an older coordinator, not checked) differs from this site's in
+    major.minor: the wire protocol may differ between them."""
+    site = site or version("fedvault")
+    if not coordinator or coordinator.split(".")[:2] == site.split(".")[:2]:
+        return None
+    return Decline(
+        "policy",
+        f"the coordinator runs fedvault {coordinator}, this site {site}: "
+        "major.minor must match (compare `fedvault --version`; upgrade one side)",
+    )
 
 
 def notice(msg: Message, context: Context) -> Message:

@@ -201,9 +201,10 @@ def _accepted_before(cfg: SiteConfig) -> bool:
 
 
 def _supervise(cfg: SiteConfig, echo: IO[str] | None, *, rejoin: bool) -> int:
-    """Run the site until it stops; a key refusal of a site the coordinator knew
-    (``rejoin``) is retried for :data:`REJOIN_WINDOW` s: the coordinator still
-    counts its lost connection as online."""
+    """Run the site until it stops; a key refusal is retried for
+    :data:`REJOIN_WINDOW` s: a coordinator still counts a lost connection of a site
+    it knew (``rejoin``) as online, and registers its sites' keys only just after
+    its Fleet API opens (a site started with it is refused for a moment)."""
     main = threading.current_thread() is threading.main_thread()
     stops = (signal.SIGTERM, signal.SIGHUP)
     previous = [signal.signal(sig, _raise_interrupt) for sig in stops] if main else []
@@ -215,16 +216,21 @@ def _supervise(cfg: SiteConfig, echo: IO[str] | None, *, rejoin: bool) -> int:
                 return 0
             if ACCEPTED.search(failure):  # this time it was in: a new streak
                 rejoin, refused_since = True, None
-            if not (rejoin and KEY_REFUSED.search(failure)):
+            if not KEY_REFUSED.search(failure):
                 break
             refused_since = refused_since or time.monotonic()
             if time.monotonic() - refused_since > REJOIN_WINDOW:
                 break
+            why = (
+                "it counts a lost connection as online for up to a minute"
+                if rejoin
+                else "a coordinator registers its sites' keys just after it starts"
+            )
             if echo is not None:
                 echo.write(
-                    f"site {cfg.options.name}: the coordinator refused the key; it "
-                    "counts a lost connection as online for up to a minute: "
-                    f"trying again in {REJOIN_PAUSE:g} s\n"
+                    f"site {cfg.options.name}: the coordinator refused the key "
+                    f"({why}): trying again in {REJOIN_PAUSE:g} s for up to "
+                    f"{REJOIN_WINDOW:g} s\n"
                 )
             time.sleep(REJOIN_PAUSE)
     except KeyboardInterrupt:

@@ -73,6 +73,8 @@ ARRAY_KEYS = "fedvault-array-keys"
 RUN_TARGET = "target"  # the label column
 RUN_KEY = "run-key"  # names the run in a site's ledger across coordinator restarts
 RUN_CLIENT_THREADS = "client-threads"  # torch threads per site process (0: default)
+# the coordinator's fedvault version: a site with another major.minor declines the run
+RUN_FEDVAULT_VERSION = "fedvault-version"
 # In simulation Flower gives a site only its partition id: the launcher passes each
 # simulated site's own settings as run-config keys ``site.<partition-id>.<key>``.
 SIMULATED_SITE_PREFIX = "site."

@@ -11,12 +11,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import ConfigError
-from fedvault.common.protocol import RUN_CLIENT_THREADS, RUN_KEY, RUN_TARGET
+from fedvault.common.protocol import (
+    RUN_CLIENT_THREADS,
+    RUN_FEDVAULT_VERSION,
+    RUN_KEY,
+    RUN_TARGET,
+)
 
 RunConfig = dict[str, bool | int | float | str]
 
@@ -40,6 +46,7 @@ APP_KEYS = (
     _RESUME,
     _SIMULATION,
     _REGISTRY,
+    RUN_FEDVAULT_VERSION,
 )
 
 
@@ -85,6 +92,7 @@ class ServerSettings:
             _RESUME: self.resume,
             _SIMULATION: self.simulation,
             _REGISTRY: "" if self.registry is None else str(self.registry),
+            RUN_FEDVAULT_VERSION: version("fedvault"),
         }
         return values
 
