@@ -3,6 +3,7 @@ keys."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -30,6 +31,7 @@ from fedvault.server.deploy import (
     CoordinatorLayout,
     load_coordinator_config,
 )
+from fedvault.server.health import HealthServer, health_doc
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.rundir import PROGRESS_FILE
 from fedvault.server.runstate import RunState, inspect_run, read_events
@@ -137,8 +139,13 @@ def _drive(
     )
 
     told: set[tuple[str, int]] = set()
+    health: list[HealthServer] = []
 
     def poll() -> None:
+        if cfg.options.health_address and not health:  # the folder is ours now
+            rounds = cfg.training.rounds
+            state = functools.partial(health_doc, layout, rounds=rounds)
+            health.append(HealthServer(cfg.options.health_address, state))
         for event in _events(layout):
             if event["event"] == "ready":
                 progress.update(task, status=f"{len(event['sites'])} sites ready")
@@ -157,6 +164,9 @@ def _drive(
         folder = inspect_run(layout, rounds=cfg.training.rounds)
         say(err_console, f"coordinator stopped: {folder.message(cfg.source)}")
         return
+    finally:
+        for server in health:
+            server.close()
     if output_format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
