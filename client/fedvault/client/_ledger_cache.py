@@ -30,7 +30,8 @@ KEY_FILE = "accountant.key"
 _KEY_BYTES = 32
 
 
-def _existing_key(state_dir: Path) -> bytes | None:
+def existing_key(state_dir: Path) -> bytes | None:
+    """The site's key, None when it has none; IntegrityError for a damaged one."""
     path = state_dir / KEY_FILE
     if not path.exists():
         return None
@@ -45,7 +46,7 @@ def cache_key(state_dir: Path) -> bytes:
 
     Raises :class:`IntegrityError` for a key file of the wrong size.
     """
-    key = _existing_key(state_dir)
+    key = existing_key(state_dir)
     if key is not None:
         return key
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +77,7 @@ def verify_cache(state_dir: Path) -> int:
     the key is missing (nothing to check: 0).
     """
     folder = state_dir / CACHE_FOLDER
-    key = _existing_key(state_dir)
+    key = existing_key(state_dir)
     if key is None:
         if folder.is_dir() and any(folder.glob(CURVE_PATTERN)):
             raise IntegrityError(
