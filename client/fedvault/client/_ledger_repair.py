@@ -25,7 +25,13 @@ from typing import Any, Literal
 
 from fedvault.client import _ledger_files as files
 from fedvault.client._ledger_files import Paths
-from fedvault.client._ledger_format import LedgerRecord, genesis, seal, verify_chain
+from fedvault.client._ledger_format import (
+    LedgerRecord,
+    check_new,
+    genesis,
+    seal,
+    verify_chain,
+)
 from fedvault.client.policy import SitePolicy
 from fedvault.common.errors import ConfigError, IntegrityError
 from fedvault.common.privacy import Step, epsilon_spent
@@ -138,15 +144,18 @@ def _recharge(
     if delta is None or accountant is None:
         raise ConfigError("ledger repair --recharge: give --policy (delta, accountant)")
     history = [*(r.step for r in kept), step]
+    run_id, round_ = (prev.run_id, prev.round + 1) if prev else ("recovered", 0)
+    clip = prev.max_grad_norm if prev else 1.0
+    check_new(run_id, round_, step, clip, NO_UPDATE)
     body: dict[str, Any] = {
         "seq": len(kept),
         "dataset_id": paths.dataset_id,
-        "run_id": prev.run_id if prev else "recovered",
-        "round": prev.round + 1 if prev else 0,
+        "run_id": run_id,
+        "round": round_,
         "steps": step.steps,
         "sample_rate": float(step.sample_rate),
         "noise_multiplier": float(step.noise_multiplier),
-        "max_grad_norm": prev.max_grad_norm if prev else 1.0,
+        "max_grad_norm": clip,
         "delta": delta,
         "accountant": accountant,
         "epsilon": epsilon_spent(history, delta=delta, accountant=accountant),
