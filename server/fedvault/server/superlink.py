@@ -21,6 +21,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -138,13 +139,34 @@ def superlink_command(cfg: CoordinatorConfig, *, insecure: bool) -> list[str]:
 
 
 def _check_certificates(cfg: CoordinatorConfig) -> None:
+    """Refuse a certificate that is expired, invalid, or expires before the run
+    can end (``timeout`` from now): sites would lose the SuperLink mid-run with
+    only "Connection to the SuperLink is unavailable". Warn when one expires
+    within :data:`~fedvault.common.certs.WARN_DAYS`."""
     cfg.check_certs()
+    end = datetime.now(UTC) + timedelta(seconds=cfg.options.timeout)
     for status in check_certificates(cfg.certs_dir):
         if status.state in ("expired", "invalid"):
             raise ConfigError(f"certs: {status.path} is {status.state} {status.detail}")
+        expires = status.not_after.strftime("%Y-%m-%d %H:%M UTC")
+        if status.not_after < end:
+            renew = (
+                f"fedvault certs server {cfg.certs_dir} --renew"
+                if status.path.name == SERVER_CERT
+                else "issue a new CA and give its ca.crt to every site"
+            )
+            raise ConfigError(
+                f"certs: {status.path} expires {expires}, before this run can end "
+                f"(timeout {cfg.options.timeout:g} s: by "
+                f"{end.strftime('%Y-%m-%d %H:%M UTC')}); renew it ({renew}) or "
+                "lower timeout"
+            )
         if status.state == "expiring":
             logger.warning(
-                "certificate %s expires in %.0f days", status.path, status.days_left
+                "certificate %s expires %s (in %.0f days); renew it before then",
+                status.path,
+                expires,
+                status.days_left,
             )
 
 
