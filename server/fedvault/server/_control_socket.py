@@ -23,8 +23,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fedvault.common.errors import ConfigError
+
 SOCKET_ENV = "FEDVAULT_CONTROL_SOCKET"
 SOCKET_NAME = "control.sock"
+_MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, NUL included
 _SITECUSTOMIZE = (
     "# written by fedvault: Flower's Control API on a private unix socket\n"
     "from fedvault.server._control_socket import install\n"
@@ -34,10 +37,21 @@ _SITECUSTOMIZE = (
 
 def private_socket() -> Path:
     """The socket path in a new folder of this account's, mode 0700, in the
-    temporary folder (a socket path must stay under 108 bytes on Linux)."""
+    temporary folder (a socket path must stay under 108 bytes on Linux).
+
+    Raises:
+        ConfigError: when that path would be too long (a long ``TMPDIR``).
+    """
     folder = Path(tempfile.mkdtemp(prefix="fedvault-control-"))
+    socket = folder / SOCKET_NAME
+    if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
+        folder.rmdir()
+        raise ConfigError(
+            f"the Control API socket {socket} would be too long a path for a unix "
+            "socket; set TMPDIR to a shorter folder"
+        )
     (folder / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-    return folder / SOCKET_NAME
+    return socket
 
 
 def environment(socket: Path) -> dict[str, str]:

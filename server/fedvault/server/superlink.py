@@ -185,16 +185,19 @@ def superlink(cfg: CoordinatorConfig, *, insecure: bool) -> Iterator[Coordinator
     _check_ports(cfg)
     layout.write_connection(cfg, insecure=insecure)
     socket = _control_socket.private_socket()
-    # flower_env leaves out FLWR_INTERNAL_GRPC_CONTROL_API: never a second Control API
-    proc = spawn(
-        superlink_command(cfg, insecure=insecure),
-        cwd=layout.state,
-        log=layout.log,
-        flwr_home=layout.flwr_home,
-        env=_control_socket.environment(socket),
-        quiet=QUIET,
-    )
-    try:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, socket.parent, ignore_errors=True)
+        # flower_env leaves out FLWR_INTERNAL_GRPC_CONTROL_API: no second Control API
+        proc = spawn(
+            superlink_command(cfg, insecure=insecure),
+            cwd=layout.state,
+            log=layout.log,
+            flwr_home=layout.flwr_home,
+            env=_control_socket.environment(socket),
+            quiet=QUIET,
+        )
+        cleanup.callback(layout.live.unlink, missing_ok=True)
+        cleanup.callback(stop_process, proc)
         wait_healthy(cfg, proc, socket=socket, insecure=insecure, timeout=START_TIMEOUT)
         _check_no_control_port(cfg)
         live = {
@@ -207,10 +210,6 @@ def superlink(cfg: CoordinatorConfig, *, insecure: bool) -> Iterator[Coordinator
         }
         atomic_write(layout.live, (json.dumps(live, indent=2) + "\n").encode())
         yield layout
-    finally:
-        stop_process(proc)
-        layout.live.unlink(missing_ok=True)
-        shutil.rmtree(socket.parent, ignore_errors=True)
 
 
 def _check_no_control_port(cfg: CoordinatorConfig) -> None:
