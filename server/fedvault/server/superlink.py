@@ -82,9 +82,10 @@ def wait_healthy(
             raise FederationError(
                 f"the SuperLink exited during start-up: {_log_tail(cfg)}"
             )
-        with contextlib.suppress(httpx.HTTPError), _client(
-            cfg, socket, insecure=insecure
-        ) as client:
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            _client(cfg, socket, insecure=insecure) as client,
+        ):
             if client.get(url).status_code == 200:
                 return
         time.sleep(0.3)
