@@ -64,6 +64,8 @@ def _forge(ledger: PrivacyLedger, *, with_key: bool) -> None:
 def test_a_torn_committed_record_is_charged_again_not_forgotten(tmp_path):
     ledger = _filled(tmp_path)
     spent = ledger.epsilon()
+    kept = tmp_path / "bc.anchor.json"
+    _cli("anchor", "--state", tmp_path, "--dataset", DATASET, "--output", kept)
     data = ledger.path.read_bytes()
     ledger.path.write_bytes(data[: data.rfind(b"\n", 0, -1) + 40])  # record 3 torn
     code, out = _cli("verify", "--state", tmp_path, "--dataset", DATASET)
@@ -81,6 +83,11 @@ def test_a_torn_committed_record_is_charged_again_not_forgotten(tmp_path):
     assert reopened.epsilon() == pytest.approx(spent)  # charged again, not dropped
     reopened.append("run-a", 4, STEP, 1.0, "a" * 64)
     assert _cli("verify", "--state", tmp_path, "--dataset", DATASET)[0] == 0
+    # the recovered record is not the anchored one: the DPO needs a new anchor
+    code, out = _cli(
+        "verify", "--state", tmp_path, "--dataset", DATASET, "--anchor", kept
+    )
+    assert code == 2 and "record 3 differs from the anchor" in out
 
 
 def test_a_torn_first_record_needs_its_planned_cost(tmp_path):

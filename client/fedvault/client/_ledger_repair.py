@@ -172,7 +172,8 @@ def _recharge(
         "recharged",
         f"record {number} was torn after it was committed; replaced by a recovery "
         f"record charging its round again ({planned}): lifetime epsilon "
-        f"{record.epsilon:.4f}",
+        f"{record.epsilon:.4f}. An anchor that counts record {number} no longer "
+        "matches it: give your DPO a new one (fedvault client ledger anchor)",
         record,
     )
 
