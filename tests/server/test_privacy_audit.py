@@ -189,3 +189,35 @@ def test_an_out_folder_in_use_is_refused_before_any_run(monkeypatch, capsys, tmp
     assert code == 2 and "not empty" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "dp-eps3").exists()
     assert (tmp_path / "no-dp" / "mine.txt").read_text() == "keep me"
+
+
+def test_canaries_join_the_training_rows_after_the_sites_own_split(tmp_path):
+    """The simulation hook: a site's split of its own rows is the same with and
+    without canaries, and every canary is a training row (never validation)."""
+    from fedvault.client.site import load_site_data, site_settings
+    from fedvault.common.protocol import simulated_site_key
+
+    frame = default_dataset().iloc[:100]
+    data = tmp_path / "site.parquet"
+    frame.to_parquet(data, index=False)
+    game = draw_canaries(frame, DEFAULT_TARGET, count=10, sites=1, seed=3)
+    canaries = tmp_path / "canaries.parquet"
+    game.rows.to_parquet(canaries, index=False)
+    node = {"partition-id": 0}
+    plain = {simulated_site_key(0, "data"): str(data)}
+    with_canaries = plain | {simulated_site_key(0, "canaries"): str(canaries)}
+    before = load_site_data(site_settings(node, plain), target=DEFAULT_TARGET)
+    after = load_site_data(site_settings(node, with_canaries), target=DEFAULT_TARGET)
+    assert after.validation.equals(before.validation)
+    assert len(after.train) == len(before.train) + 10
+    assert after.train.iloc[: len(before.train)].equals(before.train)
+    assert (
+        after.train.iloc[len(before.train) :].reset_index(drop=True).equals(game.rows)
+    )
+
+
+def test_a_deployed_site_takes_no_canaries(tmp_path):
+    from fedvault.client.site import site_settings
+
+    node = {"data": str(tmp_path / "x.csv"), "canaries": str(tmp_path / "c.csv")}
+    assert site_settings(node, {}).canaries is None
