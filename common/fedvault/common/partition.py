@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 from dataclasses import dataclass
@@ -84,17 +86,21 @@ def _by_column(
     _ = partitioner.num_partitions  # builds the id -> value map
     ids = partitioner.partition_id_to_natural_id
     sites = []
-    for pid in sorted(ids, key=lambda i: str(ids[i])):
-        part = partitioner.load_partition(pid).to_pandas()
-        sites.append((f"{column}={ids[pid]}", part.drop(columns=column)))
+    # (its tqdm bar would print to stderr around the command's own one-line errors)
+    with contextlib.redirect_stderr(io.StringIO()):
+        for pid in sorted(ids, key=lambda i: str(ids[i])):
+            part = partitioner.load_partition(pid).to_pandas()
+            sites.append((f"{column}={ids[pid]}", part.drop(columns=column)))
     return sites
 
 
 def _site_key(value: object) -> str:
-    """A site's name from its cell: whole numbers without a ``.0`` (7, not 7.0)."""
+    """A site's name from its cell: its text (a CSV's site column is read as raw
+    text, so ``007`` stays ``007``), stripped; a typed number (Parquet) without a
+    ``.0`` (7, not 7.0)."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value)
+    return str(value).strip()
 
 
 def partition_table(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import tempfile
 import time
 import uuid
@@ -44,6 +43,7 @@ from fedvault.server.rundir import (
     mark_interrupted,
 )
 from fedvault.server.settings import ServerSettings
+from fedvault.server.site_names import claim, folder_name, state_folders
 
 logger = logging.getLogger(__name__)
 
@@ -170,14 +170,15 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     opts = cfg.options
     if opts.vaults:
         return _vaults(cfg)
+    spec = PartitionSpec.parse(opts.partition)
     if opts.data:
         source = opts.data
-        frame = load_table(Path(opts.data))
+        column = [spec.column] if spec.kind == "column" else []
+        frame = load_table(Path(opts.data), text_columns=column)
     else:
         source = "embedded breast-cancer data"
         frame = default_dataset()
     frame = check_target(frame, opts.target, source=source)
-    spec = PartitionSpec.parse(opts.partition)
     if spec.kind != "column" and opts.sites > len(frame):
         raise ConfigError(f"sites: {opts.sites} sites but only {len(frame)} rows")
     test, rest = hold_out(frame, opts.target, opts.test_share, cfg.training.seed)
@@ -211,11 +212,6 @@ def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
     )
 
 
-def _safe(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
-    return cleaned or "site"
-
-
 def site_states(prepared: PreparedData, root: Path) -> list[Path]:
     """One state folder per simulated site, holding its ledger and its policy.
 
@@ -226,12 +222,13 @@ def site_states(prepared: PreparedData, root: Path) -> list[Path]:
     run only (a site's policy decides whether a run may switch DP off).
     """
     t, opts = prepared.training, prepared.options
-    dataset = _safe(Path(opts.data).stem) if opts.data else "breast-cancer"
+    dataset = folder_name(Path(opts.data).stem) if opts.data else "breast-cancer"
     budget = opts.site_budget or t.epsilon
-    folders = []
-    for name, _ in prepared.sites:
-        folder = root / _safe(name)
+    names = [name for name, _ in prepared.sites]
+    folders = state_folders(names, root)
+    for name, folder in zip(names, folders, strict=True):
         folder.mkdir(parents=True, exist_ok=True)
+        claim(folder, name)
         policy = folder / "site.toml"
         if not policy.exists():
             table = {
@@ -248,18 +245,22 @@ def site_states(prepared: PreparedData, root: Path) -> list[Path]:
                 "# Written by fedvault simulate for a simulated site; edit freely.\n"
                 + tomli_w.dumps({"privacy": table})
             )
-        folders.append(folder)
     return folders
 
 
-def check_states(prepared: PreparedData, root: Path) -> None:
-    """Refuse, before anything is written, a ``--no-dp`` run on a ``--state``
-    whose existing site policies do not allow it: those sites would decline every
-    message of the run. Raises :class:`ConfigError` naming the site and the key."""
-    if prepared.training.dp:
+def check_states(prepared: PreparedData, root: Path | None) -> None:
+    """Refuse, before anything is written, site names that are one site written
+    two ways or reach an existing ledger under another spelling
+    (:func:`~fedvault.server.site_names.state_folders`), and a ``--no-dp`` run on
+    a ``--state`` whose existing site policies do not allow it: those sites would
+    decline every message of the run. Raises :class:`ConfigError` naming the site
+    and the key."""
+    names = [name for name, _ in prepared.sites]
+    folders = state_folders(names, root)
+    if prepared.training.dp or root is None:
         return
-    for name, _ in prepared.sites:
-        policy = root / _safe(name) / "site.toml"
+    for name, folder in zip(names, folders, strict=True):
+        policy = folder / "site.toml"
         if not policy.is_file():
             continue
         table = read_toml(policy).get("privacy", {})
@@ -335,8 +336,8 @@ def run(
             "more --sites"
         )
     state_root = Path(cfg.options.state) if cfg.options.state else None
+    check_states(prepared, state_root)
     if state_root is not None:
-        check_states(prepared, state_root)
         # a --state that cannot be made is refused before --out is created
         state_root.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
