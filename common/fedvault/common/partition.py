@@ -17,6 +17,23 @@ logger = logging.getLogger(__name__)
 
 PartitionKind = Literal["iid", "dirichlet", "column"]
 
+#: A site holds back this share of its rows for validation ...
+VALIDATION_SHARE = 0.15
+#: ... when it has at least this many rows (else it has no validation split).
+VALIDATION_FROM_ROWS = 20
+#: A site with fewer training rows does not train.
+MIN_TRAIN_ROWS = 8
+
+
+def validation_rows(rows: int) -> int:
+    """How many of a site's ``rows`` (labelled) rows it holds back for validation."""
+    return round(rows * VALIDATION_SHARE) if rows >= VALIDATION_FROM_ROWS else 0
+
+
+def too_small(rows: int) -> bool:
+    """Whether a site of ``rows`` labelled rows has too few training rows to train."""
+    return rows - validation_rows(rows) < MIN_TRAIN_ROWS
+
 
 @dataclass(frozen=True)
 class PartitionSpec:

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import tomli_w
 
-from fedvault.common.config import TrainingConfig, key_of, parse_fields, read_toml
+from fedvault.common.config import TrainingConfig, key_of, parse_fields
 from fedvault.common.data import (
     DEFAULT_TARGET,
     check_target,
@@ -31,7 +30,12 @@ from fedvault.common.data import (
     load_table,
 )
 from fedvault.common.errors import ConfigError, DataError, FederationError
-from fedvault.common.partition import PartitionSpec, hold_out, partition_table
+from fedvault.common.partition import (
+    PartitionSpec,
+    hold_out,
+    partition_table,
+    too_small,
+)
 from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
 from fedvault.server import _flower
@@ -43,12 +47,11 @@ from fedvault.server.rundir import (
     mark_interrupted,
 )
 from fedvault.server.settings import ServerSettings
-from fedvault.server.site_names import claim, folder_name, state_folders
+from fedvault.server.site_names import check_states, site_states
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DELTA = 1e-5
-MIN_NOISE_IN_SIMULATION = 0.3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +126,7 @@ class PreparedData:
     test: pd.DataFrame | None
     excluded: dict[str, str]
     config: SimulationConfig
+    rows: tuple[int, ...] = ()  # of each site, as its manifest or partition says
 
     @property
     def training(self) -> TrainingConfig:
@@ -162,7 +166,8 @@ def _vaults(cfg: SimulationConfig) -> PreparedData:
     if cfg.delta_given and cfg.training.dp:
         # every site also refuses, itself, a delta not below 1/n of its rows
         _with_delta(cfg, max(rows for rows, _ in facts))
-    return PreparedData(sites=sites, test=None, excluded={}, config=cfg)
+    rows = tuple(rows for rows, _ in facts)
+    return PreparedData(sites=sites, test=None, excluded={}, config=cfg, rows=rows)
 
 
 def prepare_data(cfg: SimulationConfig) -> PreparedData:
@@ -192,7 +197,28 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     if not sites:
         raise DataError("no site received any rows")
     settled = _with_delta(cfg, max(len(p) for _, p in parts))
-    return PreparedData(sites=sites, test=test, excluded=excluded, config=settled)
+    rows = tuple(len(part) for _, part in parts if not part.empty)
+    return PreparedData(
+        sites=sites, test=test, excluded=excluded, config=settled, rows=rows
+    )
+
+
+def check_sizes(prepared: PreparedData) -> None:
+    """Refuse, before Flower starts, sites too small for any round to run: fewer
+    than ``min-sites`` of them would hold the training rows a site needs to train
+    (:func:`~fedvault.common.partition.too_small`). Raises :class:`ConfigError`."""
+    need = prepared.training.min_sites
+    able = sum(not too_small(rows) for rows in prepared.rows)
+    if not prepared.rows or able >= need:
+        return
+    what = "vaults" if prepared.options.vaults else "sites"
+    smallest = next(n for n in range(1, 1000) if not too_small(n))
+    raise ConfigError(
+        f"sites: only {able} of the {len(prepared.rows)} {what} would train "
+        f"(min-sites {need}): a site needs {smallest} rows or more to train, and "
+        f"these hold {min(prepared.rows)} to {max(prepared.rows)}; use fewer "
+        "--sites or more data"
+    )
 
 
 def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
@@ -210,66 +236,6 @@ def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
     return dataclasses.replace(
         cfg, training=dataclasses.replace(training, delta=delta), delta_given=True
     )
-
-
-def site_states(prepared: PreparedData, root: Path) -> list[Path]:
-    """One state folder per simulated site, holding its ledger and its policy.
-
-    A policy file that exists is the site's own and is never overwritten (a second
-    run on the same ``--state`` continues from the remaining budgets); a missing one
-    is written from the run's settings, with lifetime budget ``--site-budget``
-    (default: ``--epsilon``), and ``allow-non-private = true`` for a ``--no-dp``
-    run only (a site's policy decides whether a run may switch DP off).
-    """
-    t, opts = prepared.training, prepared.options
-    dataset = folder_name(Path(opts.data).stem) if opts.data else "breast-cancer"
-    budget = opts.site_budget or t.epsilon
-    names = [name for name, _ in prepared.sites]
-    folders = state_folders(names, root)
-    for name, folder in zip(names, folders, strict=True):
-        folder.mkdir(parents=True, exist_ok=True)
-        claim(folder, name)
-        policy = folder / "site.toml"
-        if not policy.exists():
-            table = {
-                "dataset-id": dataset,
-                "epsilon-max": budget,
-                "delta": t.delta,
-                "accountant": t.accountant,
-                "max-grad-norm": t.max_grad_norm,
-                "min-noise-multiplier": MIN_NOISE_IN_SIMULATION,
-            }
-            if not t.dp:
-                table["allow-non-private"] = True
-            policy.write_text(
-                "# Written by fedvault simulate for a simulated site; edit freely.\n"
-                + tomli_w.dumps({"privacy": table})
-            )
-    return folders
-
-
-def check_states(prepared: PreparedData, root: Path | None) -> None:
-    """Refuse, before anything is written, site names that are one site written
-    two ways or reach an existing ledger under another spelling
-    (:func:`~fedvault.server.site_names.state_folders`), and a ``--no-dp`` run on
-    a ``--state`` whose existing site policies do not allow it: those sites would
-    decline every message of the run. Raises :class:`ConfigError` naming the site
-    and the key."""
-    names = [name for name, _ in prepared.sites]
-    folders = state_folders(names, root)
-    if prepared.training.dp or root is None:
-        return
-    for name, folder in zip(names, folders, strict=True):
-        policy = folder / "site.toml"
-        if not policy.is_file():
-            continue
-        table = read_toml(policy).get("privacy", {})
-        if not (isinstance(table, dict) and table.get("allow-non-private") is True):
-            raise ConfigError(
-                f"no-dp: site {name}'s policy ({policy}) does not allow training "
-                "without differential privacy; it would decline the run (set "
-                "allow-non-private = true there, or use another --state)"
-            )
 
 
 def _site_inputs(
@@ -335,6 +301,7 @@ def run(
             f"{len(prepared.sites)} site(s) hold data; use fewer --min-sites or "
             "more --sites"
         )
+    check_sizes(prepared)
     state_root = Path(cfg.options.state) if cfg.options.state else None
     check_states(prepared, state_root)
     if state_root is not None:

@@ -1,4 +1,5 @@
-"""Which state folder (ledger and policy) a simulated site's name is.
+"""The state folders (ledger and policy) of ``fedvault simulate``'s sites, and
+which folder a site's name is.
 
 Under ``fedvault simulate --state ROOT`` each site keeps its ledger in
 ``ROOT/<folder>``, the folder named from the site's name (characters other than
@@ -20,11 +21,20 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import tomli_w
+
+from fedvault.common.config import read_toml
 from fedvault.common.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedvault.server.simulate import PreparedData
 
 #: In each site's state folder: the site's name, as its first run wrote it.
 NAME_FILE = "site-name.txt"
+#: The smallest noise multiplier the policies ``simulate`` writes allow.
+MIN_NOISE_IN_SIMULATION = 0.3
 
 
 def folder_name(name: str) -> str:
@@ -101,3 +111,63 @@ def _existing(root: Path) -> dict[str, tuple[Path, str | None]]:
         else:
             found[identity(folder.name)] = (folder, None)
     return found
+
+
+def site_states(prepared: PreparedData, root: Path) -> list[Path]:
+    """One state folder per simulated site, holding its ledger and its policy.
+
+    A policy file that exists is the site's own and is never overwritten (a second
+    run on the same ``--state`` continues from the remaining budgets); a missing one
+    is written from the run's settings, with lifetime budget ``--site-budget``
+    (default: ``--epsilon``), and ``allow-non-private = true`` for a ``--no-dp``
+    run only (a site's policy decides whether a run may switch DP off).
+    """
+    t, opts = prepared.training, prepared.options
+    dataset = folder_name(Path(opts.data).stem) if opts.data else "breast-cancer"
+    budget = opts.site_budget or t.epsilon
+    names = [name for name, _ in prepared.sites]
+    folders = state_folders(names, root)
+    for name, folder in zip(names, folders, strict=True):
+        folder.mkdir(parents=True, exist_ok=True)
+        claim(folder, name)
+        policy = folder / "site.toml"
+        if not policy.exists():
+            table = {
+                "dataset-id": dataset,
+                "epsilon-max": budget,
+                "delta": t.delta,
+                "accountant": t.accountant,
+                "max-grad-norm": t.max_grad_norm,
+                "min-noise-multiplier": MIN_NOISE_IN_SIMULATION,
+            }
+            if not t.dp:
+                table["allow-non-private"] = True
+            policy.write_text(
+                "# Written by fedvault simulate for a simulated site; edit freely.\n"
+                + tomli_w.dumps({"privacy": table})
+            )
+    return folders
+
+
+def check_states(prepared: PreparedData, root: Path | None) -> None:
+    """Refuse, before anything is written, site names that are one site written
+    two ways or reach an existing ledger under another spelling
+    (:func:`~fedvault.server.site_names.state_folders`), and a ``--no-dp`` run on
+    a ``--state`` whose existing site policies do not allow it: those sites would
+    decline every message of the run. Raises :class:`ConfigError` naming the site
+    and the key."""
+    names = [name for name, _ in prepared.sites]
+    folders = state_folders(names, root)
+    if prepared.training.dp or root is None:
+        return
+    for name, folder in zip(names, folders, strict=True):
+        policy = folder / "site.toml"
+        if not policy.is_file():
+            continue
+        table = read_toml(policy).get("privacy", {})
+        if not (isinstance(table, dict) and table.get("allow-non-private") is True):
+            raise ConfigError(
+                f"no-dp: site {name}'s policy ({policy}) does not allow training "
+                "without differential privacy; it would decline the run (set "
+                "allow-non-private = true there, or use another --state)"
+            )
