@@ -121,3 +121,112 @@ def test_the_rounds_table_says_what_it_measured(tmp_path, figures, title, closin
     assert closing in text
     if not figures:
         assert "held-out test split" not in text
+
+
+def _one_line_exit_2(code, err, out, *needles):
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    assert not out.exists()
+
+
+def test_labels_written_two_ways_are_refused_naming_them(monkeypatch, capsys, tmp_path):
+    labels = ["Yes", "No", "yes"] * 20
+    data = _csv(tmp_path / "yn.csv", outcome=labels)
+    out = tmp_path / "run"
+    code, err = _simulate(
+        monkeypatch, capsys, "--data", data, "--target", "outcome", "--out", str(out)
+    )
+    _one_line_exit_2(
+        code, err, out, "target column 'outcome'", "'Yes', 'yes'", "differ only in case"
+    )
+
+
+def test_a_weak_delta_is_warned_of(caplog, tmp_path):
+    from fedvault.server import simulate as sim
+
+    data = _csv(tmp_path / "d.csv", n=100)
+    cfg = sim.load_config({"data": data, "target": "y", "sites": 2, "delta": 0.01})
+    sim.prepare_data(cfg)  # 40 rows a site, 34 training rows: 1/(10 n) = 0.0029
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("delta: 0.01 is a weak delta for the largest site")
+    assert "1/(10 n) = 0.00294" in warning
+    caplog.clear()
+    sim.prepare_data(sim.load_config({"data": data, "target": "y", "delta": 1e-4}))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_site_budget_on_sites_with_their_own_is_refused(monkeypatch, capsys, tmp_path):
+    """--site-budget sets the budget of new sites only: on a --state whose site
+    policies hold another one it used to be silently ignored."""
+    from fedvault.server import simulate as sim
+
+    state = tmp_path / "state"
+    prepared = sim.prepare_data(sim.load_config({"sites": 2, "site-budget": 4.0}))
+    sim.site_states(prepared, state)
+    policy = state / "site-1" / "site.toml"
+    before = policy.read_text()
+    out = tmp_path / "run"
+    args = ["--sites", "2", "--state", str(state), "--site-budget", "8"]
+    code, err = _simulate(monkeypatch, capsys, *args, "--out", str(out))
+    _one_line_exit_2(
+        code, err, out, f"site-budget: site site-1's policy ({policy})",
+        "epsilon-max = 4, not 8",
+    )  # fmt: skip
+    assert policy.read_text() == before
+    code, err = _simulate(
+        monkeypatch, capsys, *args[:-1], "4", "--sites", "0", "--out", str(out)
+    )
+    assert "site-budget" not in err  # the same budget is no conflict
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_noise_below_a_sites_minimum_is_refused_before_flower(
+    monkeypatch, capsys, tmp_path, existing
+):
+    state = tmp_path / "state"
+    args = ["--sites", "2", "--noise-multiplier", "0.6", "--state", str(state)]
+    if existing:
+        from fedvault.server import simulate as sim
+
+        sim.site_states(sim.prepare_data(sim.load_config({"sites": 2})), state)
+        policy = state / "site-1" / "site.toml"
+        policy.write_text(policy.read_text().replace("= 0.3", "= 0.8"))
+        where, floor = str(policy), "0.8"
+    else:
+        args[3] = "0.1"
+        where, floor = "as simulate writes it", "0.3"
+    out = tmp_path / "run"
+    code, err = _simulate(monkeypatch, capsys, *args, "--out", str(out))
+    _one_line_exit_2(
+        code, err, out, f"noise-multiplier: site site-1's policy ({where})",
+        f"below {floor}", f"--noise-multiplier {floor} or more",
+    )  # fmt: skip
+
+
+def test_the_same_seed_on_the_same_state_is_warned_of(monkeypatch, caplog, tmp_path):
+    """A simulated site's noise derives from the seed: a second run with the same
+    seed on the same state draws the same noise."""
+    from fedvault.server import simulate as sim
+
+    def flower(*_args):
+        raise RuntimeError("not started in this test")
+
+    monkeypatch.setattr(sim, "_simulate", flower)
+    state = tmp_path / "state"
+    for run, seed in (("a", 3), ("b", 4), ("c", 3)):
+        caplog.clear()
+        cfg = sim.load_config({"sites": 2, "seed": seed, "state": str(state)})
+        with pytest.raises(RuntimeError, match="not started"):
+            sim.run(cfg, tmp_path / run)
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert bool(warned) is (run == "c")
+    assert "already used --seed 3" in warned[0] and "same DP noise" in warned[0]
+
+
+def test_proximal_mu_is_an_option(monkeypatch, capsys, tmp_path):
+    """The README's study.toml sets proximal-mu, a key 'as the long options'."""
+    out = tmp_path / "run"
+    code, err = _simulate(monkeypatch, capsys, "--proximal-mu", "-1", "--out", str(out))
+    _one_line_exit_2(code, err, out, "proximal-mu: must be >= 0")

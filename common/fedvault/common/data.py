@@ -209,8 +209,9 @@ def _numbers(text: pd.Series) -> pd.Series:
 def check_target(frame: pd.DataFrame, target: str, *, source: str) -> pd.DataFrame:
     """Check the label column and drop rows whose label is missing.
 
-    Raises :class:`DataError` when the column is absent, has fewer than 2 classes,
-    or is no label by :func:`check_label_classes`.
+    Raises :class:`DataError` when the column is absent, writes a class in two
+    ways that differ only in case or spaces (``Yes``, ``yes``), has fewer than 2
+    classes, or is no label by :func:`check_label_classes`.
     """
     if target not in frame.columns:
         columns = ", ".join(map(str, frame.columns[:12]))
@@ -221,6 +222,7 @@ def check_target(frame: pd.DataFrame, target: str, *, source: str) -> pd.DataFra
     if missing:
         logger.warning("%s: dropping %d rows without a label", source, missing)
         frame = frame[frame[target].notna()].reset_index(drop=True)
+    _check_spelling(frame[target], target=target, source=source)
     counts = frame[target].value_counts()
     if len(counts) < 2:
         raise DataError(
@@ -231,6 +233,24 @@ def check_target(frame: pd.DataFrame, target: str, *, source: str) -> pd.DataFra
     if frame.shape[1] < 2:
         raise DataError(f"{source}: no feature columns besides {target!r}")
     return frame
+
+
+def _check_spelling(labels: pd.Series, *, target: str, source: str) -> None:
+    """Refuse classes written two ways (``Yes`` and ``yes``): as two classes they
+    would split one, and which spelling is right is the data owner's call."""
+    if pd.api.types.is_numeric_dtype(labels):
+        return
+    values = pd.Series(labels.dropna().unique()).astype(str)
+    keys = values.str.strip().str.casefold()
+    twice = keys[keys.duplicated(keep=False)]
+    if twice.empty:
+        return
+    spellings = ", ".join(repr(v) for v in values[keys == twice.iloc[0]])
+    raise DataError(
+        f"{source}: target column {target!r} writes one class in several ways "
+        f"({spellings}; they differ only in case or spaces); write each class one "
+        "way"
+    )
 
 
 def check_label_classes(counts: Iterable[int], *, target: str, source: str) -> None:

@@ -35,6 +35,7 @@ from fedvault.common.partition import (
     hold_out,
     partition_table,
     too_small,
+    validation_rows,
 )
 from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
@@ -47,7 +48,7 @@ from fedvault.server.rundir import (
     mark_interrupted,
 )
 from fedvault.server.settings import ServerSettings
-from fedvault.server.site_names import check_states, site_states
+from fedvault.server.site_names import check_states, seed_used_before, site_states
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ def _vaults(cfg: SimulationConfig) -> PreparedData:
         # every site also refuses, itself, a delta not below 1/n of its rows
         _with_delta(cfg, max(rows for rows, _ in facts))
     rows = tuple(rows for rows, _ in facts)
+    warn_weak_delta(cfg, rows)
     return PreparedData(sites=sites, test=None, excluded={}, config=cfg, rows=rows)
 
 
@@ -198,6 +200,7 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
         raise DataError("no site received any rows")
     settled = _with_delta(cfg, max(len(p) for _, p in parts))
     rows = tuple(len(part) for _, part in parts if not part.empty)
+    warn_weak_delta(cfg, rows)
     return PreparedData(
         sites=sites, test=test, excluded=excluded, config=settled, rows=rows
     )
@@ -219,6 +222,23 @@ def check_sizes(prepared: PreparedData) -> None:
         f"these hold {min(prepared.rows)} to {max(prepared.rows)}; use fewer "
         "--sites or more data"
     )
+
+
+def warn_weak_delta(cfg: SimulationConfig, rows: tuple[int, ...]) -> None:
+    """Warn of a ``--delta`` given explicitly that is below 1/n (else refused) but
+    above 1/(10 n) for the largest site's n training rows: the usual bound, and
+    the default, since a guarantee at delta allows revealing one row in 1/delta."""
+    t = cfg.training
+    if not (cfg.delta_given and t.dp and rows):
+        return
+    n = max(rows) - validation_rows(max(rows))
+    if 0.1 / n < t.delta < 1 / n:
+        logger.warning(
+            "delta: %g is a weak delta for the largest site (%d training rows): "
+            "above 1/(10 n) = %.3g, the usual bound and the default; a smaller "
+            "--delta gives a stronger guarantee",
+            t.delta, n, 0.1 / n,
+        )  # fmt: skip
 
 
 def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
@@ -307,6 +327,15 @@ def run(
     if state_root is not None:
         # a --state that cannot be made is refused before --out is created
         state_root.mkdir(parents=True, exist_ok=True)
+        seed = prepared.training.seed
+        if seed_used_before(state_root, seed) and prepared.training.dp:
+            logger.warning(
+                "seed: a run on --state %s already used --seed %d: the sites draw "
+                "the same DP noise as in that run, which comparing the two runs "
+                "cancels; use another --seed",
+                state_root,
+                seed,
+            )
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     try:

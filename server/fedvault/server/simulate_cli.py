@@ -83,6 +83,10 @@ def simulate(
             "fedmedian | fedtrimmedavg | krum | multikrum | bulyan (default: fedavg)."
         ),
     ] = None,
+    proximal_mu: Annotated[
+        float | None,
+        typer.Option(help="FedProx's proximal term mu (default: 0.01)."),
+    ] = None,
     malicious_sites: Annotated[
         int | None,
         typer.Option(

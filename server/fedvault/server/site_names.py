@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 #: In each site's state folder: the site's name, as its first run wrote it.
 NAME_FILE = "site-name.txt"
+#: In the ``--state`` folder: the seeds of the runs made on it, one a line.
+SEEDS_FILE = "seeds-used.txt"
 #: The smallest noise multiplier the policies ``simulate`` writes allow.
 MIN_NOISE_IN_SIMULATION = 0.3
 
@@ -95,6 +97,21 @@ def claim(folder: Path, name: str) -> None:
         path.write_text(name + "\n", encoding="utf-8")
 
 
+def seed_used_before(root: Path, seed: int) -> bool:
+    """Whether a run on the state ``root`` already used ``seed`` (recorded now).
+
+    A simulated site's DP noise derives from the run's seed, its name and the
+    round: a second run with the same seed draws the same noise, which comparing
+    the two runs cancels."""
+    path = root / SEEDS_FILE
+    used = path.read_text(encoding="utf-8").split() if path.is_file() else []
+    if str(seed) in used:
+        return True
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(f"{seed}\n")
+    return False
+
+
 def _existing(root: Path) -> dict[str, tuple[Path, str | None]]:
     """identity -> (folder, the site's recorded name) of the state folders under
     ``root``; the name is None for a folder made before names were recorded."""
@@ -150,24 +167,59 @@ def site_states(prepared: PreparedData, root: Path) -> list[Path]:
 
 
 def check_states(prepared: PreparedData, root: Path | None) -> None:
-    """Refuse, before anything is written, site names that are one site written
-    two ways or reach an existing ledger under another spelling
-    (:func:`~fedvault.server.site_names.state_folders`), and a ``--no-dp`` run on
-    a ``--state`` whose existing site policies do not allow it: those sites would
-    decline every message of the run. Raises :class:`ConfigError` naming the site
-    and the key."""
+    """Refuse, before anything is written, what the sites would only refuse once
+    Flower runs: site names that are one site written two ways or reach an
+    existing ledger under another spelling (:func:`state_folders`), a fixed
+    ``--noise-multiplier`` below a site's minimum, and on a ``--state`` with
+    existing site policies a ``--no-dp`` run they do not allow or a
+    ``--site-budget`` other than the lifetime budget they hold (a site's policy
+    decides; it is never overwritten). Raises :class:`ConfigError` naming the
+    site, its policy file and the key."""
     names = [name for name, _ in prepared.sites]
     folders = state_folders(names, root)
-    if prepared.training.dp or root is None:
-        return
     for name, folder in zip(names, folders, strict=True):
         policy = folder / "site.toml"
-        if not policy.is_file():
-            continue
-        table = read_toml(policy).get("privacy", {})
-        if not (isinstance(table, dict) and table.get("allow-non-private") is True):
+        table: dict[str, object] = {"min-noise-multiplier": MIN_NOISE_IN_SIMULATION}
+        held = read_toml(policy).get("privacy") if root and policy.is_file() else None
+        new = not isinstance(held, dict)
+        if isinstance(held, dict):
+            table = held
+        problem = _policy_problem(prepared, table, new=new)
+        if problem is not None:
+            where = "as simulate writes it" if new else str(policy)
             raise ConfigError(
-                f"no-dp: site {name}'s policy ({policy}) does not allow training "
-                "without differential privacy; it would decline the run (set "
-                "allow-non-private = true there, or use another --state)"
+                f"{problem[0]}: site {name}'s policy ({where}) {problem[1]}"
             )
+
+
+def _policy_problem(
+    prepared: PreparedData, table: dict[str, object], *, new: bool
+) -> tuple[str, str] | None:
+    """(option, what the policy says) when the run asks what ``table`` refuses."""
+    t, budget = prepared.training, prepared.options.site_budget
+    floor = table.get("min-noise-multiplier")
+    fixed = t.noise_multiplier if t.dp else 0.0  # 0: each site plans its own
+    if isinstance(floor, int | float) and 0 < fixed < floor:
+        return (
+            "noise-multiplier",
+            f"allows no noise multiplier below {floor:g}; it would decline "
+            f"{fixed:g} (use --noise-multiplier {floor:g} or more)",
+        )
+    if new:
+        return None
+    if not t.dp and table.get("allow-non-private") is not True:
+        return (
+            "no-dp",
+            "does not allow training without differential privacy; it would "
+            "decline the run (set allow-non-private = true there, or use another "
+            "--state)",
+        )
+    held = table.get("epsilon-max")
+    if budget and isinstance(held, int | float) and held != budget:
+        return (
+            "site-budget",
+            f"holds its own lifetime budget epsilon-max = {held:g}, not "
+            f"{budget:g}: --site-budget only sets the budget of new sites (edit "
+            "epsilon-max there, or leave --site-budget out)",
+        )
+    return None
