@@ -48,7 +48,7 @@ def test_one_ledger_per_hospital_across_files_and_spellings(tmp_path):
         "site_code=012",
         "site_code=A15",
     ]
-    folders = sorted(p.name for p in state.iterdir())
+    folders = sorted(p.name for p in state.iterdir() if p.is_dir())
     named = {*first["sites"], *second["sites"]}  # 4 sites, 007 in both runs
     assert folders == sorted(folder_name(n) for n in named) and len(folders) == 4
     ledger = verify_ledger(state / "site_code_007", "jan")
@@ -62,4 +62,4 @@ def test_one_ledger_per_hospital_across_files_and_spellings(tmp_path):
     with pytest.raises(ConfigError, match="under another spelling"):
         _run(tmp_path, "mar", plain, state, epsilon=1.0)
     assert not (tmp_path / "mar").exists()
-    assert sorted(p.name for p in state.iterdir()) == folders
+    assert sorted(p.name for p in state.iterdir() if p.is_dir()) == folders
