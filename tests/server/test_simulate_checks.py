@@ -230,3 +230,22 @@ def test_proximal_mu_is_an_option(monkeypatch, capsys, tmp_path):
     out = tmp_path / "run"
     code, err = _simulate(monkeypatch, capsys, "--proximal-mu", "-1", "--out", str(out))
     _one_line_exit_2(code, err, out, "proximal-mu: must be >= 0")
+
+
+def test_no_evaluation_at_all_is_said_before_flower(caplog, tmp_path):
+    """Vaults (no central test data) of fewer than 20 rows each: no site holds a
+    validation split, so the model cannot be evaluated; said before the run."""
+    from fedvault.server import simulate as sim
+
+    def prepared(rows):
+        sites = [(f"v{i}", tmp_path / f"v{i}") for i in range(len(rows))]
+        config = sim.load_config({"sites": 2})
+        return sim.PreparedData(sites, None, {}, config, rows=rows)
+
+    sim.check_sizes(prepared((12, 19)))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "no site holds a validation split" in warning
+    assert "will not be evaluated" in warning
+    caplog.clear()
+    sim.check_sizes(prepared((12, 20)))
+    assert not caplog.records

@@ -31,6 +31,7 @@ from fedvault.common.data import (
 )
 from fedvault.common.errors import ConfigError, DataError, FederationError
 from fedvault.common.partition import (
+    VALIDATION_FROM_ROWS,
     PartitionSpec,
     hold_out,
     partition_table,
@@ -209,9 +210,16 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
 def check_sizes(prepared: PreparedData) -> None:
     """Refuse, before Flower starts, sites too small for any round to run: fewer
     than ``min-sites`` of them would hold the training rows a site needs to train
-    (:func:`~fedvault.common.partition.too_small`). Raises :class:`ConfigError`."""
+    (:func:`~fedvault.common.partition.too_small`); warns when the model could not
+    be evaluated at all. Raises :class:`ConfigError`."""
     need = prepared.training.min_sites
     able = sum(not too_small(rows) for rows in prepared.rows)
+    if prepared.test is None and not any(validation_rows(n) for n in prepared.rows):
+        logger.warning(
+            "no central test data and no site holds a validation split (a site "
+            "holds one from %d rows on): the model will not be evaluated",
+            VALIDATION_FROM_ROWS,
+        )
     if not prepared.rows or able >= need:
         return
     what = "vaults" if prepared.options.vaults else "sites"
