@@ -138,20 +138,17 @@ def test_user_certificate_names_user_and_role(ca, tmp_path):
 
 def test_user_list_refuses_unknown_revoked_and_other_certificates(ca, tmp_path):
     ca_pem = (ca / "ca.crt").read_bytes()
-    first = read_user_cert(
-        issue_user_cert(ca, tmp_path / "a", name="alice", role="researcher").read_bytes(),
-        ca_pem,
-    )
-    second = read_user_cert(
-        issue_user_cert(ca, tmp_path / "b", name="alice", role="admin").read_bytes(),
-        ca_pem,
-    )
+    a = issue_user_cert(ca, tmp_path / "a", name="alice", role="researcher")
+    b = issue_user_cert(ca, tmp_path / "b", name="alice", role="admin")
+    first = read_user_cert(a.read_bytes(), ca_pem)
+    second = read_user_cert(b.read_bytes(), ca_pem)
     registry = UserRegistry(tmp_path / "users.json")
     with pytest.raises(UnknownUserError, match="not enrolled"):
         registry.authenticate(first)
     registry.add(first)
     registry.save()
-    assert UserRegistry(tmp_path / "users.json").authenticate(first).role == "researcher"
+    reread = UserRegistry(tmp_path / "users.json")
+    assert reread.authenticate(first).role == "researcher"
     with pytest.raises(UnknownUserError, match="not the enrolled one"):
         registry.authenticate(second)
     with pytest.raises(ConfigError, match="already enrolled"):
