@@ -196,3 +196,28 @@ def gov_whos(root: Path) -> set[str]:
         if log.exists()
         else set()
     )
+
+
+def test_the_remote_commands_speak_for_the_user(service, monkeypatch, capsys):
+    from consortium import run_fedvault
+
+    _, address, root = service
+    generate_site_keys(root / "k")
+    users = root / "users"
+
+    def remote(name, *args):
+        conn = [
+            "--coordinator", address, "--cert", str(users / f"{name}.crt"),
+            "--key", str(users / f"{name}.key"), "--ca", str(root / "certs" / "ca.crt"),
+        ]  # fmt: skip
+        return run_fedvault(monkeypatch, capsys, "server", "remote", *conn, *args)
+
+    code, out = remote("ada", "add-site", "site-9", str(root / "k" / "site.pub"))
+    assert code == 0 and "site site-9 enrolled (SHA256:" in out
+    code, out = remote("alice", "add-site", "site-8", str(root / "k" / "site.pub"))
+    assert code == 1 and "error: refused: role 'researcher' may not call AddSite" in out
+    code, out = remote("alice", "submit", str(root / "policy.toml"))
+    assert code == 2 and "error: config: unknown table 'limits'" in out
+    code, out = remote("eve", "audit")
+    assert code == 0 and out.count('"method": "AddSite"') == 2, out
+    assert '"who": "alice"' in out and '"outcome": "denied"' in out

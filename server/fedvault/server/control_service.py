@@ -13,6 +13,7 @@ leaves. Refusals and bad input answer one line (``PERMISSION_DENIED``,
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,7 @@ from fedvault.server.study_policy import check_study, load_limits, parse_study
 from fedvault.server.users import UnknownUserError, UserEntry, UserRegistry
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 WATCH_POLL = 2.0
 
 
@@ -116,6 +118,17 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                 detail=str(exc),
             )
             context.abort(code, str(exc))
+        except Exception as exc:  # a bug or the disk: audited, then one line
+            logger.exception("%s failed", method)
+            self.audit.append(
+                who=who,
+                role=role,
+                method=method,
+                args=args,
+                outcome="error",
+                detail=f"internal error ({type(exc).__name__})",
+            )
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the log")
         self.audit.append(
             who=who, role=role, method=method, args=args, outcome="ok", detail=detail
         )

@@ -29,6 +29,7 @@ from fedvault.server.control_service import Governance, start_service
 from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout
 from fedvault.server.deploy import load_coordinator_config as _load
 from fedvault.server.registry import SiteRegistry
+from fedvault.server.remote_cli import remote_app
 from fedvault.server.study_policy import load_limits
 from fedvault.server.superlink import superlink
 from fedvault.server.users import UserRegistry
@@ -44,10 +45,11 @@ users_app = command_group("users", "Enroll and revoke users (on the coordinator)
 
 
 def register(server_app: typer.Typer) -> None:
-    """Add ``serve``, ``audit`` and ``users`` to the ``fedvault server`` group."""
+    """Add ``serve``, ``audit``, ``users`` and ``remote`` to ``fedvault server``."""
     server_app.command("serve")(serve)
     server_app.add_typer(audit_app, name="audit")
     server_app.add_typer(users_app, name="users")
+    server_app.add_typer(remote_app, name="remote")
 
 
 def governance_dir(cfg: CoordinatorConfig) -> Path:
