@@ -166,7 +166,8 @@ def test_roles_ownership_revocation_and_the_audit_trail(service):
     outcomes = {(e["who"], e["method"], e["outcome"]) for e in entries}
     assert ("alice", "AddSite", "denied") in outcomes
     assert ("eve", "RevokeUser", "denied") in outcomes
-    assert ("?", "ListSites", "denied") in outcomes
+    assert ("mallory", "ListSites", "denied") in outcomes  # named, not enrolled
+    assert ("alice", "ListSites", "denied") in outcomes  # revoked
     assert ("ada", "AddSite", "error") in outcomes
     assert ("ada", "RevokeUser", "ok") in outcomes
     assert all(e["args"].startswith("sha256:") for e in entries)

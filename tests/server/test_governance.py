@@ -202,3 +202,12 @@ def test_studies_outside_the_limits_are_refused(tmp_path, change, message):
 def test_malformed_studies_are_refused(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         parse_study(text, base=tmp_path)
+
+
+def test_an_expired_user_certificate_is_refused(ca, tmp_path):
+    import datetime as dt
+
+    cert = issue_user_cert(ca, tmp_path / "u", name="alice", role="auditor", days=1)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    with pytest.raises(IntegrityError, match="expired"):
+        read_user_cert(cert.read_bytes(), (ca / "ca.crt").read_bytes(), now=later)

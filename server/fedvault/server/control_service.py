@@ -25,7 +25,7 @@ import grpc
 from google.protobuf.message import Message
 
 from fedvault.common.errors import ConfigError, FederationError, IntegrityError
-from fedvault.common.user_certs import read_user_cert
+from fedvault.common.user_certs import UserIdentity, read_user_cert
 from fedvault.proto import coordinator_pb2 as pb
 from fedvault.proto import coordinator_pb2_grpc as pb_grpc
 from fedvault.server import control
@@ -83,13 +83,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.audit = AuditLog(gov.audit)
         self.runs = RunBook(gov.root, gov.layout)
 
-    def _identity(self, context: grpc.ServicerContext) -> tuple[str, str, UserEntry]:
+    def _certificate(self, context: grpc.ServicerContext) -> UserIdentity:
         found: object = context.auth_context().get("x509_pem_cert")
         if not isinstance(found, list) or not found:
             raise UnknownUserError("no client certificate")
-        identity = read_user_cert(found[0], self.gov.ca_pem)
-        entry = UserRegistry(self.gov.users).authenticate(identity)
-        return identity.name, identity.role, entry
+        try:
+            return read_user_cert(found[0], self.gov.ca_pem)
+        except IntegrityError as exc:
+            raise UnknownUserError(str(exc)) from None
 
     def _serve(
         self,
@@ -102,10 +103,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         args = digest(request.SerializeToString(deterministic=True))
         who, role = "?", "?"
         try:
-            try:
-                who, role, entry = self._identity(context)
-            except (UnknownUserError, IntegrityError) as exc:
-                raise UnknownUserError(str(exc)) from None
+            identity = self._certificate(context)
+            who, role = identity.name, identity.role
+            entry = UserRegistry(self.gov.users).authenticate(identity)
             result, detail = action(entry, authorize(entry.role, method))
         except (AccessDeniedError, ConfigError, IntegrityError, FederationError) as exc:
             code, outcome = _refusal(exc)
