@@ -127,6 +127,13 @@ def test_roles_ownership_revocation_and_the_audit_trail(service):
         assert call(lambda: alice.ListRuns(pb.ListRunsRequest())).runs == []
     with connect(address, _as(root, "bob")) as bob:
         assert call(lambda: bob.GetRun(pb.RunRef(run_id="7"))).status == "completed"
+        with pytest.raises(ConfigError, match="run-id: must not be empty"):
+            call(lambda: bob.GetRun(pb.RunRef()))
+    with (
+        connect(address, _as(root, "ada")) as admin,
+        pytest.raises(ConfigError, match="run '8': no such run"),
+    ):
+        call(lambda: admin.StopRun(pb.RunRef(run_id="8")))
 
     with connect(address, _as(root, "eve")) as auditor:
         assert [
