@@ -81,7 +81,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     def __init__(self, gov: Governance) -> None:
         self.gov = gov
         self.audit = AuditLog(gov.audit)
-        self.runs = RunBook(gov.root, gov.layout)
+        self.runs = RunBook(gov.root, gov.layout, self.audit)
 
     def _certificate(self, context: grpc.ServicerContext) -> UserIdentity:
         found: object = context.auth_context().get("x509_pem_cert")

@@ -21,6 +21,7 @@ from fedvault.common.cli import (
     output_console,
     say,
 )
+from fedvault.common.errors import FederationError
 from fedvault.common.files import PidLock, atomic_write, private
 from fedvault.common.user_certs import read_user_cert
 from fedvault.server.audit_log import AuditLog, digest, verify
@@ -30,6 +31,7 @@ from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout
 from fedvault.server.deploy import load_coordinator_config as _load
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.remote_cli import remote_app
+from fedvault.server.run_book import RunBook, RunRecord
 from fedvault.server.study_policy import load_limits
 from fedvault.server.superlink import superlink
 from fedvault.server.users import UserRegistry
@@ -39,6 +41,7 @@ console = output_console()
 
 ConfigOption = Annotated[Path, typer.Option("--config", help="coordinator.toml")]
 OPERATOR = "operator@localhost"
+MONITOR_SECONDS = 10.0
 
 audit_app = command_group("audit", "Read and verify the coordinator's audit log.")
 users_app = command_group("users", "Enroll and revoke users (on the coordinator).")
@@ -109,9 +112,13 @@ def _serve_until_stopped(gov: Governance, cfg: CoordinatorConfig, listen: str) -
     doc = {"address": address, "port": port}
     atomic_write(gov.root / "service.json", (json.dumps(doc) + "\n").encode())
     say(console, f"coordinator service on {address} (mutual TLS); Ctrl-C stops it")
+    book = RunBook(gov.root, gov.layout, audit)
     try:
-        while True:
-            time.sleep(1.0)
+        while True:  # notice runs that end while nobody asks about them
+            time.sleep(MONITOR_SECONDS)
+            for record in book.all():
+                if record.status == "running":
+                    _refresh_quietly(book, record)
     finally:
         server.stop(grace=2.0).wait()
         (gov.root / "service.json").unlink(missing_ok=True)
@@ -122,6 +129,13 @@ def _serve_until_stopped(gov: Governance, cfg: CoordinatorConfig, listen: str) -
             args=digest(b""),
             outcome="ok",
         )
+
+
+def _refresh_quietly(book: RunBook, record: RunRecord) -> None:
+    try:
+        book.refresh(record)
+    except FederationError as exc:
+        logger.warning("run %s: %s", record.run_id, exc)
 
 
 @audit_app.command("verify")

@@ -20,11 +20,13 @@ from typing import Any
 from fedvault.common.errors import ConfigError, FederationError
 from fedvault.common.files import atomic_write
 from fedvault.server import _flower
+from fedvault.server.audit_log import AuditLog, digest
 from fedvault.server.control import flwr_json, run_status
 from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout, run_config
 from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE
 from fedvault.server.runstate import read_events
 
+_LOCK = threading.Lock()  # one writer of runs.json in this process
 _STATES = {
     "finished:completed": "completed",
     "finished:failed": "failed",
@@ -42,14 +44,22 @@ class RunRecord:
     status: str = "submitted"
 
 
-class RunBook:
-    """The service's runs: ``governance/runs.json`` and one folder per run."""
+COORDINATOR = "coordinator@localhost"
 
-    def __init__(self, root: Path, layout: CoordinatorLayout) -> None:
+
+class RunBook:
+    """The service's runs: ``governance/runs.json`` and one folder per run; with
+    an audit log, the end of each run (completed, failed, stopped) is appended to
+    it once, by whichever caller sees it first."""
+
+    def __init__(
+        self, root: Path, layout: CoordinatorLayout, audit: AuditLog | None = None
+    ) -> None:
         self.root = root
         self.layout = layout
         self.file = root / "runs.json"
-        self._lock = threading.Lock()
+        self.audit = audit
+        self._lock = _LOCK
 
     def _load(self) -> dict[str, RunRecord]:
         if not self.file.exists():
@@ -117,8 +127,19 @@ class RunBook:
         fresh = replace(record, status=status)
         with self._lock:
             runs = self._load()
+            if runs[record.run_id].status != record.status:
+                return runs[record.run_id]  # another caller saw the change first
             runs[record.run_id] = fresh
             self._save(runs)
+            if self.audit is not None and status != "running":
+                self.audit.append(
+                    who=COORDINATOR,
+                    role="coordinator",
+                    method="RunEnded",
+                    args=digest(record.run_key.encode()),
+                    outcome="ok",
+                    detail=f"run {record.run_id} run-key {record.run_key} {status}",
+                )
         return fresh
 
     def stop(self, record: RunRecord) -> None:
