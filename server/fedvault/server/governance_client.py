@@ -17,7 +17,7 @@ from fedvault.proto import coordinator_pb2_grpc as pb_grpc
 from fedvault.server.rbac import AccessDeniedError
 
 T = TypeVar("T")
-TIMEOUT = 120.0
+TIMEOUT = 120.0  # seconds a unary call may take (a study submission included)
 
 
 class RefusedError(AccessDeniedError):
@@ -72,4 +72,4 @@ def connect(address: str, user: UserCredentials) -> Iterator[pb_grpc.Coordinator
         yield pb_grpc.CoordinatorStub(channel)  # type: ignore[no-untyped-call]
 
 
-__all__ = ["RefusedError", "UserCredentials", "call", "connect", "pb"]
+__all__ = ["TIMEOUT", "RefusedError", "UserCredentials", "call", "connect", "pb"]

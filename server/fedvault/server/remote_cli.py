@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +19,13 @@ from fedvault.common.cli import (
     output_console,
     say,
 )
-from fedvault.server.governance_client import UserCredentials, call, connect, pb
+from fedvault.server.governance_client import (
+    TIMEOUT,
+    UserCredentials,
+    call,
+    connect,
+    pb,
+)
 
 console = output_console()
 remote_app = command_group(
@@ -51,10 +56,12 @@ def _connection(
     ctx.obj = (coordinator, UserCredentials(cert, key, ca))
 
 
-def _do(ctx: typer.Context, rpc: Callable[[Any], Message], fmt: OutputFormat) -> Any:
+def _do(ctx: typer.Context, method: str, request: Message, fmt: OutputFormat) -> Any:
+    """One unary call (with the client's deadline); prints JSON when asked."""
     address, user = _session(ctx)
     with connect(address, user) as stub:
-        reply = call(lambda: rpc(stub))
+        rpc = getattr(stub, method)
+        reply = call(lambda: rpc(request, timeout=TIMEOUT))
     doc = MessageToDict(reply, preserving_proto_field_name=True)
     if fmt is OutputFormat.JSON:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
@@ -69,7 +76,7 @@ def submit(
 ) -> None:
     """Submit a study; it is checked against the consortium's limits first."""
     request = pb.SubmitRunRequest(study_toml=study.read_text())
-    doc = _do(ctx, lambda s: s.SubmitRun(request), output_format)
+    doc = _do(ctx, "SubmitRun", request, output_format)
     if output_format is OutputFormat.TEXT:
         say(console, f"run {doc['run_id']} submitted (run key {doc['run_key']})")
 
@@ -77,7 +84,7 @@ def submit(
 @remote_app.command("runs")
 def runs(ctx: typer.Context, output_format: FormatOption = OutputFormat.TEXT) -> None:
     """The runs the user may see (a researcher: its own)."""
-    doc = _do(ctx, lambda s: s.ListRuns(pb.ListRunsRequest()), output_format)
+    doc = _do(ctx, "ListRuns", pb.ListRunsRequest(), output_format)
     if output_format is OutputFormat.TEXT:
         for run in doc.get("runs", []):
             say(
@@ -95,7 +102,7 @@ def run(
 ) -> None:
     """One run's state and, once it ended, its summary (results, epsilon per site,
     declines)."""
-    doc = _do(ctx, lambda s: s.GetRun(pb.RunRef(run_id=run_id)), output_format)
+    doc = _do(ctx, "GetRun", pb.RunRef(run_id=run_id), output_format)
     if output_format is OutputFormat.TEXT:
         say(console, f"run {doc['run_id']} {doc['status']}")
 
@@ -103,7 +110,7 @@ def run(
 @remote_app.command("stop")
 def stop(ctx: typer.Context, run_id: Annotated[str, typer.Argument()]) -> None:
     """Stop a run (an admin: any; a researcher: its own)."""
-    _do(ctx, lambda s: s.StopRun(pb.RunRef(run_id=run_id)), OutputFormat.TEXT)
+    _do(ctx, "StopRun", pb.RunRef(run_id=run_id), OutputFormat.TEXT)
     say(console, f"run {run_id}: stop requested")
 
 
@@ -129,14 +136,14 @@ def add_site(
 ) -> None:
     """Enroll a site by its public key (admin); it can connect at once."""
     request = pb.AddSiteRequest(name=name, public_key=public_key.read_text())
-    doc = _do(ctx, lambda s: s.AddSite(request), OutputFormat.TEXT)
+    doc = _do(ctx, "AddSite", request, OutputFormat.TEXT)
     say(console, f"site {name} enrolled ({doc['fingerprint']})")
 
 
 @remote_app.command("remove-site")
 def remove_site(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
     """Remove a site and revoke its key for good (admin)."""
-    _do(ctx, lambda s: s.RemoveSite(pb.RemoveSiteRequest(name=name)), OutputFormat.TEXT)
+    _do(ctx, "RemoveSite", pb.RemoveSiteRequest(name=name), OutputFormat.TEXT)
     say(console, f"site {name} removed")
 
 
@@ -147,27 +154,27 @@ def add_user(
 ) -> None:
     """Enroll a user by its certificate (admin)."""
     request = pb.AddUserRequest(certificate_pem=certificate.read_text())
-    doc = _do(ctx, lambda s: s.AddUser(request), OutputFormat.TEXT)
+    doc = _do(ctx, "AddUser", request, OutputFormat.TEXT)
     say(console, f"user {doc['name']} enrolled as {doc['role']}")
 
 
 @remote_app.command("revoke-user")
 def revoke_user(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
     """Revoke a user (admin): its next call is refused."""
-    _do(ctx, lambda s: s.RevokeUser(pb.RevokeUserRequest(name=name)), OutputFormat.TEXT)
+    _do(ctx, "RevokeUser", pb.RevokeUserRequest(name=name), OutputFormat.TEXT)
     say(console, f"user {name} revoked")
 
 
 @remote_app.command("sites")
 def sites(ctx: typer.Context, output_format: FormatOption = OutputFormat.JSON) -> None:
     """The enrolled sites."""
-    _do(ctx, lambda s: s.ListSites(pb.ListSitesRequest()), output_format)
+    _do(ctx, "ListSites", pb.ListSitesRequest(), output_format)
 
 
 @remote_app.command("users")
 def users(ctx: typer.Context, output_format: FormatOption = OutputFormat.JSON) -> None:
     """The enrolled users (admin, auditor)."""
-    _do(ctx, lambda s: s.ListUsers(pb.ListUsersRequest()), output_format)
+    _do(ctx, "ListUsers", pb.ListUsersRequest(), output_format)
 
 
 @remote_app.command("audit")
@@ -178,6 +185,6 @@ def audit(
 ) -> None:
     """The audit log's entries, as stored (admin, auditor)."""
     request = pb.ReadAuditRequest(start=start, limit=limit)
-    doc = _do(ctx, lambda s: s.ReadAudit(request), OutputFormat.TEXT)
+    doc = _do(ctx, "ReadAudit", request, OutputFormat.TEXT)
     for line in doc.get("lines", []):
         sys.stdout.write(line + "\n")
