@@ -214,9 +214,12 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
     assert [e["who"] for e in submitted] == ["alice", "alice"]
     assert all("run-key" in e["detail"] for e in submitted)
     ended = [e["detail"] for e in entries if e["method"] == "RunEnded"]
-    assert sorted(ended) == sorted(
-        f"run {r.run_id} run-key {r.run_key} completed" for r in (first, second)
-    )
+    assert ended == [
+        f"run {first.run_id} run-key {first.run_key} completed; sites site-0, site-1",
+        f"run {second.run_id} run-key {second.run_key} completed; sites site-0; "
+        "excluded site-1 (declined (policy): the run trains model 'logreg'; the "
+        "site approves only mlp ([approval] models))",
+    ]
     code, out = run_fedvault(monkeypatch, capsys, "server", "audit", "verify", *config)
     assert code == 0 and "chain intact" in out, out
     data = bytearray(log.read_bytes())

@@ -138,9 +138,25 @@ class RunBook:
                     method="RunEnded",
                     args=digest(record.run_key.encode()),
                     outcome="ok",
-                    detail=f"run {record.run_id} run-key {record.run_key} {status}",
+                    detail=f"run {record.run_id} run-key {record.run_key} {status}"
+                    + self._who_took_part(record),
                 )
         return fresh
+
+    def _who_took_part(self, record: RunRecord) -> str:
+        """``; sites A, B; excluded C (why)`` from the run's summary, if any."""
+        try:
+            summary = json.loads(self.summary(record) or "{}")
+        except json.JSONDecodeError:
+            return ""
+        sites = ", ".join(sorted(summary.get("sites", {})))
+        excluded = "; ".join(
+            f"{name} ({why})"
+            for name, why in sorted(summary.get("excluded_sites", {}).items())
+        )
+        return (f"; sites {sites}" if sites else "") + (
+            f"; excluded {excluded}" if excluded else ""
+        )
 
     def stop(self, record: RunRecord) -> None:
         flwr_json(self.layout, "stop", record.run_id)
