@@ -196,6 +196,9 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
         assert _digest(*state) == before
 
         with connect(address, _as(root, "ada")) as admin:
+            call(lambda: admin.RemoveSite(pb.RemoveSiteRequest(name="site-1")))
+            left = call(lambda: admin.ListSites(pb.ListSitesRequest())).sites
+            assert [s.name for s in left] == ["site-0"]
             call(lambda: admin.RevokeUser(pb.RevokeUserRequest(name="bob")))
         with (
             connect(address, _as(root, "bob")) as bob,
@@ -212,6 +215,9 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
         e for e in entries if e["method"] == "SubmitRun" and e["outcome"] == "ok"
     ]
     assert [e["who"] for e in submitted] == ["alice", "alice"]
+    removed = [e for e in entries if e["method"] == "RemoveSite"]
+    assert [(e["who"], e["outcome"]) for e in removed][-1] == ("ada", "ok")
+    assert "site site-1 SHA256:" in removed[-1]["detail"]
     assert all("run-key" in e["detail"] for e in submitted)
     ended = [e["detail"] for e in entries if e["method"] == "RunEnded"]
     assert ended == [
