@@ -44,6 +44,8 @@ class SiteSettings:
     state: Path | None = None
     policy: Path | None = None
     simulated: bool = False  # one party holds every site (``fedvault simulate``)
+    # simulation only (``fedvault privacy audit``): rows added to the training rows
+    canaries: Path | None = None
 
     def __post_init__(self) -> None:
         if (self.data is None) == (self.vault is None):
@@ -87,6 +89,7 @@ def _from(
         state=get("state"),
         policy=get("policy"),
         simulated=simulated,
+        canaries=get("canaries") if simulated else None,
     )
 
 
@@ -123,8 +126,11 @@ def _load_split(site: SiteSettings, version: int, target: str) -> SplitData:
     order = rng.permutation(len(frame))
     n_val = round(len(frame) * VALIDATION_SHARE) if len(frame) >= 20 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
+    train = frame.iloc[np.sort(train_idx)]
+    if site.canaries is not None:  # after the split: every canary trains
+        train = pd.concat([train, load_table(site.canaries)])
     return SplitData(
-        train=frame.iloc[np.sort(train_idx)].reset_index(drop=True),
+        train=train.reset_index(drop=True),
         validation=frame.iloc[np.sort(val_idx)].reset_index(drop=True),
     )
 

@@ -272,14 +272,15 @@ def check_states(prepared: PreparedData, root: Path) -> None:
 
 
 def _site_inputs(
-    prepared: PreparedData, work: Path
+    prepared: PreparedData, work: Path, canaries: Mapping[str, pd.DataFrame]
 ) -> tuple[list[dict[str, str]], str]:
     """Write each data site's rows to its own file; vault sites keep their vault.
+    ``canaries``: an auditor's rows added to a site's training rows (by site name).
     Returns the per-site run-config entries and the test file ('' if none)."""
     data_dir = work / "sites"
     data_dir.mkdir()
-    entries = []
-    for pid, (_, source) in enumerate(prepared.sites):
+    entries: list[dict[str, str]] = []
+    for pid, (name, source) in enumerate(prepared.sites):
         if isinstance(source, Path):
             key = str(Path(prepared.options.key).resolve())
             entries.append({"vault": str(source), "key-file": key})
@@ -287,6 +288,9 @@ def _site_inputs(
         path = data_dir / f"site-{pid}.parquet"
         source.to_parquet(path, index=False)
         entries.append({"data": str(path)})
+        if name in canaries:  # data sites only
+            canaries[name].to_parquet(extra := data_dir / f"c-{pid}.parquet")
+            entries[-1]["canaries"] = str(extra)
     if prepared.test is None:
         return entries, ""
     test_file = work / "test.parquet"
@@ -320,9 +324,14 @@ def _run_config(
 
 
 def run(
-    cfg: SimulationConfig, out: Path, *, on_poll: Callable[[], None] | None = None
+    cfg: SimulationConfig,
+    out: Path,
+    *,
+    on_poll: Callable[[], None] | None = None,
+    canaries: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
-    """Run the simulation; returns the parsed ``summary.json``.
+    """Run the simulation; returns the parsed ``summary.json``. ``canaries``
+    (``fedvault privacy audit``): rows added to the named sites' training rows.
 
     Everything is validated before ``out`` is created: bad input leaves no trace.
     """
@@ -342,7 +351,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     try:
-        status = _simulate(cfg, prepared, out, state_root, on_poll)
+        status = _simulate(cfg, prepared, out, state_root, on_poll, canaries or {})
     except KeyboardInterrupt:
         mark_interrupted(out)
         raise
@@ -358,12 +367,13 @@ def _simulate(
     out: Path,
     state_root: Path | None,
     on_poll: Callable[[], None] | None,
+    canaries: Mapping[str, pd.DataFrame],
 ) -> str:
     """Flower's part of the run, in a private work folder removed at the end
     (an interrupt included); returns the run's final status."""
     with tempfile.TemporaryDirectory(prefix="fedvault-sim-") as tmp:
         layout = _flower.SimulationLayout(Path(tmp))
-        entries, test_file = _site_inputs(prepared, layout.work)
+        entries, test_file = _site_inputs(prepared, layout.work, canaries)
         port = free_port()
         states = site_states(prepared, state_root or layout.work / "state")
         run_config = _run_config(prepared, out, entries, test_file, states)
