@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedvault.common import certs
+from fedvault.common import certs, user_certs
 from fedvault.common.cli import FormatOption, OutputFormat, command_group, say
 from fedvault.common.errors import ConfigError
 
@@ -82,6 +82,26 @@ def server(
         console,
         f"coordinator certificate {cert} for {host}"
         + (f" and {', '.join(ip)}" if ip else ""),
+    )
+
+
+@certs_app.command("user")
+def user(
+    name: Annotated[str, typer.Argument(help="User name (letters, digits, . _ -).")],
+    role: Annotated[str, typer.Option(help="admin, researcher or auditor.")],
+    ca: Annotated[Path, typer.Option(help="Folder holding the CA.")] = Path("certs"),
+    out: Annotated[Path, typer.Option(help="Folder for NAME.crt and NAME.key.")] = Path(
+        "."
+    ),
+    days: Annotated[int, typer.Option(help="Lifetime in days.")] = user_certs.USER_DAYS,
+) -> None:
+    """Issue a user's client certificate for the coordinator service (the role is
+    in the certificate; the coordinator enrolls and can revoke it)."""
+    cert = user_certs.issue_user_cert(ca, out, name=name, role=role, days=days)
+    say(
+        console,
+        f"user certificate {cert} ({role}); key {out / (name + '.key')} (give both "
+        "to the user only); enroll it with `fedvault server users add`",
     )
 
 

@@ -30,6 +30,7 @@ from fedvault.server.deploy import (
     CoordinatorLayout,
     load_coordinator_config,
 )
+from fedvault.server.governance_cli import register as register_governance
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.rundir import PROGRESS_FILE
 from fedvault.server.runstate import RunState, inspect_run, read_events
@@ -329,3 +330,7 @@ def sites_list(
         sys.stdout.write(json.dumps(sites, indent=2) + "\n")
     else:
         _print_sites(sites)
+
+
+# The coordinator service of issue 17: `serve`, `audit`, `users`, `runs`.
+register_governance(server_app)
