@@ -51,6 +51,8 @@ class SiteEcho:
     def _new_log_lines(self) -> list[str]:
         try:
             with self.cfg.log.open("rb") as f:
+                if f.seek(0, 2) < self._log_at:  # rotated: a new file
+                    self._log_at = 0
                 f.seek(self._log_at)
                 data = f.read()
         except OSError:

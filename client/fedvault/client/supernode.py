@@ -270,7 +270,8 @@ def _run_once(cfg: SiteConfig, echo: IO[str] | None) -> str | None:
         if tail is not None:
             tail.poll()
     with cfg.log.open("rb") as written:
-        written.seek(start)
+        size = written.seek(0, os.SEEK_END)
+        written.seek(start if start <= size else 0)  # (rotated meanwhile)
         text = written.read().decode(errors="replace")
     if failed is None:
         return f"{ENDED}\n{text}"
