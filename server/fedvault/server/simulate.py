@@ -35,7 +35,7 @@ from fedvault.common.errors import ConfigError, DataError, FederationError
 from fedvault.common.partition import PartitionSpec, hold_out, partition_table
 from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
-from fedvault.server import _flower
+from fedvault.server import _flower, lineage
 from fedvault.server import _vaults as _vaults_mod
 from fedvault.server.rundir import (
     SUMMARY_FILE,
@@ -66,6 +66,7 @@ class SimulationOptions:
     state: str = ""
     site_budget: float = 0.0
     timeout: float = 3600.0
+    init_model: str = ""
 
     def __post_init__(self) -> None:
         if self.sites < 1:
@@ -301,6 +302,7 @@ def _run_config(
     test_file: str,
     states: list[Path],
 ) -> dict[str, Any]:
+    opts = prepared.options
     settings = ServerSettings(
         training=prepared.training,
         target=prepared.options.target,
@@ -311,6 +313,7 @@ def _run_config(
         client_threads=1,
         run_key=uuid.uuid4().hex,
         simulation=True,
+        init_model=Path(opts.init_model).resolve() if opts.init_model else None,
     )
     run_config: dict[str, Any] = dict(settings.to_run_config())
     for pid, ((name, _), entry) in enumerate(zip(prepared.sites, entries, strict=True)):
@@ -334,6 +337,9 @@ def run(
             f"{len(prepared.sites)} site(s) hold data; use fewer --min-sites or "
             "more --sites"
         )
+    if cfg.options.init_model:  # architecture and columns, before --out exists
+        sites = [rows for _, rows in prepared.sites]  # vaults: checked by the run
+        lineage.check_frames(cfg.options.init_model, prepared.training, sites)
     state_root = Path(cfg.options.state) if cfg.options.state else None
     if state_root is not None:
         check_states(prepared, state_root)

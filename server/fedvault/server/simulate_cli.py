@@ -23,6 +23,7 @@ from fedvault.common.cli import (
 )
 from fedvault.common.config import read_toml
 from fedvault.server import simulate as sim
+from fedvault.server.drift import flagged_lines
 from fedvault.server.rundir import PROGRESS_FILE
 
 console = Console()
@@ -204,6 +205,10 @@ def simulate(
             "--no-dp", help="Train WITHOUT differential privacy (comparison only)."
         ),
     ] = False,
+    init_model: Annotated[
+        Path | None,
+        typer.Option(help="Start from this model file or run folder (same model)."),
+    ] = None,
     seed: Annotated[
         int | None,
         typer.Option(help="Seed for partitioning, init and training (default: 0)."),
@@ -340,6 +345,8 @@ def _print_tables(summary: dict[str, Any], out: Path) -> None:
             "Secure aggregation (SecAgg+): the coordinator saw only the sum "
             "of the sites' updates."
         )
+    for line in flagged_lines(out):  # --init-model: features shifted since the parent
+        console.print(f"[yellow]{line}[/]", highlight=False)
     if summary["status"] != "completed":
         console.print(f"[yellow]Run stopped early:[/] {summary['stop_reason']}")
     final = summary["final"]

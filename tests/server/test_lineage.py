@@ -1,0 +1,183 @@
+"""Continuous updates: a run started from a previous model (``init-model``) trains
+on from the parent's weights with the parent's preprocessing, records its version
+and the parent's hash, charges the same site ledgers, and checks drift;
+``fedvault model lineage`` shows the chain."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from trained_run import NODES, assert_refused, fedvault, make_run, records
+
+from fedvault.common.models import build_model
+from fedvault.server import lineage, trained
+
+
+def _bundle(path):
+    return torch.load(path, weights_only=True)
+
+
+def _distance(a, b):
+    return float(
+        torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a))  # type: ignore[arg-type]
+    )
+
+
+def _privacy(out):
+    report = json.loads((out / "privacy.json").read_text())
+    return report["sites"]
+
+
+@pytest.fixture(scope="module", name="versions")
+def versions_fixture(tmp_path_factory):
+    """Version 1, and version 2 started from it on the same sites' state folders
+    (their ledgers) with one feature shifted at every site."""
+    root = tmp_path_factory.mktemp("lineage")
+    v1 = make_run(root / "v1", rounds=2, extra={"run-key": "v1"})
+    states = {f"site.{p}.state": str(root / "v1" / f"state-{p}") for p in range(3)}
+    shifted = records()
+    shifted["mean radius"] *= 1.5
+    v2 = make_run(
+        root / "v2",
+        rounds=1,
+        frame=shifted,
+        extra=states | {"init-model": str(v1 / "model.pt"), "run-key": "v2"},
+    )
+    return v1, v2
+
+
+def test_version_two_starts_from_its_parent_and_records_it(versions):
+    v1, v2 = versions
+    parent, child = _bundle(v1 / "model.pt"), _bundle(v2 / "model.pt")
+    assert parent["version"] == 1 and parent["parent"] is None
+    assert child["version"] == 2
+    assert child["parent"]["sha256"] == lineage.file_hash(v1 / "model.pt")
+    assert child["lineage"] == [child["parent"]]
+    # the parent's preprocessing is kept, although the new data's means moved
+    assert (v2 / "preprocessing.json").read_text() == (
+        v1 / "preprocessing.json"
+    ).read_text()
+    # round 1's global model was the parent: one noisy round later the weights are
+    # far nearer the parent's than the fresh initialisation a new run starts from
+    torch.manual_seed(3)  # the run's seed, as the coordinator seeds its init
+    prep = trained.load(v2).prep
+    fresh = build_model("mlp", in_features=prep.num_features, num_classes=2)
+    fresh = fresh.state_dict()
+    near, far = (
+        _distance(child["state_dict"], parent["state_dict"]),
+        _distance(child["state_dict"], fresh),
+    )
+    assert near < far / 3, (near, far)
+
+
+def test_the_sites_ledgers_keep_charging_the_same_budget(versions):
+    v1, v2 = versions
+    before, after = _privacy(v1), _privacy(v2)
+    assert set(before) == set(after) == {f"site-{p + 1}" for p in range(len(NODES))}
+    for name in before:
+        # the lifetime epsilon of the dataset grows by the second run's spend
+        assert after[name]["epsilon_lifetime"] > before[name]["epsilon_lifetime"]
+        assert after[name]["rounds_trained"] == 1
+        # composed by the accountant over both runs' rounds (RDP: below the sum)
+        lifetime, spent = after[name]["epsilon_lifetime"], after[name]["epsilon_spent"]
+        assert spent < lifetime < before[name]["epsilon_lifetime"] + spent
+
+
+def test_drift_flags_the_shifted_feature_only(versions):
+    _, v2 = versions
+    doc = json.loads((v2 / "drift.json").read_text())
+    flagged = [f["column"] for f in doc["features"] if f["flagged"]]
+    assert flagged == ["mean radius"], flagged
+    top = doc["features"][0]
+    assert top["measure"] == "mean shift" and top["value"] > 1.0
+    assert {f["column"] for f in doc["features"]} >= {"clinic", "label", "mean area"}
+
+
+def test_lineage_shows_the_chain(versions, monkeypatch, capsys):
+    v1, v2 = versions
+    code, out, err = fedvault(
+        monkeypatch, capsys, "model", "lineage", v2, "--format", "json"
+    )
+    assert code == 0, err
+    models = json.loads(out)["models"]
+    assert [(m["version"], m["status"]) for m in models] == [
+        (2, "this"),
+        (1, "verified"),
+    ]
+    assert models[1]["sha256"] == lineage.file_hash(v1 / "model.pt")
+    code, out, err = fedvault(monkeypatch, capsys, "model", "lineage", v2)
+    assert code == 0 and "verified" in out and "Model lineage" in out
+
+
+def test_a_model_file_from_before_versions_loads_as_version_one(
+    versions, tmp_path, monkeypatch, capsys
+):
+    v1, _ = versions
+    bundle = _bundle(v1 / "model.pt")
+    for key in ("version", "parent", "lineage", "received"):
+        bundle.pop(key)
+    old = tmp_path / "old.pt"
+    torch.save(bundle, old)
+    assert trained.load(old).rounds_completed == 2
+    code, out, err = fedvault(
+        monkeypatch, capsys, "model", "lineage", old, "--format", "json"
+    )
+    assert code == 0, err
+    (model,) = json.loads(out)["models"]
+    assert model == {
+        "version": 1,
+        "sha256": lineage.file_hash(old),
+        "path": str(old),
+        "status": "this",
+    }
+
+
+def test_lineage_refuses_what_is_not_a_model(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a model")
+    assert_refused(
+        *fedvault(monkeypatch, capsys, "model", "lineage", bad), "not a readable"
+    )
+    assert_refused(
+        *fedvault(monkeypatch, capsys, "model", "lineage", tmp_path / "nope"),
+        "no such run folder",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model", "logreg"], "this run trains a logreg"),
+        (["--data", "{csv}", "--target", "target"], "numeric column(s) missing"),
+    ],
+)
+def test_simulate_refuses_a_parent_that_does_not_fit_before_writing(
+    versions, tmp_path, monkeypatch, capsys, args, needle
+):
+    v1, _ = versions
+    csv = tmp_path / "fewer.csv"
+    records().drop(columns=["mean radius"]).to_csv(csv, index=False)
+    out = tmp_path / "run"
+    args = [a.replace("{csv}", str(csv)) for a in args]
+    code, _, err = fedvault(
+        monkeypatch, capsys, "simulate", "--init-model", v1, "--out", out, *args
+    )
+    assert code == 2, err
+    assert needle in err and "init-model" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_simulate_refuses_a_corrupted_parent_before_writing(
+    tmp_path, monkeypatch, capsys
+):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(np.arange(10).tobytes())
+    out = tmp_path / "run"
+    code, _, err = fedvault(
+        monkeypatch, capsys, "simulate", "--init-model", bad, "--out", out
+    )
+    assert code == 2 and "init-model" in err and "not a readable model file" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
