@@ -4,6 +4,7 @@ and the parent's hash, charges the same site ledgers, and checks drift;
 ``fedvault model lineage`` shows the chain."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -181,3 +182,26 @@ def test_simulate_refuses_a_corrupted_parent_before_writing(
     assert code == 2 and "init-model" in err and "not a readable model file" in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_the_report_shows_the_drift_and_checks_the_model_file(
+    versions, tmp_path, monkeypatch, capsys
+):
+    v1, v2 = versions
+    page = tmp_path / "report.html"
+    code, _, err = fedvault(monkeypatch, capsys, "report", v2, "--out", page)
+    assert code == 0, err
+    html = page.read_text()
+    assert "Drift since the parent model" in html
+    assert f"1 of 32 features shifted since {v1 / 'model.pt'}" in html
+    # a model file of another run in the folder: refused, nothing written
+    other = tmp_path / "other"
+    shutil.copytree(v2, other)
+    shutil.copy(v1 / "model.pt", other / "model.pt")
+    assert_refused(
+        *fedvault(monkeypatch, capsys, "report", other, "--out", tmp_path / "x.html"),
+        "is not the model of the run",
+    )
+    (other / "model.pt").write_bytes(b"\0" * 64)
+    assert_refused(*fedvault(monkeypatch, capsys, "report", other), "not a readable")
+    assert not (tmp_path / "x.html").exists() and not (other / "report.html").exists()
