@@ -13,6 +13,8 @@ from trained_run import NODES, assert_refused, fedvault, make_run, records
 
 from fedvault.common.models import build_model
 from fedvault.server import lineage, trained
+from fedvault.server.deploy import load_coordinator_config, run_config
+from fedvault.server.settings import ServerSettings
 
 
 def _bundle(path):
@@ -205,3 +207,40 @@ def test_the_report_shows_the_drift_and_checks_the_model_file(
     (other / "model.pt").write_bytes(b"\0" * 64)
     assert_refused(*fedvault(monkeypatch, capsys, "report", other), "not a readable")
     assert not (tmp_path / "x.html").exists() and not (other / "report.html").exists()
+
+
+def test_server_start_takes_init_model_from_its_config_or_option(
+    versions, tmp_path, monkeypatch, capsys
+):
+    v1, _ = versions
+    config = tmp_path / "coordinator.toml"
+    config.write_text(
+        '[coordinator]\nrun-dir = "run"\ninit-model = "parent.pt"\n'
+        "[training]\nrounds = 2\n"
+    )
+    cfg = load_coordinator_config(config)
+    settings = ServerSettings.from_run_config(
+        run_config(cfg, tmp_path / "out", run_key="k")
+    )
+    assert settings.init_model == tmp_path / "parent.pt"
+    # the config's file is missing: refused before anything starts
+    code, stdout, err = fedvault(
+        monkeypatch, capsys, "server", "start", "--config", config, "--insecure"
+    )
+    assert_refused(code, stdout, err, "init-model")
+    assert "parent.pt" in err and not (tmp_path / "run").exists()
+    # the option overrides the key; a parent of another architecture is refused
+    config.write_text(config.read_text().replace("rounds = 2", 'model = "logreg"'))
+    code, stdout, err = fedvault(
+        monkeypatch,
+        capsys,
+        "server",
+        "start",
+        "--config",
+        config,
+        "--insecure",
+        "--init-model",
+        v1,
+    )
+    assert_refused(code, stdout, err, "this run trains a logreg")
+    assert not (tmp_path / "run").exists()
