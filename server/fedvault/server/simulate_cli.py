@@ -206,8 +206,7 @@ def simulate(
         ),
     ] = False,
     init_model: Annotated[
-        Path | None,
-        typer.Option(help="Start from this model file or run folder (same model)."),
+        Path | None, typer.Option(help="Start from this model (file or run folder).")
     ] = None,
     seed: Annotated[
         int | None,
