@@ -87,10 +87,12 @@ def section(run_dir: Path, table: Any, img: Any) -> list[str]:
             '<p class="note">This run folder keeps no received summaries '
             "(received.json): written by runs since model versions.</p>",
         ]
+    sites = dict(sorted(received["sites"].items()))  # by name, not reply order
+    received = {**received, "sites": sites}
     shifts, psis = mean_shifts(received), category_psi(received)
-    labels = {n: s["labels"] for n, s in received["sites"].items()}
+    labels = {n: s["labels"] for n, s in sites.items()}
     rows = []
-    for name, site in received["sites"].items():
+    for name, site in sites.items():
         share, worst, worst_share = completeness(site)
         top = max(shifts[name].items(), key=lambda kv: abs(kv[1]), default=("-", 0.0))
         rows.append(
@@ -98,7 +100,7 @@ def section(run_dir: Path, table: Any, img: Any) -> list[str]:
                 name,
                 site["rows"],
                 None if share is None else f"{share:.1%}",
-                f"{worst} ({worst_share:.1%})",
+                f"{worst} ({worst_share:.1%})" if worst_share else "none",
                 psis[name]["label"],
                 f"{top[0]} ({top[1]:+.2f})",
             ]
