@@ -244,3 +244,45 @@ def test_server_start_takes_init_model_from_its_config_or_option(
     )
     assert_refused(code, stdout, err, "this run trains a logreg")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_simulate_on_a_state_folder_charges_the_same_ledgers(
+    tmp_path, monkeypatch, capsys
+):
+    """Two `fedvault simulate` runs on one --state, the second from the first's
+    model: the second is version 2 and each site's lifetime epsilon composes both."""
+    common = ["--state", tmp_path / "sites", "--sites", "2", "--rounds", "1"]
+    common += ["--epsilon", "1", "--format", "json"]
+    code, out, err = fedvault(
+        monkeypatch,
+        capsys,
+        "simulate",
+        *common,
+        "--site-budget",
+        "4",
+        "--out",
+        tmp_path / "v1",
+    )
+    assert code == 0, err
+    first = json.loads(out)["sites"]
+    code, out, err = fedvault(
+        monkeypatch,
+        capsys,
+        "simulate",
+        *common,
+        "--init-model",
+        tmp_path / "v1",
+        "--out",
+        tmp_path / "v2",
+    )
+    assert code == 0, err
+    second = json.loads(out)["sites"]
+    assert set(first) == set(second) and len(first) == 2
+    for name, site in second.items():
+        assert site["rounds_trained"] == 1
+        lifetime, spent = site["epsilon_lifetime"], site["epsilon_spent"]
+        assert spent < lifetime < first[name]["epsilon_lifetime"] + spent
+    child = _bundle(tmp_path / "v2" / "model.pt")
+    assert child["version"] == 2
+    assert child["parent"]["sha256"] == lineage.file_hash(tmp_path / "v1" / "model.pt")
