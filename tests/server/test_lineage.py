@@ -14,7 +14,7 @@ from trained_run import NODES, assert_refused, fedvault, make_run, records
 from fedvault.common.models import build_model
 from fedvault.server import lineage, trained
 from fedvault.server.deploy import load_coordinator_config, run_config
-from fedvault.server.settings import ServerSettings
+from fedvault.server.settings import ServerSettings, init_model_of
 
 
 def _bundle(path):
@@ -223,6 +223,11 @@ def test_server_start_takes_init_model_from_its_config_or_option(
         run_config(cfg, tmp_path / "out", run_key="k")
     )
     assert settings.init_model == tmp_path / "parent.pt"
+    # a resumed run keeps the parent it started from (given as an option then)
+    started = run_config(cfg, tmp_path / "out", run_key="k", init_model=v1)
+    assert init_model_of(started) == v1
+    again = run_config(cfg, tmp_path / "out", run_key="k", resume=True, init_model=v1)
+    assert ServerSettings.from_run_config(again).init_model == v1
     # the config's file is missing: refused before anything starts
     code, stdout, err = fedvault(
         monkeypatch, capsys, "server", "start", "--config", config, "--insecure"

@@ -227,9 +227,15 @@ class CoordinatorLayout:
 
 
 def run_config(
-    cfg: CoordinatorConfig, output: Path, *, run_key: str, resume: bool = False
+    cfg: CoordinatorConfig,
+    output: Path,
+    *,
+    run_key: str,
+    resume: bool = False,
+    init_model: Path | None = None,
 ) -> RunConfig:
-    """The ServerApp's run config: training keys plus the coordinator's own."""
+    """The ServerApp's run config: training keys plus the coordinator's own;
+    ``init_model`` (a resumed run's parent) wins over the config's key."""
     test, init = cfg.options.test_data, cfg.options.init_model
     return ServerSettings(
         training=cfg.training,
@@ -240,5 +246,5 @@ def run_config(
         client_threads=cfg.options.client_threads,
         run_key=run_key,
         resume=resume,
-        init_model=cfg.base / init if init else None,
+        init_model=init_model or (cfg.base / init if init else None),
     ).to_run_config()

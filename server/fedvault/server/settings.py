@@ -112,3 +112,10 @@ class ServerSettings:
             simulation=bool(run_config.get(_SIMULATION, False)),
             init_model=Path(init) if init else None,
         )
+
+
+def init_model_of(run_config: Mapping[str, Any]) -> Path | None:
+    """The model a run config starts from (None: from scratch), read alone: a
+    resumed run keeps the parent it started from."""
+    init = str(run_config.get(_INIT_MODEL, ""))
+    return Path(init) if init else None
