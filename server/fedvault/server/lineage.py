@@ -157,17 +157,17 @@ def start(
 
 
 def check_frames(
-    path: str | Path, training: TrainingConfig, sites: Sequence[object]
+    path: str | Path, training: TrainingConfig, sites: Sequence[tuple[str, object]]
 ) -> None:
     """The launcher's early check of ``--init-model`` where it sees the sites'
-    rows (``pandas.DataFrame``; anything else, such as a vault, is left to the
-    run): the parent is readable, has the architecture and fits the columns.
+    rows (``(name, pandas.DataFrame)``; anything else, such as a vault, is left to
+    the run): the parent is readable, has the architecture and fits the columns.
 
     Raises:
         ConfigError: as :func:`load_parent`, or the rows do not fit the parent.
     """
     parent = load_parent(Path(path), training)
-    frames = [f for f in sites if isinstance(f, pd.DataFrame)]
+    frames = [f for _, f in sites if isinstance(f, pd.DataFrame)]
     if not frames:
         return
     target = parent.prep.target
