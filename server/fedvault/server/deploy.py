@@ -13,6 +13,7 @@
     timeout = 86400                     # whole-run limit, seconds
     client-threads = 0                  # torch threads per site ClientApp (0: all)
     health-address = ""                 # e.g. "127.0.0.1:9096": GET /health (JSON)
+    init-model = ""                     # optional model file round 1 starts from
 
     [training]                          # TrainingConfig keys (rounds, min-sites, ...)
     rounds = 10
@@ -58,6 +59,7 @@ class CoordinatorOptions:
     timeout: float = 86400.0
     client_threads: int = 0
     health_address: str = ""
+    init_model: str = ""
 
     def __post_init__(self) -> None:
         split_address(self.fleet_address, key="fleet-address")
@@ -247,10 +249,16 @@ class CoordinatorLayout:
 
 
 def run_config(
-    cfg: CoordinatorConfig, output: Path, *, run_key: str, resume: bool = False
+    cfg: CoordinatorConfig,
+    output: Path,
+    *,
+    run_key: str,
+    resume: bool = False,
+    init_model: Path | None = None,
 ) -> RunConfig:
-    """The ServerApp's run config: training keys plus the coordinator's own."""
-    test = cfg.options.test_data
+    """The ServerApp's run config: training keys plus the coordinator's own;
+    ``init_model`` (a resumed run's parent) wins over the config's key."""
+    test, init = cfg.options.test_data, cfg.options.init_model
     return ServerSettings(
         training=cfg.training,
         target=cfg.options.target,
@@ -261,4 +269,5 @@ def run_config(
         run_key=run_key,
         resume=resume,
         registry=CoordinatorLayout(cfg.run_dir).registry.resolve(),
+        init_model=init_model or (cfg.base / init if init else None),
     ).to_run_config()

@@ -33,6 +33,7 @@ _EXCLUDED_SITES = "excluded-sites"
 _RESUME = "resume"
 _SIMULATION = "simulation"
 _REGISTRY = "sites-registry"
+_INIT_MODEL = "init-model"
 
 # The run-config keys of the coordinator itself (besides TrainingConfig's).
 APP_KEYS = (
@@ -47,6 +48,7 @@ APP_KEYS = (
     _SIMULATION,
     _REGISTRY,
     RUN_FEDVAULT_VERSION,
+    _INIT_MODEL,
 )
 
 
@@ -63,6 +65,7 @@ class ServerSettings:
     the OS, so that nobody who reads the seed can replay the noise;
     ``registry``: a deployed coordinator's ``sites.json`` (every site it knows,
     re-read each round; None in simulation).
+    ``init_model``: the model file (or run folder) round 1 starts from.
     """
 
     training: TrainingConfig
@@ -76,6 +79,7 @@ class ServerSettings:
     resume: bool = False
     simulation: bool = False
     registry: Path | None = None
+    init_model: Path | None = None
 
     def to_run_config(self) -> RunConfig:
         """The flat scalar mapping Flower's run config carries (absolute paths as
@@ -93,6 +97,7 @@ class ServerSettings:
             _SIMULATION: self.simulation,
             _REGISTRY: "" if self.registry is None else str(self.registry),
             RUN_FEDVAULT_VERSION: version("fedvault"),
+            _INIT_MODEL: "" if self.init_model is None else str(self.init_model),
         }
         return values
 
@@ -104,6 +109,7 @@ class ServerSettings:
                 raise ConfigError(f"run config: {key!r} is required")
         test = str(run_config.get(_TEST_DATA, ""))
         registry = str(run_config.get(_REGISTRY, ""))
+        init = str(run_config.get(_INIT_MODEL, ""))
         try:
             excluded = json.loads(str(run_config.get(_EXCLUDED_SITES, "{}")))
         except json.JSONDecodeError as exc:
@@ -120,4 +126,12 @@ class ServerSettings:
             resume=bool(run_config.get(_RESUME, False)),
             simulation=bool(run_config.get(_SIMULATION, False)),
             registry=Path(registry) if registry else None,
+            init_model=Path(init) if init else None,
         )
+
+
+def init_model_of(run_config: Mapping[str, Any]) -> Path | None:
+    """The model a run config starts from (None: from scratch), read alone: a
+    resumed run keeps the parent it started from."""
+    init = str(run_config.get(_INIT_MODEL, ""))
+    return Path(init) if init else None
