@@ -73,11 +73,13 @@ def test_the_deploy_walkthrough_runs_as_printed(tmp_path):
                 assert coordinator.wait(timeout=400) == 0, _outputs(tmp_path)
             done = subprocess.run(args, cwd=tmp_path, capture_output=True, timeout=300)
             assert done.returncode == 0, f"{step}\n{done.stdout}\n{done.stderr}"
+        for proc in running.values():  # `client stop` returns once the lock is
+            proc.wait(timeout=60)  # free; the process may still be exiting
     finally:
         survivors = stop_all(running.values(), tmp_path)
     assert not survivors
     exits = {step: proc.returncode for step, proc in running.items()}
-    assert all(code == 0 for code in exits.values()), (exits, _outputs(tmp_path))
+    assert all(code == 0 for code in exits.values()), f"{exits}\n{_outputs(tmp_path)}"
     summary = json.loads(
         (tmp_path / "consortium-run" / "output" / "summary.json").read_text()
     )
