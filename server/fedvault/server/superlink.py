@@ -185,6 +185,7 @@ def superlink(cfg: CoordinatorConfig, *, insecure: bool) -> Iterator[Coordinator
     layout.state.mkdir(parents=True, exist_ok=True)
     _check_ports(cfg)
     layout.write_connection(cfg, insecure=insecure)
+    _control_socket.remove_stale()
     socket = _control_socket.private_socket()
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, socket.parent, ignore_errors=True)
@@ -249,7 +250,9 @@ def _check_ports(cfg: CoordinatorConfig) -> None:
 def read_live(layout: CoordinatorLayout) -> dict[str, Any] | None:
     """What the running coordinator wrote about itself, or None when none runs
     (a ``coordinator.json`` whose writer does not hold the folder's lock is what
-    a crashed coordinator left behind)."""
+    a crashed coordinator left behind). Also removes the Control API socket
+    folders that killed coordinators left (:func:`_control_socket.remove_stale`)."""
+    _control_socket.remove_stale()
     holder = lock_holder(layout.lock)
     if not holder:
         return None
