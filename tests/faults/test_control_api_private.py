@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from fedvault.common.net import port_in_use
 from fedvault.common.processes import flower_bin, flower_env, free_port
 from fedvault.server import _flower, control
 from fedvault.server.deploy import CoordinatorLayout
+from fedvault.server.registry import SiteRegistry, read_public_key
 
 SERVER = "fedvault.server.server_cli:server_app"
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -128,6 +130,19 @@ def test_the_control_api_answers_only_the_coordinators_account(
             monkeypatch, capsys, "server", "status", "--config", str(config)
         )
         assert code == 0 and "rogue" in out and str(node) in out
+
+        # ... and unregistered during the run, its key fingerprint logged
+        _, rogue_fp = read_public_key(rogue_key / "site.pub")
+        said = f"unregistered node {node} (key {rogue_fp})"
+        deadline = time.monotonic() + control.ROGUE_GRACE_S + 60
+        while said not in cons.output("coordinator") and time.monotonic() < deadline:
+            time.sleep(1)
+        assert said in cons.output("coordinator"), cons.output("coordinator")[-2000:]
+        live_nodes = control.registrations(layout)
+        assert node not in live_nodes
+        registry = SiteRegistry(layout.registry)
+        assert {e.node_id for e in registry.sites.values()} <= set(live_nodes)
+        assert control.run_status(layout, run_id).startswith("running")
     finally:
         cons.stop_all()
     assert not socket.parent.exists()
