@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedvault.client.access_log_cli import access_log_app
 from fedvault.client.ledger_cli import ledger_app
 from fedvault.client.site_config import load_site_config
 from fedvault.client.supernode import run_site, stop_site
@@ -25,6 +26,7 @@ client_app = command_group(
     "privacy ledger.",
 )
 client_app.add_typer(ledger_app, name="ledger")
+client_app.add_typer(access_log_app, name="access-log")
 
 
 @client_app.command("keygen")
