@@ -38,8 +38,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 from fedvault.client.site import site_settings
 from fedvault.common.chainlog import ChainLog
 from fedvault.common.errors import ConfigError, FedVaultError
-from fedvault.common.protocol import RUN_KEY, SERVER_ROUND, Decline
-from fedvault.common.update_digest import arrays_digest
+from fedvault.common.protocol import RUN_KEY, Decline
+from fedvault.common.update_digest import arrays_digest, message_round
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +62,6 @@ def _state_dir(ctxt: Context) -> Path | None:
 def _stage(msg: Message) -> str:
     record = msg.content.config_records.get(RECORD_KEY_CONFIGS)
     return "" if record is None else str(record.get(Key.STAGE, ""))
-
-
-def _round(msg: Message) -> int | None:
-    for record in msg.content.config_records.values():
-        value = record.get(SERVER_ROUND)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
 
 
 def _reply_kind(msg: Message, reply: Message) -> tuple[str, str]:
@@ -101,7 +93,7 @@ def entry_fields(msg: Message, reply: Message, ctxt: Context) -> dict[str, Any]:
         "run-id": int(msg.metadata.run_id),
         "run-key": str(ctxt.run_config.get(RUN_KEY) or msg.metadata.run_id),
         "message": message,
-        "round": _round(msg),
+        "round": message_round(msg),
         "reply": kind,
         "detail": detail,
         "arrays": "" if reply.has_error() else arrays_digest(reply.content),

@@ -1,12 +1,23 @@
-"""The digest of the arrays a message carries: what a site's access log and the
-coordinator's audit log both record of an update, so that one can be checked
-against the other."""
+"""The digest of the arrays a message carries, and its round: what a site's access
+log and the coordinator's audit log both record of an update, so that one can be
+checked against the other."""
 
 from __future__ import annotations
 
 import hashlib
 
-from flwr.app import RecordDict
+from flwr.app import Message, RecordDict
+
+from fedvault.common.protocol import SERVER_ROUND
+
+
+def message_round(msg: Message) -> int | None:
+    """The round a message names in any of its config records (``None``: none)."""
+    for record in msg.content.config_records.values():
+        value = record.get(SERVER_ROUND)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 def arrays_digest(content: RecordDict) -> str:
