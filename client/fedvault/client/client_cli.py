@@ -13,6 +13,7 @@ from rich.console import Console
 
 from fedvault.client.access_log_cli import access_log_app
 from fedvault.client.ledger_cli import ledger_app
+from fedvault.client.plan_cli import plan
 from fedvault.client.site_config import load_site_config
 from fedvault.client.supernode import run_site, stop_site
 from fedvault.common.certs import fingerprint, generate_site_keys, load_site_public_key
@@ -27,6 +28,7 @@ client_app = command_group(
 )
 client_app.add_typer(ledger_app, name="ledger")
 client_app.add_typer(access_log_app, name="access-log")
+client_app.command("plan")(plan)
 
 
 @client_app.command("keygen")
