@@ -40,7 +40,7 @@ from fedvault.common.partition import (
 )
 from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
-from fedvault.server import _flower
+from fedvault.server import _flower, lineage
 from fedvault.server import _vaults as _vaults_mod
 from fedvault.server.rundir import (
     SUMMARY_FILE,
@@ -71,6 +71,7 @@ class SimulationOptions:
     state: str = ""
     site_budget: float = 0.0
     timeout: float = 3600.0
+    init_model: str = ""
 
     def __post_init__(self) -> None:
         if self.sites < 1:
@@ -300,6 +301,7 @@ def _run_config(
     test_file: str,
     states: list[Path],
 ) -> dict[str, Any]:
+    opts = prepared.options
     settings = ServerSettings(
         training=prepared.training,
         target=prepared.options.target,
@@ -310,6 +312,7 @@ def _run_config(
         client_threads=1,
         run_key=uuid.uuid4().hex,
         simulation=True,
+        init_model=Path(opts.init_model).resolve() if opts.init_model else None,
     )
     run_config: dict[str, Any] = dict(settings.to_run_config())
     for pid, ((name, _), entry) in enumerate(zip(prepared.sites, entries, strict=True)):
@@ -339,6 +342,8 @@ def run(
             "more --sites"
         )
     check_sizes(prepared)
+    if cfg.options.init_model:  # architecture and columns, before --out exists
+        lineage.check_frames(cfg.options.init_model, prepared.training, prepared.sites)
     state_root = Path(cfg.options.state) if cfg.options.state else None
     check_states(prepared, state_root)
     if state_root is not None:
