@@ -74,3 +74,25 @@ def test_a_torn_last_line_is_skipped(tmp_path):
     line = {"run-key": "k", "round": 1, "site": "a", "arrays": "sha256:00"}
     (out / RECEIVED_FILE).write_text(json.dumps(line) + "\n" + '{"run-key": "k", "ro')
     assert list(read_received(out)) == [line]
+
+
+def test_a_secure_round_passes_through_and_records_no_clear_update(
+    tmp_path, local_grid, make_contexts
+):
+    run_config = site_run_config(tmp_path, NODES, rounds=1, secagg=True)
+    grid = local_grid(client_app, make_contexts(NODES, run_config))
+    settings = ServerSettings.from_run_config(run_config)
+    Federation(RecordingGrid(grid, settings.out_dir, "key-2"), settings).run()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    # the masked vectors are not arrays: nothing in the clear to digest (not yet)
+    assert list(read_received(tmp_path / "out")) == []
+    entries = list(access_log(tmp_path / "state-0").entries())
+    assert [(e["message"], e["round"], e["reply"]) for e in entries] == [
+        ("query.stats", None, "answered"),
+        ("train secagg:setup", None, "answered"),
+        ("train secagg:share_keys", None, "answered"),
+        ("train secagg:collect_masked_vectors", 1, "trained"),
+        ("train secagg:unmask", None, "answered"),
+        ("evaluate", 1, "evaluated"),
+    ]

@@ -64,7 +64,18 @@ def _stage(msg: Message) -> str:
     return "" if record is None else str(record.get(Key.STAGE, ""))
 
 
-def _reply_kind(msg: Message, reply: Message) -> tuple[str, str]:
+def received(msg: Message) -> dict[str, Any]:
+    """What the access log keeps of a message as it arrived (read before the
+    handlers run: the SecAgg+ masking stage replaces the message's content)."""
+    stage = _stage(msg)
+    return {
+        "run-id": int(msg.metadata.run_id),
+        "message": msg.metadata.message_type + (f" secagg:{stage}" if stage else ""),
+        "round": message_round(msg),
+    }
+
+
+def _reply_kind(message: str, reply: Message) -> tuple[str, str]:
     if reply.has_error():
         reason = reply.error.reason or ""
         decline = Decline.from_reason(reason)
@@ -74,26 +85,24 @@ def _reply_kind(msg: Message, reply: Message) -> tuple[str, str]:
     decline = Decline.from_content(reply.content)
     if decline is not None:
         return "declined", f"{decline.reason}: {decline.detail}"
-    kind = msg.metadata.message_type
-    stage = _stage(msg)
-    if kind == MessageType.TRAIN and stage in ("", Stage.COLLECT_MASKED_VECTORS):
+    masked = f"{MessageType.TRAIN} secagg:{Stage.COLLECT_MASKED_VECTORS}"
+    if message in (MessageType.TRAIN, masked):
         return "trained", ""
-    if kind == MessageType.EVALUATE:
+    if message == MessageType.EVALUATE:
         return "evaluated", ""
     return "answered", ""
 
 
-def entry_fields(msg: Message, reply: Message, ctxt: Context) -> dict[str, Any]:
-    """What the access log keeps of one message and the site's reply to it."""
-    kind, detail = _reply_kind(msg, reply)
-    stage = _stage(msg)
-    message = msg.metadata.message_type + (f" secagg:{stage}" if stage else "")
+def entry_fields(
+    arrived: dict[str, Any], reply: Message, ctxt: Context
+) -> dict[str, Any]:
+    """The access log's entry for a message (as :func:`received` read it) and the
+    site's reply to it."""
+    kind, detail = _reply_kind(str(arrived["message"]), reply)
     return {
         "time": dt.datetime.now(dt.UTC).isoformat(),
-        "run-id": int(msg.metadata.run_id),
-        "run-key": str(ctxt.run_config.get(RUN_KEY) or msg.metadata.run_id),
-        "message": message,
-        "round": message_round(msg),
+        "run-key": str(ctxt.run_config.get(RUN_KEY) or arrived["run-id"]),
+        **arrived,
         "reply": kind,
         "detail": detail,
         "arrays": "" if reply.has_error() else arrays_digest(reply.content),
@@ -106,12 +115,13 @@ def access_log_mod(
     """Answer ``msg`` through ``call_next`` and record the answer in the site's
     access log before it leaves; a site without a state folder (it takes part in
     nothing) keeps no log. A reply that cannot be logged is replaced by an error."""
+    arrived = received(msg)
     reply = call_next(msg, ctxt)
     state_dir = _state_dir(ctxt)
     if state_dir is None:
         return reply
     try:
-        access_log(state_dir).append(entry_fields(msg, reply, ctxt))
+        access_log(state_dir).append(entry_fields(arrived, reply, ctxt))
     except (OSError, FedVaultError) as exc:
         logger.error("the access log cannot be written, nothing is sent: %s", exc)
         reason = f"the site's access log cannot be written: {exc}"
