@@ -6,11 +6,13 @@ import json
 from collections import defaultdict
 
 import pytest
+from flwr.app import Context, RecordDict
 from local_grid import site_run_config
 
 from fedvault.client.access_log import access_log
 from fedvault.client.app import app as client_app
 from fedvault.common.protocol import RUN_KEY
+from fedvault.server.app import main
 from fedvault.server.audit_log import AuditLog, verify
 from fedvault.server.federation import Federation
 from fedvault.server.received import (
@@ -96,3 +98,12 @@ def test_a_secure_round_passes_through_and_records_no_clear_update(
         ("train secagg:unmask", None, "answered"),
         ("evaluate", 1, "evaluated"),
     ]
+
+
+def test_the_server_app_records_what_it_received(tmp_path, local_grid, make_contexts):
+    run_config = site_run_config(tmp_path, NODES, rounds=1)  # no run key: run id
+    grid = local_grid(client_app, make_contexts(NODES, run_config))
+    main(grid, Context(42, 0, {}, RecordDict(), dict(run_config)))
+    received = list(read_received(tmp_path / "out"))
+    assert [(e["run-key"], e["round"]) for e in received] == [("42", 1)] * 3
+    assert {e["site"] for e in received} == {"site-1", "site-2", "site-3"}
