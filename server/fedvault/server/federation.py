@@ -87,7 +87,6 @@ class Federation:
         self.book = SiteBook(self.training, settings.excluded_sites)
         self.history: list[dict[str, Any]] = []
         self.stop_reason = ""
-        self.stopped_states: dict[str, dict[str, str]] = {}
         self.plan: StrategyPlan | None = None
         self.received: dict[str, Any] | None = None  # pooled site summaries
         self.parent: lineage.Parent | None = None  # the model round 1 starts from
@@ -120,7 +119,6 @@ class Federation:
             Message(RecordDict(), message_type=STATS_MESSAGE, dst_node_id=n)
             for n in nodes
         ]
-        self.book.present = set(nodes)
         summaries = self.book.summaries(self._exchange(messages))
         if len(summaries) < self.training.min_sites:
             raise FederationError(
@@ -228,20 +226,19 @@ class Federation:
         # Every site whose update is usable spent budget on it: counted even when
         # the round then stops unreleased, so the report agrees with its ledger.
         self.book.record_training(valid)
-        states = self.book.after_round(self.grid, server_round, self.settings.registry)
+        self.book.after_round(self.grid, server_round, self.settings.registry)
         if len(valid) < plan.min_train_nodes:
             self._stop(
                 server_round,
                 f"round {server_round}: only {len(valid)} site(s) trained, fewer "
                 f"than min-sites={plan.min_train_nodes}",
-                states,
             )
             return None
         problem = release_problem(
             self.training, sampled=plan.sampled, usable=len(valid), summed=summed
         )
         if problem is not None:
-            self._stop(server_round, f"round {server_round}: {problem}", states)
+            self._stop(server_round, f"round {server_round}: {problem}")
             return None
         new_arrays, _ = plan.strategy.aggregate_train(server_round, valid)
         row: dict[str, Any] = {"round": server_round, "sites_trained": len(valid)}
@@ -263,7 +260,7 @@ class Federation:
                 server_round, plan.strategy, grid, new_arrays, prep, test
             )
         row["seconds"] = round(time.monotonic() - started, 3)
-        row["site_states"] = states
+        row["site_states"] = self.book.last_states
         self.history.append(row)
         self.rundir.event("round", **row, sites=self.book.table())
         return new_arrays
@@ -287,10 +284,10 @@ class Federation:
         result = self.secure.run(server_round, messages, arrays, max_weight=largest)
         return result.replies, result.contributors
 
-    def _stop(self, server_round: int, reason: str, states: dict[str, str]) -> None:
-        self.stop_reason, self.stopped_states = reason, {str(server_round): states}
+    def _stop(self, server_round: int, reason: str) -> None:
+        self.stop_reason, sites = reason, self.book.last_states
         logger.warning("%s; stopping", reason)
-        self.rundir.event("stopped", round=server_round, reason=reason, sites=states)
+        self.rundir.event("stopped", round=server_round, reason=reason, sites=sites)
 
     def _evaluate(
         self,
@@ -396,8 +393,7 @@ class Federation:
             stop_reason=self.stop_reason,
             client_level=client_level,
         )
-        states = {str(r["round"]): r.get("site_states", {}) for r in self.history}
-        summary["site_states"] = states | self.stopped_states  # per training round
+        summary["site_states"] = self.book.per_round(self.history, self.stop_reason)
         report = privacy_report(t, sites, client_level=client_level)
         self.rundir.write_json(PRIVACY_FILE, report)
         self.rundir.write_text(PRIVACY_TEXT_FILE, privacy_text(report))

@@ -37,7 +37,7 @@ from fedvault.server.health import HealthServer, health_doc
 from fedvault.server.lineage import load_parent
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.rundir import PROGRESS_FILE
-from fedvault.server.runstate import RunState, inspect_run, read_events
+from fedvault.server.runstate import RunState, inspect_run, read_events, round_states
 from fedvault.server.superlink import read_live
 
 logger = logging.getLogger(__name__)
@@ -195,17 +195,9 @@ def _drive(
         raise typer.Exit(1)
 
 
-def _round_states(event: dict[str, Any]) -> dict[str, str] | None:
-    """Every known site's state in a ``round`` or ``stopped`` event, if it has them."""
-    states = event.get("site_states" if event["event"] == "round" else "sites")
-    if event["event"] not in ("round", "stopped") or not isinstance(states, dict):
-        return None
-    return {str(k): str(v) for k, v in states.items()}
-
-
 def _tell_states(event: dict[str, Any], told: set[tuple[str, int]]) -> None:
     """One line per round (on stderr): what each known site did in it."""
-    states = _round_states(event)
+    states = round_states(event)
     key = (str(event["event"]), int(event.get("round", 0)))
     if states is None or key in told:
         return
@@ -243,7 +235,7 @@ def _status_doc(config: Path) -> dict[str, Any]:
     doc["rounds"] = cfg.training.rounds
     last: dict[str, str] = {}
     for event in _events(layout):
-        last = _round_states(event) or last
+        last = round_states(event) or last
     doc["sites"] = [
         {
             "name": e.name,

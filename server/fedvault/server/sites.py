@@ -101,6 +101,8 @@ class SiteBook:
         self._sampled: set[int] = set()  # nodes asked to train this round
         self._answers: dict[int, str] = {}  # this round's answer of each node
         self._notified: set[int] = set()
+        self.last_states: dict[str, str] = {}  # of the last training round
+        self._last_round = 0
 
     # -- where replies come from --------------------------------------------------
     def remember(self, sent: Iterable[Message]) -> None:
@@ -127,6 +129,7 @@ class SiteBook:
         """The decoded summaries of usable sites' stats replies; every other site is
         filed as excluded, with why."""
         summaries = []
+        self.present = set(self._sent.values())  # only stats queries were sent yet
         for reply in replies:
             node = self.node_of(reply)
             if reply.has_error():
@@ -316,6 +319,16 @@ class SiteBook:
             states[name] = NEXT_RUN if known in online else NOT_CONNECTED
         return dict(sorted(states.items()))
 
+    def per_round(
+        self, history: list[dict[str, Any]], stopped: str
+    ) -> dict[str, dict[str, str]]:
+        """Every known site's state per training round (``summary.json``), from
+        the history's rows and, when the run ``stopped`` early, its last round."""
+        states = {str(r["round"]): r.get("site_states", {}) for r in history}
+        if stopped and self._last_round:
+            states[str(self._last_round)] = self.last_states
+        return states
+
     def after_round(
         self, grid: Grid, server_round: int, registry: Path | None
     ) -> dict[str, str]:
@@ -325,6 +338,7 @@ class SiteBook:
         connected = list(grid.get_node_ids())
         registered = _registered(registry)
         states = self.round_states(connected, registered)
+        self.last_states, self._last_round = states, server_round
         logger.info(
             "round %d: %s",
             server_round,
