@@ -303,6 +303,8 @@ class SiteBook:
         online = set(connected)
         states: dict[str, str] = {}
         for node, site in self.sites.items():
+            if node not in self.present | self._sampled:
+                continue  # a reply the SuperLink wrote for a message it lost
             states[site.name] = self._answers.get(node) or (
                 NO_REPLY
                 if node in self._sampled
