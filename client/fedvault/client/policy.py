@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +38,13 @@ from typing import Any, Protocol
 from fedvault.common._rdp import search_noise
 from fedvault.common.config import TrainingConfig, key_of, parse_fields, read_toml
 from fedvault.common.errors import BudgetExceededError, ConfigError, PrivacyError
-from fedvault.common.privacy import ACCOUNTANTS, Accountant, Step, plan_noise
+from fedvault.common.privacy import (
+    ACCOUNTANTS,
+    Accountant,
+    Step,
+    epsilon_spent,
+    plan_noise,
+)
 from fedvault.common.protocol import Decline, DeclineReason
 
 __all__ = [
@@ -230,7 +236,9 @@ class LedgerView(Protocol):
     @property
     def accountant(self) -> Accountant: ...
     def epsilon(self) -> float: ...
-    def projected_epsilon(self, extra: Step, *, coarse: bool = False) -> float: ...
+    def projected_epsilon(
+        self, planned: Step, *, coarse: bool = False, extra: Sequence[Step] = ()
+    ) -> float: ...
 
 
 def check_matches(policy: SitePolicy, ledger: LedgerView) -> None:
@@ -251,6 +259,8 @@ def plan_run_noise(
     sample_rate: float,
     steps_this_run: int,
     target_epsilon_this_run: float | None = None,
+    extra: Sequence[Step] = (),
+    prior: Sequence[Step] = (),
 ) -> float:
     """Noise multiplier for a run of ``steps_this_run`` steps at ``sample_rate``.
 
@@ -260,6 +270,10 @@ def plan_run_noise(
     - this run alone spends <= ``target_epsilon_this_run`` if given (a run may ask
       for less than the site allows, never for more);
     - sigma >= ``policy.min_noise_multiplier``.
+
+    ``extra``: this run's other releases still to come (validation counts),
+    composed with the run's steps in both bounds; ``prior``: those already in
+    the ledger that count towards this run (its summary), in the run's bound.
 
     Raises :class:`BudgetExceededError` when the remaining budget cannot cover the
     run at any noise multiplier up to 1024.
@@ -275,14 +289,16 @@ def plan_run_noise(
         target_epsilon_this_run is not None
         and target_epsilon_this_run < policy.epsilon_max
     ):
-        run_only = plan_noise(
-            target_epsilon=target_epsilon_this_run,
-            delta=policy.delta,
-            sample_rate=sample_rate,
-            steps=steps_this_run,
-            accountant=policy.accountant,
+        floor = max(
+            floor,
+            _run_only(
+                policy,
+                target_epsilon_this_run,
+                sample_rate,
+                steps_this_run,
+                [*prior, *extra],
+            ),
         )
-        floor = max(floor, run_only)
     spent = ledger.epsilon()
     if spent >= policy.epsilon_max:
         raise BudgetExceededError(
@@ -293,7 +309,7 @@ def plan_run_noise(
         step = Step(
             noise_multiplier=sigma, sample_rate=sample_rate, steps=steps_this_run
         )
-        return ledger.projected_epsilon(step, coarse=coarse)
+        return ledger.projected_epsilon(step, coarse=coarse, extra=extra)
 
     try:
         # Stop within 1% of what is left (at most 0.01): no budget is wasted.
@@ -312,3 +328,43 @@ def plan_run_noise(
             f"cannot cover {steps_this_run} more steps at any noise multiplier"
         ) from None
     return max(sigma, floor)
+
+
+def _run_only(
+    policy: SitePolicy,
+    target: float,
+    sample_rate: float,
+    steps: int,
+    extra: Sequence[Step],
+) -> float:
+    """Smallest sigma for the run's steps composed with ``extra`` within ``target``."""
+    if not extra:
+        return plan_noise(
+            target_epsilon=target,
+            delta=policy.delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=policy.accountant,
+        )
+
+    def eps(sigma: float, coarse: bool = False) -> float:
+        step = Step(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+        return epsilon_spent(
+            [*extra, step],
+            delta=policy.delta,
+            accountant=policy.accountant,
+            coarse=coarse,
+        )
+
+    try:
+        return search_noise(
+            eps,
+            target,
+            what=f"{steps} steps with this run's other releases",
+            coarse=functools.partial(eps, coarse=True),
+        )
+    except PrivacyError:
+        raise BudgetExceededError(
+            f"the run's epsilon {target:g} cannot cover {steps} steps with its "
+            "other releases at any noise multiplier"
+        ) from None

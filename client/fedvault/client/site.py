@@ -12,6 +12,7 @@ takes its data location or key from the coordinator.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ class SiteSettings:
     key_file: Path | None = None
     state: Path | None = None
     policy: Path | None = None
+    schema: Path | None = None  # a data site's schema contract (bounds, categories)
     simulated: bool = False  # one party holds every site (``fedvault simulate``)
 
     def __post_init__(self) -> None:
@@ -85,6 +87,7 @@ def _from(
         key_file=get("key-file"),
         state=get("state"),
         policy=get("policy"),
+        schema=get("schema"),
         simulated=simulated,
     )
 
@@ -112,13 +115,39 @@ def _read(site: SiteSettings) -> pd.DataFrame:
     return load_table(site.data)
 
 
+def dataset_version(site: SiteSettings) -> str:
+    """SHA-256 of the data file (or of the vault's manifest, which names every
+    chunk): what a site's releases and its validation split are tied to.
+
+    Raises :class:`DataError` when the file cannot be read.
+    """
+    source = site.vault / MANIFEST_NAME if site.vault is not None else site.data
+    if source is None:
+        raise ConfigError(f"site {site.name}: no data configured")
+    try:
+        return _file_hash(source, source.stat().st_mtime_ns)
+    except OSError as exc:
+        raise DataError(f"site {site.name}: cannot read {source}") from exc
+
+
+@functools.lru_cache(maxsize=16)
+def _file_hash(path: Path, mtime: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @functools.lru_cache(maxsize=8)
-def _load_split(site: SiteSettings, version: int, target: str, seed: int) -> SplitData:
+def _load_split(site: SiteSettings, version: str, target: str) -> SplitData:
     frame = _read(site)
     if target not in frame.columns:
         raise DataError(f"site {site.name}: target column {target!r} missing")
     frame = frame[frame[target].notna()]
-    rng = np.random.default_rng(seed)
+    # The split is the site's own and fixed per dataset version: a coordinator
+    # choosing seeds must not see the same rows in and out of training.
+    rng = np.random.default_rng(int(version[:16], 16))
     order = rng.permutation(len(frame))
     n_val = round(len(frame) * VALIDATION_SHARE) if len(frame) >= 20 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
@@ -128,18 +157,15 @@ def _load_split(site: SiteSettings, version: int, target: str, seed: int) -> Spl
     )
 
 
-def load_site_data(site: SiteSettings, *, target: str, seed: int) -> SplitData:
+def load_site_data(site: SiteSettings, *, target: str) -> SplitData:
     """Load and split the site's data (cached per process while it is unchanged).
 
-    A vault is decrypted and verified in full before any row is used; a wrong key or
-    a tampered vault raises :class:`IntegrityError` and nothing is trained.
+    The split depends on the dataset version only (:func:`dataset_version`), never
+    on the run. A vault is decrypted and verified in full before any row is used;
+    a wrong key or a tampered vault raises :class:`IntegrityError` and nothing is
+    trained.
     """
-    source = site.vault / MANIFEST_NAME if site.vault is not None else site.data
-    try:
-        version = source.stat().st_mtime_ns if source is not None else 0
-    except OSError as exc:
-        raise DataError(f"site {site.name}: cannot read {source}") from exc
-    return _load_split(site, version, target, seed)
+    return _load_split(site, dataset_version(site), target)
 
 
 def usable(split: SplitData, target: str) -> str | None:

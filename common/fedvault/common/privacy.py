@@ -24,6 +24,8 @@ from fedvault.common.errors import ConfigError, PrivacyError
 __all__ = [
     "ACCOUNTANTS",
     "CURVE_PATTERN",
+    "NOT_COVERED",
+    "RELEASES",
     "Accountant",
     "Schedule",
     "Step",
@@ -34,6 +36,43 @@ __all__ = [
 ]
 
 Accountant = Literal["rdp", "prv"]
+
+# Every kind of release that leaves a DP site, its mechanism and its share of the
+# run's epsilon (the sites' planning: fedvault.client.releases); all are composed by
+# the site's accountant into the one epsilon it reports.
+RELEASES: tuple[dict[str, str], ...] = (
+    {
+        "release": "model updates (every trained round)",
+        "mechanism": "DP-SGD: Poisson sampling, per-sample clipping, Gaussian noise",
+        "share": "what the composition leaves (about 90% of the run's epsilon)",
+    },
+    {
+        "release": "preprocessing summary (row, label, category counts; sums and "
+        "sums of squares of clipped numeric values), once per dataset version",
+        "mechanism": "Gaussian noise on per-row contributions clipped to L2 norm 3; "
+        "undeclared categories only above a noisy-count threshold",
+        "share": "noise planned for 50% of the run's epsilon on its own (a few % "
+        "once composed); reused, never charged twice",
+    },
+    {
+        "release": "validation counts (correct predictions, examples) per round",
+        "mechanism": "Gaussian noise, sensitivity 1 each",
+        "share": "noise planned for 5% of the run's epsilon over all rounds on "
+        "its own",
+    },
+    {
+        "release": "example count in training replies",
+        "mechanism": "the summary's noisy row count again (post-processing)",
+        "share": "none",
+    },
+)
+NOT_COVERED = (
+    "the participation of a site and which rounds it trained or declined; the "
+    "sampling rate q and the noise multiplier sigma (they depend on the site's "
+    "exact row count n); the schema's declared bounds and categories; the choice of "
+    "dropped identifier-like columns; the undeclared-category threshold's "
+    "probability 1e-9 per key, outside delta"
+)
 ACCOUNTANTS: tuple[Accountant, ...] = ("rdp", "prv")
 
 

@@ -271,7 +271,15 @@ def _eps(value: float | None) -> str:
 
 def _print_tables(summary: dict[str, Any], out: Path) -> None:
     rounds = Table(title="Global model per round (held-out test split)")
-    for col in ("round", "accuracy", "AUC", "loss", "site val. acc.", "sites", "s"):
+    for col in (
+        "round",
+        "accuracy",
+        "AUC",
+        "loss",
+        "site val. acc. (noisy)",
+        "sites",
+        "s",
+    ):
         rounds.add_column(col, justify="right")
     for row in summary["history"]:
         rounds.add_row(

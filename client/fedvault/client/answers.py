@@ -1,0 +1,101 @@
+"""What a site answers to ``stats`` and ``evaluate``: releases, charged to its budget.
+
+The handlers in :mod:`fedvault.client.app` call these after the site's policy
+admitted the run; the mechanisms and their costs are :mod:`fedvault.client.releases`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedvault.client.budget import SiteBudget
+from fedvault.client.policy import SitePolicy
+from fedvault.client.releases import metric_sigma, released_rows, summary_release
+from fedvault.client.site import SiteSettings, dataset_version
+from fedvault.common.config import TrainingConfig
+from fedvault.common.errors import BudgetExceededError
+from fedvault.common.evaluation import Metrics
+from fedvault.common.protocol import Decline, EvaluateMetrics
+
+
+def summary(
+    *,
+    frame: pd.DataFrame,
+    target: str,
+    site: SiteSettings,
+    budget: SiteBudget,
+    policy: SitePolicy,
+    settings: TrainingConfig,
+    state_dir: Path,
+) -> bytes | Decline:
+    """The site's summary release (kept, or made and charged), or a decline."""
+    try:
+        return summary_release(
+            frame=frame,
+            target=target,
+            site=site,
+            version=dataset_version(site),
+            ledger=budget.ledger,
+            policy=policy,
+            settings=settings,
+            state_dir=state_dir,
+        )
+    except BudgetExceededError as exc:
+        return Decline("budget", str(exc))
+
+
+def train_examples(
+    *,
+    frame: pd.DataFrame,
+    target: str,
+    site: SiteSettings,
+    budget: SiteBudget,
+    policy: SitePolicy,
+    settings: TrainingConfig,
+    state_dir: Path,
+) -> int | Decline:
+    """What a training reply says of the site's size: the row count its summary
+    released (made now if the site has none yet), never the exact one."""
+    data = summary(
+        frame=frame,
+        target=target,
+        site=site,
+        budget=budget,
+        policy=policy,
+        settings=settings,
+        state_dir=state_dir,
+    )
+    return data if isinstance(data, Decline) else max(1, released_rows(data))
+
+
+def validation_metrics(
+    result: Metrics,
+    *,
+    budget: SiteBudget,
+    server_round: int,
+    client_weight: bool,
+) -> EvaluateMetrics | Decline:
+    """Noisy counts of correct predictions and of examples (sensitivity 1 each),
+    charged to the ledger before they leave; accuracy is their ratio. No loss."""
+    if not math.isfinite(result.accuracy):
+        return Decline("data", "no releasable validation count for this task")
+    sigma = metric_sigma(budget.settings, budget.policy)
+    rng = np.random.default_rng(secrets.randbits(63))
+    correct = round(result.accuracy * result.examples) + rng.normal(0.0, sigma)
+    examples = result.examples + rng.normal(0.0, sigma)
+    digest = hashlib.sha256(f"{correct!r}/{examples!r}".encode()).hexdigest()
+    refusal = budget.release(server_round, sigma, digest)
+    if refusal is not None:
+        return refusal
+    shown = max(1, round(examples))
+    return EvaluateMetrics(
+        num_examples=shown,
+        accuracy=min(max(correct / shown, 0.0), 1.0),
+        client_weight=client_weight,
+    )
