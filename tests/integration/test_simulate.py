@@ -117,8 +117,14 @@ def test_natural_partition_from_csv_with_a_tiny_site(tmp_path):
 def test_sites_decline_when_spent_and_a_second_run_continues(tmp_path):
     state = tmp_path / "state"
     # Fixed sigma: every round costs the same, so sites stop once the budget is spent.
-    first = _run(tmp_path, "spend", rounds=50, epsilon=100.0, state=str(state),
-                 **{"noise-multiplier": 3.0, "site-budget": 2.0})
+    first = _run(
+        tmp_path,
+        "spend",
+        rounds=50,
+        epsilon=100.0,
+        state=str(state),
+        **{"noise-multiplier": 3.0, "site-budget": 2.0},
+    )
     assert first["status"] == "stopped"
     assert "fewer than min-sites" in first["stop_reason"]
     for site in first["sites"].values():
@@ -131,8 +137,9 @@ def test_sites_decline_when_spent_and_a_second_run_continues(tmp_path):
 
     # Same state, more budget granted by the site's operator: continues from it.
     for policy in state.glob("*/site.toml"):
-        policy.write_text(policy.read_text().replace("epsilon-max = 2.0",
-                                                     "epsilon-max = 4.0"))
+        policy.write_text(
+            policy.read_text().replace("epsilon-max = 2.0", "epsilon-max = 4.0")
+        )
     second = _run(tmp_path, "more", rounds=2, epsilon=1.0, state=str(state))
     for name, site in second["sites"].items():
         before = first["sites"][name]["epsilon_lifetime"]

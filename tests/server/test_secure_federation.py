@@ -24,7 +24,6 @@ from fedvault.server.settings import ServerSettings
 NODES = [101, 202, 303]
 
 
-
 def _run(tmp_path, local_grid, make_contexts, *, server=None, site=None, **kw):
     run_config = site_run_config(tmp_path, NODES, **kw)
     server_config = run_config | (server or {})
@@ -110,9 +109,7 @@ def test_a_declining_site_under_secagg_is_left_out_of_the_sum(
     assert summary["final"]["accuracy"] > 0.8
 
 
-def test_site_policy_requiring_secagg_is_respected(
-    tmp_path, local_grid, make_contexts
-):
+def test_site_policy_requiring_secagg_is_respected(tmp_path, local_grid, make_contexts):
     _, plain, _, _ = _run(
         tmp_path / "plain", local_grid, make_contexts, rounds=1, require_secagg=(1,)
     )

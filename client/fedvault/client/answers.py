@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import secrets
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pandas as pd
 from fedvault.client.budget import SiteBudget
 from fedvault.client.policy import SitePolicy
 from fedvault.client.releases import metric_sigma, released_rows, summary_release
+from fedvault.client.rounds import round_seed
 from fedvault.client.site import SiteSettings, dataset_version
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import BudgetExceededError
@@ -45,6 +45,7 @@ def summary(
             policy=policy,
             settings=settings,
             state_dir=state_dir,
+            seed=round_seed(site, settings.seed, 0, "summary"),
         )
     except BudgetExceededError as exc:
         return Decline("budget", str(exc))
@@ -80,13 +81,14 @@ def validation_metrics(
     budget: SiteBudget,
     server_round: int,
     client_weight: bool,
+    seed: int,
 ) -> EvaluateMetrics | Decline:
     """Noisy counts of correct predictions and of examples (sensitivity 1 each),
     charged to the ledger before they leave; accuracy is their ratio. No loss."""
     if not math.isfinite(result.accuracy):
         return Decline("data", "no releasable validation count for this task")
     sigma = metric_sigma(budget.settings, budget.policy)
-    rng = np.random.default_rng(secrets.randbits(63))
+    rng = np.random.default_rng(seed)
     correct = round(result.accuracy * result.examples) + rng.normal(0.0, sigma)
     examples = result.examples + rng.normal(0.0, sigma)
     digest = hashlib.sha256(f"{correct!r}/{examples!r}".encode()).hexdigest()

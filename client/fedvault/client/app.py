@@ -372,7 +372,11 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         return _decline(msg, budget)
     server_round = int(number(config_record(msg.content, CONFIG), SERVER_ROUND, 0.0))
     metrics = answers.validation_metrics(
-        result, budget=budget, server_round=server_round, client_weight=weighted
+        result,
+        budget=budget,
+        server_round=server_round,
+        client_weight=weighted,
+        seed=round_seed(run.site, settings.seed, server_round, "evaluate"),
     )
     if isinstance(metrics, Decline):
         return _decline(msg, metrics)

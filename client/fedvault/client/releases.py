@@ -84,9 +84,7 @@ def summary_sigma(settings: TrainingConfig, policy: SitePolicy) -> float:
 def metric_sigma(settings: TrainingConfig, policy: SitePolicy) -> float:
     """Noise multiplier of the validation counts: one release per round, planned
     for METRICS_SHARE of the run's epsilon over all rounds alone."""
-    return _planned(
-        METRICS_SHARE * _target(settings, policy), settings.rounds, policy
-    )
+    return _planned(METRICS_SHARE * _target(settings, policy), settings.rounds, policy)
 
 
 def release_step(sigma: float) -> Step:
@@ -163,10 +161,12 @@ def summary_release(
     policy: SitePolicy,
     settings: TrainingConfig,
     state_dir: Path,
+    seed: int,
 ) -> bytes:
     """The site's summary of ``frame`` for dataset ``version``: the kept release
     if there is one (nothing charged), else a new one, charged to the ledger
-    before it is kept and sent.
+    before it is kept and sent. ``seed``: of its noise (a deployed site's comes
+    from the OS, see :func:`fedvault.client.rounds.round_seed`).
 
     Raises :class:`BudgetExceededError` when the budget cannot cover it (nothing
     is released) and :class:`ConfigError` for an unreadable schema.
@@ -175,7 +175,6 @@ def summary_release(
     if kept is not None:
         return kept
     sigma = summary_sigma(settings, policy)
-    seed = int.from_bytes(secrets.token_bytes(8), "big")
     summary, dropped = noisy_summary(
         frame,
         target,

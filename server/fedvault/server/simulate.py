@@ -37,6 +37,7 @@ from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
 from fedvault.server import _flower
 from fedvault.server import _vaults as _vaults_mod
+from fedvault.server._site_schema import site_schema
 from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE
 from fedvault.server.settings import ServerSettings
 
@@ -289,51 +290,14 @@ def _site_inputs(
             continue
         path = data_dir / f"site-{pid}.parquet"
         source.to_parquet(path, index=False)
-        entries.append({"data": str(path)} | _schema(prepared, work))
+        entries.append(
+            {"data": str(path)} | site_schema(prepared.options, prepared.sites, work)
+        )
     if prepared.test is None:
         return entries, ""
     test_file = work / "test.parquet"
     prepared.test.to_parquet(test_file, index=False)
     return entries, str(test_file)
-
-
-MIN_DECLARED_CLASS = 10
-
-
-def _schema(prepared: PreparedData, work: Path) -> dict[str, str]:
-    """The embedded data's schema contract: its features' published ranges (min and
-    max over the public dataset, as scikit-learn documents them), which the sites
-    clip to before their summary release, and its label classes. User data gets
-    only its label classes held by at least MIN_DECLARED_CLASS rows of the file
-    (one party holds every site): its sites bound their values with asinh
-    (docs/privacy.md)."""
-    if prepared.options.vaults:
-        return {}
-    path = work / "schema.toml"
-    if not path.exists():
-        target = prepared.options.target
-        frame = pd.concat(
-            [part for _, part in prepared.sites if not isinstance(part, Path)]
-        )
-        columns: dict[str, Any] = {}
-        if not prepared.options.data:
-            frame = default_dataset()
-            columns = {
-                str(c): {
-                    "type": "float",
-                    "role": "feature",
-                    "min": float(frame[c].min()),
-                    "max": float(frame[c].max()),
-                }
-                for c in frame.columns
-                if c != target
-            }
-        counts = frame[target].astype(str).value_counts()
-        labels = sorted(str(k) for k, v in counts.items() if v >= MIN_DECLARED_CLASS)
-        columns[target] = {"type": "category", "role": "target", "categories": labels}
-        doc = {"dataset": {"name": "breast-cancer"}, "columns": columns}
-        path.write_text(tomli_w.dumps(doc), encoding="utf-8")
-    return {"schema": str(path)}
 
 
 def _run_config(
