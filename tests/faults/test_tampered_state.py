@@ -119,6 +119,10 @@ def test_a_site_whose_data_is_gone_or_garbage_is_named(
     summary = _run(tmp_path, local_grid, make_contexts, run_config, "run")
     assert summary["status"] == "completed"
     assert "site-1" not in summary["sites"]
-    ((node, why),) = summary["excluded_sites"].items()
-    assert node == f"node-{NODES[0]}" and "failed" in why
+    # under the site's own name, as one line: the error's class and message
+    ((name, why),) = summary["excluded_sites"].items()
+    assert name == "site-1" and why.startswith("DataError: ")
+    expected = "cannot read" if case == "missing" else "not a readable Parquet file"
+    assert expected in why and "site-0.parquet" in why
+    assert "\n" not in why and "Traceback" not in why
     assert summary["sites"]["site-2"]["rounds_trained"] == 1

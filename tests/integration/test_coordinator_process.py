@@ -13,33 +13,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import tomli_w
+from consortium import coordinator_toml, wait_for_run
 
 from fedvault.common import certs
 from fedvault.common.errors import ConfigError
-from fedvault.common.processes import free_port
 from fedvault.server import coordinator as coord
 from fedvault.server.deploy import load_coordinator_config
 
 
-def _config(tmp_path: Path, **coordinator: object) -> Path:
-    doc = {
-        "coordinator": {
-            "run-dir": "run",
-            "fleet-address": f"127.0.0.1:{free_port()}",
-            "control-address": f"127.0.0.1:{free_port()}",
-            "expected-sites": 1,
-            **coordinator,
-        },
-        "training": {"rounds": 1, "min-sites": 1, "round-timeout": 300.0},
-    }
-    path = tmp_path / "coordinator.toml"
-    path.write_text(tomli_w.dumps(doc))
-    return path
-
-
 def test_missing_certificates_refuse_before_any_process(tmp_path):
-    cfg = load_coordinator_config(_config(tmp_path))
+    cfg = load_coordinator_config(coordinator_toml(tmp_path))
     with pytest.raises(ConfigError, match="certs init"):
         coord.start(cfg)
     assert not (cfg.run_dir / "superlink" / "superlink.log").exists()
@@ -51,7 +34,7 @@ def test_certificate_of_another_ca_refuses_before_any_process(tmp_path):
     certs.create_ca(tmp_path / "other")
     (tmp_path / "certs" / "ca.crt").unlink()
     (tmp_path / "other" / "ca.crt").rename(tmp_path / "certs" / "ca.crt")
-    cfg = load_coordinator_config(_config(tmp_path))
+    cfg = load_coordinator_config(coordinator_toml(tmp_path))
     with pytest.raises(ConfigError, match="invalid"):
         coord.start(cfg)
     assert not (cfg.run_dir / "superlink" / "superlink.log").exists()
@@ -72,7 +55,7 @@ def _flower_pids(root: Path) -> list[int]:
 @pytest.mark.timeout(120)
 def test_insecure_coordinator_serves_http_and_stops_cleanly_on_sigterm(tmp_path):
     """--insecure: plain HTTP Control API on loopback; SIGTERM leaves nothing behind."""
-    config = _config(tmp_path)
+    config = coordinator_toml(tmp_path)
     cfg = load_coordinator_config(config)
     code = (
         "import sys; from fedvault.server.server_cli import server_app; "
@@ -87,11 +70,7 @@ def test_insecure_coordinator_serves_http_and_stops_cleanly_on_sigterm(tmp_path)
     )
     live = cfg.run_dir / "coordinator.json"
     try:
-        deadline = time.monotonic() + 60
-        while "run-id" not in (json.loads(live.read_text()) if live.exists() else {}):
-            assert proc.poll() is None, (tmp_path / "coordinator.out").read_text()
-            assert time.monotonic() < deadline, "coordinator did not start"
-            time.sleep(0.5)
+        wait_for_run(proc, cfg.run_dir, tmp_path / "coordinator.out")
         assert json.loads(live.read_text())["insecure"] is True
         url = f"http://{cfg.options.control_address}/health"
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -105,6 +84,7 @@ def test_insecure_coordinator_serves_http_and_stops_cleanly_on_sigterm(tmp_path)
         assert not live.exists()
         text = (tmp_path / "coordinator.out").read_text()
         assert "INSECURE" in text or "--insecure" in text
+        assert "coordinator stopped" in text and "stopped by SIGTERM" in text
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

@@ -14,6 +14,7 @@ from fedvault.client import flower_log, site_config, supernode
 from fedvault.client.client_cli import client_app
 from fedvault.common.errors import ConfigError
 from fedvault.server import coordinator as coord
+from fedvault.server import superlink
 from fedvault.server.certs_cli import certs_app
 from fedvault.server.deploy import (
     CoordinatorLayout,
@@ -82,6 +83,10 @@ def test_coordinator_config_paths_and_run_config(tmp_path):
         ({"training": {"rounds": 0}}, "rounds"),
         ({"extra": {}}, "unknown table"),
         ({"sites": {"a": 3}}, "public key path"),
+        (
+            {"coordinator": {"expected-sites": 2}, "training": {"min-sites": 9}},
+            "min-sites: 9 is more than the 2 sites",
+        ),
     ],
 )
 def test_bad_coordinator_config_names_the_key(tmp_path, raw, match):
@@ -93,7 +98,7 @@ def test_superlink_command_is_tls_authenticated_with_a_database(tmp_path):
     cfg = _coordinator(
         tmp_path, **{"fleet-address": "0.0.0.0:9092", "control-address": "127.0.0.1:1"}
     )
-    cmd = coord.superlink_command(cfg, insecure=False)
+    cmd = superlink.superlink_command(cfg, insecure=False)
     joined = " ".join(cmd)
     for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"):
         assert flag in cmd
@@ -102,7 +107,7 @@ def test_superlink_command_is_tls_authenticated_with_a_database(tmp_path):
     assert "--host 127.0.0.1 --port 1" in joined
     assert "--disable-runtime-dependency-installation" in cmd
     assert f"--database {tmp_path / 'run' / 'superlink' / 'state.db'}" in joined
-    insecure = coord.superlink_command(cfg, insecure=True)
+    insecure = superlink.superlink_command(cfg, insecure=True)
     assert "--insecure" in insecure and "--enable-supernode-auth" not in insecure
 
 
@@ -110,7 +115,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
     layout = CoordinatorLayout(tmp_path)
     layout.output.mkdir(parents=True)
     (layout.output / "progress.jsonl").write_text("{}\n")
-    with pytest.raises(ConfigError, match="unfinished run"):
+    with pytest.raises(ConfigError, match=r"cannot be resumed.*--restart"):
         coord.prepare_output(layout, restart=False)
     coord.prepare_output(layout, restart=True)
     assert not layout.output.exists()
@@ -157,6 +162,7 @@ def test_site_policy_comes_from_its_privacy_table(tmp_path):
     (tmp_path / "ca.crt").write_text("x")
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "site.key").write_text("x")
+    (tmp_path / "keys" / "site.key").chmod(0o600)  # else refused: others can read
     (tmp_path / "a.parquet").write_text("x")
     site = {
         "name": "site-a",

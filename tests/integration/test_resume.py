@@ -13,84 +13,16 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-import tomli_w
-from consortium import events, flower_pids, stop_all, write_site
-from typer.testing import CliRunner
-
-from fedvault.client.client_cli import client_app
-from fedvault.common.data import default_dataset
-from fedvault.common.processes import free_port
-from fedvault.server.certs_cli import certs_app
+from consortium import Consortium, events, flower_pids, prepare_two_sites, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROUNDS = 3
-LAUNCH = (
-    "import sys; from importlib import import_module; "
-    "m, n = sys.argv[1].split(':'); getattr(import_module(m), n)(sys.argv[2:])"
-)
 
 
-def _prepare(root: Path) -> None:
-    runner = CliRunner()
-    for args in (
-        ["init", root / "certs"],
-        ["server", root / "certs", "--host", "localhost"],
-    ):
-        assert runner.invoke(certs_app, [str(a) for a in args]).exit_code == 0
-    frame = default_dataset().sample(frac=1.0, random_state=1)
-    (root / "data").mkdir()
-    fleet = free_port()
-    for i in range(2):
-        frame.iloc[i::2].to_parquet(root / "data" / f"site-{i}.parquet", index=False)
-        name = f"site-{i}"
-        keygen = ["keygen", str(root / "keys" / name), "--name", name]
-        assert runner.invoke(client_app, keygen).exit_code == 0
-        write_site(root, name, fleet, "bc", data=f"data/{name}.parquet")
-    coordinator = {
-        "coordinator": {
-            "run-dir": "run",
-            "certs": "certs",
-            "expected-sites": 2,
-            "fleet-address": f"127.0.0.1:{fleet}",
-            "control-address": f"127.0.0.1:{free_port()}",
-            "client-threads": 1,
-            "timeout": 400.0,
-        },
-        "training": {
-            "rounds": ROUNDS,
-            "batch-size": 16,
-            "min-sites": 2,
-            "round-timeout": 150.0,
-            "epsilon": 3.0,
-        },
-        "sites": {f"site-{i}": f"keys/site-{i}/site.pub" for i in range(2)},
-    }
-    (root / "coordinator.toml").write_text(tomli_w.dumps(coordinator))
-
-
-class Processes:
-    def __init__(self, root: Path) -> None:
-        self.root, self.procs = root, {}
-
-    def launch(self, name: str, app: str, *args: str) -> subprocess.Popen[bytes]:
-        with (self.root / f"{name}.out").open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", LAUNCH, app, *args],
-                cwd=self.root,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.procs[name] = proc
-        return proc
-
+class Processes(Consortium):
     def crash_coordinator(self) -> None:
         """SIGKILL the coordinator's CLI and its SuperLink (not the sites)."""
         os.killpg(self.procs["coordinator"].pid, signal.SIGKILL)
@@ -100,29 +32,16 @@ class Processes:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    def stop_all(self) -> list[int]:
-        return stop_all(self.procs.values(), self.root)
-
-
-def _wait(what: str, check, timeout: float, proc=None) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"process exited while waiting for {what}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.5)
-
 
 def test_resume_after_the_coordinator_dies(tmp_path):
-    _prepare(tmp_path)
+    prepare_two_sites(tmp_path, rounds=ROUNDS, min_sites=2)
     procs = Processes(tmp_path)
     config = ["--config", str(tmp_path / "coordinator.toml")]
     server = "fedvault.server.server_cli:server_app"
     try:
         coordinator = procs.launch("coordinator", server, "start", *config)
         live = tmp_path / "run" / "coordinator.json"  # sites registered, run submitted
-        _wait(
+        wait_until(
             "the coordinator",
             lambda: live.exists() and "run-id" in live.read_text(),
             90,
@@ -137,7 +56,7 @@ def test_resume_after_the_coordinator_dies(tmp_path):
                 str(tmp_path / f"site-{i}.toml"),
             )
         rounds = lambda: [e for e in events(tmp_path) if e["event"] == "round"]  # noqa: E731
-        _wait("round 1", lambda: len(rounds()) >= 1, 240, coordinator)
+        wait_until("round 1", lambda: len(rounds()) >= 1, 240, coordinator)
         procs.crash_coordinator()
         assert not (tmp_path / "run" / "output" / "summary.json").exists()
         done_before = len(rounds())

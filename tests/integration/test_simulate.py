@@ -153,3 +153,89 @@ def test_int8_updates_train_as_well(tmp_path):
     assert summary["rounds_completed"] == 2
     assert summary["final"]["accuracy"] > 0.8
     assert summary["config"]["compress"] == "int8"
+
+
+def test_a_run_no_site_can_afford_exits_non_zero_saying_why(tmp_path):
+    """--epsilon 0.01: every site declines round 1 (budget). Exit 1, the reason and
+    what to change on stderr, and no claim that a model was trained."""
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from fedvault.common.cli import main; main()",
+            "simulate",
+            "--epsilon",
+            "0.01",
+            "--rounds",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "error: the run stopped early" in proc.stderr
+    assert "declined (budget: " in proc.stderr
+    assert "a larger --epsilon" in proc.stderr
+    assert "untrained initial model" in proc.stderr
+    assert "Final test accuracy" not in proc.stdout
+    assert json.loads((out / "summary.json").read_text())["history"] == []
+
+
+def _processes_in_simulation_folders() -> list[str]:
+    import os
+    import tempfile
+
+    root = os.path.join(tempfile.gettempdir(), "fedvault-sim-")
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if cwd.startswith(root):
+                found.append(f"{entry.name} {cwd}")
+    return found
+
+
+def test_sigterm_stops_everything_and_marks_the_run_interrupted(tmp_path):
+    """A scheduler's SIGTERM mid-run: no Flower or Ray process is left, the
+    private work folder (the sites' plaintext copies) is gone, and the run folder
+    says it was interrupted rather than blaming the sites."""
+    import signal
+    import tempfile
+    import time
+
+    before = set(Path(tempfile.gettempdir()).glob("fedvault-sim-*"))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from fedvault.common.cli import main; main()",
+            "simulate",
+            "--no-dp",
+            "--rounds",
+            "300",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    progress = out / "progress.jsonl"
+    while '"event": "round"' not in (progress.read_text() if progress.exists() else ""):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    assert '"event": "interrupted"' in progress.read_text()
+    assert set(Path(tempfile.gettempdir()).glob("fedvault-sim-*")) <= before
+    time.sleep(2)
+    assert _processes_in_simulation_folders() == []

@@ -1,10 +1,12 @@
 """Demo exports -> `fedvault data import` per site -> `simulate --vaults`."""
 
+import dataclasses
+
 import pytest
 from typer.testing import CliRunner
 
 from fedvault.client.data_cli import data_app
-from fedvault.common.errors import FederationError
+from fedvault.common.errors import ConfigError
 from fedvault.server import simulate as sim
 
 pytestmark = pytest.mark.slow
@@ -74,12 +76,24 @@ def test_sites_train_from_their_vaults_with_dp(vaults, tmp_path):
         assert f'"{identifier}"' not in prep
 
 
-def test_a_wrong_key_is_refused_by_every_site(vaults, tmp_path):
+def test_a_wrong_key_is_refused_before_flower_starts(vaults, tmp_path):
+    """The launcher asks each vault (through the site's own inspect) before
+    Flower starts: a key that opens none of them is one line naming the vault."""
     root, paths = vaults
-    with pytest.raises(FederationError, match=r"IntegrityError|can train"):
+    with pytest.raises(ConfigError, match=r"cannot read the manifest of .* key"):
         sim.run(_cfg(root, paths, key="other.key"), tmp_path / "bad")
-    summary_written = (tmp_path / "bad" / "summary.json").exists()
-    assert not summary_written
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_target_comes_from_the_vaults_schema(vaults, tmp_path):
+    root, paths = vaults
+    cfg = _cfg(root, paths)
+    wrong = dataclasses.replace(
+        cfg, options=dataclasses.replace(cfg.options, target="outcome")
+    )
+    with pytest.raises(ConfigError, match="their schema declares 'diagnosis'"):
+        sim.run(wrong, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_delta_not_below_one_over_n_is_refused_before_flower_starts(

@@ -204,3 +204,25 @@ def test_planning_on_a_spent_budget_raises(tmp_path):
     ledger.append("run-a", 1, step, 1.0, _digest("a", 1))
     with pytest.raises(BudgetExceededError, match="budget spent"):
         plan_run_noise(ledger, policy, sample_rate=0.1, steps_this_run=10)
+
+
+@pytest.mark.timeout(120)  # a hang guard: before the fix this search never returned
+def test_a_huge_run_target_the_floor_already_meets_needs_no_search(tmp_path):
+    """epsilon 1000 within a budget of 2000 with PRV: the site's smallest noise
+    already meets it, so sigma is that floor (issue 12, case 10)."""
+    policy = SitePolicy(
+        dataset_id="bc",
+        epsilon_max=2000.0,
+        delta=1e-5,
+        min_noise_multiplier=0.3,
+        accountant="prv",
+    )
+    ledger = PrivacyLedger.for_policy(tmp_path, policy)
+    sigma = plan_run_noise(
+        ledger,
+        policy,
+        sample_rate=0.35,
+        steps_this_run=30,
+        target_epsilon_this_run=1000.0,
+    )
+    assert sigma == 0.3

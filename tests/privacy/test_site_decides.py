@@ -189,3 +189,18 @@ def test_a_round_too_noisy_to_be_useful_is_declined_as_budget(tmp_path):
     assert "too small for a useful round" in decision.detail
     assert "max-noise-multiplier 10" in decision.detail
     assert second.ledger.epsilon() == spent  # nothing spent on it
+
+
+def test_stats_are_the_same_whatever_the_run_seed(tmp_path):
+    """The coordinator picks the run's seed; the site picks its split (fixed per
+    dataset version). Replaying the stats query under many seeds returns the same
+    bytes each time, so the replay attack of issue 11 case 5 (least squares over
+    sums of seed-dependent row subsets) gets one equation, not a system."""
+    site = _deployed_site(tmp_path)
+    answers = set()
+    for seed in range(12):
+        reply = client_app(_message("stats"), _context(site, seed=seed))
+        stats = SiteStats.from_content(reply.content)
+        assert stats.summary is not None
+        answers.add(stats.summary)
+    assert len(answers) == 1

@@ -111,3 +111,51 @@ def test_simulated_policies_allow_non_private_only_for_no_dp(tmp_path, dp):
     folders = sim.site_states(prepared, tmp_path)
     for folder in folders:
         assert load_policy(folder / "site.toml").allow_non_private is (not dp)
+
+
+def test_a_state_folder_that_cannot_be_made_is_one_line_and_no_out(tmp_path):
+    """--state /proc/nope: one line naming the path, exit 2, no run folder."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fedvault = str(Path(sys.executable).parent / "fedvault")
+    done = subprocess.run(
+        [fedvault, "simulate", "--state", "/proc/nope", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "error: No such file or directory: /proc/nope"
+    assert not (tmp_path / "o").exists()
+
+
+def _fedvault(*args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fedvault = str(Path(sys.executable).parent / "fedvault")
+    return subprocess.run(
+        [fedvault, *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_fewer_sites_than_min_sites_is_refused_before_flower(tmp_path):
+    """--sites 1 (min-sites 2) used to wait for a second site until the timeout."""
+    done = _fedvault("simulate", "--sites", "1", "--out", str(tmp_path / "o"))
+    assert done.returncode == 2, done.stderr
+    assert "min-sites: 2, but only 1 site(s) hold data" in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_folder_holding_other_files_is_not_a_run_folder(tmp_path):
+    """--out on a folder of the user's own files would overwrite them."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.pt").write_bytes(b"my own model")
+    done = _fedvault("simulate", "--out", str(mine))
+    assert done.returncode == 2, done.stderr
+    assert "is not empty" in done.stderr
+    assert (mine / "model.pt").read_bytes() == b"my own model"

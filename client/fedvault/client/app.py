@@ -6,7 +6,8 @@ The record keys, metric names and decline codec it uses are
 SuperNode launcher (:mod:`fedvault.client.runtime`).
 
 Every handler first checks the whole request (the run's settings) against the
-site's own policy, before any data is read (:func:`_admit`, through
+site's own policy, before any data is read
+(:func:`fedvault.client.admission.admit`, through
 :func:`fedvault.client.policy.check_request`), and declines the run with a typed
 reason when it asks for less protection than the policy allows; the coordinator can
 ask, never override. Handlers:
@@ -27,8 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from flwr.app import Context, Message, RecordDict
@@ -37,16 +36,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fedvault.client import answers
-from fedvault.client.budget import SiteBudget, policy_path
+from fedvault.client.admission import Run, admit, refuse_rows
+from fedvault.client.budget import SiteBudget
 from fedvault.client.mods import privacy_mod
-from fedvault.client.policy import SitePolicy, check_request, check_rows, load_policy
 from fedvault.client.rounds import replay_round, reply, round_seed, update_of
-from fedvault.client.rounds import round_seed as _round_seed  # noqa: F401
 from fedvault.client.site import (
-    SiteSettings,
     SplitData,
     load_site_data,
-    site_settings,
     to_tensors,
     usable,
 )
@@ -57,7 +53,7 @@ from fedvault.client.training import (
     train_private,
 )
 from fedvault.common.config import TrainingConfig
-from fedvault.common.errors import BudgetExceededError, ConfigError
+from fedvault.common.errors import BudgetExceededError, FedVaultError
 from fedvault.common.evaluation import evaluate
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, site_summary
@@ -110,49 +106,23 @@ def _decline(msg: Message, decline: Decline) -> Message:
     return decline.reply(msg)
 
 
-@dataclass(frozen=True)
-class _Run:
-    """A run the site takes part in: its settings, the site's own, its policy."""
-
-    settings: TrainingConfig
-    site: SiteSettings
-    policy: SitePolicy
-    policy_file: Path
-    state_dir: Path
-
-
-def _admit(context: Context) -> tuple[SiteSettings, _Run | Decline]:
-    """The edge of every handler: the run's request against the site's policy,
-    before any data is read (a site without a readable policy takes part in
-    nothing)."""
-    settings = TrainingConfig.from_run_config(context.run_config)
-    site = site_settings(context.node_config, context.run_config)
-    try:
-        policy_file, state_dir = policy_path(site.state, site.policy)
-        policy = load_policy(policy_file)
-    except ConfigError as exc:
-        return site, Decline("policy", f"the site's policy cannot be read: {exc}")
-    refusal = check_request(policy, settings)
-    if refusal is not None:
-        return site, refusal
-    return site, _Run(settings, site, policy, policy_file, state_dir)
-
-
-def _refuse_rows(run: _Run, split: SplitData) -> Decline | None:
-    """Why the site's own rows rule the run out (delta against their number)."""
-    return check_rows(run.policy, rows=len(split.train)) if run.settings.dp else None
 
 
 @app.query(STATS_ACTION)
 def stats(msg: Message, context: Context) -> Message:
     """Summary counts of this site's training rows, for federated preprocessing."""
-    site, run = _admit(context)
+    site, run = admit(context)
     if isinstance(run, Decline):
         _log_decline(msg, run)
         return Message(SiteStats(site.name, decline=run).to_content(), reply_to=msg)
     target = str(context.run_config[RUN_TARGET])
-    split = load_site_data(site, target=target)
-    refusal = _refuse_rows(run, split)
+    try:
+        split = load_site_data(site, target=target)
+    except FedVaultError as exc:  # its data cannot serve: say so, under its name
+        why = f"{type(exc).__name__}: {exc}"
+        logger.warning("cannot take part: %s", why)
+        return Message(SiteStats(site.name, reason=why).to_content(), reply_to=msg)
+    refusal = refuse_rows(run, split)
     reason = usable(split, target)
     if refusal is None and reason is None:
         released = _summary(run, split, target, str(context.run_id))
@@ -168,7 +138,7 @@ def stats(msg: Message, context: Context) -> Message:
     return Message(answer.to_content(), reply_to=msg)
 
 
-def _summary(run: _Run, split: SplitData, target: str, run_id: str) -> bytes | Decline:
+def _summary(run: Run, split: SplitData, target: str, run_id: str) -> bytes | Decline:
     if not run.settings.dp:  # only where the site's policy allows non-private runs
         return summary_to_bytes(site_summary(split.train, target))
     budget = _open_budget(run, run_id)
@@ -204,7 +174,7 @@ def _preprocessing(msg: Message) -> Preprocessing:
     )
 
 
-def _open_budget(run: _Run, run_id: str) -> SiteBudget | Decline:
+def _open_budget(run: Run, run_id: str) -> SiteBudget | Decline:
     return SiteBudget.open(
         policy_file=run.policy_file,
         state_dir=run.state_dir,
@@ -223,7 +193,7 @@ def train(msg: Message, context: Context) -> Message:
     the ledger before the update is sent.
     """
     _threads(context)
-    _, run = _admit(context)
+    _, run = admit(context)
     if isinstance(run, Decline):
         return _decline(msg, run)
     settings, site = run.settings, run.site
@@ -231,7 +201,7 @@ def train(msg: Message, context: Context) -> Message:
     prep = _preprocessing(msg)
     server_round = int(number(config, SERVER_ROUND))
     split = load_site_data(site, target=prep.target)
-    refusal = _refuse_rows(run, split)
+    refusal = refuse_rows(run, split)
     if refusal is not None:
         return _decline(msg, refusal)
     reason = usable(split, prep.target)
@@ -296,7 +266,7 @@ def _train_plain(
 
 def _train_private(
     msg: Message,
-    run: _Run,
+    run: Run,
     budget: SiteBudget,
     model: nn.Module,
     data: TensorDataset,
@@ -344,13 +314,13 @@ def _train_private(
 def evaluate_local(msg: Message, context: Context) -> Message:
     """Metrics of the global model on this site's validation split."""
     _threads(context)
-    _, run = _admit(context)
+    _, run = admit(context)
     if isinstance(run, Decline):
         return _decline(msg, run)
     settings = run.settings
     prep = _preprocessing(msg)
     split = load_site_data(run.site, target=prep.target)
-    refusal = _refuse_rows(run, split)
+    refusal = refuse_rows(run, split)
     if refusal is not None:
         return _decline(msg, refusal)
     if len(split.validation) == 0:

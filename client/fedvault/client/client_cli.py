@@ -13,9 +13,9 @@ from rich.console import Console
 
 from fedvault.client.ledger_cli import ledger_app
 from fedvault.client.site_config import load_site_config
-from fedvault.client.supernode import run_site
-from fedvault.common.certs import generate_site_keys
-from fedvault.common.cli import command_group
+from fedvault.client.supernode import run_site, stop_site
+from fedvault.common.certs import fingerprint, generate_site_keys, load_site_public_key
+from fedvault.common.cli import command_group, say
 
 console = Console(stderr=True)
 
@@ -41,9 +41,12 @@ def keygen(
     """
     private, public = generate_site_keys(directory, comment=name)
     sys.stdout.write(public.read_text())
-    console.print(
-        f"private key {private} (keep it here); public key {public} "
-        "(send it to the coordinator)"
+    say(
+        console,
+        f"private key {private} (keep it here); public key {public} (send it to "
+        f"the coordinator); fingerprint {fingerprint(load_site_public_key(public))} "
+        "(as `ssh-keygen -lf` shows it: the coordinator's `fedvault server sites "
+        "add` must print the same)",
     )
 
 
@@ -59,8 +62,24 @@ def start(
     """
     cfg = load_site_config(config)
     if cfg.options.insecure:
-        console.print(
-            "[bold red]WARNING: insecure = true: no TLS and no site "
-            "authentication; test use on one machine only.[/]"
+        say(
+            console,
+            "WARNING: insecure = true: no TLS and no site authentication; test use "
+            "on one machine only.",
+            style="bold red",
         )
     run_site(cfg, echo=sys.stderr)
+
+
+@client_app.command("stop")
+def stop(
+    config: Annotated[Path, typer.Option(help="The site's TOML settings.")] = Path(
+        "site.toml"
+    ),
+) -> None:
+    """Stop this site's `fedvault client start` (its SuperNode and ClientApps with
+    it), and any of its processes that a killed one left behind."""
+    cfg = load_site_config(config)
+    stopped = stop_site(cfg)
+    done = f"stopped {', '.join(stopped)}" if stopped else "nothing was running"
+    say(console, f"site {cfg.options.name}: {done}")

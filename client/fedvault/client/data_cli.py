@@ -19,6 +19,14 @@ from rich.console import Console
 
 from fedvault.client.data import keys, render
 from fedvault.client.data.demo import DEMO_TARGET, write_demo
+from fedvault.client.data.dicom import write_dicom_demo
+from fedvault.client.data.image_import import (
+    KIND as IMAGES,
+)
+from fedvault.client.data.image_import import (
+    ImageImportOptions,
+    import_images,
+)
 from fedvault.client.data.importer import ImportOptions, OnInvalid, import_raw
 from fedvault.client.data.infer import infer_schema
 from fedvault.client.data.reader import ReadOptions
@@ -161,6 +169,62 @@ def import_command(
     console.print(render.weak_columns_table(manifest.quality))
 
 
+@data_app.command("import-images")
+@errors_as_exit(os_errors=True)
+def import_images_command(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A folder per class (ROOT/<label>/*.png|jpg|dcm) or a CSV/Parquet "
+            "manifest (path, label columns)."
+        ),
+    ],
+    vault: Annotated[Path, typer.Option("--vault", help="Vault folder to write.")],
+    key: KeyOpt = None,
+    passphrase: PassOpt = False,
+    secret: Annotated[
+        Path | None,
+        typer.Option("--secret", help="Site secret (keyed DICOM pseudonyms)."),
+    ] = None,
+    label: Annotated[str, typer.Option(help="Label column of a manifest.")] = "label",
+    size: Annotated[int, typer.Option(help="Images are resized to SIZE x SIZE.")] = 64,
+    channels: Annotated[
+        int | None, typer.Option(help="1 (grey) or 3 (colour); default: detected.")
+    ] = None,
+    allow_burned_in: Annotated[
+        bool,
+        typer.Option(help="Accept DICOM files flagged with burned-in annotations."),
+    ] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace the vault's dataset (same key).")
+    ] = False,
+    output: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """De-identify (DICOM: PS3.15 Annex E) and encrypt images into the vault."""
+    existing = replace and (vault / MANIFEST_NAME).is_file()
+    vault_key, _ = _resolve_key(vault, key, passphrase, existing=existing)
+    options = ImageImportOptions(
+        size=(size, size),
+        channels=channels,
+        label=label,
+        allow_burned_in=allow_burned_in,
+        replace=replace,
+    )
+    result = import_images(
+        source,
+        vault,
+        key=vault_key,
+        secret=_resolve_secret(secret, vault),
+        options=options,
+    )
+    if output is OutputFormat.JSON:
+        typer.echo(json.dumps({"vault": str(vault), **result.manifest.to_dict()}))
+        return
+    console = _console()
+    console.print(render.manifest_table(result.manifest, vault=str(vault)))
+    console.print(render.image_quality_table(result.report))
+
+
 @data_app.command("keygen")
 @errors_as_exit(os_errors=True)
 def keygen(
@@ -169,7 +233,10 @@ def keygen(
     """Create a 256-bit key file (vault key or site secret); never overwrites."""
     key = keys.write_key(path)
     typer.echo(f"wrote {path} (key id {keys.key_id(key)}, mode 0600)")
-    typer.echo("Back it up outside the vault: without it the vault cannot be read.")
+    typer.echo(
+        "Back it up outside the vault: a vault key opens its vault, a site secret "
+        "keys its pseudonyms; neither can be recovered."
+    )
 
 
 @data_app.command("rotate-key")
@@ -216,6 +283,9 @@ def inspect(
         return
     console = _console()
     console.print(render.manifest_table(manifest, vault=str(vault)))
+    if manifest.schema.get("kind") == IMAGES:
+        console.print(render.image_quality_table(manifest.quality))
+        return
     console.print(render.columns_table(manifest))
     console.print(render.quality_table(manifest.quality))
     console.print(render.weak_columns_table(manifest.quality))
@@ -227,15 +297,33 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo files.")],
     sites: Annotated[int, typer.Option("--sites", help="Number of sites.")] = 3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="table: hospital exports (fake people, real clinical data) and a "
+            "schema; dicom: pydicom's bundled DICOM samples as a PACS export."
+        ),
+    ] = "table",
 ) -> None:
-    """Write demo hospital exports (fake people, real clinical data) and a schema."""
+    """Write demo hospital exports: tables and a schema, or DICOM files."""
+    if kind == "dicom":
+        written = write_dicom_demo(out)
+        typer.echo(f"wrote {len(written)} DICOM files (identified headers) in {out}")
+        typer.echo(
+            f"  fedvault data import-images {out} --vault vaults/dicom "
+            "--key site.key --secret site.secret --size 64"
+        )
+        return
+    if kind != "table":
+        raise ConfigError(f"--kind: use table or dicom, not {kind!r}")
     files = write_demo(out, sites=sites, seed=seed)
     typer.echo(f"wrote {len(files.sites)} site exports and {files.schema}")
-    typer.echo(f"label column: {DEMO_TARGET}. Next, per site i:")
-    typer.echo("  fedvault data keygen site-i.key; fedvault data keygen site-i.secret")
+    typer.echo(f"label column: {DEMO_TARGET}. Next (one key and secret here, as the")
+    typer.echo("README does; each real site keeps its own), then per site i:")
+    typer.echo("  fedvault data keygen site.key; fedvault data keygen site.secret")
     typer.echo(
         f"  fedvault data import {out}/site-i.csv --schema {files.schema} "
-        "--vault vaults/site-i --key site-i.key --secret site-i.secret"
+        "--vault vaults/site-i --key site.key --secret site.secret"
     )
 
 

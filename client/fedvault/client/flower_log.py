@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import re
 
+from fedvault.common.flower_logs import explain_exit, plain
+
+# The coordinator refused to activate this site's key: not registered, revoked, or
+# still counted online from a connection that crashed (Flower gives no detail).
+KEY_REFUSED = re.compile(r"code: 2004|Failed to activate SuperNode")
+
 # Known SuperNode failures, by the text Flower logs, and what they mean for a site.
 _REFUSALS = (
     (
-        re.compile(r"code: 2004|Failed to activate SuperNode"),
+        KEY_REFUSED,
         "the coordinator refused this site's key: ask the coordinator to run "
         "`fedvault server sites add NAME site.pub`",
     ),
     (
         re.compile(r"code: 2001|must be registered"),
         "the coordinator requires a registered site key; set private-key",
+    ),
+    (
+        re.compile(r"Hostname Verification|hostname mismatch|doesn't match"),
+        "the coordinator's certificate does not name the host in `coordinator`: "
+        "dial the name or address it was issued for (`fedvault certs server "
+        "--host NAME --ip ADDRESS` on the coordinator), or have it reissued",
     ),
     (
         re.compile(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"),
@@ -33,11 +45,15 @@ _REFUSALS = (
 
 
 def explain_failure(log_text: str) -> str:
-    """One line for the operator: what a SuperNode's log says went wrong."""
+    """One line for the operator, without terminal codes: what a SuperNode's log
+    says went wrong (a known refusal, else Flower's exit code in words, else the
+    last error line)."""
+    text = plain(log_text)
     for pattern, meaning in _REFUSALS:
-        if pattern.search(log_text):
+        if pattern.search(text):
             return meaning
-    lines = [
-        ln for ln in log_text.splitlines() if "ERROR" in ln
-    ] or log_text.splitlines()
+    explained = explain_exit(text)
+    if explained is not None:
+        return explained
+    lines = [ln for ln in text.splitlines() if "ERROR" in ln] or text.splitlines()
     return (lines or ["no output"])[-1].strip()[:300]

@@ -284,10 +284,14 @@ def plan_run_noise(
     if steps_this_run < 1:
         raise ConfigError(f"steps must be >= 1, got {steps_this_run}")
     floor = policy.min_noise_multiplier
-    # A run target at or above the budget is implied by the lifetime bound.
+    # A run target at or above the budget is implied by the lifetime bound; one the
+    # site's smallest noise already meets needs no search (a search towards a huge
+    # target, e.g. epsilon 1000 with PRV, could run for minutes).
     if (
         target_epsilon_this_run is not None
         and target_epsilon_this_run < policy.epsilon_max
+        and _run_epsilon(policy, floor, sample_rate, steps_this_run, [*prior, *extra])
+        > target_epsilon_this_run
     ):
         floor = max(
             floor,
@@ -368,3 +372,17 @@ def _run_only(
             f"the run's epsilon {target:g} cannot cover {steps} steps with its "
             "other releases at any noise multiplier"
         ) from None
+
+
+def _run_epsilon(
+    policy: SitePolicy,
+    sigma: float,
+    sample_rate: float,
+    steps: int,
+    extra: Sequence[Step],
+) -> float:
+    """Epsilon of ``steps`` steps at ``sigma`` with ``extra``, the site's accountant."""
+    step = Step(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+    return epsilon_spent(
+        [*extra, step], delta=policy.delta, accountant=policy.accountant
+    )

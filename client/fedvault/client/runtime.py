@@ -43,6 +43,8 @@ import time
 from types import ModuleType
 from typing import Any
 
+from fedvault.common.processes import alive, die_with_parent
+
 logger = logging.getLogger("fedvault.runtime")
 
 LOCAL_WAIT = 0.02  # seconds between local checks (the node's Runtime API)
@@ -142,16 +144,6 @@ def run_supernode(argv: list[str], *, idle: float) -> None:
     flower_supernode()
 
 
-def _parent_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _reap(children: set[int]) -> None:
     for pid in list(children):
         with contextlib.suppress(ChildProcessError):
@@ -165,9 +157,11 @@ def _reap(children: set[int]) -> None:
 
 
 def _run_child(address: str, token: str, parent_pid: int) -> None:
-    """In the forked child: Flower's ClientApp runtime for one task, then exit."""
+    """In the forked child: Flower's ClientApp runtime for one task, then exit
+    (and at once if the launcher dies: no ClientApp trains for a site that is gone)."""
     code = 1
     try:
+        die_with_parent()
         _tune_clientapp().run_clientapp(
             runtime_api_address=address,
             token=token,
@@ -220,7 +214,7 @@ def run_launcher(address: str, *, parent_pid: int, poll: float = 0.05) -> int:
     children: set[int] = set()
     logger.info("ClientApp launcher ready (pid %d, node %s)", os.getpid(), address)
     try:
-        while _parent_alive(parent_pid):
+        while alive(parent_pid):
             _reap(children)
             try:
                 res = client.AcquireTask(request)

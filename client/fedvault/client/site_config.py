@@ -40,6 +40,7 @@ import tomli_w
 from fedvault.client.data.keys import load_key
 from fedvault.client.data.vault_format import MANIFEST_NAME
 from fedvault.client.policy import load_policy
+from fedvault.common.certs import check_site_private_key
 from fedvault.common.config import parse_fields, read_toml
 from fedvault.common.errors import ConfigError
 from fedvault.common.net import split_address
@@ -133,6 +134,21 @@ class SiteConfig:
         return self.state_dir / "node-config.toml"
 
     @property
+    def lock(self) -> Path:
+        """Held by the one ``fedvault client start`` running this site; its pid."""
+        return self.state_dir / "site.lock"
+
+    @property
+    def live(self) -> Path:
+        """Written by a running ``client start``, removed when it stops cleanly:
+        found at start, it names a previous one that was killed or crashed."""
+        return self.state_dir / "site.json"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.state_dir / "flwr-home"
+
+    @property
     def policy_file(self) -> Path | None:
         """The site's privacy policy: ``policy``, else this file's [privacy] table."""
         if self.options.policy:
@@ -174,7 +190,8 @@ def check_files(cfg: SiteConfig) -> None:
 
     Raises:
         ConfigError: naming the key, when a file is missing, the vault is not one,
-            there is no privacy policy or it is invalid, or the key file is unsafe.
+            there is no privacy policy or it is invalid, or a key file (the
+            vault's or the site's private key) is readable by other users.
     """
     opts = cfg.options
     needed = [("data", opts.data), ("key-file", opts.key_file)]
@@ -196,6 +213,8 @@ def check_files(cfg: SiteConfig) -> None:
     load_policy(cfg.policy_file)  # fail here, not in the first training round
     if opts.vault:  # loose permissions or a key inside the vault: refuse now
         load_key(cfg.path(opts.key_file), vault_dir=cfg.path(opts.vault))
+    if not opts.insecure:  # readable by others: refused, as a data key is
+        check_site_private_key(cfg.path(opts.private_key))
 
 
 def write_node_config(cfg: SiteConfig) -> Path:

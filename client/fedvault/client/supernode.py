@@ -11,7 +11,9 @@ on CUDA when there is a GPU. How the SuperNode and its ClientApp processes are s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,16 +21,29 @@ import threading
 import time
 from typing import IO
 
-from fedvault.client.flower_log import explain_failure
+from fedvault.client.flower_log import KEY_REFUSED, explain_failure
 from fedvault.client.site_config import SiteConfig, check_files, write_node_config
-from fedvault.common.errors import FederationError
-from fedvault.common.net import split_address
-from fedvault.common.processes import flower_bin, spawn, stop_process
+from fedvault.common.errors import ConfigError, FederationError
+from fedvault.common.files import FolderInUseError, PidLock, private
+from fedvault.common.net import port_in_use, split_address
+from fedvault.common.processes import (
+    describe,
+    flower_bin,
+    leftovers,
+    spawn,
+    stop_folder,
+    stop_process,
+)
 
 RUNTIME = "fedvault.client.runtime"
 # -P: the working directory (the state folder) is not put on sys.path, so nothing
 # in it can shadow an import.
 PYTHON_FLAGS = ("-P", "-m")
+# Flower counts a SuperNode online until two heartbeats (30 s apart) are missed;
+# after a crash its key is refused until then.
+REJOIN_WINDOW = 75.0
+ACCEPTED = re.compile(r"SuperNode ID: \d+")  # logged once the coordinator accepts
+REJOIN_PAUSE = 5.0
 
 
 def supernode_command(cfg: SiteConfig) -> list[str]:
@@ -88,42 +103,163 @@ def run_site(cfg: SiteConfig, *, echo: IO[str] | None = None) -> int:
     """Run the SuperNode (and, with ``isolation = "fork"``, fedvault's ClientApp
     launcher) until it exits or SIGTERM/Ctrl-C; returns 0 on a clean stop.
 
-    Raises :class:`FederationError` with the reason when either process fails.
+    One ``client start`` per state folder. After a connection that ended without
+    a goodbye (this site killed or crashed, or the coordinator gone), the
+    coordinator may still count the site as connected for up to a minute and
+    refuse its key meanwhile: a site it accepted before (or whose last ``client
+    start`` crashed) starts its SuperNode again for up to :data:`REJOIN_WINDOW` s.
+
+    Raises:
+        ConfigError: another ``client start`` runs this site, processes a killed
+            one left behind still run, the runtime address is taken, or a file
+            or setting is wrong.
+        FederationError: with the reason, when a process fails.
     """
     check_files(cfg)
+    name = cfg.options.name
+    lock = PidLock(cfg.lock, what=f"site {name}'s state folder {cfg.state_dir}")
+    try:
+        lock.acquire()
+    except FolderInUseError as exc:
+        raise ConfigError(
+            f"site {name} already runs from {cfg.state_dir} (pid {exc.pid or '?'}); "
+            "`fedvault client stop` stops it"
+        ) from None
+    try:
+        with private(cfg.state_dir):  # 0700/0600 for all: ledger, logs, Flower's
+            return _run_locked(cfg, echo)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: SiteConfig, echo: IO[str] | None) -> int:
+    _refuse_leftovers(cfg)
+    crashed = _previous_crash(cfg)
     write_node_config(cfg)
-    home = cfg.state_dir / "flwr-home"
+    cfg.live.write_text(json.dumps({"pid": os.getpid()}) + "\n")
+    try:
+        if crashed is not None and echo is not None:
+            echo.write(
+                f"site {cfg.options.name}: the previous `fedvault client start` "
+                f"(pid {crashed}) did not stop cleanly (killed or crashed)\n"
+            )
+        rejoin = crashed is not None or _accepted_before(cfg)
+        return _supervise(cfg, echo, rejoin=rejoin)
+    finally:  # any way out but a kill or a crash is a clean stop
+        cfg.live.unlink(missing_ok=True)
+
+
+def stop_site(cfg: SiteConfig) -> list[str]:
+    """Stop the ``client start`` running this site (as SIGTERM or Ctrl-C would)
+    and any Flower process a killed one left behind; returns what was stopped.
+
+    Raises:
+        FederationError: a process did not stop in time.
+    """
+    return stop_folder(
+        cfg.lock, cfg.flwr_home, what="`fedvault client start`", timeout=60.0
+    )
+
+
+def _refuse_leftovers(cfg: SiteConfig) -> None:
+    left = leftovers(cfg.flwr_home)
+    if left:
+        pids = " ".join(str(p.pid) for p in left)
+        raise ConfigError(
+            f"site {cfg.options.name}: {describe(left)}, left running by a "
+            "`fedvault client start` that was killed, still serve this site; "
+            f"`fedvault client stop` (or `kill {pids}`) stops them"
+        )
+    address = cfg.options.runtime_address
+    if port_in_use(address, key="runtime-address"):
+        raise ConfigError(
+            f"runtime-address: {address} is already in use by another program "
+            "(each site on a host needs its own)"
+        )
+
+
+def _previous_crash(cfg: SiteConfig) -> int | None:
+    """The pid of a ``client start`` that did not stop cleanly, if one left its
+    ``site.json`` behind."""
+    try:
+        return int(json.loads(cfg.live.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _accepted_before(cfg: SiteConfig) -> bool:
+    """Whether the coordinator ever accepted this site's key (its log says so)."""
+    try:
+        return ACCEPTED.search(cfg.log.read_text(errors="replace")) is not None
+    except OSError:
+        return False
+
+
+def _supervise(cfg: SiteConfig, echo: IO[str] | None, *, rejoin: bool) -> int:
+    """Run the site until it stops; a key refusal of a site the coordinator knew
+    (``rejoin``) is retried for :data:`REJOIN_WINDOW` s: the coordinator still
+    counts its lost connection as online."""
+    main = threading.current_thread() is threading.main_thread()
+    stops = (signal.SIGTERM, signal.SIGHUP)
+    previous = [signal.signal(sig, _raise_interrupt) for sig in stops] if main else []
+    refused_since: float | None = None
+    try:
+        while True:
+            failure = _run_once(cfg, echo)
+            if failure is None:
+                return 0
+            if ACCEPTED.search(failure):  # this time it was in: a new streak
+                rejoin, refused_since = True, None
+            if not (rejoin and KEY_REFUSED.search(failure)):
+                break
+            refused_since = refused_since or time.monotonic()
+            if time.monotonic() - refused_since > REJOIN_WINDOW:
+                break
+            if echo is not None:
+                echo.write(
+                    f"site {cfg.options.name}: the coordinator refused the key; it "
+                    "counts a lost connection as online for up to a minute: "
+                    f"trying again in {REJOIN_PAUSE:g} s\n"
+                )
+            time.sleep(REJOIN_PAUSE)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for sig, handler in zip(stops, previous, strict=False):
+            signal.signal(sig, handler)
+    raise FederationError(f"site {cfg.options.name}: {explain_failure(failure)}")
+
+
+def _run_once(cfg: SiteConfig, echo: IO[str] | None) -> str | None:
+    """Start the site's processes and wait until one ends; None when the SuperNode
+    stopped cleanly, else what the log says (prefixed for the launcher).
+
+    Raises:
+        KeyboardInterrupt: on Ctrl-C or SIGTERM, once every process is stopped.
+    """
     procs: list[subprocess.Popen[bytes]] = []
-    with cfg.log.open("ab") as log:
-        start = log.tell()
-        node = spawn(supernode_command(cfg), cwd=cfg.state_dir, log=log, flwr_home=home)
-        procs.append(node)
-        if cfg.options.isolation == "fork":
-            launcher = launcher_command(cfg, node.pid)
-            procs.append(spawn(launcher, cwd=cfg.state_dir, log=log, flwr_home=home))
+    home, log = cfg.flwr_home, cfg.log
+    start = log.stat().st_size if log.exists() else 0
+    node = spawn(supernode_command(cfg), cwd=cfg.state_dir, log=log, flwr_home=home)
+    procs.append(node)
+    if cfg.options.isolation == "fork":
+        launcher = launcher_command(cfg, node.pid)
+        procs.append(spawn(launcher, cwd=cfg.state_dir, log=log, flwr_home=home))
     if echo is not None:
         echo.write(
             f"site {cfg.options.name}: SuperNode pid {node.pid} dialing "
             f"{cfg.options.coordinator}; log {cfg.log}\n"
         )
-    main = threading.current_thread() is threading.main_thread()
-    stops = (signal.SIGTERM, signal.SIGHUP)
-    previous = [signal.signal(sig, _raise_interrupt) for sig in stops] if main else []
     try:
         failed = _wait_first(procs)
-    except KeyboardInterrupt:
-        return 0
     finally:
         _stop_all(procs)
-        for sig, handler in zip(stops, previous, strict=False):
-            signal.signal(sig, handler)
     if failed is None:
-        return 0
+        return None
     with cfg.log.open("rb") as written:
         written.seek(start)
         text = written.read().decode(errors="replace")
-    what = "" if failed is node else "ClientApp launcher: "
-    raise FederationError(f"site {cfg.options.name}: {what}{explain_failure(text)}")
+    return text if failed is node else f"ClientApp launcher: {text}"
 
 
 def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:

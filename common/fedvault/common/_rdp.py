@@ -81,10 +81,10 @@ def search_noise(
     (``what`` names the steps in its message).
     """
     first = coarse or eps
+    if floor > 0 and first(floor) <= target:
+        return floor  # nothing below the floor is allowed: no search
     hi = max(1.0, floor)
     e_hi = first(hi)
-    if e_hi <= target and hi == floor:
-        return floor
     lo, e_lo = floor, math.inf
     while e_hi > target:
         lo, e_lo, hi = hi, e_hi, hi * 4

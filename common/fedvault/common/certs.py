@@ -10,15 +10,22 @@ Three kinds of files, each written once and never overwritten:
   OpenSSH format, which Flower's SuperNode authentication loads. The private key never
   leaves the site; the coordinator registers only the public key.
 
-Private keys are written with mode 0600. :func:`check_certificates` reports each
-certificate's remaining lifetime so that operators are warned before expiry.
+Private keys are written with mode 0600, and a site key that other users can read
+is refused (:func:`check_site_private_key`), as a data key is. A site key is named
+by its fingerprint in OpenSSH's format (:func:`fingerprint`, what ``ssh-keygen -l``
+prints), on the site and on the coordinator alike. :func:`check_certificates`
+reports each certificate's remaining lifetime so that operators are warned before
+expiry.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import ipaddress
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -242,6 +249,33 @@ def load_site_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     ):
         raise ConfigError(f"{path}: not an EC public key on a NIST P curve")
     return key
+
+
+def fingerprint(key: ec.EllipticCurvePublicKey) -> str:
+    """``SHA256:...``: the key's fingerprint as ``ssh-keygen -l`` prints it."""
+    line = key.public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    digest = hashlib.sha256(base64.b64decode(line.split()[1])).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def check_site_private_key(path: Path) -> None:
+    """Refuse a site's private key that other users could read (as a data key).
+
+    Raises:
+        ConfigError: naming the file and the fix, when it is missing or its mode
+            gives group or others any access.
+    """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        raise ConfigError(f"private-key: {path} not found") from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"private-key: {path}: permissions {mode:04o} let other users read "
+            f"the site's key; run: chmod 600 {path}"
+        )
 
 
 def verify_server_cert(directory: Path) -> None:

@@ -17,17 +17,21 @@ The kit:
 - :class:`OutputFormat` and :data:`FormatOption`: the one ``--format text|json``;
 - :func:`errors_as_exit`: the one mapping of errors to exit codes and one-line
   messages (``error: ...`` on stderr);
+- :func:`say`: a message printed verbatim (no markup, never wrapped);
+- :func:`output_console`: a console whose tables keep whole lines in a file;
 - :func:`progress_bar`: the rich progress bar of rounds, quiet when not wanted.
 """
 
 from __future__ import annotations
 
 import logging
+import platform
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from importlib.metadata import entry_points
+from importlib.metadata import entry_points, version
 from typing import Annotated, Any
 
 import click
@@ -79,6 +83,22 @@ def command_group(name: str, help: str) -> typer.Typer:
     )
 
 
+def output_console(*, stderr: bool = False) -> Console:
+    """A console for a command's output: as wide as the terminal, or 200 columns
+    when the output goes to a file or a pipe (tables are not squeezed into 80)."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=200)
+
+
+def say(console: Console, text: str, *, style: str | None = None) -> None:
+    """Print ``text`` exactly as written: no console markup (``[privacy]`` stays),
+    no highlighting or emoji codes, never wrapped (a path or a command stays whole
+    for copying). ``style`` colours the whole line on a terminal."""
+    console.print(
+        text, style=style, markup=False, highlight=False, emoji=False, soft_wrap=True
+    )
+
+
 def error_exit(message: str, code: int) -> typer.Exit:
     """Print ``error: MESSAGE`` as one line on stderr; return the Exit to raise."""
     _err_console.print(
@@ -100,7 +120,9 @@ def errors_as_exit(*, os_errors: bool = False) -> Iterator[None]:
     and an exit status: :data:`EXIT_USER_ERROR` for the user's mistakes (settings,
     data, keys: the errors that are also ``ValueError``), :data:`EXIT_RUN_FAILED`
     when the run failed (privacy refusals, federation failures). With
-    ``os_errors``, an ``OSError`` too (``error: STRERROR: FILENAME``, exit 1).
+    ``os_errors``, an ``OSError`` too (``error: STRERROR: FILENAME``; exit 2 for a
+    path the user gave that is missing or not usable, else 1). The ``fedvault``
+    entry point passes ``os_errors``: no file-system error ends in a traceback.
 
     Use it as a ``with`` block or as a decorator of a command.
 
@@ -114,8 +136,26 @@ def errors_as_exit(*, os_errors: bool = False) -> Iterator[None]:
     except OSError as exc:
         if not os_errors:
             raise
-        message = f"{exc.strerror or exc}: {exc.filename}"
-        raise error_exit(message, EXIT_RUN_FAILED) from None
+        message = str(exc.strerror or exc)
+        if exc.filename is not None:
+            message += f": {exc.filename}"
+        raise error_exit(message, _os_exit_code(exc)) from None
+
+
+# A path the user gave that is missing, of the wrong kind or not theirs to use is
+# their mistake (exit 2); anything else the file system says (a full disk, an I/O
+# error) failed the run (exit 1).
+_USER_PATH_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+def _os_exit_code(exc: OSError) -> int:
+    return EXIT_USER_ERROR if isinstance(exc, _USER_PATH_ERRORS) else EXIT_RUN_FAILED
 
 
 def progress_bar(console: Console, output_format: OutputFormat) -> Progress:
@@ -135,6 +175,20 @@ def progress_bar(console: Console, output_format: OutputFormat) -> Progress:
     )
 
 
+def versions() -> str:
+    """``fedvault X (Flower Y, Python Z)``: what a coordinator and its sites compare."""
+    return (
+        f"fedvault {version('fedvault')} (Flower {version('flwr')}, "
+        f"Python {platform.python_version()})"
+    )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(versions() + "\n")
+        raise typer.Exit
+
+
 def build_app() -> typer.Typer:
     """The ``fedvault`` command, with every group registered under
     ``fedvault.commands``."""
@@ -145,7 +199,17 @@ def build_app() -> typer.Typer:
     )
 
     @app.callback()
-    def _root() -> None:
+    def _root(
+        show_version: Annotated[
+            bool,
+            typer.Option(
+                "--version",
+                callback=_print_version,
+                is_eager=True,
+                help="Print fedvault's, Flower's and Python's versions and exit.",
+            ),
+        ] = False,
+    ) -> None:
         """Privacy-preserving federated learning (run a sub-command with --help)."""
 
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -157,18 +221,26 @@ def build_app() -> typer.Typer:
     return app
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point: user errors become one line and a non-zero exit."""
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C: child processes are
+    # stopped and temporary folders (a simulation's copies of the data) removed.
+    # A command with its own SIGTERM meaning (server start) sets its own handler.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with errors_as_exit():
+        with errors_as_exit(os_errors=True):
             code = build_app()(standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
     except KeyboardInterrupt:
-        _err_console.print("[yellow]interrupted[/]")
+        say(_err_console, "interrupted", style="yellow")
         sys.exit(EXIT_INTERRUPTED)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+
 from fedvault.common.errors import ConfigError
 
 
@@ -20,3 +23,29 @@ def split_address(address: str, *, key: str) -> tuple[str, int]:
     if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
         raise ConfigError(f"{key}: expected HOST:PORT, got {address!r}")
     return host, int(port)
+
+
+def port_in_use(address: str, *, key: str) -> bool:
+    """Whether a program already listens on the local ``HOST:PORT`` ``address``
+    (what a server about to bind it would find). A port held only by connections
+    closing down (TIME_WAIT) counts as free, as it does for a server.
+
+    Raises:
+        ConfigError: naming ``key``, when ``address`` is not ``HOST:PORT``.
+    """
+    host, port = split_address(address, key=key)
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror:
+        return False  # not a local name: the server's own start-up will say so
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False

@@ -142,3 +142,24 @@ def partition_table(
         (f"site-{pid + 1}", partitioner.load_partition(pid).to_pandas())
         for pid in range(num_sites)
     ]
+
+
+def hold_out(
+    frame: pd.DataFrame, target: str, share: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(test, rest): a ``share`` of the rows held out for central evaluation,
+    stratified by ``target`` where every class has two rows or more.
+
+    Raises :class:`DataError` when the split cannot be made.
+    """
+    from sklearn.model_selection import train_test_split
+
+    counts = frame[target].value_counts()
+    stratify = frame[target] if counts.min() >= 2 else None
+    try:
+        rest, test = train_test_split(
+            frame, test_size=share, random_state=seed, stratify=stratify
+        )
+    except ValueError as exc:
+        raise DataError(f"cannot hold out a test split: {exc}") from exc
+    return test.reset_index(drop=True), rest.reset_index(drop=True)

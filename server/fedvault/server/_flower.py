@@ -27,7 +27,13 @@ from typing import IO, Any
 import tomli_w
 
 from fedvault.common.errors import FederationError
-from fedvault.common.processes import flower_bin, flower_env, spawn, stop_process
+from fedvault.common.processes import (
+    flower_bin,
+    flower_env,
+    kill_processes_in,
+    spawn,
+    stop_process,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +151,8 @@ def superlink(layout: SimulationLayout, port: int, log: IO[bytes]) -> Iterator[N
         yield
     finally:
         stop_process(proc)
+        # Ray's agents (cwd: this work folder) can outlive every signal above
+        kill_processes_in(layout.work)
 
 
 def submit_and_wait(

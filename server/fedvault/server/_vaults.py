@@ -1,11 +1,13 @@
-"""How many rows each simulated site's vault holds, asked of ``fedvault data inspect``.
+"""What each simulated site's vault holds (rows, target), asked of ``fedvault data
+inspect``.
 
 A vault's manifest (and so its row count) is encrypted: the launcher cannot read it
 without the key, and the coordinator's code never imports the site's vault code. So
 the launcher asks the site's own command, ``fedvault data inspect VAULT --key KEY
 --format json``, which decrypts the manifest only (never a row), one process per
-vault, all at once. Used only to refuse an explicit ``--delta`` that is not below
-1/n before Flower starts; each site checks delta against its own training rows
+vault, all at once. Used before Flower starts to take the target from the vaults'
+schemas, to refuse an explicit ``--delta`` that is not below 1/n, and to name a
+vault the key does not open; each site checks delta against its own training rows
 again (:func:`fedvault.client.policy.check_rows`).
 """
 
@@ -21,8 +23,10 @@ from fedvault.common.errors import ConfigError
 _INSPECT = ("-c", "from fedvault.common.cli import main; main()", "data", "inspect")
 
 
-def vault_rows(vaults: list[Path], key: Path, *, timeout: float = 120.0) -> list[int]:
-    """The row count of each vault's manifest, in order.
+def vault_facts(
+    vaults: list[Path], key: Path, *, timeout: float = 120.0
+) -> list[tuple[int, str]]:
+    """The row count and target column of each vault's manifest, in order.
 
     Raises :class:`ConfigError` naming the vault when its manifest cannot be read
     with ``key`` (wrong key, tampered vault) or the inspection fails.
@@ -35,7 +39,7 @@ def vault_rows(vaults: list[Path], key: Path, *, timeout: float = 120.0) -> list
         )
         for v in vaults
     ]
-    rows = []
+    facts = []
     try:
         for vault, proc in zip(vaults, procs, strict=True):
             out, err = proc.communicate(timeout=timeout)
@@ -46,7 +50,8 @@ def vault_rows(vaults: list[Path], key: Path, *, timeout: float = 120.0) -> list
                     f"{lines[-1]}"
                 )
             try:
-                rows.append(int(json.loads(out)["rows"]))
+                manifest = json.loads(out)
+                facts.append((int(manifest["rows"]), str(manifest["target"])))
             except (ValueError, KeyError, TypeError):
                 raise ConfigError(f"vaults: unreadable manifest of {vault}") from None
     except subprocess.TimeoutExpired:
@@ -55,5 +60,21 @@ def vault_rows(vaults: list[Path], key: Path, *, timeout: float = 120.0) -> list
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
-    return rows
+            proc.communicate()  # reaps it and closes its pipes
+    return facts
+
+
+def vault_target(targets: dict[str, str], *, given: str, default: str) -> str:
+    """The target the vaults' schemas declare (they must agree). A ``--target``
+    given that differs (anything but ``default``, i.e. not given) is refused before
+    Flower starts. Raises :class:`ConfigError`."""
+    declared = sorted(set(targets.values()))
+    if len(declared) != 1:
+        raise ConfigError(f"vaults: their schemas declare different targets: {targets}")
+    target = declared[0]
+    if given not in (default, target):
+        raise ConfigError(
+            f"target: {given!r} is not the vaults' target; their schema declares "
+            f"{target!r} (leave --target out to use it)"
+        )
+    return target

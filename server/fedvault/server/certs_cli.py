@@ -9,10 +9,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedvault.common import certs
-from fedvault.common.cli import FormatOption, OutputFormat, command_group
+from fedvault.common.cli import FormatOption, OutputFormat, command_group, say
 
 console = Console()
 err_console = Console(stderr=True)
@@ -34,9 +35,10 @@ def init(
     """Create the consortium CA. Keep ca.key offline or on the coordinator only;
     give ca.crt to every site."""
     cert = certs.create_ca(directory, name=name, days=days)
-    console.print(
+    say(
+        console,
         f"CA certificate {cert} (give it to every site); "
-        f"private key {directory / certs.CA_KEY} (keep it secret)."
+        f"private key {directory / certs.CA_KEY} (keep it secret).",
     )
 
 
@@ -54,9 +56,10 @@ def server(
     """Issue the coordinator's TLS certificate (SANs: --host, each --ip, localhost,
     127.0.0.1)."""
     cert = certs.issue_server_cert(directory, host=host, ips=tuple(ip or ()), days=days)
-    console.print(
+    say(
+        console,
         f"coordinator certificate {cert} for {host}"
-        + (f" and {', '.join(ip)}" if ip else "")
+        + (f" and {', '.join(ip)}" if ip else ""),
     )
 
 
@@ -95,15 +98,16 @@ def check(
                 s.subject,
                 s.not_after.strftime("%Y-%m-%d"),
                 f"{s.days_left:.0f}",
-                f"[{style}]{s.state}[/] {s.detail}",
+                f"[{style}]{s.state}[/] {escape(s.detail)}",
             )
         console.print(table)
     states = {s.state for s in statuses}
     if states & {"expired", "invalid"}:
         raise typer.Exit(1)
     if "expiring" in states:
-        err_console.print(
-            f"[yellow]warning:[/] a certificate expires within "
-            f"{warn_days:g} days; renew it"
+        say(
+            err_console,
+            f"warning: a certificate expires within {warn_days:g} days; renew it",
+            style="yellow",
         )
         raise typer.Exit(3)

@@ -5,7 +5,13 @@ state database, the gRPC Fleet API on the configured (partner-facing) address an
 Control/Runtime HTTP API on a loopback or private address, registers the sites listed
 in the registry, submits the fedvault ServerApp run with ``flwr run`` and follows it
 with ``flwr ls`` until it finishes. Every process started here is stopped on the way
-out (normal end, error, timeout, Ctrl-C).
+out (normal end, error, timeout, Ctrl-C, SIGTERM) and, on Linux, dies with the
+coordinator when it is killed.
+
+One coordinator runs a run folder at a time (``coordinator.lock``); ``start`` and
+``resume`` first read the folder's state (:mod:`fedvault.server.runstate`) and
+refuse, with that state's one message, what does not apply to it, as well as Flower
+processes an earlier coordinator left behind and Fleet or Control ports in use.
 """
 
 from __future__ import annotations
@@ -13,189 +19,85 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
-import ssl
-import subprocess
 import threading
 import time
 import tomllib
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from fedvault.common.certs import SERVER_CERT, SERVER_KEY, check_certificates
 from fedvault.common.errors import ConfigError, FederationError
-from fedvault.common.files import atomic_write
-from fedvault.common.net import split_address
-from fedvault.common.processes import flower_bin, spawn, stop_process
-from fedvault.server.checkpoint import CHECKPOINT_FILE
+from fedvault.common.files import FolderInUseError, PidLock, private
+from fedvault.common.processes import stop_folder
 from fedvault.server.control import flwr_json, run_status, submit, sync_registry
 from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout, run_config
-from fedvault.server.registry import SiteRegistry
-from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE
+from fedvault.server.registry import SiteRegistry, read_public_key
+from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE, RunDirectory
+from fedvault.server.runstate import RunFolder, RunState, inspect_run
+from fedvault.server.superlink import superlink, write_live
 
 logger = logging.getLogger(__name__)
 
-START_TIMEOUT = 60.0
 POLL_SECONDS = 2.0
+STOP_TIMEOUT = 120.0
 
 
-def _ssl_context(cfg: CoordinatorConfig, insecure: bool) -> ssl.SSLContext | None:
-    return None if insecure else ssl.create_default_context(cafile=str(cfg.ca_cert))
+class StopRequested(KeyboardInterrupt):
+    """SIGTERM reached the coordinator (``fedvault server stop``, a service
+    manager): the run is stopped, its checkpoint kept."""
 
 
-def wait_healthy(
-    cfg: CoordinatorConfig,
-    proc: subprocess.Popen[bytes] | None,
+def prepare_output(
+    layout: CoordinatorLayout,
     *,
-    insecure: bool,
-    timeout: float,
-) -> None:
-    """Wait for ``/health`` on the Control API (HTTPS, verified against our CA)."""
-    host, port = split_address(cfg.options.control_address, key="control-address")
-    scheme = "http" if insecure else "https"
-    url = f"{scheme}://{host}:{port}/health"
-    context = _ssl_context(cfg, insecure)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise FederationError(
-                f"the SuperLink exited during start-up: {_log_tail(cfg)}"
-            )
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(url, timeout=2, context=context) as resp,  # noqa: S310
-        ):
-            if resp.status == 200:
-                return
-        time.sleep(0.3)
-    raise FederationError(f"the SuperLink did not answer on {url} within {timeout:g} s")
+    restart: bool,
+    rounds: int = 0,
+    config: Path | None = None,
+) -> RunFolder:
+    """Refuse to mix two runs in one output folder, or to start beside Flower
+    processes an earlier coordinator left behind; ``restart`` moves a previous run's
+    output aside. Returns the folder's state as found.
 
-
-def _log_tail(cfg: CoordinatorConfig) -> str:
-    log = CoordinatorLayout(cfg.run_dir).log
-    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    wanted = [ln for ln in lines if "ERROR" in ln or "rror" in ln] or lines
-    return (wanted or ["no log"])[-1].strip()[:300] + f" (see {log})"
-
-
-def superlink_command(cfg: CoordinatorConfig, *, insecure: bool) -> list[str]:
-    layout = CoordinatorLayout(cfg.run_dir)
-    host, port = split_address(cfg.options.control_address, key="control-address")
-    cmd = [flower_bin("flower-superlink")]
-    if insecure:
-        cmd.append("--insecure")
+    Raises:
+        ConfigError: with the folder's message (:meth:`RunFolder.message`) when it
+            holds a run and ``restart`` is off, a coordinator runs it, or leftovers
+            run.
+    """
+    folder = inspect_run(layout, rounds=rounds)
+    if restart:
+        folder.refuse_unless(
+            *(s for s in RunState if s is not RunState.RUNNING), config=config
+        )
     else:
-        certs = cfg.certs_dir
-        cmd += [
-            "--ssl-ca-certfile",
-            str(cfg.ca_cert),
-            "--ssl-certfile",
-            str(certs / SERVER_CERT),
-            "--ssl-keyfile",
-            str(certs / SERVER_KEY),
-            "--enable-supernode-auth",
-        ]
-    return [
-        *cmd,
-        "--database",
-        str(layout.database),
-        "--fleet-api-type",
-        "grpc-rere",
-        "--fleet-api-address",
-        cfg.options.fleet_address,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--disable-runtime-dependency-installation",
-    ]
-
-
-def _check_certificates(cfg: CoordinatorConfig) -> None:
-    cfg.check_certs()
-    for status in check_certificates(cfg.certs_dir):
-        if status.state in ("expired", "invalid"):
-            raise ConfigError(f"certs: {status.path} is {status.state} {status.detail}")
-        if status.state == "expiring":
-            logger.warning(
-                "certificate %s expires in %.0f days", status.path, status.days_left
-            )
+        folder.refuse_unless(RunState.NEW, config=config)
+    out = layout.output
+    if folder.state is not RunState.NEW and out.exists():
+        aside = out.with_name(f"output-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(aside)
+        logger.warning("moved the previous run's output to %s", aside)
+    return folder
 
 
 @contextlib.contextmanager
-def superlink(cfg: CoordinatorConfig, *, insecure: bool) -> Iterator[CoordinatorLayout]:
-    """The coordinator's SuperLink for the duration of the block."""
-    layout = CoordinatorLayout(cfg.run_dir)
-    if insecure:
-        logger.warning(
-            "INSECURE: no TLS and no site authentication; never use this "
-            "outside a test on one machine"
-        )
-    else:
-        _check_certificates(cfg)
-    layout.state.mkdir(parents=True, exist_ok=True)
-    layout.write_connection(cfg, insecure=insecure)
-    # flower_env leaves out FLWR_INTERNAL_GRPC_CONTROL_API: never a second Control API
-    with layout.log.open("ab") as log:
-        proc = spawn(
-            superlink_command(cfg, insecure=insecure),
-            cwd=layout.state,
-            log=log,
-            flwr_home=layout.flwr_home,
-        )
+def _claim(cfg: CoordinatorConfig, layout: CoordinatorLayout) -> Iterator[None]:
+    """Hold the run folder's lock for the block.
+
+    Raises:
+        ConfigError: naming the coordinator (its pid) that runs the folder.
+    """
+    lock = PidLock(layout.lock, what=f"the run folder {layout.root}")
     try:
-        wait_healthy(cfg, proc, insecure=insecure, timeout=START_TIMEOUT)
-        _write_live(
-            layout,
-            {
-                "pid": proc.pid,
-                "insecure": insecure,
-                "control-address": cfg.options.control_address,
-                "fleet-address": cfg.options.fleet_address,
-            },
-        )
-        yield layout
+        lock.acquire()
+    except FolderInUseError:
+        folder = inspect_run(layout, rounds=cfg.training.rounds)
+        raise ConfigError(folder.message(cfg.source)) from None
+    try:
+        with private(layout.root):  # 0700/0600 for all in it, Flower's files too
+            yield
     finally:
-        stop_process(proc)
-        layout.live.unlink(missing_ok=True)
-
-
-def _write_live(layout: CoordinatorLayout, values: dict[str, Any]) -> None:
-    current = read_live(layout) or {}
-    data = json.dumps(current | values, indent=2) + "\n"
-    atomic_write(layout.live, data.encode())
-
-
-def read_live(layout: CoordinatorLayout) -> dict[str, Any] | None:
-    """What the running coordinator wrote about itself, or None when none runs."""
-    try:
-        live: dict[str, Any] = json.loads(layout.live.read_text())
-    except (OSError, ValueError):
-        return None
-    with contextlib.suppress(OSError, TypeError):
-        os.kill(int(live["pid"]), 0)
-        return live
-    return None
-
-
-def prepare_output(layout: CoordinatorLayout, *, restart: bool) -> None:
-    """Refuse to mix two runs in one output folder; ``restart`` moves the old aside."""
-    out = layout.output
-    if not ((out / PROGRESS_FILE).exists() or (out / SUMMARY_FILE).exists()):
-        return
-    finished = (out / SUMMARY_FILE).exists()
-    if not restart:
-        what = "a finished run" if finished else "an unfinished run"
-        raise ConfigError(
-            f"{out} holds {what}; pass --restart to move it aside and start over "
-            "or `fedvault server resume` to continue it from its last round"
-        )
-    aside = out.with_name(f"output-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.rename(aside)
-    logger.warning("moved the previous run's output to %s", aside)
+        lock.release()
 
 
 def follow(
@@ -228,14 +130,34 @@ def start(
     *,
     insecure: bool = False,
     restart: bool = False,
+    resume_stopped: bool = False,
     on_poll: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Start the coordinator and run the federation to its end; returns the summary."""
+    """Start the coordinator and run the federation to its end; returns the summary.
+
+    With ``resume_stopped``, a stopped run in the folder is resumed instead (one
+    command for a service manager: it starts a study and, after a crash, a
+    reboot or ``server stop``, continues it).
+
+    Raises:
+        ConfigError: the run folder is not new (unless ``restart``, or stopped
+            with ``resume_stopped``), a coordinator runs it, processes an earlier
+            one left behind still run, a port is taken, or the certificates are
+            wrong.
+        FederationError: the run failed or did not finish in time.
+        StopRequested: SIGTERM stopped the run (its checkpoint is kept).
+    """
     layout = CoordinatorLayout(cfg.run_dir)
-    prepare_output(layout, restart=restart)
-    layout.output.mkdir(parents=True, exist_ok=True)
-    values = run_config(cfg, layout.output.resolve(), run_key=uuid.uuid4().hex)
-    return _run(cfg, layout, values, insecure=insecure, on_poll=on_poll)
+    with _claim(cfg, layout):
+        folder = inspect_run(layout, rounds=cfg.training.rounds)
+        if resume_stopped and folder.state is RunState.STOPPED and not restart:
+            return _resume(cfg, layout, folder, insecure=insecure, on_poll=on_poll)
+        prepare_output(
+            layout, restart=restart, rounds=cfg.training.rounds, config=cfg.source
+        )
+        layout.output.mkdir(parents=True, exist_ok=True)
+        values = run_config(cfg, layout.output.resolve(), run_key=uuid.uuid4().hex)
+        return _run(cfg, layout, values, insecure=insecure, on_poll=on_poll)
 
 
 def resume(
@@ -245,16 +167,32 @@ def resume(
     on_poll: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Continue the unfinished run in the config's run folder from its last completed
-    round (same settings, same run key: sites' ledgers continue the same run)."""
+    round (same settings, same run key: sites' ledgers continue the same run).
+
+    Raises:
+        ConfigError: the folder holds no stopped run (the message says what it
+            holds), or as :func:`start`.
+        FederationError: as :func:`start`.
+        StopRequested: as :func:`start`.
+    """
     layout = CoordinatorLayout(cfg.run_dir)
-    out = layout.output
-    if (out / SUMMARY_FILE).exists():
-        raise ConfigError(f"{out} holds a finished run: nothing to resume")
-    if not (out / CHECKPOINT_FILE).exists() or not layout.run_config_file.exists():
-        raise ConfigError(f"{out} holds no checkpoint: nothing to resume (use start)")
+    with _claim(cfg, layout):
+        folder = inspect_run(layout, rounds=cfg.training.rounds)
+        return _resume(cfg, layout, folder, insecure=insecure, on_poll=on_poll)
+
+
+def _resume(
+    cfg: CoordinatorConfig,
+    layout: CoordinatorLayout,
+    folder: RunFolder,
+    *,
+    insecure: bool,
+    on_poll: Callable[[], None] | None,
+) -> dict[str, Any]:
+    folder.refuse_unless(RunState.STOPPED, config=cfg.source)
     previous = tomllib.loads(layout.run_config_file.read_text())
     values = run_config(
-        cfg, out.resolve(), run_key=str(previous["run-key"]), resume=True
+        cfg, layout.output.resolve(), run_key=str(previous["run-key"]), resume=True
     )
     return _run(cfg, layout, values, insecure=insecure, on_poll=on_poll)
 
@@ -268,25 +206,52 @@ def _run(
     on_poll: Callable[[], None] | None,
 ) -> dict[str, Any]:
     registry = SiteRegistry(layout.registry)
-    for name, key in cfg.sites.items():
-        if name not in registry.sites:
-            registry.add(name, key)
+    _admit_listed(cfg, registry)
     layout.write_app(values)
-    with _sigterm_as_interrupt(), superlink(cfg, insecure=insecure):
-        if not insecure:
-            added = sync_registry(layout, registry)
-            logger.info(
-                "registered %d site(s) with the SuperLink: %s", len(added), added
+    try:
+        with _sigterm_as_interrupt(), superlink(cfg, insecure=insecure):
+            if not insecure:
+                added = sync_registry(layout, registry)
+                logger.info(
+                    "registered %d site(s) with the SuperLink: %s", len(added), added
+                )
+            run_id = submit(layout)
+            write_live(layout, {"run-id": run_id})
+            logger.info("submitted run %d", run_id)
+            status = follow(
+                layout, run_id, timeout=cfg.options.timeout, on_poll=on_poll
             )
-        run_id = submit(layout)
-        _write_live(layout, {"run-id": run_id})
-        logger.info("submitted run %d", run_id)
-        status = follow(layout, run_id, timeout=cfg.options.timeout, on_poll=on_poll)
+    except KeyboardInterrupt as exc:
+        reason = (
+            "stopped by SIGTERM (`fedvault server stop` or a service manager)"
+            if isinstance(exc, StopRequested)
+            else "interrupted (Ctrl-C)"
+        )
+        RunDirectory(layout.output).event("interrupted", reason=reason)
+        raise
     summary_path = layout.output / SUMMARY_FILE
     if status != "finished:completed" or not summary_path.exists():
         raise FederationError(f"the run ended as {status!r}: {_last_error(layout)}")
     summary: dict[str, Any] = json.loads(summary_path.read_text())
     return summary
+
+
+def _admit_listed(cfg: CoordinatorConfig, registry: SiteRegistry) -> None:
+    """List the sites of ``[sites]`` that the registry does not know yet, except a
+    key revoked with ``sites remove``: the removal wins over the file."""
+    for name, key in cfg.sites.items():
+        if name in registry.sites:
+            continue
+        revoked = registry.revoked.get(read_public_key(key)[1])
+        if revoked is not None:
+            logger.warning(
+                "[sites] %s in %s is not admitted: %s",
+                name,
+                cfg.source or "the config",
+                revoked.describe(),
+            )
+            continue
+        registry.add(name, key)
 
 
 @contextlib.contextmanager
@@ -298,7 +263,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        raise StopRequested
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
@@ -315,3 +280,17 @@ def _last_error(layout: CoordinatorLayout) -> str:
             if event.get("event") in ("error", "stopped"):
                 return str(event.get("message") or event.get("reason"))
     return f"see {layout.log}"
+
+
+def stop(cfg: CoordinatorConfig, *, timeout: float = STOP_TIMEOUT) -> list[str]:
+    """Stop the coordinator running ``cfg``'s folder as Ctrl-C would (its run is
+    stopped, its checkpoint kept: ``resume`` continues it), and any Flower process
+    an earlier coordinator left behind. Returns what was stopped ([]: nothing ran).
+
+    Raises:
+        FederationError: a process did not stop within ``timeout`` seconds.
+    """
+    layout = CoordinatorLayout(cfg.run_dir)
+    return stop_folder(
+        layout.lock, layout.flwr_home, what="the coordinator", timeout=timeout
+    )

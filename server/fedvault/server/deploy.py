@@ -27,6 +27,7 @@ to be opened to partners.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,7 @@ class CoordinatorConfig:
     training: TrainingConfig
     sites: dict[str, Path]
     base: Path
+    source: Path | None = None  # the file, as the user named it (for messages)
 
     @property
     def run_dir(self) -> Path:
@@ -124,7 +126,8 @@ class CoordinatorConfig:
 
 def load_coordinator_config(path: Path) -> CoordinatorConfig:
     raw = read_toml(path)
-    return parse_coordinator_config(raw, base=path.resolve().parent)
+    cfg = parse_coordinator_config(raw, base=path.resolve().parent)
+    return dataclasses.replace(cfg, source=path)
 
 
 def parse_coordinator_config(raw: dict[str, Any], *, base: Path) -> CoordinatorConfig:
@@ -141,6 +144,12 @@ def parse_coordinator_config(raw: dict[str, Any], *, base: Path) -> CoordinatorC
         CoordinatorOptions, tables["coordinator"], source="[coordinator]"
     )
     training = parse_fields(TrainingConfig, tables["training"], source="[training]")
+    if options.expected_sites and training.min_sites > options.expected_sites:
+        raise ConfigError(
+            f"[training] min-sites: {training.min_sites} is more than the "
+            f"{options.expected_sites} sites [coordinator] expected-sites waits for; "
+            "no round could ever run"
+        )
     sites = {}
     for name, key_path in tables["sites"].items():
         if not isinstance(key_path, str):
@@ -190,7 +199,14 @@ class CoordinatorLayout:
 
     @property
     def live(self) -> Path:
+        """What the running coordinator says about itself (pids, addresses, run
+        id); left behind only when it did not stop cleanly."""
         return self.root / "coordinator.json"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the one coordinator running this folder; holds its pid."""
+        return self.root / "coordinator.lock"
 
     def write_connection(self, cfg: CoordinatorConfig, *, insecure: bool) -> None:
         """``$FLWR_HOME/config.toml``: one connection to our own Control API."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -11,6 +12,14 @@ def _num(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _eps(value: Any) -> str:
+    """Epsilon rounded down to 3 decimals, as every table: a figure within a
+    budget never prints as reaching it (2.99989 -> 2.999)."""
+    if not isinstance(value, float):
+        return _num(value)
+    return f"{math.floor(value * 1000) / 1000:.3f}"
 
 
 def _interval(pair: list[float] | None) -> str:
@@ -52,7 +61,7 @@ def _sites(data: dict[str, Any]) -> list[str]:
     for s in data["sites"]:
         lines.append(
             f"| {s['name']} | {_num(s['rows_released'])} | {s['rounds_trained']} "
-            f"| {_num(s['epsilon'], 3)} | {_num(s['epsilon_budget'], 3)} "
+            f"| {_eps(s['epsilon'])} | {_num(s['epsilon_budget'], 3)} "
             f"| {s['declines']} | {s['failures']} |"
         )
     return lines
@@ -127,7 +136,7 @@ def markdown(card: dict[str, Any]) -> str:
         f"- Guarantee: {privacy['level']}; mechanism: {privacy['mechanism']}; "
         f"accountant: {privacy['accountant'] or '-'}; delta: "
         f"{'-' if privacy['delta'] is None else format(privacy['delta'], 'g')}; "
-        f"largest epsilon of a site: {_num(privacy['epsilon_max'], 3)}.",
+        f"largest epsilon of a site: {_eps(privacy['epsilon_max'])}.",
         f"- Secure aggregation: {'on' if privacy['secure_aggregation'] else 'off'}; "
         f"client-level DP: {'on' if privacy['client_level'] else 'off'}.",
         "- Not covered: " + "; ".join(privacy["not_covered"]) + ".",

@@ -4,20 +4,27 @@ Flower registers SuperNodes by public key and returns a node id, but does not re
 names back; fedvault keeps the mapping in ``sites.json`` in the run folder, written
 atomically. A site may be listed before the coordinator runs (node id ``None``): it
 is registered with Flower when the coordinator starts.
+
+Removing a site revokes its key for good: ``sites.json`` keeps the key's fingerprint
+(``revoked``), so neither ``sites add`` nor ``coordinator.toml``'s ``[sites]`` admits
+it again (Flower itself never registers a key twice on one state database). A site
+that is to come back makes a new key.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedvault.common.certs import load_site_public_key
+from fedvault.common.certs import fingerprint, load_site_public_key
 from fedvault.common.errors import ConfigError
 from fedvault.common.files import atomic_write
 
@@ -44,12 +51,44 @@ def check_site_name(name: str) -> str:
 
 
 def read_public_key(path: Path) -> tuple[str, str]:
-    """(OpenSSH public key line without comment, SHA-256 fingerprint)."""
+    """(OpenSSH public key line without comment, its fingerprint as ``ssh-keygen
+    -l`` prints it).
+
+    Raises:
+        ConfigError: the file is missing or not a site's public key.
+    """
     key = load_site_public_key(path)
     line = key.public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     ).decode()
-    return line, "SHA256:" + hashlib.sha256(line.encode()).hexdigest()[:32]
+    return line, fingerprint(key)
+
+
+def _entry(raw: dict[str, object]) -> SiteEntry:
+    """A stored entry, its fingerprint recomputed from its key (older registries
+    stored another format)."""
+    entry = SiteEntry(**raw)  # type: ignore[arg-type]
+    key = serialization.load_ssh_public_key(entry.public_key.encode())
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError(f"site {entry.name}: not an EC key")
+    return dataclasses.replace(entry, fingerprint=fingerprint(key))
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A key removed with ``sites remove``: never admitted again."""
+
+    name: str
+    fingerprint: str
+    removed_at: float
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.removed_at))
+        return (
+            f"its key {self.fingerprint} was revoked when site {self.name!r} was "
+            f"removed ({when}); the site must make a new key (`fedvault client "
+            "keygen`) to be added again"
+        )
 
 
 class SiteRegistry:
@@ -58,24 +97,36 @@ class SiteRegistry:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sites: dict[str, SiteEntry] = {}
+        self.revoked: dict[str, Revocation] = {}
         if path.exists():
             try:
                 raw = json.loads(path.read_text())
-                self.sites = {s["name"]: SiteEntry(**s) for s in raw["sites"]}
-            except (ValueError, KeyError, TypeError) as exc:
+                self.sites = {s["name"]: _entry(s) for s in raw["sites"]}
+                revoked = (Revocation(**r) for r in raw.get("revoked", []))
+                self.revoked = {r.fingerprint: r for r in revoked}
+            except (ValueError, KeyError, TypeError, UnsupportedAlgorithm) as exc:
                 raise ConfigError(f"{path}: unreadable site registry ({exc})") from None
 
     def save(self) -> None:
         doc = {
             "sites": [
                 asdict(s) for s in sorted(self.sites.values(), key=lambda s: s.name)
-            ]
+            ],
+            "revoked": [asdict(r) for r in self.revoked.values()],
         }
         atomic_write(self.path, (json.dumps(doc, indent=2) + "\n").encode())
 
     def add(self, name: str, public_key: Path) -> SiteEntry:
+        """List a site by its public key.
+
+        Raises:
+            ConfigError: the name is malformed or taken, the key is already
+                listed, or it was revoked.
+        """
         check_site_name(name)
         line, fingerprint = read_public_key(public_key)
+        if fingerprint in self.revoked:
+            raise ConfigError(f"site {name!r}: {self.revoked[fingerprint].describe()}")
         if name in self.sites:
             raise ConfigError(f"site {name!r} is already registered")
         for other in self.sites.values():
@@ -100,8 +151,16 @@ class SiteRegistry:
         )
 
     def remove(self, name: str) -> SiteEntry:
+        """Unlist a site and revoke its key for good.
+
+        Raises:
+            ConfigError: no site has that name.
+        """
         entry = self.get(name)
         del self.sites[name]
+        self.revoked[entry.fingerprint] = Revocation(
+            name, entry.fingerprint, time.time()
+        )
         return entry
 
     def name_of(self, node_id: int) -> str | None:

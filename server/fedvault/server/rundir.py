@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 
+from fedvault.common.errors import ConfigError
 from fedvault.common.files import atomic_write
 
 PROGRESS_FILE = "progress.jsonl"
@@ -39,12 +41,15 @@ class RunDirectory:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def event(self, kind: str, **data: Any) -> None:
-        """Append one progress event (read live by the CLI's progress display)."""
+        """Append one progress event (read live by the CLI's progress display);
+        the file is private (0600), as everything atomic_write writes."""
         line = json.dumps(_clean({"event": kind, "time": time.time(), **data}))
-        with (self.root / PROGRESS_FILE).open("a", encoding="utf-8") as handle:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        fd = os.open(self.root / PROGRESS_FILE, flags, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
 
     def write_json(self, name: str, obj: Any) -> None:
@@ -69,3 +74,53 @@ class RunDirectory:
         for row in history:
             writer.writerow({k: row.get(k) for k in columns})
         atomic_write(self.root / METRICS_FILE, out.getvalue().encode())
+
+
+def check_new_run_dir(out: Path) -> None:
+    """Refuse an ``--out`` that holds a run, is not a folder, or holds other files
+    (a run folder is written whole; nobody's files are overwritten in it).
+
+    Raises :class:`ConfigError` naming the folder.
+    """
+    if (out / SUMMARY_FILE).exists() or (out / PROGRESS_FILE).exists():
+        raise ConfigError(f"out: {out} already holds a run; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out: {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(
+            f"out: {out} is not empty; choose a new or empty folder for the run"
+        )
+
+
+def mark_interrupted(out: Path) -> None:
+    """Say in the run folder that the user interrupted the run: whatever the
+    ServerApp wrote while it was being stopped (sites failing as their temporary
+    files went away) is not what the sites decided."""
+    path = out / SUMMARY_FILE
+    if path.is_file():
+        summary = json.loads(path.read_text())
+        summary["status"] = "interrupted"
+        summary["stop_reason"] = (
+            "interrupted by the user (Ctrl-C or SIGTERM); declines and failures "
+            "recorded while the run was being stopped are not the sites' decisions"
+        )
+        atomic_write(path, (json.dumps(summary, indent=2) + "\n").encode())
+    if out.is_dir():
+        with (out / PROGRESS_FILE).open("a") as handle:
+            handle.write(
+                json.dumps({"event": "interrupted", "time": time.time()}) + "\n"
+            )
+
+
+def last_error(out: Path) -> str:
+    """The ServerApp's own error event, else the tail of Flower's log."""
+    progress = out / PROGRESS_FILE
+    if progress.exists():
+        for line in reversed(progress.read_text().splitlines()):
+            event = json.loads(line)
+            if event.get("event") == "error":
+                return str(event.get("message"))
+    log = out / "flower.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    errors = [ln for ln in lines if "ERROR" in ln or "Error" in ln]
+    return (errors or lines or ["no log"])[-1].strip()[:400] + f" (see {log})"

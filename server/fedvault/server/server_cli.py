@@ -1,4 +1,5 @@
-"""``fedvault server``: run the coordinator, show its state, manage site keys."""
+"""``fedvault server``: run and stop the coordinator, show its state, manage site
+keys."""
 
 from __future__ import annotations
 
@@ -13,8 +14,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedvault.common.cli import FormatOption, OutputFormat, command_group, progress_bar
-from fedvault.common.errors import FederationError
+from fedvault.common.cli import (
+    FormatOption,
+    OutputFormat,
+    command_group,
+    output_console,
+    progress_bar,
+    say,
+)
+from fedvault.common.errors import ConfigError, FederationError
 from fedvault.server import control
 from fedvault.server import coordinator as coord
 from fedvault.server.deploy import (
@@ -24,9 +32,11 @@ from fedvault.server.deploy import (
 )
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.rundir import PROGRESS_FILE
+from fedvault.server.runstate import RunState, inspect_run, read_events
+from fedvault.server.superlink import read_live
 
 logger = logging.getLogger(__name__)
-console = Console()
+console = output_console()
 err_console = Console(stderr=True)
 
 ConfigOption = Annotated[Path, typer.Option("--config", help="coordinator.toml")]
@@ -45,10 +55,7 @@ server_app.add_typer(sites_app, name="sites")
 
 
 def _events(layout: CoordinatorLayout) -> list[dict[str, Any]]:
-    path = layout.output / PROGRESS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_events(layout.output / PROGRESS_FILE)
 
 
 @server_app.command("start")
@@ -59,6 +66,14 @@ def start(
         bool,
         typer.Option(
             "--restart", help="Move a previous run's output aside and start over."
+        ),
+    ] = False,
+    resume_stopped: Annotated[
+        bool,
+        typer.Option(
+            "--resume-stopped",
+            help="If the run folder holds a stopped run, resume it instead "
+            "(for a service manager: one command that starts and continues).",
         ),
     ] = False,
     output_format: FormatOption = OutputFormat.TEXT,
@@ -73,7 +88,11 @@ def start(
         insecure=insecure,
         output_format=output_format,
         run=lambda poll: coord.start(
-            cfg, insecure=insecure, restart=restart, on_poll=poll
+            cfg,
+            insecure=insecure,
+            restart=restart,
+            resume_stopped=resume_stopped,
+            on_poll=poll,
         ),
     )
 
@@ -105,10 +124,11 @@ def _drive(
 ) -> None:
     """Run the coordinator with a progress display; report the outcome."""
     if insecure:
-        err_console.print(
-            "[bold red]WARNING: --insecure: no TLS and no site "
-            "authentication. Anyone who reaches the Fleet port can join "
-            "and read the model. Local tests only.[/]"
+        say(
+            err_console,
+            "WARNING: --insecure: no TLS and no site authentication. Anyone who "
+            "reaches the Fleet port can join and read the model. Local tests only.",
+            style="bold red",
         )
     layout = CoordinatorLayout(cfg.run_dir)
     progress = progress_bar(console, output_format)
@@ -127,17 +147,23 @@ def _drive(
                     status=f"{event['sites_trained']} sites trained",
                 )
 
-    with progress:
-        summary = run(poll)
+    try:
+        with progress:
+            summary = run(poll)
+    except coord.StopRequested:
+        folder = inspect_run(layout, rounds=cfg.training.rounds)
+        say(err_console, f"coordinator stopped: {folder.message(cfg.source)}")
+        return
     if output_format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
-        console.print(
+        say(
+            console,
             f"Run {summary['status']}: {summary.get('rounds_completed')} rounds. "
-            f"Results in [bold]{layout.output}[/]."
+            f"Results in {layout.output}.",
         )
     if summary["status"] != "completed":
-        err_console.print(f"[yellow]run stopped early:[/] {summary.get('stop_reason')}")
+        say(err_console, f"run stopped early: {summary.get('stop_reason')}")
         raise typer.Exit(1)
 
 
@@ -145,17 +171,27 @@ def _status_doc(config: Path) -> dict[str, Any]:
     cfg = load_coordinator_config(config)
     layout = CoordinatorLayout(cfg.run_dir)
     registry = SiteRegistry(layout.registry)
-    live = coord.read_live(layout)
-    doc: dict[str, Any] = {"running": live is not None, "run-dir": str(cfg.run_dir)}
+    folder = inspect_run(layout, rounds=cfg.training.rounds)
+    live = read_live(layout)
+    doc: dict[str, Any] = {
+        "running": folder.state is RunState.RUNNING,
+        "state": folder.state.value,
+        "message": folder.message(cfg.source),
+        "run-dir": str(cfg.run_dir),
+        "pid": folder.pid,
+        "leftovers": [str(p) for p in folder.leftovers],
+    }
     nodes: dict[int, dict[str, Any]] = {}
     if live is not None:
         doc |= {k: live.get(k) for k in ("fleet-address", "control-address", "run-id")}
-        if not live.get("insecure"):
-            nodes = {int(n["node-id"]): n for n in control.list_nodes(layout)}
-        if live.get("run-id") is not None:
-            doc["run-status"] = control.run_status(layout, int(live["run-id"]))
-    rounds = [e for e in _events(layout) if e["event"] == "round"]
-    doc["round"] = rounds[-1]["round"] if rounds else 0
+        try:  # the coordinator may be stopping meanwhile: say so, do not fail
+            if not live.get("insecure"):
+                nodes = {int(n["node-id"]): n for n in control.list_nodes(layout)}
+            if live.get("run-id") is not None:
+                doc["run-status"] = control.run_status(layout, int(live["run-id"]))
+        except FederationError as exc:
+            doc["run-status"] = f"not answering ({exc})"
+    doc["round"] = folder.rounds_done
     doc["rounds"] = cfg.training.rounds
     doc["sites"] = [
         {
@@ -183,31 +219,38 @@ def status(
     config: ConfigOption = Path("coordinator.toml"),
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """Whether the coordinator runs, the current round, and each site's state."""
+    """The run folder's state (new, running, stopped, failed, completed) and what
+    to do about it, the current round, and each site's state."""
     doc = _status_doc(config)
     if output_format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
-    if doc["running"]:
-        console.print(
-            f"coordinator running; Fleet API {doc['fleet-address']}, "
-            f"Control API {doc['control-address']} (loopback/private)"
-        )
-        console.print(
-            f"run {doc.get('run-id')}: {doc.get('run-status', '-')}, "
-            f"round {doc['round']} of {doc['rounds']}"
-        )
-    else:
-        console.print(
-            f"coordinator not running; last completed round {doc['round']} "
-            f"of {doc['rounds']}"
+    say(console, f"{doc['state']}: {doc['message']}")
+    if doc["running"] and "fleet-address" in doc:
+        say(
+            console,
+            f"Fleet API {doc['fleet-address']}, Control API "
+            f"{doc['control-address']} (loopback/private); run {doc.get('run-id')}: "
+            f"{doc.get('run-status', '-')}",
         )
     _print_sites(doc["sites"])
 
 
+@server_app.command("stop")
+def stop(config: ConfigOption = Path("coordinator.toml")) -> None:
+    """Stop the coordinator cleanly: its run stops after its last completed round,
+    whose checkpoint is kept (`fedvault server resume` continues it). Also stops
+    Flower processes that a killed coordinator left behind."""
+    cfg = load_coordinator_config(config)
+    stopped = coord.stop(cfg)
+    folder = inspect_run(CoordinatorLayout(cfg.run_dir), rounds=cfg.training.rounds)
+    done = f"stopped {', '.join(stopped)}" if stopped else "nothing was running"
+    say(console, f"{done}; {folder.message(cfg.source)}")
+
+
 def _print_sites(sites: list[dict[str, Any]]) -> None:
     table = Table(title="Sites")
-    for col in ("name", "node id", "status", "key fingerprint"):
+    for col in ("name", "node id", "status", "key fingerprint (ssh-keygen -l)"):
         table.add_column(col)
     for s in sites:
         table.add_row(
@@ -227,18 +270,19 @@ def sites_add(
     layout = CoordinatorLayout(cfg.run_dir)
     registry = SiteRegistry(layout.registry)
     entry = registry.add(name, public_key)
-    live = coord.read_live(layout)
+    live = read_live(layout)
     if live is not None and not live.get("insecure"):
         registry.set_node(name, control.register_key(layout, name, entry.public_key))
         registry.save()
-        console.print(
-            f"site {name} registered ({entry.fingerprint}); it can connect now"
+        say(
+            console, f"site {name} registered ({entry.fingerprint}); it can connect now"
         )
     else:
         registry.save()
-        console.print(
+        say(
+            console,
             f"site {name} added ({entry.fingerprint}); it is registered with "
-            "Flower when the coordinator starts"
+            "Flower when the coordinator starts",
         )
 
 
@@ -247,12 +291,20 @@ def sites_remove(
     name: Annotated[str, typer.Argument(help="Site name.")],
     config: ConfigOption = Path("coordinator.toml"),
 ) -> None:
-    """Revoke a site's key: it can no longer connect."""
+    """Revoke a site's key for good: it can no longer connect, and its key is never
+    admitted again (the site makes a new one to come back). Refused while
+    coordinator.toml lists the site under [sites]."""
     cfg = load_coordinator_config(config)
+    if name in cfg.sites:
+        raise ConfigError(
+            f"site {name!r} is listed under [sites] in {config}: delete that line "
+            "first (a run folder made afresh from the file would admit it again), "
+            "then remove the site"
+        )
     layout = CoordinatorLayout(cfg.run_dir)
     registry = SiteRegistry(layout.registry)
     entry = registry.get(name)
-    live = coord.read_live(layout)
+    live = read_live(layout)
     if live is not None and entry.node_id is not None and not live.get("insecure"):
         try:
             control.unregister_node(layout, entry.node_id)
@@ -261,7 +313,7 @@ def sites_remove(
     registry.remove(name)
     registry.save()
     when = "now" if live is not None else "when the coordinator starts"
-    console.print(f"site {name} removed; its key is revoked {when}")
+    say(console, f"site {name} removed; its key is revoked {when}")
 
 
 @sites_app.command("list")

@@ -32,13 +32,18 @@ from fedvault.common.data import (
     load_table,
 )
 from fedvault.common.errors import ConfigError, DataError, FederationError
-from fedvault.common.partition import PartitionSpec, partition_table
+from fedvault.common.partition import PartitionSpec, hold_out, partition_table
 from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
 from fedvault.server import _flower
 from fedvault.server import _vaults as _vaults_mod
 from fedvault.server._site_schema import site_schema
-from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE
+from fedvault.server.rundir import (
+    SUMMARY_FILE,
+    check_new_run_dir,
+    last_error,
+    mark_interrupted,
+)
 from fedvault.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -145,11 +150,19 @@ def _vaults(cfg: SimulationConfig) -> PreparedData:
         sites.append((vault.resolve().name, vault.resolve()))
     if len({name for name, _ in sites}) != len(sites):
         raise ConfigError("vaults: two vaults share a folder name; rename one")
+    paths = [path for _, path in sites if isinstance(path, Path)]
+    facts = _vaults_mod.vault_facts(paths, key)
+    target = _vaults_mod.vault_target(
+        {str(p): t for p, (_, t) in zip(paths, facts, strict=True)},
+        given=cfg.options.target,
+        default=DEFAULT_TARGET,
+    )
+    cfg = dataclasses.replace(
+        cfg, options=dataclasses.replace(cfg.options, target=target)
+    )
     if cfg.delta_given and cfg.training.dp:
-        # Only an explicit delta is checked here (it costs a process per vault);
-        # every site also refuses, itself, a delta not below 1/n of its rows.
-        paths = [path for _, path in sites if isinstance(path, Path)]
-        _with_delta(cfg, max(_vaults_mod.vault_rows(paths, key)))
+        # every site also refuses, itself, a delta not below 1/n of its rows
+        _with_delta(cfg, max(rows for rows, _ in facts))
     return PreparedData(sites=sites, test=None, excluded={}, config=cfg)
 
 
@@ -168,7 +181,7 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     spec = PartitionSpec.parse(opts.partition)
     if spec.kind != "column" and opts.sites > len(frame):
         raise ConfigError(f"sites: {opts.sites} sites but only {len(frame)} rows")
-    test, rest = _hold_out(frame, opts.target, opts.test_share, cfg.training.seed)
+    test, rest = hold_out(frame, opts.target, opts.test_share, cfg.training.seed)
     parts = partition_table(
         rest, spec, num_sites=opts.sites, target=opts.target, seed=cfg.training.seed
     )
@@ -180,22 +193,6 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
         raise DataError("no site received any rows")
     settled = _with_delta(cfg, max(len(p) for _, p in parts))
     return PreparedData(sites=sites, test=test, excluded=excluded, config=settled)
-
-
-def _hold_out(
-    frame: pd.DataFrame, target: str, share: float, seed: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from sklearn.model_selection import train_test_split
-
-    counts = frame[target].value_counts()
-    stratify = frame[target] if counts.min() >= 2 else None
-    try:
-        rest, test = train_test_split(
-            frame, test_size=share, random_state=seed, stratify=stratify
-        )
-    except ValueError as exc:
-        raise DataError(f"cannot hold out a test split: {exc}") from exc
-    return test.reset_index(drop=True), rest.reset_index(drop=True)
 
 
 def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
@@ -325,13 +322,6 @@ def _run_config(
     return run_config
 
 
-def check_out_dir(out: Path) -> None:
-    if (out / SUMMARY_FILE).exists() or (out / PROGRESS_FILE).exists():
-        raise ConfigError(f"out: {out} already holds a run; choose another --out")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out: {out} exists and is not a folder")
-
-
 def run(
     cfg: SimulationConfig, out: Path, *, on_poll: Callable[[], None] | None = None
 ) -> dict[str, Any]:
@@ -339,13 +329,41 @@ def run(
 
     Everything is validated before ``out`` is created: bad input leaves no trace.
     """
-    check_out_dir(out)
+    check_new_run_dir(out)
     prepared = prepare_data(cfg)
+    if len(prepared.sites) < prepared.training.min_sites:  # no round could run
+        raise ConfigError(
+            f"min-sites: {prepared.training.min_sites}, but only "
+            f"{len(prepared.sites)} site(s) hold data; use fewer --min-sites or "
+            "more --sites"
+        )
     state_root = Path(cfg.options.state) if cfg.options.state else None
     if state_root is not None:
         check_states(prepared, state_root)
+        # a --state that cannot be made is refused before --out is created
+        state_root.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
+    try:
+        status = _simulate(cfg, prepared, out, state_root, on_poll)
+    except KeyboardInterrupt:
+        mark_interrupted(out)
+        raise
+    if status != "finished:completed" or not (out / SUMMARY_FILE).exists():
+        raise FederationError(f"the run ended as {status!r}: {last_error(out)}")
+    summary: dict[str, Any] = json.loads((out / SUMMARY_FILE).read_text())
+    return summary
+
+
+def _simulate(
+    cfg: SimulationConfig,
+    prepared: PreparedData,
+    out: Path,
+    state_root: Path | None,
+    on_poll: Callable[[], None] | None,
+) -> str:
+    """Flower's part of the run, in a private work folder removed at the end
+    (an interrupt included); returns the run's final status."""
     with tempfile.TemporaryDirectory(prefix="fedvault-sim-") as tmp:
         layout = _flower.SimulationLayout(Path(tmp))
         entries, test_file = _site_inputs(prepared, layout.work)
@@ -370,21 +388,4 @@ def run(
             time.monotonic() - started,
             status,
         )
-    if status != "finished:completed" or not (out / SUMMARY_FILE).exists():
-        raise FederationError(f"the run ended as {status!r}: {_last_error(out)}")
-    summary: dict[str, Any] = json.loads((out / SUMMARY_FILE).read_text())
-    return summary
-
-
-def _last_error(out: Path) -> str:
-    """The ServerApp's own error event, else the tail of Flower's log."""
-    progress = out / PROGRESS_FILE
-    if progress.exists():
-        for line in reversed(progress.read_text().splitlines()):
-            event = json.loads(line)
-            if event.get("event") == "error":
-                return str(event.get("message"))
-    log = out / "flower.log"
-    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    errors = [ln for ln in lines if "ERROR" in ln or "Error" in ln]
-    return (errors or lines or ["no log"])[-1].strip()[:400] + f" (see {log})"
+    return status

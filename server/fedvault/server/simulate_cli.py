@@ -14,12 +14,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedvault.common.cli import FormatOption, OutputFormat, progress_bar
+from fedvault.common.cli import (
+    EXIT_RUN_FAILED,
+    FormatOption,
+    OutputFormat,
+    progress_bar,
+    say,
+)
 from fedvault.common.config import read_toml
 from fedvault.server import simulate as sim
 from fedvault.server.rundir import PROGRESS_FILE
 
 console = Console()
+_err = Console(stderr=True, soft_wrap=True)
 
 _HELP = """Simulate a whole federation on this machine, on Flower's simulation runtime.
 
@@ -225,6 +232,31 @@ def simulate(
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
         _print_tables(summary, out_dir)
+    if summary["status"] != "completed":
+        _why_stopped(summary)
+        raise typer.Exit(EXIT_RUN_FAILED)
+
+
+def _why_stopped(summary: dict[str, Any]) -> None:
+    """On stderr: why the run stopped, what the sites said, and what to change.
+    (A run that stops early exits non-zero, as `fedvault server start` does.)"""
+    say(_err, f"error: the run stopped early: {summary['stop_reason']}")
+    said: dict[str, list[str]] = {}
+    for name, site in summary["sites"].items():
+        for decline in site["declines"][:1]:
+            said.setdefault(f"{decline['reason']}: {decline['detail']}", []).append(
+                name
+            )
+    for detail, names in said.items():
+        say(_err, f"  {', '.join(names)} declined ({detail})")
+    if not summary["history"]:
+        say(_err, "  no round completed: model.pt holds the untrained initial model")
+    if any(d.startswith("budget") for d in said):
+        say(
+            _err,
+            "  to fit the budget: a larger --epsilon (or --site-budget), fewer "
+            "--rounds or --local-epochs, or a larger --batch-size (fewer steps)",
+        )
 
 
 simulate.__doc__ = _HELP
@@ -319,6 +351,9 @@ def _print_tables(summary: dict[str, Any], out: Path) -> None:
     if summary["status"] != "completed":
         console.print(f"[yellow]Run stopped early:[/] {summary['stop_reason']}")
     final = summary["final"]
+    if not summary["history"]:
+        console.print(f"No round completed. Reports in [bold]{out}[/].")
+        return
     if final.get("accuracy") is None:
         measured = (
             f"Final accuracy on the sites' own validation splits "

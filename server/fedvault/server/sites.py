@@ -10,6 +10,7 @@ failures or rejections, and keeps each site's privacy figures as reported.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,6 +38,23 @@ from fedvault.server.checks import (
 from fedvault.server.report import SiteRecord
 
 logger = logging.getLogger(__name__)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)\b:?.*)$")
+
+
+def one_line(reason: str, limit: int = 300) -> str:
+    """A site's failure as one line: its error's class and message.
+
+    Flower hands the coordinator a ClientApp's failure as a traceback (in
+    simulation wrapped by Ray, with colour codes); the last line naming an error
+    is what the site's operator and the coordinator need. Colour codes go.
+    """
+    lines = [ln.strip() for ln in _ANSI.sub("", reason).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if _ERROR_LINE.match(ln)]
+    line = (errors or lines or ["unknown failure"])[-1]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 class SiteBook:
@@ -76,7 +94,8 @@ class SiteBook:
         for reply in replies:
             node = self.node_of(reply)
             if reply.has_error():
-                self.excluded[f"node-{node}"] = f"failed: {reply.error.reason}"
+                why = one_line(reply.error.reason or "")
+                self.excluded[f"node-{node}"] = f"failed: {why}"
                 continue
             try:
                 stats = SiteStats.from_content(reply.content)
@@ -188,6 +207,7 @@ class SiteBook:
     @staticmethod
     def _failed(site: SiteRecord, event: dict[str, Any], reason: str) -> None:
         server_round = event["round"]
+        reason = one_line(reason)
         if reason.startswith(MISMATCH_PREFIX):
             raise FederationError(
                 f"round {server_round}: {site.name} refused the round's "

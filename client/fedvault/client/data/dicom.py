@@ -89,8 +89,8 @@ def check_burned_in(dataset: Dataset, *, allowed: bool) -> None:
     flag = str(dataset.get("BurnedInAnnotation", "") or "").strip().upper()
     if flag == "YES" and not allowed:
         raise DataError(
-            "burned-in annotations (BurnedInAnnotation = YES): refused; the schema "
-            "must allow burned-in annotations to import this file"
+            "burned-in annotations (BurnedInAnnotation = YES): refused unless "
+            "burned-in annotations are allowed (--allow-burned-in)"
         )
 
 

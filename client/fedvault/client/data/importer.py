@@ -38,8 +38,8 @@ from fedvault.client.data.reader import ReadOptions, check_columns, iter_chunks
 from fedvault.client.data.reader import read_header as read_raw_header
 from fedvault.client.data.schema import Role, Schema
 from fedvault.client.data.validate import ValidationReport, check_chunk
-from fedvault.client.data.vault_format import MANIFEST_NAME, Manifest
-from fedvault.client.data.vault_writer import VaultWriter
+from fedvault.client.data.vault_format import Manifest
+from fedvault.client.data.vault_writer import VaultWriter, check_replace
 from fedvault.common.data import check_label_classes
 from fedvault.common.errors import ConfigError, DataError, SchemaError
 
@@ -99,11 +99,7 @@ def import_raw(
             "the schema pseudonymizes identifiers or shifts dates: pass a site secret "
             "(--secret FILE; create one with `fedvault data keygen`)"
         )
-    if (vault_dir / MANIFEST_NAME).is_file() and not options.replace:
-        raise ConfigError(
-            f"vault {vault_dir}: already holds a dataset; pass --replace to replace it "
-            "(under the same key), or choose another --vault"
-        )
+    check_replace(vault_dir, replace=options.replace)
     check_columns(raw, read_raw_header(raw, options.read), schema.names)
     as_of = options.as_of or schema.as_of or date.today()
     survey = _survey(raw, schema, options, secret, as_of)

@@ -27,11 +27,13 @@ def manifest_table(manifest: Manifest, *, vault: str) -> Table:
         ("rows", str(manifest.rows)),
         ("chunks", str(len(manifest.chunks))),
         ("target", manifest.target),
-        (
-            "schema",
-            f"{manifest.schema['dataset']['name']} ({manifest.schema_hash[:16]})",
-        ),
     ]
+    if "dataset" in manifest.schema:
+        name = manifest.schema["dataset"]["name"]
+        rows.append(("schema", f"{name} ({manifest.schema_hash[:16]})"))
+    else:
+        shape = "x".join(str(v) for v in manifest.schema.get("shape", []))
+        rows.append(("images", f"{manifest.rows} of {shape} (channels x H x W)"))
     anonymization = details.get("anonymization", {})
     if anonymization:
         rows.append(("k-anonymity", f"k = {anonymization.get('k')}"))
@@ -104,3 +106,29 @@ def _share(value: Any) -> str:
 
 def _count(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def image_quality_table(quality: Mapping[str, Any]) -> Table:
+    """The quality report of an image vault: files read and refused, class
+    balance, original sizes and channels, exact duplicates."""
+    table = Table(title="image quality", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value")
+    bad = quality.get("unreadable", [])
+    rows = [
+        ("files", str(quality.get("files"))),
+        ("stored", str(quality.get("stored"))),
+        ("not usable", str(len(bad))),
+        *((f"  {b['file']}", str(b["reason"])) for b in bad[:20]),
+        ("class balance", _pairs(quality.get("class-balance", {}))),
+        ("original sizes", _pairs(quality.get("original-sizes", {}))),
+        ("channels", _pairs(quality.get("channels", {}))),
+        ("exact duplicates", str(len(quality.get("exact-duplicates", [])))),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _pairs(counts: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counts.items()) or "-"

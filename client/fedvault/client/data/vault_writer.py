@@ -275,15 +275,26 @@ def _unlock(lock: tuple[int, Path]) -> None:
     os.close(fd)  # closing releases the flock
 
 
+def check_replace(vault_dir: Path, *, replace: bool) -> None:
+    """Refuse to write over a vault that holds a dataset unless ``replace``: the
+    early check of an import, repeated under the lock by :class:`VaultWriter`.
+
+    Raises :class:`ConfigError` naming the vault.
+    """
+    if (vault_dir / fmt.MANIFEST_NAME).is_file() and not replace:
+        raise ConfigError(
+            f"vault {vault_dir}: already holds a dataset; pass --replace to replace it "
+            "(under the same key), or choose another --vault"
+        )
+
+
 def _existing(vault_dir: Path, replacing: bytes | None) -> fmt.Manifest | None:
     """The manifest of the vault being replaced, checked under the lock."""
     if not (vault_dir / fmt.MANIFEST_NAME).is_file():
         return None
     if replacing is None:
-        raise ConfigError(
-            f"vault {vault_dir}: already holds a dataset; pass --replace to replace it "
-            "(under the same key), or choose another --vault"
-        )
+        check_replace(vault_dir, replace=False)  # raises: the vault holds data
+        return None
     try:
         return fmt.open_manifest(
             replacing,
