@@ -19,7 +19,7 @@ from fedvault.common.config import TrainingConfig
 from fedvault.common.data import default_dataset
 from fedvault.common.models import build_model
 from fedvault.common.preprocessing import merge_summaries, site_summary
-from fedvault.common.protocol import STATS_MESSAGE, SiteStats
+from fedvault.common.protocol import STATS_MESSAGE, SiteStats, TrainMetrics
 from fedvault.common.wire import summary_from_bytes
 from fedvault.server.federation import Federation
 from fedvault.server.settings import ServerSettings
@@ -171,3 +171,31 @@ def test_a_crafted_model_buys_noisy_charged_counts_not_an_oracle(tmp_path):
     records = verify_ledger(tmp_path / "state-0", "bc")
     charged = [r for r in records if r.run_id == "eval-run:eval"]
     assert len(charged) == 2 and all(r.sample_rate == 1.0 for r in charged)
+
+
+def test_training_replies_carry_no_loss_and_only_the_released_row_count(
+    tmp_path, local_grid, make_contexts
+):
+    nodes = [11, 22]
+    run_config = site_run_config(tmp_path, nodes, rounds=1)
+    grid = local_grid(client_app, make_contexts(nodes, run_config))
+    Federation(grid, ServerSettings.from_run_config(run_config)).run()
+
+    released = {}  # site -> the noisy row count its summary released
+    trained = []
+    for reply in grid.received:
+        kind = reply.metadata.message_type
+        if kind == STATS_MESSAGE:
+            stats = SiteStats.from_content(reply.content)
+            released[stats.name] = summary_from_bytes(stats.summary)["rows"]
+        elif kind == "train":
+            trained.append(reply.content.metric_records["metrics"])
+    assert len(trained) == 2 and len(released) == 2
+    for metrics in trained:
+        assert set(metrics) == TrainMetrics.keys(dp=True, client_weight=False)
+        assert not any("loss" in key for key in metrics)
+        assert metrics["num-examples"] in set(released.values())
+    # (This run's seeded noise moved every released count off the exact one.)
+    for i in range(2):
+        rows = len(pd.read_parquet(run_config[f"site.{i}.data"]))
+        assert rows - round(rows * 0.15) not in set(released.values())

@@ -23,6 +23,8 @@ from fedvault.common.errors import BudgetExceededError
 from fedvault.common.evaluation import Metrics
 from fedvault.common.protocol import Decline, EvaluateMetrics
 
+VALIDATION_SENSITIVITY = math.sqrt(2.0)  # L2 change of (correct, examples) per row
+
 
 def summary(
     *,
@@ -83,14 +85,17 @@ def validation_metrics(
     client_weight: bool,
     seed: int,
 ) -> EvaluateMetrics | Decline:
-    """Noisy counts of correct predictions and of examples (sensitivity 1 each),
-    charged to the ledger before they leave; accuracy is their ratio. No loss."""
+    """Noisy counts of correct predictions and of examples, charged to the ledger
+    before they leave; accuracy is their ratio. No loss. Adding or removing one
+    row changes the pair by (0 or 1, 1): L2 sensitivity sqrt(2), which scales the
+    noise of the ledger's noise multiplier."""
     if not math.isfinite(result.accuracy):
         return Decline("data", "no releasable validation count for this task")
     sigma = metric_sigma(budget.settings, budget.policy)
     rng = np.random.default_rng(seed)
-    correct = round(result.accuracy * result.examples) + rng.normal(0.0, sigma)
-    examples = result.examples + rng.normal(0.0, sigma)
+    std = sigma * VALIDATION_SENSITIVITY
+    correct = round(result.accuracy * result.examples) + rng.normal(0.0, std)
+    examples = result.examples + rng.normal(0.0, std)
     digest = hashlib.sha256(f"{correct!r}/{examples!r}".encode()).hexdigest()
     refusal = budget.release(server_round, sigma, digest)
     if refusal is not None:
