@@ -4,9 +4,12 @@ Do not call this directly: :mod:`fedvault.client.releases` plans its noise, char
 it to the site's ledger and keeps the release. What it computes, per site:
 
 - every training row contributes one vector: 1 (the row count), a one-hot of its
-  label, per numeric column (missing?, u, u**2) with u the value clipped to the
-  column's bounds and scaled to [0, 1], per categorical column a one-hot of its
-  value;
+  label, per numeric column (missing?, u) with u the value clipped to the column's
+  bounds and scaled to [0, 1], per categorical column a one-hot of its value. No
+  second moment: at a small site's budget its noise would swamp the variance, so
+  the coordinator takes a public scale instead
+  (:data:`fedvault.common.preprocessing.STD_SHARE` of the bounds' range) and the
+  sum of squares is released as NaN (nothing);
 - each row's vector is clipped to L2 norm :data:`ROW_CLIP` (add/remove one row
   changes the sum by at most that: the L2 sensitivity);
 - N(0, (sigma * ROW_CLIP)**2) is added to every coordinate of the sum. This is one
@@ -32,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ROW_CLIP = 3.0
+ROW_CLIP = 2.0
 ASINH_BOUND = 10.0
 KEY_DELTA = 1e-9
 IDENTIFIER_SHARE = 0.5  # distinct values / non-missing values above this
@@ -93,7 +96,7 @@ def noisy_summary(
             u = _scaled(col, declared.bounds.get(str(name)))
             missing = np.isnan(u)
             u = np.where(missing, 0.0, u)
-            parts.append(np.stack([missing.astype(float), u, u * u], axis=1))
+            parts.append(np.stack([missing.astype(float), u], axis=1))
             numeric.append(str(name))
         elif str(name) not in declared.categories and identifier_like(col):
             dropped.append(str(name))
@@ -154,14 +157,14 @@ def _read(
     }
     at += len(labels)
     for name in numeric:
-        missing, total, squares = noisy[at : at + 3]
-        at += 3
+        missing, total = noisy[at : at + 2]
+        at += 2
         bounds = declared.bounds.get(name)
         lo, hi = bounds if bounds is not None else (-ASINH_BOUND, ASINH_BOUND)
         summary["numeric"][name] = {
             "n": max(0, rows - max(0, round(missing))),
             "sum": float(total),
-            "sumsq": float(squares),
+            "sumsq": math.nan,  # not released (module docstring)
             "missing": max(0, round(missing)),
             "lo": float(lo),
             "hi": float(hi),

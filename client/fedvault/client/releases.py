@@ -42,13 +42,11 @@ from fedvault.client.policy import SitePolicy
 from fedvault.client.site import SiteSettings
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import BudgetExceededError, ConfigError, PrivacyError
-from fedvault.common.privacy import Step, plan_noise
+from fedvault.common.privacy import METRICS_SHARE, SUMMARY_SHARE, Step, plan_noise
 from fedvault.common.wire import summary_from_bytes, summary_to_bytes
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_SHARE = 0.5
-METRICS_SHARE = 0.05
 MAX_RELEASE_SIGMA = 1000.0
 RELEASES = "releases"
 SUMMARY_RUN = "summary"  # ledger run id prefix of summary releases
