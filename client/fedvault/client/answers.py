@@ -19,7 +19,7 @@ from fedvault.client.releases import metric_sigma, released_rows, summary_releas
 from fedvault.client.rounds import round_seed
 from fedvault.client.site import SiteSettings, dataset_version
 from fedvault.common.config import TrainingConfig
-from fedvault.common.errors import BudgetExceededError
+from fedvault.common.errors import BudgetExceededError, ConfigError
 from fedvault.common.evaluation import Metrics
 from fedvault.common.protocol import Decline, EvaluateMetrics
 
@@ -51,6 +51,8 @@ def summary(
         )
     except BudgetExceededError as exc:
         return Decline("budget", str(exc))
+    except ConfigError as exc:  # e.g. its schema contract cannot be read
+        return Decline("data", f"the site's schema: {exc}")
 
 
 def train_examples(

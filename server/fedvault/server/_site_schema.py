@@ -29,7 +29,15 @@ def site_schema(
     if not path.exists():
         target = options.target
         frame = pd.concat([part for _, part in sites if not isinstance(part, Path)])
-        columns: dict[str, Any] = {}
+        # User data: its columns, as features, without bounds or categories.
+        columns: dict[str, Any] = {
+            str(c): {
+                "type": "float" if pd.api.types.is_numeric_dtype(frame[c]) else "text",
+                "role": "feature",
+            }
+            for c in frame.columns
+            if c != target
+        }
         if not options.data:
             frame = default_dataset()
             columns = {
