@@ -108,9 +108,12 @@ def test_natural_partition_from_csv_with_a_tiny_site(tmp_path):
     ]
     assert "hospital=tiny" in summary["excluded_sites"]
     assert "training rows" in summary["excluded_sites"]["hospital=tiny"]
-    assert summary["final"]["accuracy"] > 0.8
+    # No declared bounds: the noisy summary gives only a rough scale, and two
+    # rounds rank well before the threshold settles (10 rounds: accuracy 0.85).
+    assert summary["final"]["auc"] > 0.9
     prep = json.loads((out / "preprocessing.json").read_text())
-    assert prep["categorical"] == ["ward"] and prep["vocab"] == [["er", "icu"]]
+    # Undeclared categories leave a site only past the noisy-count threshold.
+    assert prep["categorical"] == ["ward"] and set(prep["vocab"][0]) <= {"er", "icu"}
     assert "hospital" not in prep["numeric"] + prep["categorical"]
 
 
