@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks import gpu
 from benchmarks.model_use import render as _b9
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -345,6 +346,7 @@ SECTIONS = {
     "B7": _b7,
     "B8": _b8,
     "B9": _b9,
+    "B10": gpu.render,
 }
 
 

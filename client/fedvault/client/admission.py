@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedvault.client.approval import approve
 from fedvault.client.budget import policy_path
 from fedvault.client.policy import SitePolicy, check_request, check_rows, load_policy
 from fedvault.client.site import SiteSettings, SplitData, site_settings
@@ -37,7 +38,9 @@ def admit(context: Any) -> tuple[SiteSettings, Run | Decline]:
         policy = load_policy(policy_file)
     except ConfigError as exc:
         return site, Decline("policy", f"the site's policy cannot be read: {exc}")
-    refusal = check_request(policy, settings)
+    refusal = check_request(policy, settings) or approve(
+        policy_file, settings, context.run_config
+    )
     if refusal is not None:
         return site, refusal
     return site, Run(settings, site, policy, policy_file, state_dir)

@@ -40,7 +40,7 @@ from fedvault.common.models import build_model
 from fedvault.common.preprocessing import Preprocessing, merge_summaries
 from fedvault.common.protocol import PREPROCESSING, STATS_MESSAGE
 from fedvault.common.records import number
-from fedvault.server import checkpoint, model_card
+from fedvault.server import checkpoint, drift, lineage, model_card
 from fedvault.server.checks import check_update, dequantize_replies, release_problem
 from fedvault.server.exchange import send_and_receive
 from fedvault.server.report import (
@@ -88,6 +88,8 @@ class Federation:
         self.history: list[dict[str, Any]] = []
         self.stop_reason = ""
         self.plan: StrategyPlan | None = None
+        self.received: dict[str, Any] | None = None  # pooled site summaries
+        self.parent: lineage.Parent | None = None  # the model round 1 starts from
         self.secure = (
             SecureRound(
                 grid,
@@ -123,7 +125,12 @@ class Federation:
                 f"only {len(summaries)} site(s) can train; min-sites is "
                 f"{self.training.min_sites} (excluded: {self.book.excluded})"
             )
-        return merge_summaries(summaries, self.settings.target)
+        prep = merge_summaries(summaries, self.settings.target)
+        names = [s.name for s in self.book.sites.values()]  # in reply order
+        self.received = drift.write_received(self.rundir.root, names, summaries)
+        # With --init-model the parent's encoding is kept across versions.
+        self.parent = lineage.start(self.settings, prep, self.received)
+        return prep if self.parent is None else self.parent.prep
 
     def _exchange(self, messages: Iterable[Message]) -> list[Message]:
         """Send and wait, remembering where each message went."""
@@ -161,6 +168,8 @@ class Federation:
             excluded=self.book.excluded,
         )
         model = self._model(prep)
+        if self.parent is not None:  # round 1's global model is the parent
+            model.load_state_dict(self.parent.state_dict)
         if resumed is not None:
             model.load_state_dict(
                 {k: torch.from_numpy(v) for k, v in resumed.arrays.items()}
@@ -361,6 +370,7 @@ class Federation:
                 "config": self.training.to_run_config(),
                 "rounds_completed": len(self.history),
             }
+            | lineage.bundle_fields(self.parent, self.received)
         )
         self.rundir.write_metrics_csv(self.history)
 

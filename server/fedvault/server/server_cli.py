@@ -3,6 +3,7 @@ keys."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -30,6 +31,8 @@ from fedvault.server.deploy import (
     CoordinatorLayout,
     load_coordinator_config,
 )
+from fedvault.server.governance_cli import register as register_governance
+from fedvault.server.lineage import load_parent
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.rundir import PROGRESS_FILE
 from fedvault.server.runstate import RunState, inspect_run, read_events
@@ -76,6 +79,13 @@ def start(
             "(for a service manager: one command that starts and continues).",
         ),
     ] = False,
+    init_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from this model file or run folder (same model and "
+            "columns); overrides [coordinator] init-model."
+        ),
+    ] = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Start the coordinator (Flower SuperLink with TLS and site authentication),
@@ -83,6 +93,11 @@ def start(
 
     Only the Fleet address is for partners; the Control API stays on loopback."""
     cfg = load_coordinator_config(config)
+    if init_model is not None:
+        options = dataclasses.replace(cfg.options, init_model=str(init_model.resolve()))
+        cfg = dataclasses.replace(cfg, options=options)
+    if cfg.options.init_model:  # readable, same architecture: before anything runs
+        load_parent(cfg.base / cfg.options.init_model, cfg.training)
     _drive(
         cfg,
         insecure=insecure,
@@ -183,7 +198,8 @@ def _status_doc(config: Path) -> dict[str, Any]:
     }
     nodes: dict[int, dict[str, Any]] = {}
     if live is not None:
-        doc |= {k: live.get(k) for k in ("fleet-address", "control-address", "run-id")}
+        keys = ("fleet-address", "control-address", "control-socket", "run-id")
+        doc |= {k: live.get(k) for k in keys}
         try:  # the coordinator may be stopping meanwhile: say so, do not fail
             if not live.get("insecure"):
                 nodes = {int(n["node-id"]): n for n in control.list_nodes(layout)}
@@ -202,6 +218,7 @@ def _status_doc(config: Path) -> dict[str, Any]:
         }
         for e in registry.sites.values()
     ]
+    doc["sites"] += control.rogue_nodes(nodes, registry)
     return doc
 
 
@@ -229,8 +246,8 @@ def status(
     if doc["running"] and "fleet-address" in doc:
         say(
             console,
-            f"Fleet API {doc['fleet-address']}, Control API "
-            f"{doc['control-address']} (loopback/private); run {doc.get('run-id')}: "
+            f"Fleet API {doc['fleet-address']}, Control API on the private socket "
+            f"{doc.get('control-socket')}; run {doc.get('run-id')}: "
             f"{doc.get('run-status', '-')}",
         )
     _print_sites(doc["sites"])
@@ -327,3 +344,7 @@ def sites_list(
         sys.stdout.write(json.dumps(sites, indent=2) + "\n")
     else:
         _print_sites(sites)
+
+
+# The coordinator service of issue 17: `serve`, `audit`, `users`, `runs`.
+register_governance(server_app)

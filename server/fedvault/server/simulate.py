@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import tempfile
 import time
 import uuid
@@ -22,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import tomli_w
 
-from fedvault.common.config import TrainingConfig, key_of, parse_fields, read_toml
+from fedvault.common.config import TrainingConfig, key_of, parse_fields
 from fedvault.common.data import (
     DEFAULT_TARGET,
     check_target,
@@ -32,10 +30,17 @@ from fedvault.common.data import (
     load_table,
 )
 from fedvault.common.errors import ConfigError, DataError, FederationError
-from fedvault.common.partition import PartitionSpec, hold_out, partition_table
+from fedvault.common.partition import (
+    VALIDATION_FROM_ROWS,
+    PartitionSpec,
+    hold_out,
+    partition_table,
+    too_small,
+    validation_rows,
+)
 from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
-from fedvault.server import _flower
+from fedvault.server import _flower, lineage
 from fedvault.server import _vaults as _vaults_mod
 from fedvault.server._site_schema import site_schema
 from fedvault.server.rundir import (
@@ -45,11 +50,11 @@ from fedvault.server.rundir import (
     mark_interrupted,
 )
 from fedvault.server.settings import ServerSettings
+from fedvault.server.site_names import check_states, seed_used_before, site_states
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DELTA = 1e-5
-MIN_NOISE_IN_SIMULATION = 0.3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +72,7 @@ class SimulationOptions:
     state: str = ""
     site_budget: float = 0.0
     timeout: float = 3600.0
+    init_model: str = ""
 
     def __post_init__(self) -> None:
         if self.sites < 1:
@@ -124,6 +130,7 @@ class PreparedData:
     test: pd.DataFrame | None
     excluded: dict[str, str]
     config: SimulationConfig
+    rows: tuple[int, ...] = ()  # of each site, as its manifest or partition says
 
     @property
     def training(self) -> TrainingConfig:
@@ -163,7 +170,9 @@ def _vaults(cfg: SimulationConfig) -> PreparedData:
     if cfg.delta_given and cfg.training.dp:
         # every site also refuses, itself, a delta not below 1/n of its rows
         _with_delta(cfg, max(rows for rows, _ in facts))
-    return PreparedData(sites=sites, test=None, excluded={}, config=cfg)
+    rows = tuple(rows for rows, _ in facts)
+    warn_weak_delta(cfg, rows)
+    return PreparedData(sites=sites, test=None, excluded={}, config=cfg, rows=rows)
 
 
 def prepare_data(cfg: SimulationConfig) -> PreparedData:
@@ -171,14 +180,15 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     opts = cfg.options
     if opts.vaults:
         return _vaults(cfg)
+    spec = PartitionSpec.parse(opts.partition)
     if opts.data:
         source = opts.data
-        frame = load_table(Path(opts.data))
+        column = [spec.column] if spec.kind == "column" else []
+        frame = load_table(Path(opts.data), text_columns=column)
     else:
         source = "embedded breast-cancer data"
         frame = default_dataset()
     frame = check_target(frame, opts.target, source=source)
-    spec = PartitionSpec.parse(opts.partition)
     if spec.kind != "column" and opts.sites > len(frame):
         raise ConfigError(f"sites: {opts.sites} sites but only {len(frame)} rows")
     test, rest = hold_out(frame, opts.target, opts.test_share, cfg.training.seed)
@@ -192,7 +202,53 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     if not sites:
         raise DataError("no site received any rows")
     settled = _with_delta(cfg, max(len(p) for _, p in parts))
-    return PreparedData(sites=sites, test=test, excluded=excluded, config=settled)
+    rows = tuple(len(part) for _, part in parts if not part.empty)
+    warn_weak_delta(cfg, rows)
+    return PreparedData(
+        sites=sites, test=test, excluded=excluded, config=settled, rows=rows
+    )
+
+
+def check_sizes(prepared: PreparedData) -> None:
+    """Refuse, before Flower starts, sites too small for any round to run: fewer
+    than ``min-sites`` of them would hold the training rows a site needs to train
+    (:func:`~fedvault.common.partition.too_small`); warns when the model could not
+    be evaluated at all. Raises :class:`ConfigError`."""
+    need = prepared.training.min_sites
+    able = sum(not too_small(rows) for rows in prepared.rows)
+    if prepared.test is None and not any(validation_rows(n) for n in prepared.rows):
+        logger.warning(
+            "no central test data and no site holds a validation split (a site "
+            "holds one from %d rows on): the model will not be evaluated",
+            VALIDATION_FROM_ROWS,
+        )
+    if not prepared.rows or able >= need:
+        return
+    what = "vaults" if prepared.options.vaults else "sites"
+    smallest = next(n for n in range(1, 1000) if not too_small(n))
+    raise ConfigError(
+        f"sites: only {able} of the {len(prepared.rows)} {what} would train "
+        f"(min-sites {need}): a site needs {smallest} rows or more to train, and "
+        f"these hold {min(prepared.rows)} to {max(prepared.rows)}; use fewer "
+        "--sites or more data"
+    )
+
+
+def warn_weak_delta(cfg: SimulationConfig, rows: tuple[int, ...]) -> None:
+    """Warn of a ``--delta`` given explicitly that is below 1/n (else refused) but
+    above 1/(10 n) for the largest site's n training rows: the usual bound, and
+    the default, since a guarantee at delta allows revealing one row in 1/delta."""
+    t = cfg.training
+    if not (cfg.delta_given and t.dp and rows):
+        return
+    n = max(rows) - validation_rows(max(rows))
+    if 0.1 / n < t.delta < 1 / n:
+        logger.warning(
+            "delta: %g is a weak delta for the largest site (%d training rows): "
+            "above 1/(10 n) = %.3g, the usual bound and the default; a smaller "
+            "--delta gives a stronger guarantee",
+            t.delta, n, 0.1 / n,
+        )  # fmt: skip
 
 
 def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
@@ -212,75 +268,16 @@ def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
     )
 
 
-def _safe(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
-    return cleaned or "site"
-
-
-def site_states(prepared: PreparedData, root: Path) -> list[Path]:
-    """One state folder per simulated site, holding its ledger and its policy.
-
-    A policy file that exists is the site's own and is never overwritten (a second
-    run on the same ``--state`` continues from the remaining budgets); a missing one
-    is written from the run's settings, with lifetime budget ``--site-budget``
-    (default: ``--epsilon``), and ``allow-non-private = true`` for a ``--no-dp``
-    run only (a site's policy decides whether a run may switch DP off).
-    """
-    t, opts = prepared.training, prepared.options
-    dataset = _safe(Path(opts.data).stem) if opts.data else "breast-cancer"
-    budget = opts.site_budget or t.epsilon
-    folders = []
-    for name, _ in prepared.sites:
-        folder = root / _safe(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        policy = folder / "site.toml"
-        if not policy.exists():
-            table = {
-                "dataset-id": dataset,
-                "epsilon-max": budget,
-                "delta": t.delta,
-                "accountant": t.accountant,
-                "max-grad-norm": t.max_grad_norm,
-                "min-noise-multiplier": MIN_NOISE_IN_SIMULATION,
-            }
-            if not t.dp:
-                table["allow-non-private"] = True
-            policy.write_text(
-                "# Written by fedvault simulate for a simulated site; edit freely.\n"
-                + tomli_w.dumps({"privacy": table})
-            )
-        folders.append(folder)
-    return folders
-
-
-def check_states(prepared: PreparedData, root: Path) -> None:
-    """Refuse, before anything is written, a ``--no-dp`` run on a ``--state``
-    whose existing site policies do not allow it: those sites would decline every
-    message of the run. Raises :class:`ConfigError` naming the site and the key."""
-    if prepared.training.dp:
-        return
-    for name, _ in prepared.sites:
-        policy = root / _safe(name) / "site.toml"
-        if not policy.is_file():
-            continue
-        table = read_toml(policy).get("privacy", {})
-        if not (isinstance(table, dict) and table.get("allow-non-private") is True):
-            raise ConfigError(
-                f"no-dp: site {name}'s policy ({policy}) does not allow training "
-                "without differential privacy; it would decline the run (set "
-                "allow-non-private = true there, or use another --state)"
-            )
-
-
 def _site_inputs(
-    prepared: PreparedData, work: Path
+    prepared: PreparedData, work: Path, canaries: Mapping[str, pd.DataFrame]
 ) -> tuple[list[dict[str, str]], str]:
     """Write each data site's rows to its own file; vault sites keep their vault.
+    ``canaries``: an auditor's rows added to a site's training rows (by site name).
     Returns the per-site run-config entries and the test file ('' if none)."""
     data_dir = work / "sites"
     data_dir.mkdir()
-    entries = []
-    for pid, (_, source) in enumerate(prepared.sites):
+    entries: list[dict[str, str]] = []
+    for pid, (name, source) in enumerate(prepared.sites):
         if isinstance(source, Path):
             key = str(Path(prepared.options.key).resolve())
             entries.append({"vault": str(source), "key-file": key})
@@ -290,6 +287,9 @@ def _site_inputs(
         entries.append(
             {"data": str(path)} | site_schema(prepared.options, prepared.sites, work)
         )
+        if name in canaries:  # data sites only
+            canaries[name].to_parquet(extra := data_dir / f"c-{pid}.parquet")
+            entries[-1]["canaries"] = str(extra)
     if prepared.test is None:
         return entries, ""
     test_file = work / "test.parquet"
@@ -304,6 +304,7 @@ def _run_config(
     test_file: str,
     states: list[Path],
 ) -> dict[str, Any]:
+    opts = prepared.options
     settings = ServerSettings(
         training=prepared.training,
         target=prepared.options.target,
@@ -314,6 +315,7 @@ def _run_config(
         client_threads=1,
         run_key=uuid.uuid4().hex,
         simulation=True,
+        init_model=Path(opts.init_model).resolve() if opts.init_model else None,
     )
     run_config: dict[str, Any] = dict(settings.to_run_config())
     for pid, ((name, _), entry) in enumerate(zip(prepared.sites, entries, strict=True)):
@@ -323,9 +325,14 @@ def _run_config(
 
 
 def run(
-    cfg: SimulationConfig, out: Path, *, on_poll: Callable[[], None] | None = None
+    cfg: SimulationConfig,
+    out: Path,
+    *,
+    on_poll: Callable[[], None] | None = None,
+    canaries: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
-    """Run the simulation; returns the parsed ``summary.json``.
+    """Run the simulation; returns the parsed ``summary.json``. ``canaries``
+    (``fedvault privacy audit``): rows added to the named sites' training rows.
 
     Everything is validated before ``out`` is created: bad input leaves no trace.
     """
@@ -337,15 +344,27 @@ def run(
             f"{len(prepared.sites)} site(s) hold data; use fewer --min-sites or "
             "more --sites"
         )
+    check_sizes(prepared)
+    if cfg.options.init_model:  # architecture and columns, before --out exists
+        lineage.check_frames(cfg.options.init_model, prepared.training, prepared.sites)
     state_root = Path(cfg.options.state) if cfg.options.state else None
+    check_states(prepared, state_root)
     if state_root is not None:
-        check_states(prepared, state_root)
         # a --state that cannot be made is refused before --out is created
         state_root.mkdir(parents=True, exist_ok=True)
+        seed = prepared.training.seed
+        if seed_used_before(state_root, seed) and prepared.training.dp:
+            logger.warning(
+                "seed: a run on --state %s already used --seed %d: the sites draw "
+                "the same DP noise as in that run, which comparing the two runs "
+                "cancels; use another --seed",
+                state_root,
+                seed,
+            )
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     try:
-        status = _simulate(cfg, prepared, out, state_root, on_poll)
+        status = _simulate(cfg, prepared, out, state_root, on_poll, canaries or {})
     except KeyboardInterrupt:
         mark_interrupted(out)
         raise
@@ -361,12 +380,13 @@ def _simulate(
     out: Path,
     state_root: Path | None,
     on_poll: Callable[[], None] | None,
+    canaries: Mapping[str, pd.DataFrame],
 ) -> str:
     """Flower's part of the run, in a private work folder removed at the end
     (an interrupt included); returns the run's final status."""
     with tempfile.TemporaryDirectory(prefix="fedvault-sim-") as tmp:
         layout = _flower.SimulationLayout(Path(tmp))
-        entries, test_file = _site_inputs(prepared, layout.work)
+        entries, test_file = _site_inputs(prepared, layout.work, canaries)
         port = free_port()
         states = site_states(prepared, state_root or layout.work / "state")
         run_config = _run_config(prepared, out, entries, test_file, states)
