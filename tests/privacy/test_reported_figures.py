@@ -107,7 +107,8 @@ def test_privacy_txt_says_what_is_released_and_whose_noise_it_is(
     assert any("validation counts" in k for k in kinds)
     assert all(r["mechanism"] and r["share"] for r in privacy["releases"])
     assert "participation" in privacy["not_covered"]
-    assert "Not covered by epsilon:" in text and "exact row count n" in text
+    assert "Not covered by epsilon:" in text and "row count n to within" in text
+    assert "No training or validation loss is released" in text
     assert "whatever that site released" not in text
     assert "noise derives from the run's seed (3, stored in summary.json)" in text
     assert "A deployed site draws its noise seed from its operating system" in text
