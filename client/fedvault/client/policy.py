@@ -308,16 +308,11 @@ def plan_run_noise(
         and _run_epsilon(policy, floor, sample_rate, steps_this_run, [*prior, *extra])
         > target_epsilon_this_run
     ):
-        floor = max(
-            floor,
-            _run_only(
-                policy,
-                target_epsilon_this_run,
-                sample_rate,
-                steps_this_run,
-                [*prior, *extra],
-            ),
+        others = [*prior, *extra]
+        run_only = _run_only(
+            policy, target_epsilon_this_run, sample_rate, steps_this_run, others
         )
+        floor = max(floor, run_only)
     spent = ledger.epsilon()
     if spent >= policy.epsilon_max:
         raise BudgetExceededError(
