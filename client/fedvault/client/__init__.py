@@ -38,7 +38,7 @@ _WHERE = {
     "SitePolicy": "policy",
     "SiteSettings": "site",
     "TrainResult": "training",
-    "answers_mod": "answers",
+    "answers_mod": "answer_log",
     "check_request": "policy",
     "dp_schedule": "training",
     "load_policy": "policy",

@@ -1,7 +1,7 @@
 """What a site did and where it stands, read from its own state folder.
 
 ``STATE/answers.jsonl`` holds one line per answer the site gave the coordinator
-(written by :mod:`fedvault.client.answers`); :func:`site_status` sums it up for
+(written by :mod:`fedvault.client.answer_log`); :func:`site_status` sums it up for
 ``fedvault client status``: whether ``client start`` runs, the current run and
 round, the last contact, the declines and failures of the run, and the epsilon
 spent (this run, lifetime, budget) as the site's accountant last reported it.

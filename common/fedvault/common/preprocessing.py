@@ -7,7 +7,12 @@ per category; counts per label). The coordinator merges them with
 one-hot with the global vocabulary, standardize with the global mean/std), which every
 site then applies and which is saved with the model.
 
-These counts are aggregates, not differentially private: see docs/privacy.md.
+A site releases its summary through a Gaussian mechanism on bounded contributions
+(:mod:`fedvault.client.releases`): the counts and sums are noisy, and each numeric
+column carries the bounds ``lo``/``hi`` its values were clipped to (after ``asinh``
+for a column without declared bounds) and scaled from, to [0, 1]. Everything the
+coordinator derives from them here is post-processing. :func:`site_summary` (exact)
+is the building block for tests and for data that never leaves one party.
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ import numpy as np
 import pandas as pd
 
 from fedvault.common.errors import DataError
+
+# The scale of a numeric column whose second moment a site did not release (a DP
+# summary): this share of its bounds' range. A public constant, chosen as the median
+# std/range over the embedded (public) dataset's features, 0.076 to 0.226 (a range
+# of +-3 standard deviations would give 1/6).
+STD_SHARE = 0.14
 
 
 def _is_numeric(series: pd.Series) -> bool:
@@ -75,6 +86,10 @@ class Preprocessing:
     vocab: tuple[tuple[str, ...], ...] = ()
     modes: tuple[str, ...] = ()
     rows: int = 0
+    # Per numeric column: the clipping bounds (lo == hi: none) and whether values
+    # are first mapped by asinh (columns without declared bounds).
+    clips: tuple[tuple[float, float], ...] = ()
+    asinh: tuple[bool, ...] = ()
     feature_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -101,7 +116,7 @@ class Preprocessing:
         parts = []
         if self.numeric:
             num = frame[list(self.numeric)].apply(pd.to_numeric, errors="coerce")
-            values = num.to_numpy(dtype=np.float64)
+            values = self._bounded(num.to_numpy(dtype=np.float64, copy=True))
             means = np.asarray(self.means)
             values = np.where(np.isnan(values), means, values)
             parts.append((values - means) / np.asarray(self.stds))
@@ -118,6 +133,15 @@ class Preprocessing:
         if not parts:
             return np.zeros((len(frame), 0), dtype=np.float32)
         return np.hstack(parts).astype(np.float32)
+
+    def _bounded(self, values: np.ndarray) -> np.ndarray:
+        for j, flag in enumerate(self.asinh):
+            if flag:
+                values[:, j] = np.arcsinh(values[:, j])
+        for j, (lo, hi) in enumerate(self.clips):
+            if hi > lo:
+                values[:, j] = np.clip(values[:, j], lo, hi)
+        return values
 
     def encode_labels(self, series: pd.Series) -> np.ndarray:
         """Map labels to 0..K-1 with the global label list: int64, shape (n,).
@@ -142,6 +166,8 @@ class Preprocessing:
                 "vocab",
                 "modes",
                 "rows",
+                "clips",
+                "asinh",
             )
         }
         return json.dumps(data, sort_keys=True)
@@ -159,6 +185,8 @@ class Preprocessing:
             vocab=tuple(tuple(v) for v in data["vocab"]),
             modes=tuple(data["modes"]),
             rows=int(data["rows"]),
+            clips=tuple((float(a), float(b)) for a, b in data.get("clips", ())),
+            asinh=tuple(bool(v) for v in data.get("asinh", ())),
         )
 
 
@@ -184,16 +212,13 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
     for s in summaries:
         labels.update(s["labels"])
     numeric = sorted(numeric_cols)
-    means, stds = [], []
+    means, stds, clips, asinh = [], [], [], []
     for col in numeric:
-        n = sum(s["numeric"][col]["n"] for s in summaries)
-        total = sum(s["numeric"][col]["sum"] for s in summaries)
-        sumsq = sum(s["numeric"][col]["sumsq"] for s in summaries)
-        mean = total / n if n else 0.0
-        var = max(sumsq / n - mean * mean, 0.0) if n else 0.0
-        std = math.sqrt(var)
+        mean, std, bounds, flag = _moments([s["numeric"][col] for s in summaries], col)
         means.append(mean)
-        stds.append(std if std > 1e-12 else 1.0)
+        stds.append(std)
+        clips.append(bounds)
+        asinh.append(flag)
     categorical = sorted(categorical_cols)
     vocab, modes = [], []
     for col in categorical:
@@ -213,7 +238,53 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
         vocab=tuple(vocab),
         modes=tuple(modes),
         rows=sum(int(s["rows"]) for s in summaries),
+        clips=tuple(clips),
+        asinh=tuple(asinh),
     )
+
+
+def _moments(
+    columns: list[dict[str, Any]], name: str
+) -> tuple[float, float, tuple[float, float], bool]:
+    """Mean and std of one numeric column over the sites, its bounds and asinh flag.
+
+    A site's bounded column (``hi > lo``) holds noisy sums of values scaled to
+    [0, 1]; they are mapped back first. With bounds the mean is kept within them.
+    A DP summary releases no second moment (``sumsq`` NaN): the std is then
+    :data:`STD_SHARE` of the bounds' range; a bounded summary that has one keeps
+    its std within [range/10, range/5] (the noise cannot make it absurd).
+    Raises :class:`DataError` when sites disagree on asinh.
+    """
+    flags = {bool(c.get("asinh", False)) for c in columns}
+    if len(flags) > 1:
+        raise DataError(f"sites disagree on how column {name!r} is bounded")
+    n = total = sumsq = 0.0
+    lows, highs = [], []
+    for c in columns:
+        lo, hi = float(c.get("lo", 0.0)), float(c.get("hi", 0.0))
+        count, s, q = float(c["n"]), float(c["sum"]), float(c["sumsq"])
+        if hi > lo:
+            width = hi - lo
+            lows.append(lo)
+            highs.append(hi)
+            s, q = (
+                lo * count + width * s,
+                lo * lo * count + 2 * lo * width * s + (width * width * q),
+            )
+        n, total, sumsq = n + count, total + s, sumsq + q
+    mean = total / n if n >= 1 else 0.0
+    std = math.sqrt(max(sumsq / n - mean * mean, 0.0)) if n >= 1 else 0.0
+    if not math.isfinite(sumsq) and lows and max(highs) > min(lows):
+        # No second moment released (a DP summary): the public scale.
+        lo, hi = min(lows), max(highs)
+        mean = min(max(mean, lo), hi) if n >= 1 else (lo + hi) / 2
+        return mean, STD_SHARE * (hi - lo), (lo, hi), flags.pop()
+    bounds = (min(lows), max(highs)) if lows else (0.0, 0.0)
+    lo, hi = bounds
+    if hi > lo:
+        mean = min(max(mean, lo), hi) if n >= 1 else (lo + hi) / 2
+        std = min(max(std, (hi - lo) / 10), (hi - lo) / 5)
+    return mean, (std if std > 1e-12 else 1.0), bounds, flags.pop()
 
 
 def _label_key(label: str) -> tuple[int, float, str]:

@@ -246,13 +246,13 @@ _DP_KEYS = (*_DP_NUMBERS, ACCOUNTANT_CODE, NOISE_FROM_RUN_SEED)
 class TrainMetrics:
     """The metrics of a training reply (``metrics`` record).
 
-    ``loss``: mean training loss over the round's samples; ``steps``: optimizer
-    steps run; ``dp``: the site's privacy figures (DP-SGD runs only);
+    ``num_examples``: with DP, the row count the site's summary released (noisy),
+    never the exact one; no training loss (it is not a DP release); ``steps``:
+    optimizer steps run; ``dp``: the site's privacy figures (DP-SGD runs only);
     ``client_weight``: add :data:`CLIENT_WEIGHT` = 1 (client-level DP runs).
     """
 
     num_examples: int
-    loss: float
     steps: int
     dp: DpFigures | None = None
     client_weight: bool = False
@@ -261,7 +261,6 @@ class TrainMetrics:
         """The metrics by wire name."""
         values = {
             NUM_EXAMPLES: float(self.num_examples),
-            "loss": self.loss,
             "steps": float(self.steps),
         }
         if self.dp is not None:
@@ -279,7 +278,7 @@ class TrainMetrics:
     @staticmethod
     def keys(*, dp: bool, client_weight: bool) -> set[str]:
         """The metric names a training reply of such a run holds, exactly."""
-        keys = {NUM_EXAMPLES, "loss", "steps"}
+        keys = {NUM_EXAMPLES, "steps"}
         if dp:
             keys |= set(_DP_KEYS)
         if client_weight:
@@ -292,7 +291,6 @@ class TrainMetrics:
         non-numeric key."""
         return cls(
             num_examples=int(number(record, NUM_EXAMPLES)),
-            loss=number(record, "loss"),
             steps=int(number(record, "steps")),
             dp=DpFigures.from_values(record) if dp else None,
             client_weight=CLIENT_WEIGHT in record,
@@ -302,17 +300,17 @@ class TrainMetrics:
 @dataclass(frozen=True, kw_only=True)
 class EvaluateMetrics:
     """The metrics of an evaluate reply: the global model on the site's
-    validation rows (``loss``: mean loss; ``accuracy`` in [0, 1])."""
+    validation rows. With DP both are noisy, accounted releases (noisy counts of
+    examples and of correct predictions; ``accuracy`` their ratio, in [0, 1]);
+    no validation loss is released."""
 
     num_examples: int
-    loss: float
     accuracy: float
     client_weight: bool = False
 
     def to_record(self) -> MetricRecord:
         values: dict[str, _Metric] = {
             NUM_EXAMPLES: self.num_examples,
-            "loss": self.loss,
             "accuracy": self.accuracy,
         }
         if self.client_weight:
@@ -322,7 +320,7 @@ class EvaluateMetrics:
     @staticmethod
     def keys(*, client_weight: bool) -> set[str]:
         """The metric names an evaluate reply of such a run holds, exactly."""
-        keys = {NUM_EXAMPLES, "loss", "accuracy"}
+        keys = {NUM_EXAMPLES, "accuracy"}
         if client_weight:
             keys.add(CLIENT_WEIGHT)
         return keys

@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 from fedvault.common.errors import DataError
 from fedvault.proto import summary_pb2
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2  # 2: noisy, clipped summaries with bounds
 
 
 def summary_to_bytes(summary: dict[str, Any]) -> bytes:
@@ -26,12 +26,16 @@ def summary_to_bytes(summary: dict[str, Any]) -> bytes:
                 sum=float(col["sum"]),
                 sumsq=float(col["sumsq"]),
                 missing=int(col["missing"]),
+                lo=float(col.get("lo", 0.0)),
+                hi=float(col.get("hi", 0.0)),
+                asinh=bool(col.get("asinh", False)),
             )
         )
     for name, col in summary["categorical"].items():
         entry = msg.categorical[name]
         entry.counts.update({str(k): int(v) for k, v in col["counts"].items()})
         entry.missing = int(col["missing"])
+    msg.dropped.extend(str(c) for c in summary.get("dropped", ()))
     return msg.SerializeToString(deterministic=True)
 
 
@@ -48,9 +52,18 @@ def summary_from_bytes(data: bytes) -> dict[str, Any]:
         "rows": msg.rows,
         "labels": dict(msg.labels),
         "numeric": {
-            name: {"n": c.n, "sum": c.sum, "sumsq": c.sumsq, "missing": c.missing}
+            name: {
+                "n": c.n,
+                "sum": c.sum,
+                "sumsq": c.sumsq,
+                "missing": c.missing,
+                "lo": c.lo,
+                "hi": c.hi,
+                "asinh": c.asinh,
+            }
             for name, c in msg.numeric.items()
         },
+        "dropped": list(msg.dropped),
         "categorical": {
             name: {"counts": dict(c.counts), "missing": c.missing}
             for name, c in msg.categorical.items()

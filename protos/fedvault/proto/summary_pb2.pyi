@@ -1,22 +1,28 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class NumericColumn(_message.Message):
-    __slots__ = ("n", "sum", "sumsq", "missing")
+    __slots__ = ("n", "sum", "sumsq", "missing", "lo", "hi", "asinh")
     N_FIELD_NUMBER: _ClassVar[int]
     SUM_FIELD_NUMBER: _ClassVar[int]
     SUMSQ_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]
+    LO_FIELD_NUMBER: _ClassVar[int]
+    HI_FIELD_NUMBER: _ClassVar[int]
+    ASINH_FIELD_NUMBER: _ClassVar[int]
     n: int
     sum: float
     sumsq: float
     missing: int
-    def __init__(self, n: _Optional[int] = ..., sum: _Optional[float] = ..., sumsq: _Optional[float] = ..., missing: _Optional[int] = ...) -> None: ...
+    lo: float
+    hi: float
+    asinh: bool
+    def __init__(self, n: _Optional[int] = ..., sum: _Optional[float] = ..., sumsq: _Optional[float] = ..., missing: _Optional[int] = ..., lo: _Optional[float] = ..., hi: _Optional[float] = ..., asinh: _Optional[bool] = ...) -> None: ...
 
 class CategoricalColumn(_message.Message):
     __slots__ = ("counts", "missing")
@@ -34,7 +40,7 @@ class CategoricalColumn(_message.Message):
     def __init__(self, counts: _Optional[_Mapping[str, int]] = ..., missing: _Optional[int] = ...) -> None: ...
 
 class SiteSummary(_message.Message):
-    __slots__ = ("version", "rows", "labels", "numeric", "categorical")
+    __slots__ = ("version", "rows", "labels", "numeric", "categorical", "dropped")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,9 +67,11 @@ class SiteSummary(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     NUMERIC_FIELD_NUMBER: _ClassVar[int]
     CATEGORICAL_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     version: int
     rows: int
     labels: _containers.ScalarMap[str, int]
     numeric: _containers.MessageMap[str, NumericColumn]
     categorical: _containers.MessageMap[str, CategoricalColumn]
-    def __init__(self, version: _Optional[int] = ..., rows: _Optional[int] = ..., labels: _Optional[_Mapping[str, int]] = ..., numeric: _Optional[_Mapping[str, NumericColumn]] = ..., categorical: _Optional[_Mapping[str, CategoricalColumn]] = ...) -> None: ...
+    dropped: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., rows: _Optional[int] = ..., labels: _Optional[_Mapping[str, int]] = ..., numeric: _Optional[_Mapping[str, NumericColumn]] = ..., categorical: _Optional[_Mapping[str, CategoricalColumn]] = ..., dropped: _Optional[_Iterable[str]] = ...) -> None: ...

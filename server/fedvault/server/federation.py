@@ -313,10 +313,8 @@ class Federation:
             agg: Mapping[str, object] = (
                 strategy.aggregate_evaluate(server_round, valid) or {}
             )
-            row |= {
-                "val_accuracy": number(agg, "accuracy"),
-                "val_loss": number(agg, "loss"),
-            }
+            # Sites release noisy counts, never a validation loss (docs/privacy.md).
+            row |= {"val_accuracy": number(agg, "accuracy"), "val_loss": math.nan}
         else:
             row |= {"val_accuracy": math.nan, "val_loss": math.nan}
         return row

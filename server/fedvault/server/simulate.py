@@ -42,6 +42,7 @@ from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
 from fedvault.server import _flower, lineage
 from fedvault.server import _vaults as _vaults_mod
+from fedvault.server._site_schema import site_schema
 from fedvault.server.rundir import (
     SUMMARY_FILE,
     check_new_run_dir,
@@ -283,7 +284,9 @@ def _site_inputs(
             continue
         path = data_dir / f"site-{pid}.parquet"
         source.to_parquet(path, index=False)
-        entries.append({"data": str(path)})
+        entries.append(
+            {"data": str(path)} | site_schema(prepared.options, prepared.sites, work)
+        )
         if name in canaries:  # data sites only
             canaries[name].to_parquet(extra := data_dir / f"c-{pid}.parquet")
             entries[-1]["canaries"] = str(extra)
