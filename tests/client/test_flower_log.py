@@ -3,6 +3,7 @@ exit codes in words (a real pipe from a real process; no Flower needed)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -68,3 +69,31 @@ def test_the_log_file_gets_no_colour_codes_nor_routine_lines(tmp_path):
         "ERROR :     it broke",
     ]
     assert oct(log.stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_log_file_is_rotated_and_every_file_is_private(tmp_path, monkeypatch):
+    from fedvault.common import flower_logs
+
+    monkeypatch.setattr(flower_logs, "LOG_MAX_BYTES", 200)
+    code = (
+        "import sys\n"
+        "for i in range(60): sys.stdout.write(f'\\x1b[92mINFO\\x1b[0m line {i:03d}\\n')"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    log = tmp_path / "supernode.log"
+    old = os.umask(0o022)  # what a careless umask would give
+    try:
+        pump = LogPump(proc.stdout, log)
+        pump.start()
+        proc.wait(timeout=30)
+        pump.join(timeout=30)
+    finally:
+        os.umask(old)
+    files = [log, *(log.with_name(f"{log.name}.{n}") for n in (1, 2, 3))]
+    assert [f.exists() for f in files] == [True] * 4
+    assert not log.with_name(f"{log.name}.4").exists()  # LOG_BACKUPS = 3
+    assert all(f.stat().st_size <= 200 for f in files)
+    assert log.read_text().splitlines()[-1] == "INFO line 059"
+    assert all("\x1b" not in f.read_text() for f in files)
+    assert {oct(f.stat().st_mode & 0o777) for f in files} == {"0o600"}

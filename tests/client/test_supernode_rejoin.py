@@ -1,5 +1,6 @@
-"""A site the coordinator knew is let back in after a lost connection; a key it
-never accepted is refused at once (the SuperNode's runs are stand-ins here; the
+"""A site the coordinator knew is let back in after a lost connection, and a site
+started with its coordinator is let in once its key is registered; a key refused
+for longer is named (the SuperNode's runs are stand-ins here; the
 real processes are in tests/integration/test_site_lifecycle.py)."""
 
 from __future__ import annotations
@@ -31,8 +32,17 @@ def test_a_known_site_is_retried_until_it_is_back_in(monkeypatch, tmp_path):
     assert left == []
 
 
-def test_a_key_never_accepted_is_refused_at_once(monkeypatch, tmp_path):
+def test_a_new_site_started_with_its_coordinator_is_retried(monkeypatch, tmp_path):
+    """The coordinator registers listed keys just after its Fleet API opens."""
     cfg = _site(tmp_path)
+    left = _runs(monkeypatch, [REFUSED, None])
+    assert supernode._supervise(cfg, None, rejoin=False) == 0
+    assert left == []
+
+
+def test_a_key_still_refused_after_the_window_is_named(monkeypatch, tmp_path):
+    cfg = _site(tmp_path)
+    monkeypatch.setattr(supernode, "REJOIN_WINDOW", -1.0)
     left = _runs(monkeypatch, [REFUSED, None])
     with pytest.raises(FederationError, match="refused this site's key"):
         supernode._supervise(cfg, None, rejoin=False)

@@ -151,3 +151,24 @@ def test_hadolint_is_clean():
         ["hadolint", *files], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prepared_keys_and_data_are_git_ignored():
+    """What docker/README.md prepares in ./consortium never gets committed."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    paths = [
+        "docker/consortium/hospital-a/keys/site.key",
+        "docker/consortium/coordinator/certs/server.key",
+        "docker/consortium/coordinator/certs/ca.key",
+        "docker/consortium/hospital-a/data/hospital-a.parquet",
+        "docker/consortium/hospital-a/ca.crt",
+    ]
+    done = subprocess.run(
+        ["git", "check-ignore", *paths],
+        cwd=DOCKER.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.stdout.split() == paths

@@ -37,6 +37,7 @@ from torch.utils.data import TensorDataset
 
 from fedvault.client import answers
 from fedvault.client.admission import Run, admit, refuse_rows
+from fedvault.client.answer_log import answers_mod, notice
 from fedvault.client.budget import SiteBudget
 from fedvault.client.mods import privacy_mod
 from fedvault.client.rounds import replay_round, reply, round_seed, update_of
@@ -61,6 +62,7 @@ from fedvault.common.protocol import (
     ARRAYS,
     CONFIG,
     METRICS,
+    NOTICE_ACTION,
     PREPROCESSING,
     PROXIMAL_MU,
     RUN_CLIENT_THREADS,
@@ -83,7 +85,8 @@ from fedvault.common.wire import summary_to_bytes
 
 logger = logging.getLogger(__name__)
 
-app = ClientApp(mods=[privacy_mod])
+app = ClientApp(mods=[answers_mod, privacy_mod])  # answers_mod: the site's log
+app.query(NOTICE_ACTION)(notice)  # a coordinator's notice, recorded by answers_mod
 
 
 def _device() -> torch.device:

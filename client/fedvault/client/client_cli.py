@@ -4,6 +4,7 @@ ledger."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,9 +16,17 @@ from fedvault.client.access_log_cli import access_log_app
 from fedvault.client.ledger_cli import ledger_app
 from fedvault.client.plan_cli import plan
 from fedvault.client.site_config import load_site_config
+from fedvault.client.site_status import site_status
 from fedvault.client.supernode import run_site, stop_site
 from fedvault.common.certs import fingerprint, generate_site_keys, load_site_public_key
-from fedvault.common.cli import command_group, say
+from fedvault.common.cli import (
+    FormatOption,
+    OutputFormat,
+    command_group,
+    output_console,
+    say,
+)
+from fedvault.common.files import FolderInUseError, PidLock
 
 console = Console(stderr=True)
 
@@ -87,3 +96,52 @@ def stop(
     stopped = stop_site(cfg)
     done = f"stopped {', '.join(stopped)}" if stopped else "nothing was running"
     say(console, f"site {cfg.options.name}: {done}")
+
+
+@client_app.command("status")
+def status(
+    config: Annotated[Path, typer.Option(help="The site's TOML settings.")] = Path(
+        "site.toml"
+    ),
+    output_format: FormatOption = OutputFormat.TEXT,
+) -> None:
+    """Whether this site runs, its current run and round, its last contact with
+    the coordinator and last answer, this run's declines and failures, and the
+    epsilon spent (this run and lifetime, as its accountant last reported)."""
+    cfg = load_site_config(config)
+    doc = {"site": cfg.options.name, "state-dir": str(cfg.state_dir)}
+    doc |= site_status(cfg.state_dir, running_pid=_running(cfg.lock))
+    if output_format is OutputFormat.JSON:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    out = output_console()
+    running = f"running (pid {doc['pid']})" if doc["running"] else "not running"
+    say(out, f"site {doc['site']}: {running}; log {cfg.log}")
+    if doc["last-contact"] is None:
+        say(out, "no answer given to a coordinator yet")
+        return
+    say(out, f"run {doc['run']}, round {doc['round'] or '-'}")
+    say(out, f"last contact {doc['last-contact']}: {doc['last-answer']}")
+    if doc["epsilon"] is not None:
+        say(
+            out,
+            f"epsilon {doc['epsilon']:.3g} this run, {doc['epsilon-lifetime']:.3g} "
+            f"of {doc['epsilon-budget']:.3g} lifetime",
+        )
+    for kind in ("declines", "failures"):
+        say(out, f"{kind} this run: {len(doc[kind])}")
+        for line in doc[kind][-5:]:
+            say(out, f"  {line}")
+
+
+def _running(lock: Path) -> int | None:
+    """The pid of the `client start` holding the site's lock, or None."""
+    if not lock.exists():
+        return None
+    probe = PidLock(lock, what="the site", wait=0.0)
+    try:
+        probe.acquire()
+    except FolderInUseError as exc:
+        return exc.pid or -1
+    probe.release()
+    return None

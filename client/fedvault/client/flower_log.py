@@ -13,6 +13,12 @@ KEY_REFUSED = re.compile(r"code: 2004|Failed to activate SuperNode")
 # Known SuperNode failures, by the text Flower logs, and what they mean for a site.
 _REFUSALS = (
     (
+        re.compile(r"the SuperNode ended on its own"),
+        "the coordinator ended this site's connection: it no longer accepts the "
+        "site's key (removed with `fedvault server sites remove`); ask the "
+        "coordinator, or make a new key (`fedvault client keygen`) to be added again",
+    ),
+    (
         KEY_REFUSED,
         "the coordinator refused this site's key: ask the coordinator to run "
         "`fedvault server sites add NAME site.pub`",

@@ -10,8 +10,8 @@
     data = "data/hospital-a.parquet"
     state-dir = "site-state"                      # ledger, logs, Flower home
     runtime-address = "127.0.0.1:9094"            # local ClientApp API (loopback)
-    max-retries = 0                               # reconnection attempts (0: forever)
-    max-wait-time = 0                             # seconds trying (0: forever)
+    max-retries = 0                               # attempts per outage (0: no limit)
+    max-wait-time = 3600                          # s trying per outage (0: forever)
     poll-interval = 0.25                          # s between asks for work when idle
     isolation = "fork"                            # or "subprocess" (Flower's own)
 
@@ -63,7 +63,7 @@ class SiteOptions:
     state_dir: str = "site-state"
     runtime_address: str = "127.0.0.1:9094"
     max_retries: int = 0
-    max_wait_time: float = 0.0
+    max_wait_time: float = 3600.0
     policy: str = ""
     insecure: bool = False
     poll_interval: float = 0.25

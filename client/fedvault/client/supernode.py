@@ -19,10 +19,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import IO
 
 from fedvault.client.flower_log import KEY_REFUSED, explain_failure
 from fedvault.client.site_config import SiteConfig, check_files, write_node_config
+from fedvault.client.site_echo import SiteEcho
 from fedvault.common.errors import ConfigError, FederationError
 from fedvault.common.files import FolderInUseError, PidLock, private
 from fedvault.common.net import port_in_use, split_address
@@ -44,6 +46,9 @@ PYTHON_FLAGS = ("-P", "-m")
 REJOIN_WINDOW = 75.0
 ACCEPTED = re.compile(r"SuperNode ID: \d+")  # logged once the coordinator accepts
 REJOIN_PAUSE = 5.0
+# A SuperNode never ends on its own but when the coordinator ends its session (its
+# key was removed with `fedvault server sites remove`, or Flower stopped it).
+ENDED = "the SuperNode ended on its own (exit status 0)"
 
 
 def supernode_command(cfg: SiteConfig) -> list[str]:
@@ -196,9 +201,10 @@ def _accepted_before(cfg: SiteConfig) -> bool:
 
 
 def _supervise(cfg: SiteConfig, echo: IO[str] | None, *, rejoin: bool) -> int:
-    """Run the site until it stops; a key refusal of a site the coordinator knew
-    (``rejoin``) is retried for :data:`REJOIN_WINDOW` s: the coordinator still
-    counts its lost connection as online."""
+    """Run the site until it stops; a key refusal is retried for
+    :data:`REJOIN_WINDOW` s: a coordinator still counts a lost connection of a site
+    it knew (``rejoin``) as online, and registers its sites' keys only just after
+    its Fleet API opens (a site started with it is refused for a moment)."""
     main = threading.current_thread() is threading.main_thread()
     stops = (signal.SIGTERM, signal.SIGHUP)
     previous = [signal.signal(sig, _raise_interrupt) for sig in stops] if main else []
@@ -210,16 +216,21 @@ def _supervise(cfg: SiteConfig, echo: IO[str] | None, *, rejoin: bool) -> int:
                 return 0
             if ACCEPTED.search(failure):  # this time it was in: a new streak
                 rejoin, refused_since = True, None
-            if not (rejoin and KEY_REFUSED.search(failure)):
+            if not KEY_REFUSED.search(failure):
                 break
             refused_since = refused_since or time.monotonic()
             if time.monotonic() - refused_since > REJOIN_WINDOW:
                 break
+            why = (
+                "it counts a lost connection as online for up to a minute"
+                if rejoin
+                else "a coordinator registers its sites' keys just after it starts"
+            )
             if echo is not None:
                 echo.write(
-                    f"site {cfg.options.name}: the coordinator refused the key; it "
-                    "counts a lost connection as online for up to a minute: "
-                    f"trying again in {REJOIN_PAUSE:g} s\n"
+                    f"site {cfg.options.name}: the coordinator refused the key "
+                    f"({why}): trying again in {REJOIN_PAUSE:g} s for up to "
+                    f"{REJOIN_WINDOW:g} s\n"
                 )
             time.sleep(REJOIN_PAUSE)
     except KeyboardInterrupt:
@@ -231,8 +242,9 @@ def _supervise(cfg: SiteConfig, echo: IO[str] | None, *, rejoin: bool) -> int:
 
 
 def _run_once(cfg: SiteConfig, echo: IO[str] | None) -> str | None:
-    """Start the site's processes and wait until one ends; None when the SuperNode
-    stopped cleanly, else what the log says (prefixed for the launcher).
+    """Start the site's processes and wait until one ends: what the log says
+    (prefixed for the launcher; after :data:`ENDED` when the SuperNode ended on its
+    own, which it does only when the coordinator ends its session).
 
     Raises:
         KeyboardInterrupt: on Ctrl-C or SIGTERM, once every process is stopped.
@@ -245,20 +257,24 @@ def _run_once(cfg: SiteConfig, echo: IO[str] | None) -> str | None:
     if cfg.options.isolation == "fork":
         launcher = launcher_command(cfg, node.pid)
         procs.append(spawn(launcher, cwd=cfg.state_dir, log=log, flwr_home=home))
-    if echo is not None:
+    tail = None if echo is None else SiteEcho(cfg, echo)
+    if echo is not None and tail is not None:
         echo.write(
             f"site {cfg.options.name}: SuperNode pid {node.pid} dialing "
-            f"{cfg.options.coordinator}; log {cfg.log}\n"
+            f"{cfg.options.coordinator} ({tail.limit()}); log {cfg.log}\n"
         )
     try:
-        failed = _wait_first(procs)
+        failed = _wait_first(procs, None if tail is None else tail.poll)
     finally:
         _stop_all(procs)
-    if failed is None:
-        return None
+        if tail is not None:
+            tail.poll()
     with cfg.log.open("rb") as written:
-        written.seek(start)
+        size = written.seek(0, os.SEEK_END)
+        written.seek(start if start <= size else 0)  # (rotated meanwhile)
         text = written.read().decode(errors="replace")
+    if failed is None:
+        return f"{ENDED}\n{text}"
     return text if failed is node else f"ClientApp launcher: {text}"
 
 
@@ -277,15 +293,20 @@ def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _wait_first(
-    procs: list[subprocess.Popen[bytes]],
+    procs: list[subprocess.Popen[bytes]], tick: Callable[[], None] | None = None
 ) -> subprocess.Popen[bytes] | None:
     """Wait until one process exits: None if the SuperNode (the first) exited
-    cleanly, else the process that stopped (the launcher never stops on its own)."""
+    cleanly, else the process that stopped (the launcher never stops on its own);
+    ``tick`` runs about once a second meanwhile."""
+    beats = 0
     while True:
         for proc in procs:
             code = proc.poll()
             if code is not None:
                 return None if code == 0 and proc is procs[0] else proc
+        beats += 1
+        if tick is not None and beats % 5 == 0:
+            tick()
         time.sleep(0.2)
 
 

@@ -11,15 +11,21 @@ exit codes into what to do (:func:`explain_exit`).
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import re
 import threading
 from collections.abc import Sequence
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import IO
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _ANSI_BYTES = re.compile(_ANSI.pattern.encode())
+# A log file is rotated at this size, keeping this many older ones (NAME.1 newest).
+LOG_MAX_BYTES = 10 * 2**20
+LOG_BACKUPS = 3
 _EXIT = re.compile(r"Exit Code: (\d+)\s*\n(.*?)(?:\n\s*\n|\Z)", re.S)
 
 # What each Flower exit code (flwr.supercore.exit.ExitCode) means for fedvault's
@@ -60,12 +66,26 @@ def explain_exit(log_text: str) -> str | None:
     return f"{hint} (Flower exit code {code}: {detail[:300]})"
 
 
+class _PrivateRotatingFile(RotatingFileHandler):
+    """A rotating log file: every file 0600 whatever the umask, and a line that
+    cannot be written is dropped silently (the process must never block)."""
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging)
+        """Drop the line."""
+
+
 class LogPump(threading.Thread):
     """Copy a process's output into ``path`` line by line, without colour codes
     and without the lines ``quiet`` matches, until every writer has closed it.
 
-    The file is created with mode 0600. Never raises: a line that cannot be
-    written is dropped, so the process never blocks on a full pipe.
+    The file (mode 0600) is rotated at :data:`LOG_MAX_BYTES`, keeping
+    :data:`LOG_BACKUPS` older ones (``NAME.1`` the newest), by
+    :class:`logging.handlers.RotatingFileHandler`. Never raises: a line that
+    cannot be written is dropped, so the process never blocks on a full pipe.
     """
 
     def __init__(
@@ -75,11 +95,18 @@ class LogPump(threading.Thread):
         self.stream, self.path, self.quiet = stream, path, tuple(quiet)
 
     def run(self) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "ab", buffering=0) as out, self.stream:
+        out = _PrivateRotatingFile(
+            self.path,
+            maxBytes=LOG_MAX_BYTES,
+            backupCount=LOG_BACKUPS,
+            encoding="utf-8",
+            errors="replace",
+        )
+        out.terminator = ""  # each line keeps its own newline
+        with contextlib.closing(out), self.stream:
             for line in iter(self.stream.readline, b""):
                 clean = _ANSI_BYTES.sub(b"", line)
                 if any(q.search(clean) for q in self.quiet):
                     continue
-                with contextlib.suppress(OSError):
-                    out.write(clean)
+                text = clean.decode("utf-8", "replace")
+                out.emit(logging.makeLogRecord({"msg": text, "args": None}))

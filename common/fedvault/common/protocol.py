@@ -48,6 +48,11 @@ from fedvault.common.records import number, text
 # -- message kinds ------------------------------------------------------------
 STATS_ACTION = "stats"
 STATS_MESSAGE = f"{MessageType.QUERY}.{STATS_ACTION}"
+# coordinator -> a site that is connected but not in the run: ``notice`` ConfigRecord
+# with ``text`` (why, and when it takes part); the site logs it and answers empty.
+NOTICE_ACTION = "notice"
+NOTICE_MESSAGE = f"{MessageType.QUERY}.{NOTICE_ACTION}"
+NOTICE = "notice"
 
 # -- record keys --------------------------------------------------------------
 ARRAYS = "arrays"  # ArrayRecord: the global model, or a site's weights
@@ -68,6 +73,8 @@ ARRAY_KEYS = "fedvault-array-keys"
 RUN_TARGET = "target"  # the label column
 RUN_KEY = "run-key"  # names the run in a site's ledger across coordinator restarts
 RUN_CLIENT_THREADS = "client-threads"  # torch threads per site process (0: default)
+# the coordinator's fedvault version: a site with another major.minor declines the run
+RUN_FEDVAULT_VERSION = "fedvault-version"
 # In simulation Flower gives a site only its partition id: the launcher passes each
 # simulated site's own settings as run-config keys ``site.<partition-id>.<key>``.
 SIMULATED_SITE_PREFIX = "site."

@@ -10,6 +10,7 @@ from fedvault.common._exports import lazy_exports
 __all__ = [
     "CoordinatorConfig",
     "Federation",
+    "HealthServer",
     "RunDirectory",
     "RunState",
     "ServerSettings",
@@ -30,6 +31,7 @@ __all__ = [
 _WHERE = {
     "CoordinatorConfig": "deploy",
     "Federation": "federation",
+    "HealthServer": "health",
     "RunDirectory": "rundir",
     "RunState": "checkpoint",
     "ServerSettings": "settings",

@@ -12,6 +12,7 @@
     test-data = ""                      # optional held-out file for central evaluation
     timeout = 86400                     # whole-run limit, seconds
     client-threads = 0                  # torch threads per site ClientApp (0: all)
+    health-address = ""                 # e.g. "127.0.0.1:9096": GET /health (JSON)
     init-model = ""                     # optional model file round 1 starts from
 
     [training]                          # TrainingConfig keys (rounds, min-sites, ...)
@@ -57,10 +58,13 @@ class CoordinatorOptions:
     test_data: str = ""
     timeout: float = 86400.0
     client_threads: int = 0
+    health_address: str = ""
     init_model: str = ""
 
     def __post_init__(self) -> None:
         split_address(self.fleet_address, key="fleet-address")
+        if self.health_address:
+            check_loopback(self.health_address)
         host, _ = split_address(self.control_address, key="control-address")
         check_private_host(host)
         if self.expected_sites < 0:
@@ -71,6 +75,24 @@ class CoordinatorOptions:
             raise ConfigError(f"timeout: must be > 0, got {self.timeout}")
         if not self.target:
             raise ConfigError("target: must not be empty")
+
+
+def check_loopback(address: str) -> None:
+    """Refuse a health address other than loopback.
+
+    Raises:
+        ConfigError: naming ``health-address``.
+    """
+    host, _ = split_address(address, key="health-address")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"health-address: {host!r} must be a loopback address (127.0.0.1, "
+            "::1 or localhost): the endpoint has no authentication"
+        )
 
 
 def check_private_host(host: str) -> None:
@@ -246,5 +268,6 @@ def run_config(
         client_threads=cfg.options.client_threads,
         run_key=run_key,
         resume=resume,
+        registry=CoordinatorLayout(cfg.run_dir).registry.resolve(),
         init_model=init_model or (cfg.base / init if init else None),
     ).to_run_config()

@@ -226,6 +226,7 @@ class Federation:
         # Every site whose update is usable spent budget on it: counted even when
         # the round then stops unreleased, so the report agrees with its ledger.
         self.book.record_training(valid)
+        self.book.after_round(self.grid, server_round, self.settings.registry)
         if len(valid) < plan.min_train_nodes:
             self._stop(
                 server_round,
@@ -259,6 +260,7 @@ class Federation:
                 server_round, plan.strategy, grid, new_arrays, prep, test
             )
         row["seconds"] = round(time.monotonic() - started, 3)
+        row["site_states"] = self.book.last_states
         self.history.append(row)
         self.rundir.event("round", **row, sites=self.book.table())
         return new_arrays
@@ -274,6 +276,7 @@ class Federation:
         """The round's training replies, in the clear or through SecAgg+ (then
         also how many sites' masked updates the sum holds)."""
         messages = list(strategy.configure_train(server_round, arrays, config, grid))
+        self.book.sampled(messages)
         if self.secure is None:
             return self._exchange(messages), None
         # Weights are example counts, known from preprocessing: the largest bounds them.
@@ -282,9 +285,9 @@ class Federation:
         return result.replies, result.contributors
 
     def _stop(self, server_round: int, reason: str) -> None:
-        self.stop_reason = reason
+        self.stop_reason, sites = reason, self.book.last_states
         logger.warning("%s; stopping", reason)
-        self.rundir.event("stopped", round=server_round, reason=reason)
+        self.rundir.event("stopped", round=server_round, reason=reason, sites=sites)
 
     def _evaluate(
         self,
@@ -388,6 +391,7 @@ class Federation:
             stop_reason=self.stop_reason,
             client_level=client_level,
         )
+        summary["site_states"] = self.book.per_round(self.history, self.stop_reason)
         report = privacy_report(t, sites, client_level=client_level)
         self.rundir.write_json(PRIVACY_FILE, report)
         self.rundir.write_text(PRIVACY_TEXT_FILE, privacy_text(report))

@@ -67,7 +67,7 @@ class RunDirectory:
     def write_metrics_csv(self, history: Sequence[Mapping[str, Any]]) -> None:
         if not history:
             return
-        columns = list(history[0])
+        columns = [k for k, v in history[0].items() if not isinstance(v, dict)]
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()

@@ -188,3 +188,11 @@ def _summary(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def round_states(event: dict[str, Any]) -> dict[str, str] | None:
+    """Every known site's state in a ``round`` or ``stopped`` event, if it has them."""
+    states = event.get("site_states" if event["event"] == "round" else "sites")
+    if event["event"] not in ("round", "stopped") or not isinstance(states, dict):
+        return None
+    return {str(k): str(v) for k, v in states.items()}

@@ -4,6 +4,7 @@ keys."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -32,10 +33,11 @@ from fedvault.server.deploy import (
     load_coordinator_config,
 )
 from fedvault.server.governance_cli import register as register_governance
+from fedvault.server.health import HealthServer, health_doc
 from fedvault.server.lineage import load_parent
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.rundir import PROGRESS_FILE
-from fedvault.server.runstate import RunState, inspect_run, read_events
+from fedvault.server.runstate import RunState, inspect_run, read_events, round_states
 from fedvault.server.superlink import read_live
 
 logger = logging.getLogger(__name__)
@@ -151,7 +153,14 @@ def _drive(
         "rounds", total=cfg.training.rounds, status="waiting for sites"
     )
 
+    told: set[tuple[str, int]] = set()
+    health: list[HealthServer] = []
+
     def poll() -> None:
+        if cfg.options.health_address and not health:  # the folder is ours now
+            rounds = cfg.training.rounds
+            state = functools.partial(health_doc, layout, rounds=rounds)
+            health.append(HealthServer(cfg.options.health_address, state))
         for event in _events(layout):
             if event["event"] == "ready":
                 progress.update(task, status=f"{len(event['sites'])} sites ready")
@@ -161,6 +170,7 @@ def _drive(
                     completed=event["round"],
                     status=f"{event['sites_trained']} sites trained",
                 )
+            _tell_states(event, told)
 
     try:
         with progress:
@@ -169,6 +179,9 @@ def _drive(
         folder = inspect_run(layout, rounds=cfg.training.rounds)
         say(err_console, f"coordinator stopped: {folder.message(cfg.source)}")
         return
+    finally:
+        for server in health:
+            server.close()
     if output_format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
@@ -180,6 +193,17 @@ def _drive(
     if summary["status"] != "completed":
         say(err_console, f"run stopped early: {summary.get('stop_reason')}")
         raise typer.Exit(1)
+
+
+def _tell_states(event: dict[str, Any], told: set[tuple[str, int]]) -> None:
+    """One line per round (on stderr): what each known site did in it."""
+    states = round_states(event)
+    key = (str(event["event"]), int(event.get("round", 0)))
+    if states is None or key in told:
+        return
+    told.add(key)
+    sites = "; ".join(f"{name}: {state}" for name, state in states.items())
+    say(err_console, f"round {key[1]}: {sites}")
 
 
 def _status_doc(config: Path) -> dict[str, Any]:
@@ -209,12 +233,16 @@ def _status_doc(config: Path) -> dict[str, Any]:
             doc["run-status"] = f"not answering ({exc})"
     doc["round"] = folder.rounds_done
     doc["rounds"] = cfg.training.rounds
+    last: dict[str, str] = {}
+    for event in _events(layout):
+        last = round_states(event) or last
     doc["sites"] = [
         {
             "name": e.name,
             "node-id": e.node_id,
             "fingerprint": e.fingerprint,
             "status": _site_state(e.node_id, nodes),
+            "last-round": last.get(e.name, "-"),
         }
         for e in registry.sites.values()
     ]
@@ -267,11 +295,16 @@ def stop(config: ConfigOption = Path("coordinator.toml")) -> None:
 
 def _print_sites(sites: list[dict[str, Any]]) -> None:
     table = Table(title="Sites")
-    for col in ("name", "node id", "status", "key fingerprint (ssh-keygen -l)"):
+    columns = ("name", "node id", "status", "last round", "key fingerprint")
+    for col in columns:
         table.add_column(col)
     for s in sites:
         table.add_row(
-            s["name"], str(s["node-id"] or "-"), s.get("status", "-"), s["fingerprint"]
+            s["name"],
+            str(s["node-id"] or "-"),
+            s.get("status", "-"),
+            s.get("last-round", "-"),
+            s["fingerprint"],
         )
     console.print(table)
 
@@ -291,8 +324,18 @@ def sites_add(
     if live is not None and not live.get("insecure"):
         registry.set_node(name, control.register_key(layout, name, entry.public_key))
         registry.save()
+        later = ""
+        if any(e["event"] == "ready" for e in _events(layout)):
+            later = (
+                f"; the run in progress keeps the sites it started with: {name} "
+                "takes part in the coordinator's next run (it is told so when it "
+                "connects)"
+            )
+        elif live.get("run-id") is not None:
+            later = "; the run is still waiting for its sites: it can join it"
         say(
-            console, f"site {name} registered ({entry.fingerprint}); it can connect now"
+            console,
+            f"site {name} registered ({entry.fingerprint}); it can connect now{later}",
         )
     else:
         registry.save()

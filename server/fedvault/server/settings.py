@@ -11,12 +11,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import ConfigError
-from fedvault.common.protocol import RUN_CLIENT_THREADS, RUN_KEY, RUN_TARGET
+from fedvault.common.protocol import (
+    RUN_CLIENT_THREADS,
+    RUN_FEDVAULT_VERSION,
+    RUN_KEY,
+    RUN_TARGET,
+)
 
 RunConfig = dict[str, bool | int | float | str]
 
@@ -26,6 +32,7 @@ _EXPECTED_SITES = "expected-sites"
 _EXCLUDED_SITES = "excluded-sites"
 _RESUME = "resume"
 _SIMULATION = "simulation"
+_REGISTRY = "sites-registry"
 _INIT_MODEL = "init-model"
 
 # The run-config keys of the coordinator itself (besides TrainingConfig's).
@@ -39,6 +46,8 @@ APP_KEYS = (
     RUN_KEY,
     _RESUME,
     _SIMULATION,
+    _REGISTRY,
+    RUN_FEDVAULT_VERSION,
     _INIT_MODEL,
 )
 
@@ -54,6 +63,8 @@ class ServerSettings:
     coordinator's own randomness (client-level DP noise) is then seeded from the
     run's seed, for "same seed, same result"; a deployed coordinator draws it from
     the OS, so that nobody who reads the seed can replay the noise;
+    ``registry``: a deployed coordinator's ``sites.json`` (every site it knows,
+    re-read each round; None in simulation).
     ``init_model``: the model file (or run folder) round 1 starts from.
     """
 
@@ -67,6 +78,7 @@ class ServerSettings:
     run_key: str = ""
     resume: bool = False
     simulation: bool = False
+    registry: Path | None = None
     init_model: Path | None = None
 
     def to_run_config(self) -> RunConfig:
@@ -83,6 +95,8 @@ class ServerSettings:
             RUN_KEY: self.run_key,
             _RESUME: self.resume,
             _SIMULATION: self.simulation,
+            _REGISTRY: "" if self.registry is None else str(self.registry),
+            RUN_FEDVAULT_VERSION: version("fedvault"),
             _INIT_MODEL: "" if self.init_model is None else str(self.init_model),
         }
         return values
@@ -94,6 +108,7 @@ class ServerSettings:
             if not str(run_config.get(key, "")):
                 raise ConfigError(f"run config: {key!r} is required")
         test = str(run_config.get(_TEST_DATA, ""))
+        registry = str(run_config.get(_REGISTRY, ""))
         init = str(run_config.get(_INIT_MODEL, ""))
         try:
             excluded = json.loads(str(run_config.get(_EXCLUDED_SITES, "{}")))
@@ -110,6 +125,7 @@ class ServerSettings:
             run_key=str(run_config.get(RUN_KEY, "")),
             resume=bool(run_config.get(_RESUME, False)),
             simulation=bool(run_config.get(_SIMULATION, False)),
+            registry=Path(registry) if registry else None,
             init_model=Path(init) if init else None,
         )
 

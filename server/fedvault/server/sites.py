@@ -5,6 +5,12 @@
 asked (a reply Flower writes itself, e.g. for a site that died, comes from the
 SuperLink, not from the site), sorts replies into usable ones and declines,
 failures or rejections, and keeps each site's privacy figures as reported.
+
+After every training round :meth:`SiteBook.round_states` gives each site the
+coordinator knows (those in the run, those excluded from it, and every site of a
+deployed coordinator's registry) one state: ``trained``, ``declined: ...``,
+``failed: ...``, ``rejected: ...``, ``not sampled``, ``not connected``,
+``excluded: ...`` or :data:`NEXT_RUN` (connected, but not in this run).
 """
 
 from __future__ import annotations
@@ -12,17 +18,21 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
 
 from fedvault.common.config import TrainingConfig
-from fedvault.common.errors import FederationError
+from fedvault.common.errors import ConfigError, FederationError
 from fedvault.common.protocol import (
     ARRAYS,
     METRICS,
     MISMATCH_PREFIX,
+    NOTICE,
+    NOTICE_MESSAGE,
     Decline,
     SiteStats,
     TrainMetrics,
@@ -35,9 +45,20 @@ from fedvault.server.checks import (
     norm_bound,
     update_norm,
 )
+from fedvault.server.exchange import send_and_receive
+from fedvault.server.registry import SiteRegistry
 from fedvault.server.report import SiteRecord
 
 logger = logging.getLogger(__name__)
+
+TRAINED = "trained"
+NOT_SAMPLED = "not sampled"
+NOT_CONNECTED = "not connected"
+NO_REPLY = "failed: no reply within round-timeout"
+NEXT_RUN = (
+    "not in this run: it was not connected when the run started (or was "
+    "registered later); it takes part in the coordinator's next run"
+)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -57,6 +78,17 @@ def one_line(reason: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def _registered(path: Path | None) -> dict[str, int | None]:
+    """A deployed coordinator's registered sites, name to node id ({} without)."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        return {e.name: e.node_id for e in SiteRegistry(path).sites.values()}
+    except ConfigError as exc:
+        logger.warning("%s", exc)
+        return {}
+
+
 class SiteBook:
     """What the coordinator knows of each site (by Flower node id) in one run."""
 
@@ -65,6 +97,12 @@ class SiteBook:
         self.sites: dict[int, SiteRecord] = {}
         self.excluded: dict[str, str] = dict(excluded)
         self._sent: dict[str, int] = {}
+        self.present: set[int] = set()  # nodes asked for their summary at the start
+        self._sampled: set[int] = set()  # nodes asked to train this round
+        self._answers: dict[int, str] = {}  # this round's answer of each node
+        self._notified: set[int] = set()
+        self.last_states: dict[str, str] = {}  # of the last training round
+        self._last_round = 0
 
     # -- where replies come from --------------------------------------------------
     def remember(self, sent: Iterable[Message]) -> None:
@@ -91,6 +129,7 @@ class SiteBook:
         """The decoded summaries of usable sites' stats replies; every other site is
         filed as excluded, with why."""
         summaries = []
+        self.present = set(self._sent.values())  # only stats queries were sent yet
         for reply in replies:
             node = self.node_of(reply)
             if reply.has_error():
@@ -137,8 +176,10 @@ class SiteBook:
         for reply in replies:
             site = self.site(self.node_of(reply))
             event: dict[str, Any] = {"round": server_round}
+            node = self.node_of(reply)
             if reply.has_error():
-                self._failed(site, event, reply.error.reason or "")
+                why = self._failed(site, event, reply.error.reason or "")
+                self._answer(node, reference, f"failed: {why}")
                 continue
             decline = Decline.from_content(reply.content)
             if decline is not None:
@@ -146,12 +187,15 @@ class SiteBook:
                     site.declines.append(
                         event | {"reason": decline.reason, "detail": decline.detail}
                     )
+                why = f"declined: {decline.reason} ({decline.detail})"
+                self._answer(node, reference, why)
                 continue
             problem = check_reply(reply.content, reference, keys)
             if problem is None and reference is not None:
                 problem = self._overclaimed(site, reply)
             if problem is not None:
                 site.rejected.append(event | {"reason": problem})
+                self._answer(node, reference, f"rejected: {problem}")
                 logger.warning(
                     "round %d: rejected reply of %s: %s",
                     server_round,
@@ -182,9 +226,11 @@ class SiteBook:
             if norm <= bound:
                 kept.append(reply)
                 continue
-            site = self.site(self.node_of(reply))
+            node = self.node_of(reply)
+            site = self.site(node)
             reason = f"update norm {norm:.4g} exceeds the round's bound {bound:.4g}"
             site.rejected.append({"round": server_round, "reason": reason})
+            self._answers[node] = f"rejected: {reason}"
             logger.warning("round %d: rejected %s: %s", server_round, site.name, reason)
         return kept, bound
 
@@ -205,7 +251,7 @@ class SiteBook:
         return None
 
     @staticmethod
-    def _failed(site: SiteRecord, event: dict[str, Any], reason: str) -> None:
+    def _failed(site: SiteRecord, event: dict[str, Any], reason: str) -> str:
         server_round = event["round"]
         reason = one_line(reason)
         if reason.startswith(MISMATCH_PREFIX):
@@ -215,11 +261,14 @@ class SiteBook:
             )
         site.failures.append(event | {"reason": reason})
         logger.warning("round %d: %s failed: %s", server_round, site.name, reason)
+        return reason
 
     def record_training(self, replies: Iterable[Message]) -> None:
         """Count a trained round per site and keep the figures it reported."""
         for reply in replies:
-            site = self.site(self.node_of(reply))
+            node = self.node_of(reply)
+            site = self.site(node)
+            self._answers[node] = TRAINED
             metrics = TrainMetrics.from_record(
                 metric_record(reply.content, METRICS), dp=self.training.dp
             )
@@ -234,6 +283,87 @@ class SiteBook:
                 site.noise_multiplier = metrics.dp.noise_multiplier
                 site.sample_rate = metrics.dp.sample_rate
                 site.noise_from_run_seed = metrics.dp.noise_from_run_seed
+
+    # -- every known site's state in a round ------------------------------------
+    def sampled(self, messages: Iterable[Message]) -> None:
+        """A training round starts: the nodes it asks (its answers start empty)."""
+        self._sampled = {m.metadata.dst_node_id for m in messages}
+        self._answers = {}
+
+    def _answer(self, node: int, reference: object, state: str) -> None:
+        if reference is not None:  # training replies only
+            self._answers[node] = state
+
+    def round_states(
+        self, connected: Iterable[int], registered: dict[str, int | None]
+    ) -> dict[str, str]:
+        """One state per known site, by name, for the training round just run:
+        the sites in the run, those excluded from it, and every site of
+        ``registered`` (the registry's names and node ids; empty in simulation)."""
+        online = set(connected)
+        states: dict[str, str] = {}
+        for node, site in self.sites.items():
+            if node not in self.present | self._sampled:
+                continue  # a reply the SuperLink wrote for a message it lost
+            states[site.name] = self._answers.get(node) or (
+                NO_REPLY
+                if node in self._sampled
+                else NOT_SAMPLED
+                if node in online
+                else NOT_CONNECTED
+            )
+        for name, reason in self.excluded.items():
+            states.setdefault(name, f"excluded: {reason}")
+        in_run = set(self.sites) | self.present
+        for name, known in registered.items():
+            if name in states or (known is not None and known in in_run):
+                continue
+            states[name] = NEXT_RUN if known in online else NOT_CONNECTED
+        return dict(sorted(states.items()))
+
+    def per_round(
+        self, history: list[dict[str, Any]], stopped: str
+    ) -> dict[str, dict[str, str]]:
+        """Every known site's state per training round (``summary.json``), from
+        the history's rows and, when the run ``stopped`` early, its last round."""
+        states = {str(r["round"]): r.get("site_states", {}) for r in history}
+        if stopped and self._last_round:
+            states[str(self._last_round)] = self.last_states
+        return states
+
+    def after_round(
+        self, grid: Grid, server_round: int, registry: Path | None
+    ) -> dict[str, str]:
+        """Every known site's state in the round just run (logged, one line per
+        site); a connected site that is not in the run is told, once, that it
+        takes part in the next run."""
+        connected = list(grid.get_node_ids())
+        registered = _registered(registry)
+        states = self.round_states(connected, registered)
+        self.last_states, self._last_round = states, server_round
+        logger.info(
+            "round %d: %s",
+            server_round,
+            "; ".join(f"{name} {state}" for name, state in states.items()),
+        )
+        names = {node: name for name, node in registered.items() if node is not None}
+        late = sorted(set(connected) - set(self.sites) - self.present - self._notified)
+        for node in late:
+            logger.warning(
+                "%s (node %d) connected while this run is in progress: %s",
+                names.get(node, "a site"),
+                node,
+                NEXT_RUN,
+            )
+        if late:
+            self._notified |= set(late)
+            notice = ConfigRecord({"text": NEXT_RUN})
+            messages = [
+                Message(RecordDict({NOTICE: notice}), n, NOTICE_MESSAGE)
+                for n in late
+            ]
+            send_and_receive(grid, messages, timeout=30.0)  # answers carry nothing
+        return states
 
     # -- outputs ------------------------------------------------------------------
     def table(self) -> dict[str, dict[str, Any]]:
