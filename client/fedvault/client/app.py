@@ -52,11 +52,12 @@ from fedvault.client.training import (
     train_plain,
     train_private,
 )
+from fedvault.client.training_setup import local_settings, regression_at_site
 from fedvault.common.compression import pack, quantize
 from fedvault.common.config import TrainingConfig
-from fedvault.common.errors import BudgetExceededError, FedVaultError
+from fedvault.common.errors import BudgetExceededError, ConfigError, FedVaultError
 from fedvault.common.evaluation import evaluate
-from fedvault.common.models import build_model
+from fedvault.common.models import build_run_model, run_task
 from fedvault.common.preprocessing import Preprocessing, site_summary
 from fedvault.common.protocol import (
     ARRAYS,
@@ -86,10 +87,6 @@ from fedvault.common.wire import summary_to_bytes
 logger = logging.getLogger(__name__)
 
 app = ClientApp(mods=[privacy_mod])
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _threads(context: Context) -> None:
@@ -137,13 +134,21 @@ def stats(msg: Message, context: Context) -> Message:
         logger.warning("cannot take part: %s", why)
         return Message(SiteStats(site.name, reason=why).to_content(), reply_to=msg)
     refusal = refuse_rows(run, split)
-    reason = usable(split, target)
+    regression = regression_at_site(run.settings, split.train[target])
+    reason = usable(split, target, regression=regression)
     if refusal is not None:
         answer = SiteStats(site.name, decline=refusal)
     elif reason is not None:
         answer = SiteStats(site.name, reason=reason)
     else:
-        summary = summary_to_bytes(site_summary(split.train, target))
+        summary = summary_to_bytes(
+            site_summary(
+                split.train,
+                target,
+                regression=regression,
+                image_shape=split.image_shape,
+            )
+        )
         answer = SiteStats(site.name, summary=summary)
     return Message(answer.to_content(), reply_to=msg)
 
@@ -151,11 +156,11 @@ def stats(msg: Message, context: Context) -> Message:
 def _local_model(
     settings: TrainingConfig, prep: Preprocessing, msg: Message
 ) -> nn.Module:
-    model = build_model(
-        settings.model,
-        in_features=prep.num_features,
-        num_classes=prep.num_classes,
-        hidden=settings.hidden,
+    """The run's model (built as the coordinator builds it) with the received
+    global weights. Raises :class:`ConfigError` for a model that cannot be built
+    here (e.g. a plug-in not installed at this site)."""
+    model, _ = build_run_model(
+        settings.model, prep, hidden=settings.hidden, dp=settings.dp
     )
     model.load_state_dict(array_record(msg.content, ARRAYS).to_torch_state_dict())
     return model
@@ -215,19 +220,17 @@ def train(msg: Message, context: Context) -> Message:
     refusal = refuse_rows(run, split)
     if refusal is not None:
         return _decline(msg, refusal)
-    reason = usable(split, prep.target)
+    reason = usable(split, prep.target, regression=prep.regression)
     if reason is not None:
         return _decline(msg, Decline("data", reason))
     data = to_tensors(split.train, prep)
-    local = LocalSettings(
-        num_classes=prep.num_classes,
-        lr=settings.lr,
-        epochs=settings.local_epochs,
-        batch_size=settings.batch_size,
-        proximal_mu=number(config, PROXIMAL_MU, 0.0),
-        device=_device(),
-    )
-    model = _local_model(settings, prep, msg)
+    local = local_settings(settings, prep, number(config, PROXIMAL_MU, 0.0))
+    if isinstance(local, Decline):
+        return _decline(msg, local)
+    try:
+        model = _local_model(settings, prep, msg)
+    except ConfigError as exc:
+        return _decline(msg, Decline("policy", str(exc)))
     if not all(torch.isfinite(p).all() for p in model.state_dict().values()):
         # A broken global model would waste this round's budget on noise.
         return _decline(msg, Decline("policy", "the global model is not finite"))
@@ -356,13 +359,24 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     if len(split.validation) == 0:
         return _decline(msg, Decline("data", "no validation rows"))
     data = to_tensors(split.validation, prep)
-    model = _local_model(settings, prep, msg)
+    try:
+        model = _local_model(settings, prep, msg)
+    except ConfigError as exc:
+        return _decline(msg, Decline("policy", str(exc)))
     features, labels = data.tensors
-    result = evaluate(model, features, labels, num_classes=prep.num_classes)
+    result = evaluate(
+        model,
+        features,
+        labels,
+        num_classes=prep.num_classes,
+        task=run_task(prep),
+        target_scale=(prep.target_mean, prep.target_std),
+    )
     metrics = EvaluateMetrics(
         num_examples=result.examples,
         loss=result.loss,
         accuracy=result.accuracy,
         client_weight=settings.client_dp != "off",
+        regression=result.values() if prep.regression else None,
     )
     return Message(RecordDict({METRICS: metrics.to_record()}), reply_to=msg)

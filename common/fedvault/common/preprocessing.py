@@ -7,6 +7,11 @@ per category; counts per label). The coordinator merges them with
 one-hot with the global vocabulary, standardize with the global mean/std), which every
 site then applies and which is saved with the model.
 
+For images (a ``pixels`` column, :mod:`fedvault.common.image_table`) a site sends
+its row and label counts and its image shape, nothing per column; for a regression
+target it sends the target's count, sum and sum of squares instead of label counts
+(the global mean and std standardize the target; metrics are given in its units).
+
 These counts are aggregates, not differentially private: see docs/privacy.md.
 """
 
@@ -22,6 +27,11 @@ import numpy as np
 import pandas as pd
 
 from fedvault.common.errors import DataError
+from fedvault.common.image_table import PIXELS, ImageShape, pixels_array
+from fedvault.common.model_zoo import InputSpec
+
+TARGET_STATS = "target-stats"
+IMAGE_SHAPE = "image-shape"
 
 
 def _is_numeric(series: pd.Series) -> bool:
@@ -30,12 +40,20 @@ def _is_numeric(series: pd.Series) -> bool:
     )
 
 
-def site_summary(frame: pd.DataFrame, target: str) -> dict[str, Any]:
-    """Summary counts of one site's rows (JSON-ready)."""
+def site_summary(
+    frame: pd.DataFrame,
+    target: str,
+    *,
+    regression: bool = False,
+    image_shape: ImageShape | None = None,
+) -> dict[str, Any]:
+    """Summary counts of one site's rows (JSON-ready). ``image_shape``: the rows
+    are images (only row and label counts, and the shape, are summarized);
+    ``regression``: the target is summarized by count, sum and sum of squares."""
     numeric: dict[str, dict[str, float]] = {}
     categorical: dict[str, dict[str, Any]] = {}
     for name in frame.columns:
-        if name == target:
+        if name == target or image_shape is not None:
             continue
         col = frame[name]
         missing = int(col.isna().sum())
@@ -53,13 +71,26 @@ def site_summary(frame: pd.DataFrame, target: str) -> dict[str, Any]:
                 "counts": {str(k): int(v) for k, v in counts.items()},
                 "missing": missing,
             }
-    labels = frame[target].astype(str).value_counts()
-    return {
+    summary: dict[str, Any] = {
         "rows": len(frame),
-        "labels": {str(k): int(v) for k, v in labels.items()},
+        "labels": {},
         "numeric": numeric,
         "categorical": categorical,
     }
+    if regression:
+        y = pd.to_numeric(frame[target], errors="coerce").dropna()
+        values = y.to_numpy(dtype=np.float64)
+        summary[TARGET_STATS] = {
+            "n": len(values),
+            "sum": float(values.sum()),
+            "sumsq": float(np.square(values).sum()),
+        }
+    else:
+        labels = frame[target].astype(str).value_counts()
+        summary["labels"] = {str(k): int(v) for k, v in labels.items()}
+    if image_shape is not None:
+        summary[IMAGE_SHAPE] = list(image_shape)
+    return summary
 
 
 @dataclass(frozen=True)
@@ -75,6 +106,12 @@ class Preprocessing:
     vocab: tuple[tuple[str, ...], ...] = ()
     modes: tuple[str, ...] = ()
     rows: int = 0
+    # "regression": ``labels`` is empty and the target is standardized with
+    # ``target_mean`` / ``target_std``; images: ``image_shape`` is (c, h, w).
+    task: str = "classification"
+    image_shape: tuple[int, ...] = ()
+    target_mean: float = 0.0
+    target_std: float = 1.0
     feature_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -91,10 +128,27 @@ class Preprocessing:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """What one input sample is: the image shape, or the feature count."""
+        if self.image_shape:
+            c, h, w = self.image_shape
+            return InputSpec.image(c, h, w)
+        return InputSpec.tabular(self.num_features)
+
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """Impute, one-hot encode and standardize; returns float32 of shape
-        (len(frame), num_features). Raises :class:`DataError` naming missing
-        columns."""
+        (len(frame), num_features), or (len(frame), c, h, w) for images. Raises
+        :class:`DataError` naming missing columns."""
+        if self.image_shape:
+            if PIXELS not in frame:
+                raise DataError("the site's data holds no images (pixels column)")
+            c, h, w = self.image_shape
+            return pixels_array(frame[PIXELS], (c, h, w))
         missing = [c for c in (*self.numeric, *self.categorical) if c not in frame]
         if missing:
             raise DataError(f"columns missing from the site's data: {missing}")
@@ -121,7 +175,13 @@ class Preprocessing:
 
     def encode_labels(self, series: pd.Series) -> np.ndarray:
         """Map labels to 0..K-1 with the global label list: int64, shape (n,).
-        Raises :class:`DataError` naming labels outside the federation's set."""
+        Raises :class:`DataError` naming labels outside the federation's set.
+        Regression: the standardized target, float32 of shape (n,)."""
+        if self.regression:
+            y = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+            if np.isnan(y).any():
+                raise DataError("the regression target holds non-numeric values")
+            return ((y - self.target_mean) / self.target_std).astype(np.float32)
         index = {label: i for i, label in enumerate(self.labels)}
         codes = series.astype(str).map(index)
         if codes.isna().any():
@@ -142,6 +202,10 @@ class Preprocessing:
                 "vocab",
                 "modes",
                 "rows",
+                "task",
+                "image_shape",
+                "target_mean",
+                "target_std",
             )
         }
         return json.dumps(data, sort_keys=True)
@@ -159,6 +223,10 @@ class Preprocessing:
             vocab=tuple(tuple(v) for v in data["vocab"]),
             modes=tuple(data["modes"]),
             rows=int(data["rows"]),
+            task=str(data.get("task", "classification")),
+            image_shape=tuple(int(v) for v in data.get("image_shape", ())),
+            target_mean=float(data.get("target_mean", 0.0)),
+            target_std=float(data.get("target_std", 1.0)),
         )
 
 
@@ -180,6 +248,7 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
                 categorical_cols ^ set(s["categorical"])
             )
             raise DataError(f"sites disagree on columns or their kind: {sorted(diff)}")
+    task, shape, target_mean, target_std = _task_and_shape(summaries)
     labels: Counter[str] = Counter()
     for s in summaries:
         labels.update(s["labels"])
@@ -205,7 +274,7 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
         modes.append(min(cats, key=lambda c: (-counts[c], c)) if cats else "")
     return Preprocessing(
         target=target,
-        labels=tuple(sorted(labels, key=_label_key)),
+        labels=() if task == "regression" else tuple(sorted(labels, key=_label_key)),
         numeric=tuple(numeric),
         means=tuple(means),
         stds=tuple(stds),
@@ -213,7 +282,35 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
         vocab=tuple(vocab),
         modes=tuple(modes),
         rows=sum(int(s["rows"]) for s in summaries),
+        task=task,
+        image_shape=shape,
+        target_mean=target_mean,
+        target_std=target_std,
     )
+
+
+def _task_and_shape(
+    summaries: list[dict[str, Any]],
+) -> tuple[str, tuple[int, ...], float, float]:
+    """The task, image shape and target scale the sites' summaries agree on.
+
+    Raises :class:`DataError` when some sites summarize a regression target and
+    others labels, or their images differ in shape.
+    """
+    kinds = {TARGET_STATS in s for s in summaries}
+    shapes = {tuple(s.get(IMAGE_SHAPE, ())) for s in summaries}
+    if len(kinds) > 1:
+        raise DataError("sites disagree on the task (regression or classification)")
+    if len(shapes) > 1:
+        raise DataError(f"sites disagree on the image shape: {sorted(shapes)}")
+    if kinds != {True}:
+        return "classification", shapes.pop(), 0.0, 1.0
+    n = sum(s[TARGET_STATS]["n"] for s in summaries)
+    total = sum(s[TARGET_STATS]["sum"] for s in summaries)
+    sumsq = sum(s[TARGET_STATS]["sumsq"] for s in summaries)
+    mean = total / n if n else 0.0
+    std = math.sqrt(max(sumsq / n - mean * mean, 0.0)) if n else 0.0
+    return "regression", shapes.pop(), mean, std if std > 1e-12 else 1.0
 
 
 def _label_key(label: str) -> tuple[int, float, str]:

@@ -80,6 +80,13 @@ def simulated_site_key(partition_id: int, key: str) -> str:
 
 # -- metric names -------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"  # the weight FedAvg aggregates by
+# Evaluation metrics: classification, and regression (in the target's own units)
+LOSS = "loss"
+ACCURACY = "accuracy"
+MAE = "mae"
+RMSE = "rmse"
+R2 = "r2"
+REGRESSION_METRICS = (MAE, RMSE, R2)
 CLIENT_WEIGHT = "client-weight"  # constant 1.0 under client-level DP
 
 # -- errors -------------------------------------------------------------------
@@ -295,27 +302,31 @@ class TrainMetrics:
 @dataclass(frozen=True, kw_only=True)
 class EvaluateMetrics:
     """The metrics of an evaluate reply: the global model on the site's
-    validation rows (``loss``: mean loss; ``accuracy`` in [0, 1])."""
+    validation rows (``loss``: mean loss; ``accuracy`` in [0, 1]). A regression
+    run's reply holds :data:`MAE`, :data:`RMSE` and :data:`R2` (``regression``)
+    in place of the accuracy."""
 
     num_examples: int
     loss: float
-    accuracy: float
+    accuracy: float = 0.0
     client_weight: bool = False
+    regression: Mapping[str, float] | None = None
 
     def to_record(self) -> MetricRecord:
-        values: dict[str, _Metric] = {
-            NUM_EXAMPLES: self.num_examples,
-            "loss": self.loss,
-            "accuracy": self.accuracy,
-        }
+        values: dict[str, _Metric] = {NUM_EXAMPLES: self.num_examples, LOSS: self.loss}
+        if self.regression is None:
+            values[ACCURACY] = self.accuracy
+        else:
+            values |= {k: float(self.regression[k]) for k in REGRESSION_METRICS}
         if self.client_weight:
             values[CLIENT_WEIGHT] = 1.0
         return MetricRecord(dict(values))
 
     @staticmethod
-    def keys(*, client_weight: bool) -> set[str]:
+    def keys(*, client_weight: bool, regression: bool = False) -> set[str]:
         """The metric names an evaluate reply of such a run holds, exactly."""
-        keys = {NUM_EXAMPLES, "loss", "accuracy"}
+        keys = {NUM_EXAMPLES, LOSS}
+        keys |= set(REGRESSION_METRICS) if regression else {ACCURACY}
         if client_weight:
             keys.add(CLIENT_WEIGHT)
         return keys

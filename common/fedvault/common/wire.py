@@ -32,6 +32,16 @@ def summary_to_bytes(summary: dict[str, Any]) -> bytes:
         entry = msg.categorical[name]
         entry.counts.update({str(k): int(v) for k, v in col["counts"].items()})
         entry.missing = int(col["missing"])
+    target = summary.get("target-stats")
+    if target is not None:
+        msg.target.CopyFrom(
+            summary_pb2.NumericColumn(
+                n=int(target["n"]),
+                sum=float(target["sum"]),
+                sumsq=float(target["sumsq"]),
+            )
+        )
+    msg.image_shape.extend(int(v) for v in summary.get("image-shape", ()))
     return msg.SerializeToString(deterministic=True)
 
 
@@ -44,7 +54,7 @@ def summary_from_bytes(data: bytes) -> dict[str, Any]:
         raise DataError("site summary is not a valid SiteSummary message") from exc
     if msg.version != SUMMARY_VERSION:
         raise DataError(f"site summary version {msg.version} is not supported")
-    return {
+    summary: dict[str, Any] = {
         "rows": msg.rows,
         "labels": dict(msg.labels),
         "numeric": {
@@ -56,3 +66,9 @@ def summary_from_bytes(data: bytes) -> dict[str, Any]:
             for name, c in msg.categorical.items()
         },
     }
+    if msg.HasField("target"):
+        t = msg.target
+        summary["target-stats"] = {"n": t.n, "sum": t.sum, "sumsq": t.sumsq}
+    if msg.image_shape:
+        summary["image-shape"] = list(msg.image_shape)
+    return summary

@@ -1,7 +1,7 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -34,7 +34,7 @@ class CategoricalColumn(_message.Message):
     def __init__(self, counts: _Optional[_Mapping[str, int]] = ..., missing: _Optional[int] = ...) -> None: ...
 
 class SiteSummary(_message.Message):
-    __slots__ = ("version", "rows", "labels", "numeric", "categorical")
+    __slots__ = ("version", "rows", "labels", "numeric", "categorical", "target", "image_shape")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,9 +61,13 @@ class SiteSummary(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     NUMERIC_FIELD_NUMBER: _ClassVar[int]
     CATEGORICAL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SHAPE_FIELD_NUMBER: _ClassVar[int]
     version: int
     rows: int
     labels: _containers.ScalarMap[str, int]
     numeric: _containers.MessageMap[str, NumericColumn]
     categorical: _containers.MessageMap[str, CategoricalColumn]
-    def __init__(self, version: _Optional[int] = ..., rows: _Optional[int] = ..., labels: _Optional[_Mapping[str, int]] = ..., numeric: _Optional[_Mapping[str, NumericColumn]] = ..., categorical: _Optional[_Mapping[str, CategoricalColumn]] = ...) -> None: ...
+    target: NumericColumn
+    image_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, version: _Optional[int] = ..., rows: _Optional[int] = ..., labels: _Optional[_Mapping[str, int]] = ..., numeric: _Optional[_Mapping[str, NumericColumn]] = ..., categorical: _Optional[_Mapping[str, CategoricalColumn]] = ..., target: _Optional[_Union[NumericColumn, _Mapping]] = ..., image_shape: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -24,7 +24,7 @@ import math
 import random
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, cast
 
 import numpy as np
@@ -36,9 +36,15 @@ from flwr.serverapp.strategy import Strategy
 from fedvault.common.data import load_table
 from fedvault.common.errors import FederationError
 from fedvault.common.evaluation import evaluate
-from fedvault.common.models import build_model
+from fedvault.common.models import build_run_model, run_task
 from fedvault.common.preprocessing import Preprocessing, merge_summaries
-from fedvault.common.protocol import PREPROCESSING, STATS_MESSAGE
+from fedvault.common.protocol import (
+    ACCURACY,
+    LOSS,
+    PREPROCESSING,
+    REGRESSION_METRICS,
+    STATS_MESSAGE,
+)
 from fedvault.common.records import number
 from fedvault.server import checkpoint, model_card
 from fedvault.server.checks import check_update, dequantize_replies, release_problem
@@ -75,6 +81,11 @@ class _EligibleGrid:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+
+def _evaluated(prep: Preprocessing) -> tuple[str, ...]:
+    """The metrics the sites' evaluate replies carry for this preprocessing."""
+    return (LOSS, *REGRESSION_METRICS) if prep.regression else (ACCURACY, LOSS)
 
 
 class Federation:
@@ -154,13 +165,21 @@ class Federation:
         resumed = self._resume() if self.settings.resume else None
         if resumed is not None:
             prep = Preprocessing.from_json(resumed.preprocessing)
+        if prep.regression and self.training.task != "regression":
+            # the sites summarized a regression target: replies carry its metrics
+            self.training = replace(self.training, task="regression")
+            self.book.training = self.training
         self.rundir.write_json(PREPROCESSING_FILE, json.loads(prep.to_json()))
         self.rundir.event(
             "ready",
             sites=sorted(s.name for s in self.book.sites.values()),
             excluded=self.book.excluded,
         )
-        model = self._model(prep)
+        model, notes = build_run_model(
+            self.training.model, prep, hidden=self.training.hidden, dp=self.training.dp
+        )
+        for note in notes:
+            logger.info("model fitted for DP-SGD: %s", note)
         if resumed is not None:
             model.load_state_dict(
                 {k: torch.from_numpy(v) for k, v in resumed.arrays.items()}
@@ -186,12 +205,10 @@ class Federation:
         self._write_summary(prep)
 
     def _model(self, prep: Preprocessing) -> torch.nn.Module:
-        return build_model(
-            self.training.model,
-            in_features=prep.num_features,
-            num_classes=prep.num_classes,
-            hidden=self.training.hidden,
+        model, _ = build_run_model(
+            self.training.model, prep, hidden=self.training.hidden, dp=self.training.dp
         )
+        return model
 
     def _round(
         self,
@@ -290,8 +307,14 @@ class Federation:
         if test is not None:
             model = self._model(prep)
             model.load_state_dict(arrays.to_torch_state_dict())
-            m = evaluate(model, *test, num_classes=prep.num_classes)
-            row |= {"accuracy": m.accuracy, "auc": m.auc, "loss": m.loss}
+            m = evaluate(
+                model,
+                *test,
+                num_classes=prep.num_classes,
+                task=run_task(prep),
+                target_scale=(prep.target_mean, prep.target_std),
+            )
+            row |= m.values()
         config = ConfigRecord({PREPROCESSING: prep.to_json()})
         replies = self._exchange(
             strategy.configure_evaluate(server_round, arrays, config, grid)
@@ -301,12 +324,9 @@ class Federation:
             agg: Mapping[str, object] = (
                 strategy.aggregate_evaluate(server_round, valid) or {}
             )
-            row |= {
-                "val_accuracy": number(agg, "accuracy"),
-                "val_loss": number(agg, "loss"),
-            }
+            row |= {f"val_{k}": number(agg, k) for k in _evaluated(prep)}
         else:
-            row |= {"val_accuracy": math.nan, "val_loss": math.nan}
+            row |= {f"val_{k}": math.nan for k in _evaluated(prep)}
         return row
 
     def _test_set(
@@ -384,5 +404,8 @@ class Federation:
         self.rundir.write_json(PRIVACY_FILE, report)
         self.rundir.write_text(PRIVACY_TEXT_FILE, privacy_text(report))
         self.rundir.write_json(SUMMARY_FILE, summary)
-        model_card.write_for_run(self.rundir.root, test_data=self.settings.test_data)
+        if not (prep.image_shape or prep.regression):  # the card reads tables
+            model_card.write_for_run(
+                self.rundir.root, test_data=self.settings.test_data
+            )
         self.rundir.event("done", status=summary["status"], reason=self.stop_reason)

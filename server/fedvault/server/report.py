@@ -159,6 +159,13 @@ def secure_aggregation_section(t: TrainingConfig) -> dict[str, Any] | None:
     }
 
 
+def _final_keys(t: TrainingConfig) -> tuple[str, ...]:
+    """The final round's figures a summary repeats: test and site validation."""
+    if t.task == "regression":
+        return ("mae", "rmse", "r2", "loss", "val_mae", "val_rmse", "val_r2")
+    return ("accuracy", "auc", "loss", "val_accuracy")
+
+
 def run_summary(
     t: TrainingConfig,
     *,
@@ -182,7 +189,7 @@ def run_summary(
         "client_dp": client_level,
         "secure_aggregation": secure_aggregation_section(t),
         "history": history,
-        "final": {k: final.get(k) for k in ("accuracy", "auc", "loss", "val_accuracy")},
+        "final": {k: final.get(k) for k in _final_keys(t)},
         "sites": sites,
         "excluded_sites": excluded,
         "num_features": prep.num_features,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import tempfile
 import time
 import uuid
@@ -22,16 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import tomli_w
 
-from fedvault.common.config import TrainingConfig, key_of, parse_fields, read_toml
-from fedvault.common.data import (
-    DEFAULT_TARGET,
-    check_target,
-    default_dataset,
-    load_table,
-)
+from fedvault.common.config import TrainingConfig, key_of, parse_fields
+from fedvault.common.data import DEFAULT_TARGET
 from fedvault.common.errors import ConfigError, DataError, FederationError
+from fedvault.common.image_table import ImageShape, write_image_table
 from fedvault.common.partition import PartitionSpec, hold_out, partition_table
 from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
@@ -44,11 +38,12 @@ from fedvault.server.rundir import (
     mark_interrupted,
 )
 from fedvault.server.settings import ServerSettings
+from fedvault.server.simulate_data import check_model, load_source, settle_task
+from fedvault.server.simulate_states import check_states, site_states
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DELTA = 1e-5
-MIN_NOISE_IN_SIMULATION = 0.3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +61,9 @@ class SimulationOptions:
     state: str = ""
     site_budget: float = 0.0
     timeout: float = 3600.0
+    dataset: str = ""
+    image_size: int = 0
+    gpu_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.sites < 1:
@@ -80,6 +78,11 @@ class SimulationOptions:
             raise ConfigError(f"site-budget: must be >= 0, got {self.site_budget}")
         if self.timeout <= 0:
             raise ConfigError(f"timeout: must be > 0, got {self.timeout}")
+        if not 0 <= self.gpu_fraction <= 1 or self.image_size < 0:
+            raise ConfigError(
+                "gpu-fraction: must be in [0, 1], and image-size >= 0 "
+                f"(got {self.gpu_fraction}, {self.image_size})"
+            )
         PartitionSpec.parse(self.partition)
 
 
@@ -123,6 +126,7 @@ class PreparedData:
     test: pd.DataFrame | None
     excluded: dict[str, str]
     config: SimulationConfig
+    image_shape: ImageShape | None = None
 
     @property
     def training(self) -> TrainingConfig:
@@ -170,17 +174,22 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     opts = cfg.options
     if opts.vaults:
         return _vaults(cfg)
-    if opts.data:
-        source = opts.data
-        frame = load_table(Path(opts.data))
-    else:
-        source = "embedded breast-cancer data"
-        frame = default_dataset()
-    frame = check_target(frame, opts.target, source=source)
+    source = load_source(
+        dataset=opts.dataset,
+        data=opts.data,
+        target=opts.target,
+        image_size=opts.image_size,
+    )
+    frame, training = settle_task(source, cfg.training, target=opts.target)
+    for note in check_model(
+        frame, training, target=opts.target, image_shape=source.image_shape
+    ):
+        logger.info("model fitted for DP-SGD: %s", note)
+    cfg = dataclasses.replace(cfg, training=training)
     spec = PartitionSpec.parse(opts.partition)
     if spec.kind != "column" and opts.sites > len(frame):
         raise ConfigError(f"sites: {opts.sites} sites but only {len(frame)} rows")
-    test, rest = hold_out(frame, opts.target, opts.test_share, cfg.training.seed)
+    test, rest = hold_out(frame, opts.target, opts.test_share, training.seed)
     parts = partition_table(
         rest, spec, num_sites=opts.sites, target=opts.target, seed=cfg.training.seed
     )
@@ -191,7 +200,13 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     if not sites:
         raise DataError("no site received any rows")
     settled = _with_delta(cfg, max(len(p) for _, p in parts))
-    return PreparedData(sites=sites, test=test, excluded=excluded, config=settled)
+    return PreparedData(
+        sites=sites,
+        test=test,
+        excluded=excluded,
+        config=settled,
+        image_shape=source.image_shape,
+    )
 
 
 def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
@@ -211,66 +226,6 @@ def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
     )
 
 
-def _safe(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
-    return cleaned or "site"
-
-
-def site_states(prepared: PreparedData, root: Path) -> list[Path]:
-    """One state folder per simulated site, holding its ledger and its policy.
-
-    A policy file that exists is the site's own and is never overwritten (a second
-    run on the same ``--state`` continues from the remaining budgets); a missing one
-    is written from the run's settings, with lifetime budget ``--site-budget``
-    (default: ``--epsilon``), and ``allow-non-private = true`` for a ``--no-dp``
-    run only (a site's policy decides whether a run may switch DP off).
-    """
-    t, opts = prepared.training, prepared.options
-    dataset = _safe(Path(opts.data).stem) if opts.data else "breast-cancer"
-    budget = opts.site_budget or t.epsilon
-    folders = []
-    for name, _ in prepared.sites:
-        folder = root / _safe(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        policy = folder / "site.toml"
-        if not policy.exists():
-            table = {
-                "dataset-id": dataset,
-                "epsilon-max": budget,
-                "delta": t.delta,
-                "accountant": t.accountant,
-                "max-grad-norm": t.max_grad_norm,
-                "min-noise-multiplier": MIN_NOISE_IN_SIMULATION,
-            }
-            if not t.dp:
-                table["allow-non-private"] = True
-            policy.write_text(
-                "# Written by fedvault simulate for a simulated site; edit freely.\n"
-                + tomli_w.dumps({"privacy": table})
-            )
-        folders.append(folder)
-    return folders
-
-
-def check_states(prepared: PreparedData, root: Path) -> None:
-    """Refuse, before anything is written, a ``--no-dp`` run on a ``--state``
-    whose existing site policies do not allow it: those sites would decline every
-    message of the run. Raises :class:`ConfigError` naming the site and the key."""
-    if prepared.training.dp:
-        return
-    for name, _ in prepared.sites:
-        policy = root / _safe(name) / "site.toml"
-        if not policy.is_file():
-            continue
-        table = read_toml(policy).get("privacy", {})
-        if not (isinstance(table, dict) and table.get("allow-non-private") is True):
-            raise ConfigError(
-                f"no-dp: site {name}'s policy ({policy}) does not allow training "
-                "without differential privacy; it would decline the run (set "
-                "allow-non-private = true there, or use another --state)"
-            )
-
-
 def _site_inputs(
     prepared: PreparedData, work: Path
 ) -> tuple[list[dict[str, str]], str]:
@@ -285,13 +240,20 @@ def _site_inputs(
             entries.append({"vault": str(source), "key-file": key})
             continue
         path = data_dir / f"site-{pid}.parquet"
-        source.to_parquet(path, index=False)
+        _write(source, path, prepared.image_shape)
         entries.append({"data": str(path)})
     if prepared.test is None:
         return entries, ""
     test_file = work / "test.parquet"
-    prepared.test.to_parquet(test_file, index=False)
+    _write(prepared.test, test_file, prepared.image_shape)
     return entries, str(test_file)
+
+
+def _write(frame: pd.DataFrame, path: Path, shape: ImageShape | None) -> None:
+    if shape is None:
+        frame.to_parquet(path, index=False)
+    else:
+        write_image_table(frame, shape, path)
 
 
 def _run_config(
@@ -319,6 +281,19 @@ def _run_config(
     return run_config
 
 
+def _check_device(cfg: SimulationConfig) -> None:
+    """``--device cuda`` or a GPU fraction on a machine without CUDA: every site
+    would decline; refused before anything starts."""
+    import torch
+
+    wants = cfg.training.device == "cuda" or cfg.options.gpu_fraction > 0
+    if wants and not torch.cuda.is_available():
+        raise ConfigError(
+            "device: CUDA was asked for (--device cuda or --gpu-fraction) but this "
+            "machine has no CUDA device; use --device auto or cpu"
+        )
+
+
 def run(
     cfg: SimulationConfig, out: Path, *, on_poll: Callable[[], None] | None = None
 ) -> dict[str, Any]:
@@ -327,6 +302,7 @@ def run(
     Everything is validated before ``out`` is created: bad input leaves no trace.
     """
     check_new_run_dir(out)
+    _check_device(cfg)
     prepared = prepare_data(cfg)
     if len(prepared.sites) < prepared.training.min_sites:  # no round could run
         raise ConfigError(
@@ -379,6 +355,7 @@ def _simulate(
                 log=log,
                 timeout=cfg.options.timeout,
                 on_poll=on_poll,
+                gpu_fraction=cfg.options.gpu_fraction,
             )
         logger.info(
             "simulation finished in %.1f s with status %s",

@@ -1,0 +1,157 @@
+"""What ``fedvault simulate`` trains on: a table, or images, and the task and model
+that fit it, all checked before anything is written.
+
+Sources: the embedded breast-cancer table (default) or handwritten digits
+(``--dataset digits``, 8x8 grey images); ``--data`` a CSV/Parquet table, an image
+folder (one folder per class; PNG, JPEG or DICOM files), or a manifest (a table
+with a ``path`` column of image files). Images become rows of float32 pixels
+(:mod:`fedvault.common.image_table`): a DICOM header never leaves this step (only
+its pixels and the folder's label are kept), and a file whose header flags
+burned-in annotations is left out, as ``fedvault data import-images`` refuses it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedvault.common.config import TaskChoice, TrainingConfig
+from fedvault.common.data import DEFAULT_TARGET, check_target, default_dataset
+from fedvault.common.data import load_table as _load_table
+from fedvault.common.errors import ConfigError, DataError
+from fedvault.common.image_table import ImageShape, image_frame
+from fedvault.common.images import (
+    DEFAULT_SIZE,
+    IMAGE_SUFFIXES,
+    PATH_COLUMN,
+    ImageSet,
+    digits_dataset,
+    read_folder,
+    read_manifest,
+)
+from fedvault.common.models import build_run_model, infer_task
+from fedvault.common.preprocessing import merge_summaries, site_summary
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("breast-cancer", "digits")
+
+
+@dataclass(frozen=True)
+class Source:
+    """The rows of a simulation, where they came from, and their image shape."""
+
+    frame: pd.DataFrame
+    name: str
+    image_shape: ImageShape | None
+
+
+def load_source(
+    *, dataset: str, data: str, target: str, image_size: int
+) -> Source:
+    """Read the simulation's rows. Raises :class:`DataError` for unreadable data
+    (one bad image file is reported and left out, not fatal), :class:`ConfigError`
+    for an unknown dataset or both a dataset and ``--data``."""
+    if dataset and dataset not in DATASETS:
+        raise ConfigError(f"dataset: unknown {dataset!r}; use one of {DATASETS}")
+    if dataset and data:
+        raise ConfigError("dataset: give either --dataset or --data, not both")
+    size = (image_size, image_size) if image_size else DEFAULT_SIZE
+    if dataset == "digits":
+        return _images(digits_dataset(), "digits", DEFAULT_TARGET)
+    if not data:
+        return Source(default_dataset(), "embedded breast-cancer data", None)
+    path = Path(data)
+    if path.is_dir():
+        images = read_folder(path, size=size, dicom_check=_no_burned_in, label=target)
+        return _images(images, path.name, target)
+    frame = _load_table(path)
+    if _is_manifest(frame):
+        images = read_manifest(
+            path, label=target, size=size, dicom_check=_no_burned_in
+        )
+        return _images(images, path.stem, target)
+    return Source(frame, data, None)
+
+
+def _is_manifest(frame: pd.DataFrame) -> bool:
+    if PATH_COLUMN not in frame.columns:
+        return False
+    paths = frame[PATH_COLUMN].dropna()
+    return not paths.empty and Path(str(paths.iloc[0])).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _images(images: ImageSet, name: str, target: str) -> Source:
+    for bad in images.report.bad:
+        logger.warning("%s: left out %s: %s", name, bad.path, bad.reason)
+    frame = image_frame(images, images.label)
+    if images.label != target:
+        frame = frame.rename(columns={images.label: target})
+    return Source(frame, name, images.shape)
+
+
+def _no_burned_in(dataset: Any) -> None:
+    if str(dataset.get("BurnedInAnnotation", "")).upper() == "YES":
+        raise DataError("burned-in annotations (BurnedInAnnotation = YES)")
+
+
+def settle_task(
+    source: Source, training: TrainingConfig, *, target: str
+) -> tuple[pd.DataFrame, TrainingConfig]:
+    """Check the target and resolve ``task = auto`` from it (images: classification).
+
+    Raises :class:`DataError` for a missing or unusable target.
+    """
+    frame = source.frame
+    if target not in frame.columns:
+        check_target(frame, target, source=source.name)  # raises, naming columns
+    task = training.task
+    if task == "auto":
+        task = "classification" if source.image_shape else infer_task(frame[target])
+    if task == "classification":
+        frame = check_target(frame, target, source=source.name)
+    else:
+        values = pd.to_numeric(frame[target], errors="coerce")
+        if values.isna().any():
+            raise DataError(
+                f"{source.name}: regression target {target!r} holds missing or "
+                "non-numeric values"
+            )
+        frame = frame.assign(**{target: values})
+    settled: TaskChoice = "regression" if task == "regression" else "classification"
+    return frame, replace(training, task=settled)
+
+
+def check_model(
+    frame: pd.DataFrame,
+    training: TrainingConfig,
+    *,
+    target: str,
+    image_shape: ImageShape | None,
+) -> tuple[str, ...]:
+    """Build the run's model for this data as the coordinator will, before Flower
+    starts: a model that cannot be built or trained with DP-SGD is refused here,
+    in one line naming the layer. Returns what was changed to fit DP-SGD.
+
+    Raises :class:`ConfigError`.
+    """
+    summary = site_summary(
+        frame,
+        target,
+        regression=training.task == "regression",
+        image_shape=image_shape,
+    )
+    prep = merge_summaries([summary], target)
+    try:
+        _, notes = build_run_model(
+            training.model, prep, hidden=training.hidden, dp=training.dp
+        )
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}") from None
+    return notes
