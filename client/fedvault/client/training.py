@@ -54,6 +54,7 @@ class LocalSettings:
     num_classes: int
     task: Task | None = None
     augmentation: Augmentation | None = None
+    momentum: float = 0.0
     lr: float
     epochs: int
     batch_size: int
@@ -108,6 +109,7 @@ def train_private(
     fast = (
         local.dp_engine == "auto"
         and local.augmentation is None
+        and local.momentum == 0
         and _fastdp.supports(model)
     )
     engine = _fast_engine if fast else _opacus_engine
@@ -124,7 +126,9 @@ def train_plain(
     """Non-private minibatch SGD with the same model, loss and optimizer, for
     ``local.epochs`` shuffled epochs (``data`` as for :func:`train_private`)."""
     model.to(local.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=local.lr)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=local.lr, momentum=local.momentum
+    )
     loader = DataLoader(data, batch_size=local.batch_size, shuffle=True)
     model.train()
     steps = local.epochs * len(loader)
@@ -264,7 +268,9 @@ def _opacus_engine(
     ``DPOptimizer`` (removed again afterwards)."""
     from opacus import PrivacyEngine
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=local.lr)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=local.lr, momentum=local.momentum
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant="rdp")

@@ -62,6 +62,7 @@ def local_settings(
         num_classes=prep.num_classes,
         task=run_task(prep),
         lr=settings.lr,
+        momentum=settings.momentum,
         epochs=settings.local_epochs,
         batch_size=settings.batch_size,
         proximal_mu=proximal_mu,

@@ -81,6 +81,9 @@ class TrainingConfig:
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 0.5
+    # SGD momentum of local training (0: plain SGD, and fedvault's fast DP-SGD
+    # step for MLPs); with DP it acts on the noised gradients (post-processing).
+    momentum: float = 0.0
     strategy: StrategyName = "fedavg"
     proximal_mu: float = 0.01
     # Krum, MultiKrum and Bulyan: how many sites may be malicious (Flower's
@@ -142,6 +145,8 @@ class TrainingConfig:
         _choice(self, "task", TASK_CHOICES)
         _choice(self, "device", DEVICES)
         _positive(self, "augment_copies")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
         if not 0 <= self.augment_rotation <= 180 or self.augment_crop < 0:
             raise ConfigError(
                 "augment-rotation: must be in [0, 180] and augment-crop >= 0"

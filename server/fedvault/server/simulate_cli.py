@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from fedvault.common.cli import (
     EXIT_RUN_FAILED,
@@ -24,6 +22,7 @@ from fedvault.common.cli import (
 from fedvault.common.config import read_toml
 from fedvault.server import simulate as sim
 from fedvault.server.rundir import PROGRESS_FILE
+from fedvault.server.simulate_tables import print_tables
 
 console = Console()
 _err = Console(stderr=True, soft_wrap=True)
@@ -101,7 +100,9 @@ def simulate(
     data: Annotated[
         Path | None,
         typer.Option(
-            help="CSV or Parquet file (default: embedded breast-cancer data)."
+            help="CSV or Parquet table, image folder (one folder per class; PNG, "
+            "JPEG, DICOM) or image manifest (path column) (default: "
+            "embedded breast-cancer data)."
         ),
     ] = None,
     target: Annotated[
@@ -124,7 +125,49 @@ def simulate(
         str | None, typer.Option(help="rdp | prv (default: rdp).")
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="mlp | logreg (default: mlp).")
+        str | None,
+        typer.Option(
+            help="mlp | logreg (tables), cnn | resnet18 (images), or your own "
+            "package.module:factory (default: mlp)."
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Embedded data: breast-cancer (table) | digits (8x8 images)."
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="auto | classification | regression (default: auto, from the "
+            "target: numeric with fractional or many values is regression)."
+        ),
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="Images are resized to SIZE x SIZE (default: 64)."),
+    ] = None,
+    augment_copies: Annotated[
+        int | None,
+        typer.Option(
+            help="Images: augmented copies per example, averaged before clipping "
+            "(augmentation multiplicity; no extra epsilon) (default: 1)."
+        ),
+    ] = None,
+    augment_rotation: Annotated[
+        float | None, typer.Option(help="Images: random rotation, degrees.")
+    ] = None,
+    augment_crop: Annotated[
+        int | None, typer.Option(help="Images: random shift by up to N pixels.")
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="auto | cpu | cuda: where sites train (default: auto).")
+    ] = None,
+    gpu_fraction: Annotated[
+        float | None,
+        typer.Option(help="Share of a GPU per simulated site (default: 0, none).")
     ] = None,
     min_sites: Annotated[
         int | None, typer.Option(help="Fewest sites a round needs (default: 2).")
@@ -291,108 +334,5 @@ def _run_with_progress(
         return sim.run(cfg, out, on_poll=poll)
 
 
-def _fmt(value: Any, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _eps(value: float | None) -> str:
-    """Epsilon rounded *down* to 3 decimals: a printed figure never overstates the
-    margin to a budget (2.99989 shows as 2.999, not 3.000)."""
-    return "-" if value is None else f"{math.floor(value * 1000) / 1000:.3f}"
-
-
 def _print_tables(summary: dict[str, Any], out: Path) -> None:
-    rounds = Table(title="Global model per round (held-out test split)")
-    for col in ("round", "accuracy", "AUC", "loss", "site val. acc.", "sites", "s"):
-        rounds.add_column(col, justify="right")
-    for row in summary["history"]:
-        rounds.add_row(
-            str(row["round"]),
-            _fmt(row.get("accuracy")),
-            _fmt(row.get("auc")),
-            _fmt(row.get("loss")),
-            _fmt(row.get("val_accuracy")),
-            str(row["sites_trained"]),
-            _fmt(row.get("seconds"), ".1f"),
-        )
-    console.print(rounds)
-    console.print(_sites_table(summary))
-    notes: dict[str, list[str]] = {}
-    for name, s in summary["sites"].items():
-        if s.get("policy_note"):
-            notes.setdefault(s["policy_note"], []).append(name)
-    for note, names in notes.items():
-        console.print(f"{', '.join(names)}: {note}.", highlight=False)
-    client = summary.get("client_dp")
-    if client is not None:
-        eps = client.get("epsilon")
-        spent = (
-            f"epsilon {eps:.3f} at delta {client['delta']:g}"
-            if eps is not None
-            else "no epsilon (adaptive clipping is not accounted)"
-        )
-        console.print(
-            f"Client-level DP ({client['mode']}): {spent}, "
-            f"{client['releases']} release(s)."
-        )
-    if summary.get("secure_aggregation"):
-        console.print(
-            "Secure aggregation (SecAgg+): the coordinator saw only the sum "
-            "of the sites' updates."
-        )
-    if summary["status"] != "completed":
-        console.print(f"[yellow]Run stopped early:[/] {summary['stop_reason']}")
-    final = summary["final"]
-    if not summary["history"]:
-        console.print(f"No round completed. Reports in [bold]{out}[/].")
-        return
-    if final.get("accuracy") is None:
-        measured = (
-            f"Final accuracy on the sites' own validation splits "
-            f"{_fmt(final.get('val_accuracy'))} (no central test data)."
-        )
-    else:
-        measured = (
-            f"Final test accuracy {_fmt(final.get('accuracy'))}, "
-            f"AUC {_fmt(final.get('auc'))}."
-        )
-    console.print(
-        f"{measured} Results in [bold]{out}[/] (summary.json, "
-        "privacy.txt, metrics.csv, model.pt)."
-    )
-
-
-def _sites_table(summary: dict[str, Any]) -> Table:
-    """Per site: its own figures, at its own delta with its own accountant (in the
-    title when every site used the same, else in two more columns)."""
-    dp = summary["dp"]
-    shared = bool(dp["enabled"] and dp["delta"] is not None and dp["accountant"])
-    if not dp["enabled"]:
-        title = "Sites ([bold red]NO differential privacy[/])"
-    elif shared:
-        title = (
-            f"Privacy per site: sample-level DP-SGD, delta={dp['delta']:g}, "
-            f"{dp['accountant']} accountant (the sites' own)"
-        )
-    else:
-        title = "Privacy per site: sample-level DP-SGD, at each site's own delta"
-    columns = ["site", "examples", "rounds", "ε this run", "ε lifetime", "budget"]
-    columns += [] if shared or not dp["enabled"] else ["δ", "accountant"]
-    sites = Table(title=title)
-    for col in [*columns, "sigma", "declined"]:
-        sites.add_column(col, justify="right")
-    for name, s in summary["sites"].items():
-        declined = s["declines"]
-        last = f" from r{declined[0]['round']}" if declined else ""
-        row = [name, str(s["examples"]), str(s["rounds_trained"])]
-        row += [_eps(s["epsilon_spent"]), _eps(s["epsilon_lifetime"])]
-        row += [_fmt(s["epsilon_budget"], "g")]
-        if len(columns) > 6:
-            row += [_fmt(s.get("delta"), "g"), s.get("accountant") or "-"]
-        sites.add_row(
-            *row, _fmt(s["noise_multiplier"], ".3f"), f"{len(declined)}{last}"
-        )
-    for name, reason in summary["excluded_sites"].items():
-        dashes = ["-"] * (len(columns) - 2)
-        sites.add_row(name, "-", "0", *dashes, f"excluded: {reason}")
-    return sites
+    print_tables(console, summary, out)

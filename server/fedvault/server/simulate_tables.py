@@ -1,0 +1,147 @@
+"""The final tables of ``fedvault simulate``: the global model per round, and the
+privacy figures per site."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _eps(value: float | None) -> str:
+    """Epsilon rounded *down* to 3 decimals: a printed figure never overstates the
+    margin to a budget (2.99989 shows as 2.999, not 3.000)."""
+    return "-" if value is None else f"{math.floor(value * 1000) / 1000:.3f}"
+
+
+_COLUMNS = {
+    False: (("accuracy", "accuracy"), ("AUC", "auc"), ("loss", "loss")),
+    True: (("MAE", "mae"), ("RMSE", "rmse"), ("R2", "r2"), ("loss", "loss")),
+}
+_SITE_COLUMN = {
+    False: ("site val. acc.", "val_accuracy"),
+    True: ("site val. R2", "val_r2"),
+}
+
+
+def _regression(summary: dict[str, Any]) -> bool:
+    return bool(summary.get("config", {}).get("task") == "regression")
+
+
+def _rounds_table(summary: dict[str, Any]) -> Table:
+    """Per round: the global model on the held-out test split (classification:
+    accuracy, AUC, loss; regression: MAE, RMSE, R2, loss) and on the sites' own
+    validation rows."""
+    regression = _regression(summary)
+    columns = (*_COLUMNS[regression], _SITE_COLUMN[regression])
+    rounds = Table(title="Global model per round (held-out test split)")
+    for title in ("round", *(c for c, _ in columns), "sites", "s"):
+        rounds.add_column(title, justify="right")
+    for row in summary["history"]:
+        rounds.add_row(
+            str(row["round"]),
+            *(_fmt(row.get(key)) for _, key in columns),
+            str(row["sites_trained"]),
+            _fmt(row.get("seconds"), ".1f"),
+        )
+    return rounds
+
+
+def print_tables(console: Console, summary: dict[str, Any], out: Path) -> None:
+    """The run's tables and closing lines on ``console``."""
+    console.print(_rounds_table(summary))
+    console.print(_sites_table(summary))
+    notes: dict[str, list[str]] = {}
+    for name, s in summary["sites"].items():
+        if s.get("policy_note"):
+            notes.setdefault(s["policy_note"], []).append(name)
+    for note, names in notes.items():
+        console.print(f"{', '.join(names)}: {note}.", highlight=False)
+    client = summary.get("client_dp")
+    if client is not None:
+        eps = client.get("epsilon")
+        spent = (
+            f"epsilon {eps:.3f} at delta {client['delta']:g}"
+            if eps is not None
+            else "no epsilon (adaptive clipping is not accounted)"
+        )
+        console.print(
+            f"Client-level DP ({client['mode']}): {spent}, "
+            f"{client['releases']} release(s)."
+        )
+    if summary.get("secure_aggregation"):
+        console.print(
+            "Secure aggregation (SecAgg+): the coordinator saw only the sum "
+            "of the sites' updates."
+        )
+    if summary["status"] != "completed":
+        console.print(f"[yellow]Run stopped early:[/] {summary['stop_reason']}")
+    final = summary["final"]
+    if not summary["history"]:
+        console.print(f"No round completed. Reports in [bold]{out}[/].")
+        return
+    if _regression(summary):
+        where = "test" if final.get("r2") is not None else "site validation"
+        prefix = "" if where == "test" else "val_"
+        measured = (
+            f"Final {where} R2 {_fmt(final.get(prefix + 'r2'))}, MAE "
+            f"{_fmt(final.get(prefix + 'mae'))}, RMSE "
+            f"{_fmt(final.get(prefix + 'rmse'))}."
+        )
+    elif final.get("accuracy") is None:
+        measured = (
+            f"Final accuracy on the sites' own validation splits "
+            f"{_fmt(final.get('val_accuracy'))} (no central test data)."
+        )
+    else:
+        measured = (
+            f"Final test accuracy {_fmt(final.get('accuracy'))}, "
+            f"AUC {_fmt(final.get('auc'))}."
+        )
+    console.print(
+        f"{measured} Results in [bold]{out}[/] (summary.json, "
+        "privacy.txt, metrics.csv, model.pt)."
+    )
+
+
+def _sites_table(summary: dict[str, Any]) -> Table:
+    """Per site: its own figures, at its own delta with its own accountant (in the
+    title when every site used the same, else in two more columns)."""
+    dp = summary["dp"]
+    shared = bool(dp["enabled"] and dp["delta"] is not None and dp["accountant"])
+    if not dp["enabled"]:
+        title = "Sites ([bold red]NO differential privacy[/])"
+    elif shared:
+        title = (
+            f"Privacy per site: sample-level DP-SGD, delta={dp['delta']:g}, "
+            f"{dp['accountant']} accountant (the sites' own)"
+        )
+    else:
+        title = "Privacy per site: sample-level DP-SGD, at each site's own delta"
+    columns = ["site", "examples", "rounds", "ε this run", "ε lifetime", "budget"]
+    columns += [] if shared or not dp["enabled"] else ["δ", "accountant"]
+    sites = Table(title=title)
+    for col in [*columns, "sigma", "declined"]:
+        sites.add_column(col, justify="right")
+    for name, s in summary["sites"].items():
+        declined = s["declines"]
+        last = f" from r{declined[0]['round']}" if declined else ""
+        row = [name, str(s["examples"]), str(s["rounds_trained"])]
+        row += [_eps(s["epsilon_spent"]), _eps(s["epsilon_lifetime"])]
+        row += [_fmt(s["epsilon_budget"], "g")]
+        if len(columns) > 6:
+            row += [_fmt(s.get("delta"), "g"), s.get("accountant") or "-"]
+        sites.add_row(
+            *row, _fmt(s["noise_multiplier"], ".3f"), f"{len(declined)}{last}"
+        )
+    for name, reason in summary["excluded_sites"].items():
+        dashes = ["-"] * (len(columns) - 2)
+        sites.add_row(name, "-", "0", *dashes, f"excluded: {reason}")
+    return sites
