@@ -16,6 +16,7 @@ from benchmarks import (
     deployment,
     dp_cost,
     model_use,
+    models_bench,
     overhead,
     report,
     scale,
@@ -33,7 +34,9 @@ def main() -> None:
         "--quick", action="store_true", help="small sizes, a few minutes"
     )
     parser.add_argument(
-        "--only", default="B1,B2,B3,B4,B5,B6,B7,B8,B9", help="comma-separated subset"
+        "--only",
+        default="B1,B2,B3,B4,B5,B6,B7,B8,B9,B10",
+        help="comma-separated subset",
     )
     parser.add_argument(
         "--largest", type=int, default=1_000, help="B4's largest federation"
@@ -58,6 +61,7 @@ def main() -> None:
         "B6": secagg_cost.run,
         "B8": deployment.run,
         "B9": model_use.run,
+        "B10": models_bench.run,
     }
     for name, fn in runners.items():
         if name in wanted:

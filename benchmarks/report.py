@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.model_use import render as _b9
+from benchmarks.models_bench import render as _b10
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -345,6 +346,7 @@ SECTIONS = {
     "B7": _b7,
     "B8": _b8,
     "B9": _b9,
+    "B10": _b10,
 }
 
 

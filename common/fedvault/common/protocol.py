@@ -87,6 +87,14 @@ MAE = "mae"
 RMSE = "rmse"
 R2 = "r2"
 REGRESSION_METRICS = (MAE, RMSE, R2)
+
+
+def final_keys(task: str) -> tuple[str, ...]:
+    """The figures a run summary repeats from its last round: on the test split,
+    and (``val_``) on the sites' validation rows."""
+    if task == "regression":
+        return (*REGRESSION_METRICS, LOSS, *(f"val_{k}" for k in REGRESSION_METRICS))
+    return (ACCURACY, "auc", LOSS, f"val_{ACCURACY}")
 CLIENT_WEIGHT = "client-weight"  # constant 1.0 under client-level DP
 
 # -- errors -------------------------------------------------------------------

@@ -33,20 +33,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedvault.common.data import load_table
 from fedvault.common.errors import FederationError
-from fedvault.common.evaluation import evaluate
-from fedvault.common.models import build_run_model, run_task
+from fedvault.common.models import build_run_model
 from fedvault.common.preprocessing import Preprocessing, merge_summaries
 from fedvault.common.protocol import (
-    ACCURACY,
-    LOSS,
     PREPROCESSING,
-    REGRESSION_METRICS,
     STATS_MESSAGE,
 )
 from fedvault.common.records import number
 from fedvault.server import checkpoint, model_card
+from fedvault.server.central_eval import held_out_metrics, held_out_set, site_metrics
 from fedvault.server.checks import check_update, dequantize_replies, release_problem
 from fedvault.server.exchange import send_and_receive
 from fedvault.server.report import (
@@ -81,11 +77,6 @@ class _EligibleGrid:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
-
-
-def _evaluated(prep: Preprocessing) -> tuple[str, ...]:
-    """The metrics the sites' evaluate replies carry for this preprocessing."""
-    return (LOSS, *REGRESSION_METRICS) if prep.regression else (ACCURACY, LOSS)
 
 
 class Federation:
@@ -185,7 +176,7 @@ class Federation:
                 {k: torch.from_numpy(v) for k, v in resumed.arrays.items()}
             )
         arrays = ArrayRecord(model.state_dict())
-        test = self._test_set(prep)
+        test = held_out_set(self.settings.test_data, prep)
         # Duck-typed view: the strategy only calls get_node_ids() on it.
         eligible = cast(Grid, _EligibleGrid(self.grid, set(self.book.sites)))
         self.plan = make_strategy(self.training, available=len(self.book.sites))
@@ -307,14 +298,7 @@ class Federation:
         if test is not None:
             model = self._model(prep)
             model.load_state_dict(arrays.to_torch_state_dict())
-            m = evaluate(
-                model,
-                *test,
-                num_classes=prep.num_classes,
-                task=run_task(prep),
-                target_scale=(prep.target_mean, prep.target_std),
-            )
-            row |= m.values()
+            row |= held_out_metrics(model, test, prep)
         config = ConfigRecord({PREPROCESSING: prep.to_json()})
         replies = self._exchange(
             strategy.configure_evaluate(server_round, arrays, config, grid)
@@ -324,22 +308,10 @@ class Federation:
             agg: Mapping[str, object] = (
                 strategy.aggregate_evaluate(server_round, valid) or {}
             )
-            row |= {f"val_{k}": number(agg, k) for k in _evaluated(prep)}
+            row |= {f"val_{k}": number(agg, k) for k in site_metrics(prep)}
         else:
-            row |= {f"val_{k}": math.nan for k in _evaluated(prep)}
+            row |= {f"val_{k}": math.nan for k in site_metrics(prep)}
         return row
-
-    def _test_set(
-        self, prep: Preprocessing
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if self.settings.test_data is None:
-            return None
-        frame = load_table(self.settings.test_data)
-        return (
-            torch.from_numpy(prep.transform(frame)),
-            # np.array copies: the labels may come back read-only (pandas CoW)
-            torch.from_numpy(np.array(prep.encode_labels(frame[prep.target]))),
-        )
 
     # -- outputs --------------------------------------------------------------------
     def _resume(self) -> checkpoint.RunState:

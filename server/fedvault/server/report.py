@@ -11,7 +11,11 @@ from typing import Any
 
 from fedvault.common.config import TrainingConfig
 from fedvault.common.preprocessing import Preprocessing
-from fedvault.common.protocol import SECAGG_CLIPPING_RANGE, SECAGG_QUANTIZATION_RANGE
+from fedvault.common.protocol import (
+    SECAGG_CLIPPING_RANGE,
+    SECAGG_QUANTIZATION_RANGE,
+    final_keys,
+)
 
 
 @dataclass
@@ -159,13 +163,6 @@ def secure_aggregation_section(t: TrainingConfig) -> dict[str, Any] | None:
     }
 
 
-def _final_keys(t: TrainingConfig) -> tuple[str, ...]:
-    """The final round's figures a summary repeats: test and site validation."""
-    if t.task == "regression":
-        return ("mae", "rmse", "r2", "loss", "val_mae", "val_rmse", "val_r2")
-    return ("accuracy", "auc", "loss", "val_accuracy")
-
-
 def run_summary(
     t: TrainingConfig,
     *,
@@ -189,7 +186,7 @@ def run_summary(
         "client_dp": client_level,
         "secure_aggregation": secure_aggregation_section(t),
         "history": history,
-        "final": {k: final.get(k) for k in _final_keys(t)},
+        "final": {k: final.get(k) for k in final_keys(t.task)},
         "sites": sites,
         "excluded_sites": excluded,
         "num_features": prep.num_features,
