@@ -76,6 +76,10 @@ def simulate(
     lr: Annotated[
         float | None, typer.Option(help="Local SGD learning rate (default: 0.5).")
     ] = None,
+    momentum: Annotated[
+        float | None,
+        typer.Option(help="Local SGD momentum (default: 0; the cnn's: see docs).")
+    ] = None,
     strategy: Annotated[
         str | None,
         typer.Option(
