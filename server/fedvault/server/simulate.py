@@ -38,7 +38,12 @@ from fedvault.server.rundir import (
     mark_interrupted,
 )
 from fedvault.server.settings import ServerSettings
-from fedvault.server.simulate_data import check_model, load_source, settle_task
+from fedvault.server.simulate_data import (
+    CNN_DEFAULTS,
+    check_model,
+    load_source,
+    settle_task,
+)
 from fedvault.server.simulate_states import check_states, site_states
 
 logger = logging.getLogger(__name__)
@@ -97,7 +102,10 @@ class SimulationConfig:
 
 
 def load_config(values: Mapping[str, Any]) -> SimulationConfig:
-    """Split one flat kebab-case mapping (TOML file + flags) and validate it."""
+    """Split one flat kebab-case mapping (TOML file + flags) and validate it.
+    ``--model cnn`` starts from the cnn's own defaults (:data:`CNN_DEFAULTS`)."""
+    if values.get("model") == "cnn":
+        values = CNN_DEFAULTS | dict(values)
     sim_keys = {key_of(f.name) for f in dataclasses.fields(SimulationOptions)}
     train_keys = {key_of(f.name) for f in dataclasses.fields(TrainingConfig)}
     unknown = sorted(set(values) - sim_keys - train_keys)

@@ -39,6 +39,15 @@ from fedvault.common.preprocessing import merge_summaries, site_summary
 logger = logging.getLogger(__name__)
 
 DATASETS = ("breast-cancer", "digits")
+# The cnn's defaults, where a setting is not given: chosen on digits, 5 sites, IID,
+# epsilon 3 (python -m benchmarks --only B10; docs/benchmarks.md, B10).
+CNN_DEFAULTS: dict[str, Any] = {
+    "rounds": 10,
+    "batch-size": 64,
+    "lr": 0.2,
+    "momentum": 0.9,
+    "hidden": 32,
+}
 
 
 @dataclass(frozen=True)
