@@ -42,9 +42,9 @@ DATASETS = ("breast-cancer", "digits")
 # The cnn's defaults, where a setting is not given: chosen on digits, 5 sites, IID,
 # epsilon 3 (python -m benchmarks --only B10; docs/benchmarks.md, B10).
 CNN_DEFAULTS: dict[str, Any] = {
-    "rounds": 10,
+    "rounds": 20,
     "batch-size": 64,
-    "lr": 0.2,
+    "lr": 0.1,
     "momentum": 0.9,
     "hidden": 32,
 }
