@@ -1,4 +1,4 @@
-"""B10: what images and regression reach, side by side in one run.
+"""B11: what images and regression reach, side by side in one run.
 
 - digits (scikit-learn's 1,797 8x8 images), 5 sites, IID, ``--model cnn`` with the
   cnn's defaults: test accuracy with ``--no-dp`` and at epsilon 3 (delta 1e-5);
@@ -94,13 +94,13 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def render(b: dict[str, Any]) -> list[str]:
-    """B10's section of docs/benchmarks.md, with the issue's goals."""
+    """B11's section of docs/benchmarks.md, with the issue's goals."""
     d, r = b["digits"], b["regression"]
     s = d["settings"]
     no_dp, dp = d["cases"]["no-dp"], d["cases"]["dp-eps-3"]
     central = r["central_linear_r2"]
     lines = [
-        "## B10 images and regression (goals: digits >= 0.95 without DP, >= 0.80 "
+        "## B11 images and regression (goals: digits >= 0.95 without DP, >= 0.80 "
         "at epsilon 3; regression R2 within 0.05 of a central linear model)",
         "",
         f"`fedvault simulate`, {b['sites']} sites, IID. Digits: `--dataset digits "

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks import gpu
 from benchmarks.model_use import render as _b9
-from benchmarks.models_bench import render as _b10
+from benchmarks.models_bench import render as _b11
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -346,7 +347,8 @@ SECTIONS = {
     "B7": _b7,
     "B8": _b8,
     "B9": _b9,
-    "B10": _b10,
+    "B10": gpu.render,
+    "B11": _b11,
 }
 
 

@@ -14,6 +14,7 @@ sys.path.insert(0, ROOT)
 sys.modules.pop("benchmarks", None)
 bookkeeping = importlib.import_module("benchmarks.bookkeeping")
 dp_cost = importlib.import_module("benchmarks.dp_cost")
+gpu = importlib.import_module("benchmarks.gpu")
 report = importlib.import_module("benchmarks.report")
 sys.path.remove(ROOT)
 
@@ -67,3 +68,23 @@ def test_bookkeeping_share_is_a_fraction():
     result = bookkeeping.measure(rounds=2)
     assert 0 < result["share_of_round_time"] < 1
     assert math.isfinite(result["training_seconds"])
+
+
+def test_gpu_case_runs_its_steps_and_renders(monkeypatch):
+    """B10's code path (normally CUDA) on the CPU with a tiny batch: every mode
+    measured and compared with the non-private step; the table renders it."""
+    monkeypatch.setattr(gpu, "DEVICE", "cpu")
+    got = gpu.speed("cnn", 8, steps=1)
+    assert set(got["modes"]) == {"none", *gpu.MODES}
+    assert all(m["samples_per_s"] > 0 for m in got["modes"].values())
+    assert all(got["modes"][m]["ratio"] > 0 for m in gpu.MODES)
+    trained = gpu.train("cnn", dp=True, lr=0.1, epochs=1, batch=256)
+    assert trained["epsilon"] <= gpu.EPSILON + 1e-6
+    b10 = {
+        "machine": {k: "x" for k in ("gpu", "cuda", "torch", "opacus", "python")},
+        "speed": {"cnn": got},
+        "training": [{"model": "cnn"} | trained],
+    }
+    table = "\n".join(gpu.render(b10))
+    assert "| cnn | 8 | hooks |" in table and "| cnn | yes | 0.1 | 1 |" in table
+    assert "Not measured" in "\n".join(gpu.render({"skipped": "no CUDA"}))

@@ -287,7 +287,11 @@ def test_an_edited_head_is_detected(tmp_path):
     head = json.loads(_head(ledger).read_bytes())
     head["count"] = 1
     _head(ledger).write_text(json.dumps(head))
-    with pytest.raises(IntegrityError, match="head file says 1"):
+    with pytest.raises(IntegrityError, match="HMAC mismatch"):
+        verify_ledger(tmp_path, DATASET)
+    # rewritten with the site key (its owner): the chain still disagrees
+    _ledger_files.write_head(ledger._paths, 0, _ledger_format.genesis(DATASET))
+    with pytest.raises(IntegrityError, match="head file says 0"):
         verify_ledger(tmp_path, DATASET)
 
 

@@ -147,3 +147,10 @@ def test_a_full_disk_during_a_ledger_append_names_the_ledger(tiny_disk):
     except IntegrityError:
         repair_torn_tail(tiny_disk, "ds")
         verify_ledger(tiny_disk, "ds")
+
+
+def test_a_full_disk_when_a_ledger_starts_names_a_path(tiny_disk):
+    """A new ledger writes the site key and the keyed head: either names its file."""
+    _fill(tiny_disk)
+    with pytest.raises(OSError, match=rf"No space left on device: '?{tiny_disk}/"):
+        PrivacyLedger.open(tiny_disk / "site", "ds", delta=1e-5, accountant="rdp")

@@ -9,9 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 from consortium import coordinator_toml, wait_for_run
 
@@ -54,7 +56,8 @@ def _flower_pids(root: Path) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_insecure_coordinator_serves_http_and_stops_cleanly_on_sigterm(tmp_path):
-    """--insecure: plain HTTP Control API on loopback; SIGTERM leaves nothing behind."""
+    """--insecure: plain HTTP Control API on its private socket, no port; SIGTERM
+    leaves nothing behind."""
     config = coordinator_toml(tmp_path)
     cfg = load_coordinator_config(config)
     code = (
@@ -71,10 +74,14 @@ def test_insecure_coordinator_serves_http_and_stops_cleanly_on_sigterm(tmp_path)
     live = cfg.run_dir / "coordinator.json"
     try:
         wait_for_run(proc, cfg.run_dir, tmp_path / "coordinator.out")
-        assert json.loads(live.read_text())["insecure"] is True
+        doc = json.loads(live.read_text())
+        assert doc["insecure"] is True
         url = f"http://{cfg.options.control_address}/health"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            assert response.status == 200
+        with pytest.raises(urllib.error.URLError):  # no Control port at all
+            urllib.request.urlopen(url, timeout=5)
+        transport = httpx.HTTPTransport(uds=doc["control-socket"])
+        with httpx.Client(transport=transport) as client:
+            assert client.get(url).status_code == 200
         proc.send_signal(signal.SIGTERM)  # the CLI itself, not its process group
         proc.wait(timeout=40)
         deadline = time.monotonic() + 15

@@ -139,3 +139,37 @@ def test_cli_refuses_bad_combinations(monkeypatch, capsys, tmp_path, args, needl
     err = capsys.readouterr().err
     assert exc.value.code == 2 and needle in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("mode", ["server-adaptive", "client-adaptive"])
+def test_adaptive_modes_count_their_releases(monkeypatch, mode):
+    """Flower's adaptive wrappers have no accountant: the releases are still
+    counted (a run of 3 rounds used to report `releases: 0`)."""
+    import numpy as np
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)  # as inside a Flower app
+
+    plan = make_strategy(TrainingConfig(client_dp=mode), available=3)
+    plan.strategy.current_arrays = ArrayRecord([np.zeros(4, dtype=np.float32)])
+
+    def reply(node):
+        sent = Message(RecordDict(), dst_node_id=node, message_type="train")
+        sent.metadata.__dict__["_message_id"] = sent.object_id  # as Flower does
+        metrics = {"client-weight": 1, "num-examples": 10, "norm_bit": 1}
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord([np.full(4, 0.1, dtype=np.float32)]),
+                "metrics": MetricRecord(metrics),
+            }
+        )
+        return Message(content, reply_to=sent)
+
+    for server_round in (1, 2, 3):
+        arrays, _ = plan.strategy.aggregate_train(
+            server_round, [reply(n) for n in (1, 2, 3)]
+        )
+        assert arrays is not None
+    assert plan.figures(3).releases == 3

@@ -6,7 +6,8 @@
     STATE/accountant.key          32 random bytes, mode 0600, created on first use
 
 Every epsilon the site computes composes these curves, so a forged curve (say, all
-zeros) would make a spent budget look unspent. Each file carries an HMAC-SHA256
+zeros) would make a spent budget look unspent. The same key authenticates each
+ledger's head (:mod:`fedvault.client._ledger_files`). Each file carries an HMAC-SHA256
 under the site's key (:func:`fedvault.common.privacy.keep_curves_in`); a file that
 does not verify is ignored and recomputed, and ``fedvault client ledger verify``
 reports it. The key protects the cache against whoever can write the state folder
@@ -22,7 +23,7 @@ import secrets
 from pathlib import Path
 
 from fedvault.common.errors import IntegrityError
-from fedvault.common.files import fsync_dir
+from fedvault.common.files import fsync_dir, naming
 from fedvault.common.privacy import CURVE_PATTERN, keep_curves_in, verify_curves
 
 CACHE_FOLDER = "accountant"
@@ -30,7 +31,8 @@ KEY_FILE = "accountant.key"
 _KEY_BYTES = 32
 
 
-def _existing_key(state_dir: Path) -> bytes | None:
+def existing_key(state_dir: Path) -> bytes | None:
+    """The site's key, None when it has none; IntegrityError for a damaged one."""
     path = state_dir / KEY_FILE
     if not path.exists():
         return None
@@ -45,14 +47,14 @@ def cache_key(state_dir: Path) -> bytes:
 
     Raises :class:`IntegrityError` for a key file of the wrong size.
     """
-    key = _existing_key(state_dir)
+    key = existing_key(state_dir)
     if key is not None:
         return key
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = state_dir / f".{KEY_FILE}.{secrets.token_hex(8)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with naming(state_dir / KEY_FILE), os.fdopen(fd, "wb") as handle:
             handle.write(secrets.token_bytes(_KEY_BYTES))
             handle.flush()
             os.fsync(handle.fileno())
@@ -76,7 +78,7 @@ def verify_cache(state_dir: Path) -> int:
     the key is missing (nothing to check: 0).
     """
     folder = state_dir / CACHE_FOLDER
-    key = _existing_key(state_dir)
+    key = existing_key(state_dir)
     if key is None:
         if folder.is_dir() and any(folder.glob(CURVE_PATTERN)):
             raise IntegrityError(

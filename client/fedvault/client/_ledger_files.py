@@ -3,8 +3,14 @@
 ::
 
     STATE/ledger/DATASET.jsonl   one canonical JSON record per trained round
-    STATE/ledger/DATASET.head    count and hash of the last record (replaced atomically)
+    STATE/ledger/DATASET.head    count and hash of the last record, replaced atomically,
+                                 keyed: HMAC-SHA256 under the site's key
     STATE/ledger/DATASET.lock    advisory lock serialising appends
+    STATE/accountant.key         the site's key (:mod:`fedvault.client._ledger_cache`)
+
+The records' hash chain is unkeyed, so whoever may write the folder could rewrite
+a record, every hash after it and the head; the head's HMAC under the site's key
+(mode 0600) makes that forgery fail verification unless the key was read too.
 
 Used by :mod:`fedvault.client.ledger`; the record format is
 :mod:`fedvault.client._ledger_format`'s.
@@ -13,6 +19,8 @@ Used by :mod:`fedvault.client.ledger`; the record format is
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 from collections.abc import Iterator
@@ -20,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedvault.client._ledger_cache import KEY_FILE, cache_key, existing_key
 from fedvault.client._ledger_format import (
     FORMAT_VERSION,
     HEX64,
@@ -30,6 +39,9 @@ from fedvault.client._ledger_format import (
 )
 from fedvault.common.errors import IntegrityError
 from fedvault.common.files import fsync_dir, naming
+
+HEAD_VERSION = 2  # 1: the head without its HMAC (older fedvault)
+_HEAD_DOMAIN = b"fedvault.ledger.head.v2\n"
 
 
 @dataclass(frozen=True)
@@ -54,15 +66,26 @@ class Paths:
     def exist(self) -> bool:
         return self.records.exists() or self.head.exists()
 
+    @property
+    def state_dir(self) -> Path:
+        return self.head.parent.parent
+
+
+def _head_mac(key: bytes, head: dict[str, object]) -> str:
+    body = {k: v for k, v in head.items() if k != "mac"}
+    return hmac.new(key, _HEAD_DOMAIN + canonical(body), hashlib.sha256).hexdigest()
+
 
 def write_head(paths: Paths, count: int, last: str) -> None:
-    """Replace the head file atomically and durably."""
-    head = {
-        "version": FORMAT_VERSION,
+    """Replace the head file atomically and durably, keyed under the site's key
+    (created if the site has none yet)."""
+    head: dict[str, object] = {
+        "version": HEAD_VERSION,
         "dataset_id": paths.dataset_id,
         "count": count,
         "hash": last,
     }
+    head["mac"] = _head_mac(cache_key(paths.state_dir), head)
     tmp = paths.head.with_suffix(".head.tmp")
     with naming(paths.head), tmp.open("wb") as handle:
         handle.write(canonical(head) + b"\n")
@@ -107,13 +130,18 @@ def append_line(paths: Paths, line: bytes) -> None:
         os.close(fd)
 
 
-def read_head(paths: Paths) -> tuple[int, str]:
-    """(count, hash of the last record) from the head file; else IntegrityError."""
+def read_head(paths: Paths, *, keyed: bool = True) -> tuple[int, str]:
+    """(count, hash of the last record) from the head file, whose HMAC must verify
+    under the site's key (unless not ``keyed``: only to upgrade an older head).
+
+    Raises:
+        IntegrityError: the head is missing, edited, unkeyed, or the key is missing.
+    """
     try:
         head = json.loads(paths.head.read_bytes())
         count, last = head["count"], head["hash"]
         valid = (
-            head["version"] == FORMAT_VERSION
+            head["version"] in (FORMAT_VERSION, HEAD_VERSION)
             and head["dataset_id"] == paths.dataset_id
             and isinstance(count, int)
             and count >= 0
@@ -126,7 +154,29 @@ def read_head(paths: Paths) -> tuple[int, str]:
         valid = False
     if not valid:
         raise IntegrityError(f"{paths.head}: head file unreadable or edited")
+    if keyed:
+        _check_mac(paths, head)
     return count, last
+
+
+def _check_mac(paths: Paths, head: dict[str, object]) -> None:
+    if head["version"] != HEAD_VERSION or not isinstance(head.get("mac"), str):
+        raise IntegrityError(
+            f"{paths.head}: head file not keyed (written by an older fedvault, or "
+            "its key removed); check the ledger against your anchor, then run "
+            "fedvault client ledger repair --accept-unkeyed-head"
+        )
+    key = existing_key(paths.state_dir)
+    if key is None:
+        raise IntegrityError(
+            f"{paths.head}: keyed, but the site key {paths.state_dir / KEY_FILE} "
+            "is missing"
+        )
+    if not hmac.compare_digest(_head_mac(key, head), str(head["mac"])):
+        raise IntegrityError(
+            f"{paths.head}: HMAC mismatch (head rewritten without the site key: "
+            "a record edited and the head recomputed?)"
+        )
 
 
 def read_records(paths: Paths) -> bytes:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedvault.client.approval import approve
 from fedvault.client.budget import policy_path
 from fedvault.client.model_policy import check_model, load_model_policy
 from fedvault.client.policy import SitePolicy, check_request, check_rows, load_policy
@@ -39,7 +40,11 @@ def admit(context: Any) -> tuple[SiteSettings, Run | Decline]:
         models = load_model_policy(policy_file)
     except ConfigError as exc:
         return site, Decline("policy", f"the site's policy cannot be read: {exc}")
-    refusal = check_request(policy, settings) or check_model(models, settings.model)
+    refusal = (
+        check_request(policy, settings)
+        or check_model(models, settings.model)
+        or approve(policy_file, settings, context.run_config)
+    )
     if refusal is not None:
         return site, refusal
     return site, Run(settings, site, policy, policy_file, state_dir)

@@ -10,9 +10,12 @@ JSON (:mod:`fedvault.client._ledger_format`). Verification re-walks the chain an
 raises :class:`IntegrityError` on any edit, deletion, reordering or truncation; the
 head file catches the deletion of the last records.
 
-Limits (docs/ledger.md): this is tamper *evidence* against accidental corruption and
-casual edits, not protection against the site's operator, who can rewrite the whole
-chain and head, or delete the folder (which starts the budget again from zero).
+Limits (docs/ledger.md): this is tamper *evidence*. The head carries an HMAC under
+the site's key (STATE/accountant.key, 0600), so rewriting a record and recomputing
+the chain and head fails unless the key was read too; an exported anchor
+(:func:`anchor`, ``ledger verify --anchor``) held by the DPO or the coordinator
+catches even the site's own operator rewriting history before it. Deleting the
+whole folder starts the budget again from zero, which only an anchor reveals.
 
 Per round: open (verifies; fails closed) -> check_round -> train -> append -> only
 then send the update. A crash between append and sending over-counts: the safe side.
@@ -20,28 +23,38 @@ then send the update. A crash between append and sending over-counts: the safe s
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
-import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fedvault.client import _ledger_files as files
+from fedvault.client import _ledger_repair
 from fedvault.client._ledger_files import Paths
 from fedvault.client._ledger_format import (
     LedgerRecord,
     check_new,
     genesis,
     seal,
-    verify_chain,
 )
+from fedvault.client._ledger_repair import Repair
 from fedvault.client.policy import Decline, SitePolicy, check_dataset_id, check_matches
 from fedvault.common.errors import BudgetExceededError, ConfigError, IntegrityError
 from fedvault.common.privacy import ACCOUNTANTS, Accountant, Step, epsilon_spent
 
-__all__ = ["LedgerRecord", "PrivacyLedger", "repair_torn_tail", "verify_ledger"]
+__all__ = [
+    "LedgerRecord",
+    "PrivacyLedger",
+    "Repair",
+    "anchor",
+    "check_anchor",
+    "repair_ledger",
+    "repair_torn_tail",
+    "verify_ledger",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,29 +77,93 @@ def verify_ledger(state_dir: Path, dataset_id: str) -> list[LedgerRecord]:
         return files.load(paths)
 
 
+def anchor(state_dir: Path, dataset_id: str) -> dict[str, Any]:
+    """The ledger's anchor: its dataset, record count and last hash, to be kept
+    outside the site (by the DPO, or the coordinator) and checked later with
+    :func:`check_anchor`. Raises as :func:`verify_ledger`."""
+    records = verify_ledger(state_dir, dataset_id)
+    return {
+        "dataset_id": dataset_id,
+        "count": len(records),
+        "hash": records[-1].hash if records else genesis(dataset_id),
+        "epsilon": records[-1].epsilon if records else 0.0,
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def check_anchor(
+    state_dir: Path, dataset_id: str, kept: dict[str, Any]
+) -> list[LedgerRecord]:
+    """The ledger's records, if they verify and still hold the anchored record
+    ``kept`` (from :func:`anchor`) unchanged.
+
+    Raises:
+        ConfigError: ``kept`` is not an anchor of this dataset.
+        IntegrityError: the ledger fails verification, is shorter than the anchor
+            or its anchored record differs (history rewritten or started over).
+    """
+    count, last = kept.get("count"), kept.get("hash")
+    if (
+        kept.get("dataset_id") != dataset_id
+        or not isinstance(count, int)
+        or isinstance(count, bool)
+        or count < 0
+        or not isinstance(last, str)
+    ):
+        raise ConfigError(f"anchor: not an anchor of dataset {dataset_id!r}")
+    records = verify_ledger(state_dir, dataset_id)
+    when = kept.get("time", "its time")
+    if count > len(records):
+        raise IntegrityError(
+            f"ledger of {dataset_id!r} holds {len(records)} records, the anchor of "
+            f"{when} counts {count}: records deleted or the ledger started over"
+        )
+    at = records[count - 1].hash if count else genesis(dataset_id)
+    if not hmac.compare_digest(at, last):
+        raise IntegrityError(
+            f"ledger of {dataset_id!r}: record {count} differs from the anchor of "
+            f"{when}: its history was rewritten"
+        )
+    return records
+
+
 def repair_torn_tail(state_dir: Path, dataset_id: str) -> bool:
     """Drop an incomplete last line left by a crash mid-append; True if there was one.
 
     Safe because an append that did not return was never followed by sending its
     update. The complete records must verify against the head first, else
-    :class:`IntegrityError` is raised and nothing is changed (:class:`ConfigError`
-    when there is no ledger).
+    :class:`IntegrityError` is raised and nothing is changed (it explains when the
+    torn line is a record the head counts: :func:`repair_ledger` with ``recharge``
+    recovers); :class:`ConfigError` when there is no ledger.
+    """
+    return repair_ledger(state_dir, dataset_id).action == "dropped-tail"
+
+
+def repair_ledger(
+    state_dir: Path,
+    dataset_id: str,
+    *,
+    recharge: bool = False,
+    lost: Step | None = None,
+    policy: SitePolicy | None = None,
+    accept_unkeyed_head: bool = False,
+) -> Repair:
+    """Repair the ledger of ``dataset_id`` after a crash, never lowering what it
+    says was spent (:mod:`fedvault.client._ledger_repair`); what was done, in words.
+
+    Raises:
+        IntegrityError: more than a torn tail is wrong, or a committed record is
+            torn and ``recharge`` was not given (the message says what to do).
+        ConfigError: no ledger, or ``recharge`` without a cost to charge.
     """
     paths = _existing(state_dir, dataset_id)
-    with files.locked(paths):
-        count, last = files.read_head(paths)
-        data = files.read_records(paths)
-        cut = data.rfind(b"\n") + 1
-        verify_chain(
-            paths.dataset_id, paths.records, data[:cut], count=count, last=last
-        )
-        if cut == len(data):
-            return False
-        with paths.records.open("r+b") as handle:
-            handle.truncate(cut)
-            os.fsync(handle.fileno())
-    logger.warning("ledger %s: dropped an incomplete last line", dataset_id)
-    return True
+    return _ledger_repair.repair(
+        paths,
+        recharge=recharge,
+        lost=lost,
+        policy=policy,
+        accept_unkeyed_head=accept_unkeyed_head,
+    )
 
 
 class PrivacyLedger:

@@ -2,10 +2,14 @@
 
 - ``show``: every recorded round, lifetime epsilon and (with ``--policy``) the
   remaining budget, as a table or ``--format json``;
-- ``verify``: exit 0 when the hash chain and head are intact and every cached RDP
-  curve of the accountant authenticates under the site's key, exit 2 with one line
-  naming the problem otherwise;
-- ``repair``: drop an incomplete last line left by a crash mid-append (nothing else).
+- ``verify``: exit 0 when the hash chain and the keyed head are intact (and, with
+  ``--anchor``, the ledger still holds the anchored record unchanged) and every
+  cached RDP curve of the accountant authenticates under the site's key, exit 2
+  with one line naming the problem otherwise;
+- ``anchor``: the ledger's count and last hash as JSON, to keep outside the site;
+- ``repair``: drop an incomplete last line left by a crash mid-append; with
+  ``--recharge``, replace a torn record the head counts by a recovery record that
+  charges its round again; with ``--accept-unkeyed-head``, key an older head.
 
 Every epsilon printed is computed by the accountant from the ledger's history.
 """
@@ -22,7 +26,13 @@ from rich.console import Console
 from rich.table import Table
 
 from fedvault.client._ledger_cache import verify_cache
-from fedvault.client.ledger import LedgerRecord, repair_torn_tail, verify_ledger
+from fedvault.client.ledger import (
+    LedgerRecord,
+    anchor,
+    check_anchor,
+    repair_ledger,
+    verify_ledger,
+)
 from fedvault.client.policy import SitePolicy, load_policy
 from fedvault.common.cli import (
     EXIT_USER_ERROR,
@@ -33,7 +43,8 @@ from fedvault.common.cli import (
     errors_as_exit,
 )
 from fedvault.common.errors import ConfigError, IntegrityError
-from fedvault.common.privacy import epsilon_spent
+from fedvault.common.files import atomic_write
+from fedvault.common.privacy import Step, epsilon_spent
 
 ledger_app = command_group(
     "ledger", "Show, verify or repair this site's privacy ledger."
@@ -146,13 +157,26 @@ def show(
         _print_table(summary)
 
 
+AnchorOption = Annotated[
+    Path | None,
+    typer.Option("--anchor", help="An anchor from `ledger anchor`, kept elsewhere."),
+]
+
+
 @ledger_app.command()
 @errors_as_exit()
-def verify(state: StateOption, dataset: Annotated[str, typer.Option()]) -> None:
-    """Check the hash chain and head, and the accountant's cached curves: exit 0 if
-    intact, 2 if not."""
+def verify(
+    state: StateOption,
+    dataset: Annotated[str, typer.Option()],
+    anchor_file: AnchorOption = None,
+) -> None:
+    """Check the hash chain, the keyed head (and the anchor), and the accountant's
+    cached curves: exit 0 if intact, 2 if not."""
     try:
-        records = verify_ledger(state, dataset)
+        if anchor_file is None:
+            records = verify_ledger(state, dataset)
+        else:
+            records = check_anchor(state, dataset, _read_anchor(anchor_file))
     except IntegrityError as exc:
         message = f"ledger of {dataset!r} failed verification: {exc}"
         raise error_exit(message, EXIT_USER_ERROR) from None
@@ -161,17 +185,90 @@ def verify(state: StateOption, dataset: Annotated[str, typer.Option()]) -> None:
     except IntegrityError as exc:
         message = f"accountant cache of {state} failed verification: {exc}"
         raise error_exit(message, EXIT_USER_ERROR) from None
+    anchored = "" if anchor_file is None else f", anchor {anchor_file} matches"
     console.print(
-        f"ok: ledger of {dataset!r} intact ({len(records)} records); accountant "
-        f"cache: {curves} curves authenticated",
+        f"ok: ledger of {dataset!r} intact ({len(records)} records{anchored}); "
+        f"accountant cache: {curves} curves authenticated",
         highlight=False,
     )
 
 
+def _read_anchor(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such anchor file") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not an anchor ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: not an anchor")
+    return doc
+
+
+@ledger_app.command("anchor")
+@errors_as_exit()
+def anchor_command(
+    state: StateOption,
+    dataset: Annotated[str, typer.Option()],
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write it here (else stdout).")
+    ] = None,
+) -> None:
+    """The ledger's record count and last hash as JSON: give it to your DPO or the
+    coordinator, and check the ledger against it with `verify --anchor`."""
+    text = json.dumps(anchor(state, dataset), indent=2) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    atomic_write(output, text.encode())
+    console.print(f"ok: anchor of {dataset!r} written to {output}", highlight=False)
+
+
 @ledger_app.command()
 @errors_as_exit()
-def repair(state: StateOption, dataset: Annotated[str, typer.Option()]) -> None:
-    """Drop an incomplete last line left by a crash mid-append, if that is all."""
-    dropped = repair_torn_tail(state, dataset)
-    message = "dropped an incomplete last line" if dropped else "nothing to repair"
-    console.print(f"ok: ledger of {dataset!r}: {message}", highlight=False)
+def repair(
+    state: StateOption,
+    dataset: Annotated[str, typer.Option()],
+    recharge: Annotated[
+        bool,
+        typer.Option(
+            "--recharge",
+            help="Replace a torn record the head counts by a recovery record that "
+            "charges its round again at its planned cost.",
+        ),
+    ] = False,
+    steps: Annotated[int | None, typer.Option(help="The lost round's steps.")] = None,
+    sample_rate: Annotated[float | None, typer.Option(help="Its sample rate.")] = None,
+    noise_multiplier: Annotated[
+        float | None, typer.Option(help="Its noise multiplier.")
+    ] = None,
+    policy_file: Annotated[
+        Path | None, typer.Option("--policy", help="Site policy (delta, accountant).")
+    ] = None,
+    accept_unkeyed_head: Annotated[
+        bool,
+        typer.Option(help="Key a head written by an older fedvault (no HMAC)."),
+    ] = False,
+) -> None:
+    """Repair the ledger after a crash, never lowering what it says was spent:
+    drop an incomplete line past the head; `--recharge` a committed record that
+    was torn (docs/ledger.md, "Repair")."""
+    given = (steps, sample_rate, noise_multiplier)
+    lost = None
+    if any(v is not None for v in given):
+        if steps is None or sample_rate is None or noise_multiplier is None:
+            raise ConfigError(
+                "give all of --steps, --sample-rate and --noise-multiplier"
+            )
+        lost = Step(
+            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps
+        )
+    done = repair_ledger(
+        state,
+        dataset,
+        recharge=recharge,
+        lost=lost,
+        policy=load_policy(policy_file) if policy_file else None,
+        accept_unkeyed_head=accept_unkeyed_head,
+    )
+    console.print(f"ok: ledger of {dataset!r}: {done.message}", highlight=False)

@@ -28,6 +28,7 @@ its reply.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 from collections.abc import Mapping
@@ -62,6 +63,9 @@ __all__ = [
 ]
 
 POLICY_TABLE = "privacy"
+# A delta above this gets a warning when the site starts: DP practice wants delta
+# far below 1/n, and 1e-3 is already 1/n for a thousand rows.
+LARGE_DELTA = 1e-3
 
 
 # Dataset ids name files in the site's state folder: no separators, no dot-files.
@@ -137,18 +141,29 @@ class SitePolicy:
         return parse_fields(cls, mapping, source=source)
 
 
-def load_policy(path: Path) -> SitePolicy:
-    """Read and validate the ``[privacy]`` table of the site policy file ``path``.
+def load_policy(path: Path, *, warn: bool = False) -> SitePolicy:
+    """Read and validate the ``[privacy]`` table of the site policy file ``path``;
+    with ``warn``, log a warning for a delta above :data:`LARGE_DELTA`.
 
     Other top-level tables (the site's other settings) are ignored; unknown keys
-    inside ``[privacy]`` are errors.
+    inside ``[privacy]`` are errors (:class:`ConfigError`).
     """
     if not path.is_file():
         raise ConfigError(f"site policy file not found: {path}")
     table = read_toml(path).get(POLICY_TABLE)
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: missing [{POLICY_TABLE}] table")
-    return SitePolicy.from_mapping(table, source=f"{path} [{POLICY_TABLE}]")
+    policy = SitePolicy.from_mapping(table, source=f"{path} [{POLICY_TABLE}]")
+    if warn and policy.delta > LARGE_DELTA:
+        logging.getLogger(__name__).warning(
+            "%s [%s]: delta = %g is large: it is the chance that the privacy "
+            "guarantee fails outright; use far below 1/(training rows), e.g. 1e-5 "
+            "(rounds are declined once delta >= 1/rows)",
+            path,
+            POLICY_TABLE,
+            policy.delta,
+        )
+    return policy
 
 
 def check_request(policy: SitePolicy, settings: TrainingConfig) -> Decline | None:

@@ -27,11 +27,9 @@ from fedvault.client.data.vault_format import MANIFEST_NAME
 from fedvault.common.data import load_table
 from fedvault.common.errors import ConfigError, DataError
 from fedvault.common.image_table import ImageShape, image_shape_of
+from fedvault.common.partition import MIN_TRAIN_ROWS, validation_rows
 from fedvault.common.preprocessing import Preprocessing
 from fedvault.common.protocol import simulated_site_key
-
-VALIDATION_SHARE = 0.15
-MIN_TRAIN_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -45,6 +43,8 @@ class SiteSettings:
     state: Path | None = None
     policy: Path | None = None
     simulated: bool = False  # one party holds every site (``fedvault simulate``)
+    # simulation only (``fedvault privacy audit``): rows added to the training rows
+    canaries: Path | None = None
 
     def __post_init__(self) -> None:
         if (self.data is None) == (self.vault is None):
@@ -88,6 +88,7 @@ def _from(
         state=get("state"),
         policy=get("policy"),
         simulated=simulated,
+        canaries=get("canaries") if simulated else None,
     )
 
 
@@ -130,10 +131,13 @@ def _load_split(site: SiteSettings, version: int, target: str) -> SplitData:
     frame = frame[frame[target].notna()]
     rng = np.random.default_rng(_dataset_seed(site))
     order = rng.permutation(len(frame))
-    n_val = round(len(frame) * VALIDATION_SHARE) if len(frame) >= 20 else 0
+    n_val = validation_rows(len(frame))
     val_idx, train_idx = order[:n_val], order[n_val:]
+    train = frame.iloc[np.sort(train_idx)]
+    if site.canaries is not None:  # after the split: every canary trains
+        train = pd.concat([train, load_table(site.canaries)])
     return SplitData(
-        train=frame.iloc[np.sort(train_idx)].reset_index(drop=True),
+        train=train.reset_index(drop=True),
         validation=frame.iloc[np.sort(val_idx)].reset_index(drop=True),
         image_shape=shape,
     )

@@ -210,7 +210,7 @@ def check_files(cfg: SiteConfig) -> None:
             "no privacy policy: add a [privacy] table to the site's TOML file "
             "(dataset-id, epsilon-max, delta, ...) or set policy = PATH in [site]"
         )
-    load_policy(cfg.policy_file)  # fail here, not in the first training round
+    load_policy(cfg.policy_file, warn=True)  # fail here, not in the first round
     if opts.vault:  # loose permissions or a key inside the vault: refuse now
         load_key(cfg.path(opts.key_file), vault_dir=cfg.path(opts.vault))
     if not opts.insecure:  # readable by others: refused, as a data key is

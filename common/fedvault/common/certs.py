@@ -1,6 +1,7 @@
 """Consortium certificates and site keys, made with ``cryptography`` alone.
 
-Three kinds of files, each written once and never overwritten:
+Three kinds of files, each written once and never overwritten (but for
+:func:`renew_server_cert`, which replaces ``server.crt`` with a later one):
 
 - the consortium CA (``ca.crt`` + ``ca.key``), kept by whoever runs the coordinator;
 - the coordinator's TLS certificate (``server.crt`` + ``server.key``), signed by the CA,
@@ -210,6 +211,48 @@ def issue_server_cert(
         private=False,
     )
     return directory / SERVER_CERT
+
+
+def renew_server_cert(directory: Path, *, days: int = SERVER_DAYS) -> Path:
+    """Re-issue ``server.crt`` in ``directory`` for ``days`` more (capped by the
+    CA's own lifetime): same key, subject and SANs, signed by the CA; the file is
+    replaced atomically (the only certificate fedvault ever replaces). A running
+    coordinator reads it when it starts again (``server stop``, ``server resume``).
+
+    Raises:
+        ConfigError: no CA, no certificate to renew, or one not issued by the CA.
+    """
+    path = directory / SERVER_CERT
+    try:
+        old = x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no certificate to renew; issue one first") from None
+    except ValueError:
+        raise ConfigError(f"{path}: not a PEM certificate") from None
+    try:
+        verify_server_cert(directory)
+    except IntegrityError:
+        raise ConfigError(f"{path}: not issued by {directory / CA_CERT}") from None
+    ca_cert, ca_key = _load_ca(directory)
+    now = _now()
+    days = min(days, max(1, (ca_cert.not_valid_after_utc - now).days))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(old.subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(old.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + dt.timedelta(days=days))
+    )
+    for ext in old.extensions:
+        builder = builder.add_extension(ext.value, critical=ext.critical)
+    cert = builder.sign(ca_key, hashes.SHA384())
+    tmp = directory / f".{SERVER_CERT}.renew"
+    tmp.unlink(missing_ok=True)
+    _write_new(tmp, cert.public_bytes(serialization.Encoding.PEM), private=False)
+    os.replace(tmp, path)
+    return path
 
 
 def generate_site_keys(directory: Path, *, comment: str = "") -> tuple[Path, Path]:

@@ -8,7 +8,7 @@ drafts a schema contract with, so a file reads the same at any size.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -135,7 +135,11 @@ def default_dataset() -> pd.DataFrame:
 
 
 def load_table(
-    path: Path, *, delimiter: str | None = None, encoding: str = "utf-8"
+    path: Path,
+    *,
+    delimiter: str | None = None,
+    encoding: str = "utf-8",
+    text_columns: Collection[str] = (),
 ) -> pd.DataFrame:
     """Read a CSV or Parquet file (see :mod:`fedvault.common.tables`).
 
@@ -144,7 +148,9 @@ def load_table(
     is float64 missing; a column read as text although most values are numbers is
     logged as a warning naming the other values. Raises :class:`DataError` naming
     the file (and column, rows) for an unreadable file, and for a measurement
-    column with cells that are not numbers (``<0.30``).
+    column with cells that are not numbers (``<0.30``). ``text_columns`` of a CSV
+    keep their raw text (stripped; missing values missing): a site code ``007``
+    stays ``007`` whatever else its column holds.
     """
     layout = read_layout(path, delimiter=delimiter, encoding=encoding)
     chunks = list(iter_text_chunks(layout, missing_values=MISSING_VALUES))
@@ -153,8 +159,18 @@ def load_table(
         raise DataError(f"{path}: no rows")
     if layout.parquet:
         return text.reset_index(drop=True)
-    typed = {name: _typed(text[name], name, path) for name in layout.names}
+    typed = {
+        name: _raw(text[name])
+        if name in text_columns
+        else _typed(text[name], name, path)
+        for name in layout.names
+    }
     return pd.DataFrame(typed).reset_index(drop=True)
+
+
+def _raw(series: pd.Series) -> pd.Series:
+    text = series.str.strip()
+    return text.where(text.notna() & ~text.isin(MISSING_VALUES))
 
 
 def _typed(series: pd.Series, name: str, path: Path) -> pd.Series:
@@ -193,8 +209,9 @@ def _numbers(text: pd.Series) -> pd.Series:
 def check_target(frame: pd.DataFrame, target: str, *, source: str) -> pd.DataFrame:
     """Check the label column and drop rows whose label is missing.
 
-    Raises :class:`DataError` when the column is absent, has fewer than 2 classes,
-    or is no label by :func:`check_label_classes`.
+    Raises :class:`DataError` when the column is absent, writes a class in two
+    ways that differ only in case or spaces (``Yes``, ``yes``), has fewer than 2
+    classes, or is no label by :func:`check_label_classes`.
     """
     if target not in frame.columns:
         columns = ", ".join(map(str, frame.columns[:12]))
@@ -205,6 +222,7 @@ def check_target(frame: pd.DataFrame, target: str, *, source: str) -> pd.DataFra
     if missing:
         logger.warning("%s: dropping %d rows without a label", source, missing)
         frame = frame[frame[target].notna()].reset_index(drop=True)
+    _check_spelling(frame[target], target=target, source=source)
     counts = frame[target].value_counts()
     if len(counts) < 2:
         raise DataError(
@@ -215,6 +233,24 @@ def check_target(frame: pd.DataFrame, target: str, *, source: str) -> pd.DataFra
     if frame.shape[1] < 2:
         raise DataError(f"{source}: no feature columns besides {target!r}")
     return frame
+
+
+def _check_spelling(labels: pd.Series, *, target: str, source: str) -> None:
+    """Refuse classes written two ways (``Yes`` and ``yes``): as two classes they
+    would split one, and which spelling is right is the data owner's call."""
+    if pd.api.types.is_numeric_dtype(labels):
+        return
+    values = pd.Series(labels.dropna().unique()).astype(str)
+    keys = values.str.strip().str.casefold()
+    twice = keys[keys.duplicated(keep=False)]
+    if twice.empty:
+        return
+    spellings = ", ".join(repr(v) for v in values[keys == twice.iloc[0]])
+    raise DataError(
+        f"{source}: target column {target!r} writes one class in several ways "
+        f"({spellings}; they differ only in case or spaces); write each class one "
+        "way"
+    )
 
 
 def check_label_classes(counts: Iterable[int], *, target: str, source: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 from dataclasses import dataclass
@@ -14,6 +16,23 @@ from fedvault.common.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 PartitionKind = Literal["iid", "dirichlet", "column"]
+
+#: A site holds back this share of its rows for validation ...
+VALIDATION_SHARE = 0.15
+#: ... when it has at least this many rows (else it has no validation split).
+VALIDATION_FROM_ROWS = 20
+#: A site with fewer training rows does not train.
+MIN_TRAIN_ROWS = 8
+
+
+def validation_rows(rows: int) -> int:
+    """How many of a site's ``rows`` (labelled) rows it holds back for validation."""
+    return round(rows * VALIDATION_SHARE) if rows >= VALIDATION_FROM_ROWS else 0
+
+
+def too_small(rows: int) -> bool:
+    """Whether a site of ``rows`` labelled rows has too few training rows to train."""
+    return rows - validation_rows(rows) < MIN_TRAIN_ROWS
 
 
 @dataclass(frozen=True)
@@ -84,17 +103,21 @@ def _by_column(
     _ = partitioner.num_partitions  # builds the id -> value map
     ids = partitioner.partition_id_to_natural_id
     sites = []
-    for pid in sorted(ids, key=lambda i: str(ids[i])):
-        part = partitioner.load_partition(pid).to_pandas()
-        sites.append((f"{column}={ids[pid]}", part.drop(columns=column)))
+    # (its tqdm bar would print to stderr around the command's own one-line errors)
+    with contextlib.redirect_stderr(io.StringIO()):
+        for pid in sorted(ids, key=lambda i: str(ids[i])):
+            part = partitioner.load_partition(pid).to_pandas()
+            sites.append((f"{column}={ids[pid]}", part.drop(columns=column)))
     return sites
 
 
 def _site_key(value: object) -> str:
-    """A site's name from its cell: whole numbers without a ``.0`` (7, not 7.0)."""
+    """A site's name from its cell: its text (a CSV's site column is read as raw
+    text, so ``007`` stays ``007``), stripped; a typed number (Parquet) without a
+    ``.0`` (7, not 7.0)."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value)
+    return str(value).strip()
 
 
 def partition_table(

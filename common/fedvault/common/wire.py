@@ -34,13 +34,10 @@ def summary_to_bytes(summary: dict[str, Any]) -> bytes:
         entry.missing = int(col["missing"])
     target = summary.get("target-stats")
     if target is not None:
-        msg.target.CopyFrom(
-            summary_pb2.NumericColumn(
-                n=int(target["n"]),
-                sum=float(target["sum"]),
-                sumsq=float(target["sumsq"]),
-            )
-        )
+        msg.regression = True
+        msg.target_n = int(target["n"])
+        msg.target_sum = float(target["sum"])
+        msg.target_sumsq = float(target["sumsq"])
     msg.image_shape.extend(int(v) for v in summary.get("image-shape", ()))
     return msg.SerializeToString(deterministic=True)
 
@@ -66,9 +63,12 @@ def summary_from_bytes(data: bytes) -> dict[str, Any]:
             for name, c in msg.categorical.items()
         },
     }
-    if msg.HasField("target"):
-        t = msg.target
-        summary["target-stats"] = {"n": t.n, "sum": t.sum, "sumsq": t.sumsq}
+    if msg.regression:
+        summary["target-stats"] = {
+            "n": msg.target_n,
+            "sum": msg.target_sum,
+            "sumsq": msg.target_sumsq,
+        }
     if msg.image_shape:
         summary["image-shape"] = list(msg.image_shape)
     return summary

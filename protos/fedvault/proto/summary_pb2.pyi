@@ -34,7 +34,7 @@ class CategoricalColumn(_message.Message):
     def __init__(self, counts: _Optional[_Mapping[str, int]] = ..., missing: _Optional[int] = ...) -> None: ...
 
 class SiteSummary(_message.Message):
-    __slots__ = ("version", "rows", "labels", "numeric", "categorical", "target", "image_shape")
+    __slots__ = ("version", "rows", "labels", "numeric", "categorical", "regression", "target_n", "target_sum", "target_sumsq", "image_shape")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,13 +61,19 @@ class SiteSummary(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     NUMERIC_FIELD_NUMBER: _ClassVar[int]
     CATEGORICAL_FIELD_NUMBER: _ClassVar[int]
-    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REGRESSION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_N_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SUM_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SUMSQ_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SHAPE_FIELD_NUMBER: _ClassVar[int]
     version: int
     rows: int
     labels: _containers.ScalarMap[str, int]
     numeric: _containers.MessageMap[str, NumericColumn]
     categorical: _containers.MessageMap[str, CategoricalColumn]
-    target: NumericColumn
+    regression: bool
+    target_n: int
+    target_sum: float
+    target_sumsq: float
     image_shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, version: _Optional[int] = ..., rows: _Optional[int] = ..., labels: _Optional[_Mapping[str, int]] = ..., numeric: _Optional[_Mapping[str, NumericColumn]] = ..., categorical: _Optional[_Mapping[str, CategoricalColumn]] = ..., target: _Optional[_Union[NumericColumn, _Mapping]] = ..., image_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., rows: _Optional[int] = ..., labels: _Optional[_Mapping[str, int]] = ..., numeric: _Optional[_Mapping[str, NumericColumn]] = ..., categorical: _Optional[_Mapping[str, CategoricalColumn]] = ..., regression: _Optional[bool] = ..., target_n: _Optional[int] = ..., target_sum: _Optional[float] = ..., target_sumsq: _Optional[float] = ..., image_shape: _Optional[_Iterable[int]] = ...) -> None: ...

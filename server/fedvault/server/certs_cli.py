@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedvault.common import certs
+from fedvault.common import certs, user_certs
 from fedvault.common.cli import FormatOption, OutputFormat, command_group, say
+from fedvault.common.errors import ConfigError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -46,20 +47,61 @@ def init(
 def server(
     directory: Annotated[Path, typer.Argument(help="Folder holding the CA.")],
     host: Annotated[
-        str, typer.Option(help="DNS name sites dial to reach the coordinator.")
-    ],
+        str | None,
+        typer.Option(help="DNS name sites dial to reach the coordinator."),
+    ] = None,
     ip: Annotated[
         list[str] | None, typer.Option(help="IP address sites may dial (repeatable).")
     ] = None,
     days: Annotated[int, typer.Option(help="Lifetime in days.")] = certs.SERVER_DAYS,
+    renew: Annotated[
+        bool,
+        typer.Option(
+            "--renew",
+            help="Re-issue the existing server.crt for --days more (same key, names).",
+        ),
+    ] = False,
 ) -> None:
     """Issue the coordinator's TLS certificate (SANs: --host, each --ip, localhost,
-    127.0.0.1)."""
+    127.0.0.1), or --renew the one in DIRECTORY."""
+    if renew:
+        if host is not None or ip:
+            raise ConfigError("--renew keeps the certificate's names: drop --host/--ip")
+        cert = certs.renew_server_cert(directory, days=days)
+        until = certs.cert_status(cert).not_after.strftime("%Y-%m-%d %H:%M UTC")
+        say(
+            console,
+            f"coordinator certificate {cert} renewed until {until}; a running "
+            "coordinator uses it after `fedvault server stop` and `server resume`",
+        )
+        return
+    if host is None:
+        raise ConfigError("certs server: give --host (or --renew)")
     cert = certs.issue_server_cert(directory, host=host, ips=tuple(ip or ()), days=days)
     say(
         console,
         f"coordinator certificate {cert} for {host}"
         + (f" and {', '.join(ip)}" if ip else ""),
+    )
+
+
+@certs_app.command("user")
+def user(
+    name: Annotated[str, typer.Argument(help="User name (letters, digits, . _ -).")],
+    role: Annotated[str, typer.Option(help="admin, researcher or auditor.")],
+    ca: Annotated[Path, typer.Option(help="Folder holding the CA.")] = Path("certs"),
+    out: Annotated[Path, typer.Option(help="Folder for NAME.crt and NAME.key.")] = Path(
+        "."
+    ),
+    days: Annotated[int, typer.Option(help="Lifetime in days.")] = user_certs.USER_DAYS,
+) -> None:
+    """Issue a user's client certificate for the coordinator service (the role is
+    in the certificate; the coordinator enrolls and can revoke it)."""
+    cert = user_certs.issue_user_cert(ca, out, name=name, role=role, days=days)
+    say(
+        console,
+        f"user certificate {cert} ({role}); key {out / (name + '.key')} (give both "
+        "to the user only); enroll it with `fedvault server users add`",
     )
 
 

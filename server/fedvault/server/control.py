@@ -1,8 +1,10 @@
 """Our own SuperLink's Control API, through Flower's ``flwr`` CLI.
 
 Every call runs ``flwr ... CONNECTION --format json`` with the coordinator's private
-``FLWR_HOME`` (whose ``config.toml`` names the loopback Control API and our CA), and
-turns a failure into one :class:`FederationError` line.
+``FLWR_HOME`` (whose ``config.toml`` names the Control API and our CA) through the
+running coordinator's private unix socket (:mod:`fedvault.server._control_socket`;
+the API opens no TCP port), and turns a failure into one :class:`FederationError`
+line.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from fedvault.common.errors import FederationError
 from fedvault.common.processes import flower_bin, flower_env
+from fedvault.server import _control_socket
 from fedvault.server.deploy import CONNECTION, CoordinatorLayout
 from fedvault.server.registry import SiteRegistry
 
@@ -24,14 +27,30 @@ logger = logging.getLogger(__name__)
 CLI_TIMEOUT = 60.0
 
 
+def _socket(layout: CoordinatorLayout) -> Path:
+    """The running coordinator's Control API socket."""
+    try:
+        live = json.loads(layout.live.read_text())
+        return Path(live["control-socket"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FederationError(
+            f"no coordinator is running in {layout.root} (no Control API socket)"
+        ) from None
+
+
 def flwr_json(layout: CoordinatorLayout, *args: str) -> dict[str, Any]:
-    """Run ``flwr ARGS CONNECTION --format json`` against our own Control API."""
+    """Run ``flwr ARGS CONNECTION --format json`` against our own Control API.
+
+    Raises:
+        FederationError: when no coordinator runs, or ``flwr`` fails or times out.
+    """
     cmd = [flower_bin("flwr"), *args, CONNECTION, "--format", "json"]
+    env = flower_env(layout.flwr_home, _control_socket.environment(_socket(layout)))
     try:
         out = subprocess.run(  # noqa: S603 - fixed argv, no shell
             cmd,
             cwd=layout.state,
-            env=flower_env(layout.flwr_home),
+            env=env,
             capture_output=True,
             text=True,
             timeout=CLI_TIMEOUT,
@@ -95,6 +114,30 @@ def sync_registry(layout: CoordinatorLayout, registry: SiteRegistry) -> list[str
         added.append(entry.name)
     registry.save()
     return added
+
+
+ROGUE = "rogue: registered outside fedvault"
+
+
+def rogue_nodes(
+    nodes: dict[int, dict[str, Any]], registry: SiteRegistry
+) -> list[dict[str, Any]]:
+    """Flower's live registrations that ``sites.json`` does not list (made behind
+    fedvault's back, e.g. with ``flwr supernode register``), as site rows named
+    after the node, status :data:`ROGUE`."""
+    listed = {e.node_id for e in registry.sites.values()}
+    return [
+        {
+            "name": f"node {node_id} (not in {registry.path.name})",
+            "node-id": node_id,
+            "fingerprint": "-",
+            "status": ROGUE,
+            "flower-status": str(node.get("status", "unknown")),
+        }
+        for node_id, node in sorted(nodes.items())
+        if node_id not in listed
+        and node.get("status") not in ("unregistered", "deleted")
+    ]
 
 
 def submit(layout: CoordinatorLayout) -> int:

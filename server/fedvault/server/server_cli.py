@@ -30,6 +30,7 @@ from fedvault.server.deploy import (
     CoordinatorLayout,
     load_coordinator_config,
 )
+from fedvault.server.governance_cli import register as register_governance
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.rundir import PROGRESS_FILE
 from fedvault.server.runstate import RunState, inspect_run, read_events
@@ -183,7 +184,8 @@ def _status_doc(config: Path) -> dict[str, Any]:
     }
     nodes: dict[int, dict[str, Any]] = {}
     if live is not None:
-        doc |= {k: live.get(k) for k in ("fleet-address", "control-address", "run-id")}
+        keys = ("fleet-address", "control-address", "control-socket", "run-id")
+        doc |= {k: live.get(k) for k in keys}
         try:  # the coordinator may be stopping meanwhile: say so, do not fail
             if not live.get("insecure"):
                 nodes = {int(n["node-id"]): n for n in control.list_nodes(layout)}
@@ -202,6 +204,7 @@ def _status_doc(config: Path) -> dict[str, Any]:
         }
         for e in registry.sites.values()
     ]
+    doc["sites"] += control.rogue_nodes(nodes, registry)
     return doc
 
 
@@ -229,8 +232,8 @@ def status(
     if doc["running"] and "fleet-address" in doc:
         say(
             console,
-            f"Fleet API {doc['fleet-address']}, Control API "
-            f"{doc['control-address']} (loopback/private); run {doc.get('run-id')}: "
+            f"Fleet API {doc['fleet-address']}, Control API on the private socket "
+            f"{doc.get('control-socket')}; run {doc.get('run-id')}: "
             f"{doc.get('run-status', '-')}",
         )
     _print_sites(doc["sites"])
@@ -327,3 +330,7 @@ def sites_list(
         sys.stdout.write(json.dumps(sites, indent=2) + "\n")
     else:
         _print_sites(sites)
+
+
+# The coordinator service of issue 17: `serve`, `audit`, `users`, `runs`.
+register_governance(server_app)

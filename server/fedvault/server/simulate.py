@@ -25,12 +25,20 @@ import pandas as pd
 from fedvault.common.config import TrainingConfig, key_of, parse_fields
 from fedvault.common.data import DEFAULT_TARGET
 from fedvault.common.errors import ConfigError, DataError, FederationError
-from fedvault.common.image_table import ImageShape, write_image_table
-from fedvault.common.partition import PartitionSpec, hold_out, partition_table
+from fedvault.common.image_table import ImageShape
+from fedvault.common.partition import (
+    VALIDATION_FROM_ROWS,
+    PartitionSpec,
+    hold_out,
+    partition_table,
+    too_small,
+    validation_rows,
+)
 from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
 from fedvault.server import _flower
 from fedvault.server import _vaults as _vaults_mod
+from fedvault.server import simulate_data as _data
 from fedvault.server.rundir import (
     SUMMARY_FILE,
     check_new_run_dir,
@@ -38,13 +46,7 @@ from fedvault.server.rundir import (
     mark_interrupted,
 )
 from fedvault.server.settings import ServerSettings
-from fedvault.server.simulate_data import (
-    CNN_DEFAULTS,
-    check_model,
-    load_source,
-    settle_task,
-)
-from fedvault.server.simulate_states import check_states, site_states
+from fedvault.server.site_names import check_states, seed_used_before, site_states
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +68,9 @@ class SimulationOptions:
     state: str = ""
     site_budget: float = 0.0
     timeout: float = 3600.0
-    dataset: str = ""
-    image_size: int = 0
-    gpu_fraction: float = 0.0
+    dataset: str = ""  # embedded: breast-cancer (the default) or digits
+    image_size: int = 0  # images resized to this (0: 64)
+    gpu_fraction: float = 0.0  # share of a GPU per simulated site
 
     def __post_init__(self) -> None:
         if self.sites < 1:
@@ -84,10 +86,7 @@ class SimulationOptions:
         if self.timeout <= 0:
             raise ConfigError(f"timeout: must be > 0, got {self.timeout}")
         if not 0 <= self.gpu_fraction <= 1 or self.image_size < 0:
-            raise ConfigError(
-                "gpu-fraction: must be in [0, 1], and image-size >= 0 "
-                f"(got {self.gpu_fraction}, {self.image_size})"
-            )
+            raise ConfigError("gpu-fraction: must be in [0, 1]; image-size >= 0")
         PartitionSpec.parse(self.partition)
 
 
@@ -102,10 +101,10 @@ class SimulationConfig:
 
 
 def load_config(values: Mapping[str, Any]) -> SimulationConfig:
-    """Split one flat kebab-case mapping (TOML file + flags) and validate it.
-    ``--model cnn`` starts from the cnn's own defaults (:data:`CNN_DEFAULTS`)."""
+    """Split one flat kebab-case mapping (TOML file + flags) and validate it;
+    ``--model cnn`` starts from the cnn's own defaults (``CNN_DEFAULTS``)."""
     if values.get("model") == "cnn":
-        values = CNN_DEFAULTS | dict(values)
+        values = _data.CNN_DEFAULTS | dict(values)
     sim_keys = {key_of(f.name) for f in dataclasses.fields(SimulationOptions)}
     train_keys = {key_of(f.name) for f in dataclasses.fields(TrainingConfig)}
     unknown = sorted(set(values) - sim_keys - train_keys)
@@ -134,7 +133,8 @@ class PreparedData:
     test: pd.DataFrame | None
     excluded: dict[str, str]
     config: SimulationConfig
-    image_shape: ImageShape | None = None
+    rows: tuple[int, ...] = ()  # of each site, as its manifest or partition says
+    image_shape: ImageShape | None = None  # (c, h, w) when the rows are images
 
     @property
     def training(self) -> TrainingConfig:
@@ -174,7 +174,9 @@ def _vaults(cfg: SimulationConfig) -> PreparedData:
     if cfg.delta_given and cfg.training.dp:
         # every site also refuses, itself, a delta not below 1/n of its rows
         _with_delta(cfg, max(rows for rows, _ in facts))
-    return PreparedData(sites=sites, test=None, excluded={}, config=cfg)
+    rows = tuple(rows for rows, _ in facts)
+    warn_weak_delta(cfg, rows)
+    return PreparedData(sites=sites, test=None, excluded={}, config=cfg, rows=rows)
 
 
 def prepare_data(cfg: SimulationConfig) -> PreparedData:
@@ -182,22 +184,15 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     opts = cfg.options
     if opts.vaults:
         return _vaults(cfg)
-    source = load_source(
-        dataset=opts.dataset,
-        data=opts.data,
-        target=opts.target,
-        image_size=opts.image_size,
-    )
-    frame, training = settle_task(source, cfg.training, target=opts.target)
-    for note in check_model(
-        frame, training, target=opts.target, image_shape=source.image_shape
-    ):
-        logger.info("model fitted for DP-SGD: %s", note)
-    cfg = dataclasses.replace(cfg, training=training)
     spec = PartitionSpec.parse(opts.partition)
+    column = [spec.column] if spec.kind == "column" else []
+    frame, training, shape = _data.prepare_source(
+        opts, cfg.training, text_columns=column
+    )
+    cfg = dataclasses.replace(cfg, training=training)
     if spec.kind != "column" and opts.sites > len(frame):
         raise ConfigError(f"sites: {opts.sites} sites but only {len(frame)} rows")
-    test, rest = hold_out(frame, opts.target, opts.test_share, training.seed)
+    test, rest = hold_out(frame, opts.target, opts.test_share, cfg.training.seed)
     parts = partition_table(
         rest, spec, num_sites=opts.sites, target=opts.target, seed=cfg.training.seed
     )
@@ -208,13 +203,58 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     if not sites:
         raise DataError("no site received any rows")
     settled = _with_delta(cfg, max(len(p) for _, p in parts))
+    rows = tuple(len(part) for _, part in parts if not part.empty)
+    warn_weak_delta(cfg, rows)
     return PreparedData(
         sites=sites,
         test=test,
         excluded=excluded,
         config=settled,
-        image_shape=source.image_shape,
+        rows=rows,
+        image_shape=shape,
     )
+
+
+def check_sizes(prepared: PreparedData) -> None:
+    """Refuse, before Flower starts, sites too small for any round to run: fewer
+    than ``min-sites`` of them would hold the training rows a site needs to train
+    (:func:`~fedvault.common.partition.too_small`); warns when the model could not
+    be evaluated at all. Raises :class:`ConfigError`."""
+    need = prepared.training.min_sites
+    able = sum(not too_small(rows) for rows in prepared.rows)
+    if prepared.test is None and not any(validation_rows(n) for n in prepared.rows):
+        logger.warning(
+            "no central test data and no site holds a validation split (a site "
+            "holds one from %d rows on): the model will not be evaluated",
+            VALIDATION_FROM_ROWS,
+        )
+    if not prepared.rows or able >= need:
+        return
+    what = "vaults" if prepared.options.vaults else "sites"
+    smallest = next(n for n in range(1, 1000) if not too_small(n))
+    raise ConfigError(
+        f"sites: only {able} of the {len(prepared.rows)} {what} would train "
+        f"(min-sites {need}): a site needs {smallest} rows or more to train, and "
+        f"these hold {min(prepared.rows)} to {max(prepared.rows)}; use fewer "
+        "--sites or more data"
+    )
+
+
+def warn_weak_delta(cfg: SimulationConfig, rows: tuple[int, ...]) -> None:
+    """Warn of a ``--delta`` given explicitly that is below 1/n (else refused) but
+    above 1/(10 n) for the largest site's n training rows: the usual bound, and
+    the default, since a guarantee at delta allows revealing one row in 1/delta."""
+    t = cfg.training
+    if not (cfg.delta_given and t.dp and rows):
+        return
+    n = max(rows) - validation_rows(max(rows))
+    if 0.1 / n < t.delta < 1 / n:
+        logger.warning(
+            "delta: %g is a weak delta for the largest site (%d training rows): "
+            "above 1/(10 n) = %.3g, the usual bound and the default; a smaller "
+            "--delta gives a stronger guarantee",
+            t.delta, n, 0.1 / n,
+        )  # fmt: skip
 
 
 def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
@@ -235,33 +275,30 @@ def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
 
 
 def _site_inputs(
-    prepared: PreparedData, work: Path
+    prepared: PreparedData, work: Path, canaries: Mapping[str, pd.DataFrame]
 ) -> tuple[list[dict[str, str]], str]:
     """Write each data site's rows to its own file; vault sites keep their vault.
+    ``canaries``: an auditor's rows added to a site's training rows (by site name).
     Returns the per-site run-config entries and the test file ('' if none)."""
     data_dir = work / "sites"
     data_dir.mkdir()
-    entries = []
-    for pid, (_, source) in enumerate(prepared.sites):
+    entries: list[dict[str, str]] = []
+    for pid, (name, source) in enumerate(prepared.sites):
         if isinstance(source, Path):
             key = str(Path(prepared.options.key).resolve())
             entries.append({"vault": str(source), "key-file": key})
             continue
         path = data_dir / f"site-{pid}.parquet"
-        _write(source, path, prepared.image_shape)
+        _data.write_rows(source, path, prepared.image_shape)
         entries.append({"data": str(path)})
+        if name in canaries:  # data sites only
+            canaries[name].to_parquet(extra := data_dir / f"c-{pid}.parquet")
+            entries[-1]["canaries"] = str(extra)
     if prepared.test is None:
         return entries, ""
     test_file = work / "test.parquet"
-    _write(prepared.test, test_file, prepared.image_shape)
+    _data.write_rows(prepared.test, test_file, prepared.image_shape)
     return entries, str(test_file)
-
-
-def _write(frame: pd.DataFrame, path: Path, shape: ImageShape | None) -> None:
-    if shape is None:
-        frame.to_parquet(path, index=False)
-    else:
-        write_image_table(frame, shape, path)
 
 
 def _run_config(
@@ -289,28 +326,20 @@ def _run_config(
     return run_config
 
 
-def _check_device(cfg: SimulationConfig) -> None:
-    """``--device cuda`` or a GPU fraction on a machine without CUDA: every site
-    would decline; refused before anything starts."""
-    import torch
-
-    wants = cfg.training.device == "cuda" or cfg.options.gpu_fraction > 0
-    if wants and not torch.cuda.is_available():
-        raise ConfigError(
-            "device: CUDA was asked for (--device cuda or --gpu-fraction) but this "
-            "machine has no CUDA device; use --device auto or cpu"
-        )
-
-
 def run(
-    cfg: SimulationConfig, out: Path, *, on_poll: Callable[[], None] | None = None
+    cfg: SimulationConfig,
+    out: Path,
+    *,
+    on_poll: Callable[[], None] | None = None,
+    canaries: Mapping[str, pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
-    """Run the simulation; returns the parsed ``summary.json``.
+    """Run the simulation; returns the parsed ``summary.json``. ``canaries``
+    (``fedvault privacy audit``): rows added to the named sites' training rows.
 
     Everything is validated before ``out`` is created: bad input leaves no trace.
     """
     check_new_run_dir(out)
-    _check_device(cfg)
+    _data.check_device(cfg.training.device, cfg.options.gpu_fraction)
     prepared = prepare_data(cfg)
     if len(prepared.sites) < prepared.training.min_sites:  # no round could run
         raise ConfigError(
@@ -318,15 +347,25 @@ def run(
             f"{len(prepared.sites)} site(s) hold data; use fewer --min-sites or "
             "more --sites"
         )
+    check_sizes(prepared)
     state_root = Path(cfg.options.state) if cfg.options.state else None
+    check_states(prepared, state_root)
     if state_root is not None:
-        check_states(prepared, state_root)
         # a --state that cannot be made is refused before --out is created
         state_root.mkdir(parents=True, exist_ok=True)
+        seed = prepared.training.seed
+        if seed_used_before(state_root, seed) and prepared.training.dp:
+            logger.warning(
+                "seed: a run on --state %s already used --seed %d: the sites draw "
+                "the same DP noise as in that run, which comparing the two runs "
+                "cancels; use another --seed",
+                state_root,
+                seed,
+            )
     out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
     try:
-        status = _simulate(cfg, prepared, out, state_root, on_poll)
+        status = _simulate(cfg, prepared, out, state_root, on_poll, canaries or {})
     except KeyboardInterrupt:
         mark_interrupted(out)
         raise
@@ -342,12 +381,13 @@ def _simulate(
     out: Path,
     state_root: Path | None,
     on_poll: Callable[[], None] | None,
+    canaries: Mapping[str, pd.DataFrame],
 ) -> str:
     """Flower's part of the run, in a private work folder removed at the end
     (an interrupt included); returns the run's final status."""
     with tempfile.TemporaryDirectory(prefix="fedvault-sim-") as tmp:
         layout = _flower.SimulationLayout(Path(tmp))
-        entries, test_file = _site_inputs(prepared, layout.work)
+        entries, test_file = _site_inputs(prepared, layout.work, canaries)
         port = free_port()
         states = site_states(prepared, state_root or layout.work / "state")
         run_config = _run_config(prepared, out, entries, test_file, states)

@@ -21,8 +21,8 @@ from fedvault.common.cli import (
 )
 from fedvault.common.config import read_toml
 from fedvault.server import simulate as sim
+from fedvault.server import simulate_tables
 from fedvault.server.rundir import PROGRESS_FILE
-from fedvault.server.simulate_tables import print_tables
 
 console = Console()
 _err = Console(stderr=True, soft_wrap=True)
@@ -86,6 +86,10 @@ def simulate(
             help="fedavg | fedprox | fedadam, or a Byzantine-robust aggregation: "
             "fedmedian | fedtrimmedavg | krum | multikrum | bulyan (default: fedavg)."
         ),
+    ] = None,
+    proximal_mu: Annotated[
+        float | None,
+        typer.Option(help="FedProx's proximal term mu (default: 0.01)."),
     ] = None,
     malicious_sites: Annotated[
         int | None,
@@ -339,4 +343,4 @@ def _run_with_progress(
 
 
 def _print_tables(summary: dict[str, Any], out: Path) -> None:
-    print_tables(console, summary, out)
+    simulate_tables.print_tables(console, summary, out)

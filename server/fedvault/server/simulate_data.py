@@ -23,7 +23,7 @@ from fedvault.common.config import TaskChoice, TrainingConfig
 from fedvault.common.data import DEFAULT_TARGET, check_target, default_dataset
 from fedvault.common.data import load_table as _load_table
 from fedvault.common.errors import ConfigError, DataError
-from fedvault.common.image_table import ImageShape, image_frame
+from fedvault.common.image_table import ImageShape, image_frame, write_image_table
 from fedvault.common.images import (
     DEFAULT_SIZE,
     IMAGE_SUFFIXES,
@@ -60,7 +60,12 @@ class Source:
 
 
 def load_source(
-    *, dataset: str, data: str, target: str, image_size: int
+    *,
+    dataset: str,
+    data: str,
+    target: str,
+    image_size: int,
+    text_columns: list[str] | None = None,
 ) -> Source:
     """Read the simulation's rows. Raises :class:`DataError` for unreadable data
     (one bad image file is reported and left out, not fatal), :class:`ConfigError`
@@ -78,7 +83,7 @@ def load_source(
     if path.is_dir():
         images = read_folder(path, size=size, dicom_check=_no_burned_in, label=target)
         return _images(images, path.name, target)
-    frame = _load_table(path)
+    frame = _load_table(path, text_columns=text_columns or [])
     if _is_manifest(frame):
         images = read_manifest(
             path, label=target, size=size, dicom_check=_no_burned_in
@@ -106,6 +111,49 @@ def _images(images: ImageSet, name: str, target: str) -> Source:
 def _no_burned_in(dataset: Any) -> None:
     if str(dataset.get("BurnedInAnnotation", "")).upper() == "YES":
         raise DataError("burned-in annotations (BurnedInAnnotation = YES)")
+
+
+def prepare_source(
+    options: Any, training: TrainingConfig, *, text_columns: list[str]
+) -> tuple[pd.DataFrame, TrainingConfig, ImageShape | None]:
+    """The rows of a simulation from its options (``--dataset``, ``--data``), the
+    training settings with the task settled, and the image shape; the run's model
+    is built once for them first (:func:`check_model`).
+
+    Raises :class:`DataError` or :class:`ConfigError`, before anything is written.
+    """
+    source = load_source(
+        dataset=options.dataset,
+        data=options.data,
+        target=options.target,
+        image_size=options.image_size,
+        text_columns=text_columns,
+    )
+    frame, training = settle_task(source, training, target=options.target)
+    shape = source.image_shape
+    for note in check_model(frame, training, target=options.target, image_shape=shape):
+        logger.info("model fitted for DP-SGD: %s", note)
+    return frame, training, shape
+
+
+def write_rows(frame: pd.DataFrame, path: Path, shape: ImageShape | None) -> None:
+    """A site's (or the test split's) rows as Parquet; images with their shape."""
+    if shape is None:
+        frame.to_parquet(path, index=False)
+    else:
+        write_image_table(frame, shape, path)
+
+
+def check_device(device: str, gpu_fraction: float) -> None:
+    """``--device cuda`` or a GPU fraction on a machine without CUDA: every site
+    would decline; refused before anything starts. Raises :class:`ConfigError`."""
+    import torch
+
+    if (device == "cuda" or gpu_fraction > 0) and not torch.cuda.is_available():
+        raise ConfigError(
+            "device: CUDA was asked for (--device cuda or --gpu-fraction) but this "
+            "machine has no CUDA device; use --device auto or cpu"
+        )
 
 
 def settle_task(

@@ -1,14 +1,16 @@
-"""The final tables of ``fedvault simulate``: the global model per round, and the
-privacy figures per site."""
+"""The tables ``fedvault simulate`` prints at the end of a run."""
 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from fedvault.common.partition import VALIDATION_FROM_ROWS, VALIDATION_SHARE
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
@@ -21,41 +23,19 @@ def _eps(value: float | None) -> str:
     return "-" if value is None else f"{math.floor(value * 1000) / 1000:.3f}"
 
 
-_COLUMNS = {
+_COLUMNS = {  # (title, key) per round: classification, regression
     False: (("accuracy", "accuracy"), ("AUC", "auc"), ("loss", "loss")),
     True: (("MAE", "mae"), ("RMSE", "rmse"), ("R2", "r2"), ("loss", "loss")),
 }
-_SITE_COLUMN = {
-    False: ("site val. acc.", "val_accuracy"),
-    True: ("site val. R2", "val_r2"),
-}
+_SITE_COLUMN = {False: ("site val. acc.", "accuracy"), True: ("site val. R2", "r2")}
 
 
 def _regression(summary: dict[str, Any]) -> bool:
     return bool(summary.get("config", {}).get("task") == "regression")
 
 
-def _rounds_table(summary: dict[str, Any]) -> Table:
-    """Per round: the global model on the held-out test split (classification:
-    accuracy, AUC, loss; regression: MAE, RMSE, R2, loss) and on the sites' own
-    validation rows."""
-    regression = _regression(summary)
-    columns = (*_COLUMNS[regression], _SITE_COLUMN[regression])
-    rounds = Table(title="Global model per round (held-out test split)")
-    for title in ("round", *(c for c, _ in columns), "sites", "s"):
-        rounds.add_column(title, justify="right")
-    for row in summary["history"]:
-        rounds.add_row(
-            str(row["round"]),
-            *(_fmt(row.get(key)) for _, key in columns),
-            str(row["sites_trained"]),
-            _fmt(row.get("seconds"), ".1f"),
-        )
-    return rounds
-
-
 def print_tables(console: Console, summary: dict[str, Any], out: Path) -> None:
-    """The run's tables and closing lines on ``console``."""
+    """The run's tables and closing lines, as ``fedvault simulate`` prints them."""
     console.print(_rounds_table(summary))
     console.print(_sites_table(summary))
     notes: dict[str, list[str]] = {}
@@ -83,11 +63,41 @@ def print_tables(console: Console, summary: dict[str, Any], out: Path) -> None:
         )
     if summary["status"] != "completed":
         console.print(f"[yellow]Run stopped early:[/] {summary['stop_reason']}")
-    final = summary["final"]
     if not summary["history"]:
         console.print(f"No round completed. Reports in [bold]{out}[/].")
         return
-    if _regression(summary):
+    console.print(
+        f"{_measured(summary)} Results in [bold]{out}[/] (summary.json, "
+        "privacy.txt, metrics.csv, model.pt)."
+    )
+
+
+def _rounds_table(summary: dict[str, Any]) -> Table:
+    """Per round: the global model on the test split (classification: accuracy,
+    AUC, loss; regression: MAE, RMSE, R2, loss) and on the sites' validation rows."""
+    regression = _regression(summary)
+    title, key = _SITE_COLUMN[regression]
+    columns = (*_COLUMNS[regression], (title, f"val_{key}"))
+    rounds = Table(title=f"Global model per round ({_evaluated_on(summary)})")
+    for col in ("round", *(c for c, _ in columns), "sites", "s"):
+        rounds.add_column(col, justify="right")
+    for row in summary["history"]:
+        rounds.add_row(
+            str(row["round"]),
+            *(_fmt(row.get(k)) for _, k in columns),
+            str(row["sites_trained"]),
+            _fmt(row.get("seconds"), ".1f"),
+        )
+    return rounds
+
+
+def _measured(summary: dict[str, Any]) -> str:
+    """The closing line's figures of the final round."""
+    final = summary["final"]
+    key = _SITE_COLUMN[_regression(summary)][1]
+    if final.get(key) is None and final.get(f"val_{key}") is None:
+        measured = f"The model was not evaluated: {_NOT_EVALUATED}."
+    elif key == "r2":
         where = "test" if final.get("r2") is not None else "site validation"
         prefix = "" if where == "test" else "val_"
         measured = (
@@ -105,10 +115,25 @@ def print_tables(console: Console, summary: dict[str, Any], out: Path) -> None:
             f"Final test accuracy {_fmt(final.get('accuracy'))}, "
             f"AUC {_fmt(final.get('auc'))}."
         )
-    console.print(
-        f"{measured} Results in [bold]{out}[/] (summary.json, "
-        "privacy.txt, metrics.csv, model.pt)."
-    )
+    return measured
+
+
+_NOT_EVALUATED = (
+    "no central test data (--vaults) and no site holds a validation split (a "
+    f"site holds back {VALIDATION_SHARE:.0%} of its rows from "
+    f"{VALIDATION_FROM_ROWS} rows on)"
+)
+
+
+def _evaluated_on(summary: dict[str, Any]) -> str:
+    """What the per-round figures were measured on."""
+    rows = summary["history"]
+    key = _SITE_COLUMN[_regression(summary)][1]
+    if any(row.get(key) is not None for row in rows):
+        return "held-out test split"
+    if any(row.get(f"val_{key}") is not None for row in rows):
+        return "the sites' validation splits"
+    return "not evaluated" if rows else "no round completed"
 
 
 def _sites_table(summary: dict[str, Any]) -> Table:
@@ -128,12 +153,16 @@ def _sites_table(summary: dict[str, Any]) -> Table:
     columns = ["site", "examples", "rounds", "ε this run", "ε lifetime", "budget"]
     columns += [] if shared or not dp["enabled"] else ["δ", "accountant"]
     sites = Table(title=title)
-    for col in [*columns, "sigma", "declined"]:
-        sites.add_column(col, justify="right")
+    # Nothing is cut in a narrow terminal (hospita… could be any hospital): the
+    # headers of the figures wrap first, and a name over 22 characters is
+    # folded onto lines of its own (:func:`_name`).
+    sites.add_column("site", no_wrap=True, overflow="fold")
+    for col in [*columns[1:], "sigma", "declined"]:
+        sites.add_column(col, justify="right", overflow="fold")
     for name, s in summary["sites"].items():
         declined = s["declines"]
         last = f" from r{declined[0]['round']}" if declined else ""
-        row = [name, str(s["examples"]), str(s["rounds_trained"])]
+        row = [_name(name), str(s["examples"]), str(s["rounds_trained"])]
         row += [_eps(s["epsilon_spent"]), _eps(s["epsilon_lifetime"])]
         row += [_fmt(s["epsilon_budget"], "g")]
         if len(columns) > 6:
@@ -141,7 +170,17 @@ def _sites_table(summary: dict[str, Any]) -> Table:
         sites.add_row(
             *row, _fmt(s["noise_multiplier"], ".3f"), f"{len(declined)}{last}"
         )
-    for name, reason in summary["excluded_sites"].items():
+    for name in summary["excluded_sites"]:
         dashes = ["-"] * (len(columns) - 2)
-        sites.add_row(name, "-", "0", *dashes, f"excluded: {reason}")
+        sites.add_row(_name(name), "-", "0", *dashes, "excluded")
+    if summary["excluded_sites"]:
+        sites.caption = "; ".join(
+            f"{name}: {why}" for name, why in summary["excluded_sites"].items()
+        )
+        sites.caption_justify = "left"
     return sites
+
+
+def _name(name: str, width: int = 22) -> str:
+    """A site's name, whole, on lines of at most ``width`` characters."""
+    return "\n".join(textwrap.wrap(name, width, break_on_hyphens=True)) or name

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import (
     NeighboringRelation,
     PrivacyConfig,
@@ -46,10 +47,32 @@ _FIXED = (
     DifferentialPrivacyServerSideFixedClipping,
     DifferentialPrivacyClientSideFixedClipping,
 )
-_ADAPTIVE = (
-    DifferentialPrivacyServerSideAdaptiveClipping,
-    DifferentialPrivacyClientSideAdaptiveClipping,
-)
+
+
+class _CountsReleases:
+    """Counts the aggregates an adaptive wrapper released (Flower's adaptive
+    wrappers have no accountant, so nothing else counts them)."""
+
+    releases = 0
+
+    def aggregate_train(
+        self, server_round: int, replies: Any
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        if arrays is not None:
+            self.releases += 1
+        return arrays, metrics
+
+
+class _ServerAdaptive(_CountsReleases, DifferentialPrivacyServerSideAdaptiveClipping):
+    pass
+
+
+class _ClientAdaptive(_CountsReleases, DifferentialPrivacyClientSideAdaptiveClipping):
+    pass
+
+
+_ADAPTIVE = (_ServerAdaptive, _ClientAdaptive)
 ADAPTIVE_TARGET_QUANTILE = 0.5
 ADAPTIVE_CLIP_NORM_LR = 0.2
 
@@ -75,9 +98,10 @@ class StrategyPlan:
         if not isinstance(wrapper, (*_FIXED, *_ADAPTIVE)):
             return None
         spent = self.privacy_spent()
+        counted = wrapper.releases if isinstance(wrapper, _CountsReleases) else 0
         return ClientDpFigures(
             epsilon=None if spent is None else spent.epsilon,
-            releases=0 if spent is None else spent.num_releases,
+            releases=counted if spent is None else spent.num_releases,
             sampled=self.sampled,
             population=population,
             update_noise_multiplier=float(wrapper.noise_multiplier),
@@ -171,9 +195,7 @@ def _with_client_dp(
         return fixed(base, z, c, sampled, accountant=accountant)
     if t.client_dp in ("server-adaptive", "client-adaptive"):
         adaptive = (
-            DifferentialPrivacyServerSideAdaptiveClipping
-            if t.client_dp == "server-adaptive"
-            else DifferentialPrivacyClientSideAdaptiveClipping
+            _ServerAdaptive if t.client_dp == "server-adaptive" else _ClientAdaptive
         )
         # Flower's default sampled/20 is too small for a handful of sites (it must
         # exceed z/2); z keeps the count noise at the update noise's scale.

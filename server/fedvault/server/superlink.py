@@ -2,9 +2,11 @@
 check and what the running coordinator writes about itself (``coordinator.json``).
 
 The SuperLink starts in its own process session and dies with the coordinator
-(:func:`fedvault.common.processes.spawn`); its Fleet and Control ports are checked
-free before it starts, so that it never runs beside a program that already holds
-them (a SuperLink left behind by a killed coordinator, say).
+(:func:`fedvault.common.processes.spawn`); its Fleet port is checked free before it
+starts, so that it never runs beside a program that already holds it (a SuperLink
+left behind by a killed coordinator, say). Its Control API opens no port at all:
+it is served on a private unix socket (:mod:`fedvault.server._control_socket`),
+and the start fails if the Control port answers anyway.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import json
 import logging
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+import httpx
 
 from fedvault.common.certs import SERVER_CERT, SERVER_KEY, check_certificates
 from fedvault.common.errors import ConfigError, FederationError
@@ -27,6 +33,7 @@ from fedvault.common.files import atomic_write, lock_holder
 from fedvault.common.flower_logs import explain_exit, plain
 from fedvault.common.net import port_in_use, split_address
 from fedvault.common.processes import flower_bin, spawn, stop_process
+from fedvault.server import _control_socket
 from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout
 
 logger = logging.getLogger(__name__)
@@ -42,22 +49,32 @@ QUIET = (
 )
 
 
-def _ssl_context(cfg: CoordinatorConfig, insecure: bool) -> ssl.SSLContext | None:
-    return None if insecure else ssl.create_default_context(cafile=str(cfg.ca_cert))
+def _client(cfg: CoordinatorConfig, socket: Path, *, insecure: bool) -> httpx.Client:
+    verify: ssl.SSLContext | bool = (
+        False if insecure else ssl.create_default_context(cafile=str(cfg.ca_cert))
+    )
+    return httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(socket), verify=verify), timeout=2
+    )
 
 
 def wait_healthy(
     cfg: CoordinatorConfig,
     proc: subprocess.Popen[bytes] | None,
     *,
+    socket: Path,
     insecure: bool,
     timeout: float,
 ) -> None:
-    """Wait for ``/health`` on the Control API (HTTPS, verified against our CA)."""
+    """Wait for ``/health`` on the Control API behind ``socket`` (HTTPS, verified
+    against our CA, unless ``insecure``).
+
+    Raises:
+        FederationError: when the SuperLink exits or does not answer in time.
+    """
     host, port = split_address(cfg.options.control_address, key="control-address")
     scheme = "http" if insecure else "https"
     url = f"{scheme}://{host}:{port}/health"
-    context = _ssl_context(cfg, insecure)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -66,13 +83,15 @@ def wait_healthy(
                 f"the SuperLink exited during start-up: {_log_tail(cfg)}"
             )
         with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(url, timeout=2, context=context) as resp,  # noqa: S310
+            contextlib.suppress(httpx.HTTPError),
+            _client(cfg, socket, insecure=insecure) as client,
         ):
-            if resp.status == 200:
+            if client.get(url).status_code == 200:
                 return
         time.sleep(0.3)
-    raise FederationError(f"the SuperLink did not answer on {url} within {timeout:g} s")
+    raise FederationError(
+        f"the SuperLink did not answer on {socket} within {timeout:g} s"
+    )
 
 
 def _log_tail(cfg: CoordinatorConfig) -> str:
@@ -121,13 +140,34 @@ def superlink_command(cfg: CoordinatorConfig, *, insecure: bool) -> list[str]:
 
 
 def _check_certificates(cfg: CoordinatorConfig) -> None:
+    """Refuse a certificate that is expired, invalid, or expires before the run
+    can end (``timeout`` from now): sites would lose the SuperLink mid-run with
+    only "Connection to the SuperLink is unavailable". Warn when one expires
+    within :data:`~fedvault.common.certs.WARN_DAYS`."""
     cfg.check_certs()
+    end = datetime.now(UTC) + timedelta(seconds=cfg.options.timeout)
     for status in check_certificates(cfg.certs_dir):
         if status.state in ("expired", "invalid"):
             raise ConfigError(f"certs: {status.path} is {status.state} {status.detail}")
+        expires = status.not_after.strftime("%Y-%m-%d %H:%M UTC")
+        if status.not_after < end:
+            renew = (
+                f"fedvault certs server {cfg.certs_dir} --renew"
+                if status.path.name == SERVER_CERT
+                else "issue a new CA and give its ca.crt to every site"
+            )
+            raise ConfigError(
+                f"certs: {status.path} expires {expires}, before this run can end "
+                f"(timeout {cfg.options.timeout:g} s: by "
+                f"{end.strftime('%Y-%m-%d %H:%M UTC')}); renew it ({renew}) or "
+                "lower timeout"
+            )
         if status.state == "expiring":
             logger.warning(
-                "certificate %s expires in %.0f days", status.path, status.days_left
+                "certificate %s expires %s (in %.0f days); renew it before then",
+                status.path,
+                expires,
+                status.days_left,
             )
 
 
@@ -145,28 +185,43 @@ def superlink(cfg: CoordinatorConfig, *, insecure: bool) -> Iterator[Coordinator
     layout.state.mkdir(parents=True, exist_ok=True)
     _check_ports(cfg)
     layout.write_connection(cfg, insecure=insecure)
-    # flower_env leaves out FLWR_INTERNAL_GRPC_CONTROL_API: never a second Control API
-    proc = spawn(
-        superlink_command(cfg, insecure=insecure),
-        cwd=layout.state,
-        log=layout.log,
-        flwr_home=layout.flwr_home,
-        quiet=QUIET,
-    )
-    try:
-        wait_healthy(cfg, proc, insecure=insecure, timeout=START_TIMEOUT)
+    socket = _control_socket.private_socket()
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, socket.parent, ignore_errors=True)
+        # flower_env leaves out FLWR_INTERNAL_GRPC_CONTROL_API: no second Control API
+        proc = spawn(
+            superlink_command(cfg, insecure=insecure),
+            cwd=layout.state,
+            log=layout.log,
+            flwr_home=layout.flwr_home,
+            env=_control_socket.environment(socket),
+            quiet=QUIET,
+        )
+        cleanup.callback(layout.live.unlink, missing_ok=True)
+        cleanup.callback(stop_process, proc)
+        wait_healthy(cfg, proc, socket=socket, insecure=insecure, timeout=START_TIMEOUT)
+        _check_no_control_port(cfg)
         live = {
             "pid": os.getpid(),
             "superlink-pid": proc.pid,
             "insecure": insecure,
             "control-address": cfg.options.control_address,
+            "control-socket": str(socket),
             "fleet-address": cfg.options.fleet_address,
         }
         atomic_write(layout.live, (json.dumps(live, indent=2) + "\n").encode())
         yield layout
-    finally:
-        stop_process(proc)
-        layout.live.unlink(missing_ok=True)
+
+
+def _check_no_control_port(cfg: CoordinatorConfig) -> None:
+    """The Control API must answer only on its socket: refuse a SuperLink that
+    opened the Control port after all (reachable by every account on the host)."""
+    if port_in_use(cfg.options.control_address, key="control-address"):
+        raise FederationError(
+            f"the SuperLink opened its Control API on "
+            f"{cfg.options.control_address}, reachable by every account on this "
+            "host; refusing to run it (is another sitecustomize in PYTHONPATH?)"
+        )
 
 
 def write_live(layout: CoordinatorLayout, values: dict[str, Any]) -> None:

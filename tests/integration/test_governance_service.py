@@ -1,0 +1,235 @@
+"""Issue 17 end to end, in real processes on 127.0.0.1 with real TLS: the
+coordinator service (`fedvault server serve`) keeps the SuperLink up; an admin
+enrolls a researcher, an auditor and two sites over it; a researcher's study runs
+to completion on both sites; a second study, of a model one site has not approved,
+completes on the other site with the decline in its results; roles and ownership
+hold; a revoked user is refused on the next call; `audit verify` passes and fails
+once one byte of the log is changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomli_w
+from consortium import Consortium, prepare_two_sites, run_fedvault, wait_until
+from typer.testing import CliRunner
+
+from fedvault.client.approval import ca_fingerprint
+from fedvault.common.config import read_toml
+from fedvault.common.errors import ConfigError
+from fedvault.server.certs_cli import certs_app
+from fedvault.server.governance_client import (
+    RefusedError,
+    UserCredentials,
+    call,
+    connect,
+    pb,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="processes"),
+]
+SERVER = "fedvault.server.server_cli:server_app"
+CLIENT = "fedvault.client.client_cli:client_app"
+USERS = {"ada": "admin", "alice": "researcher", "bob": "researcher", "eve": "auditor"}
+
+
+def _study(*, model: str, min_sites: int) -> str:
+    return tomli_w.dumps(
+        {
+            "coordinator": {
+                "target": "target",
+                "expected-sites": 2,
+                "client-threads": 1,
+                "timeout": 300.0,
+            },
+            "training": {
+                "rounds": 1,
+                "batch-size": 16,
+                "min-sites": min_sites,
+                "round-timeout": 150.0,
+                "epsilon": 3.0,
+                "model": model,
+            },
+        }
+    )
+
+
+def _prepare(root: Path) -> None:
+    prepare_two_sites(root, rounds=1, min_sites=2)
+    config = read_toml(root / "coordinator.toml")
+    del config["sites"]  # the admin enrolls the sites over the service
+    (root / "coordinator.toml").write_text(tomli_w.dumps(config))
+    (root / "policy.toml").write_text(
+        '[limits]\nmodels = ["mlp", "logreg"]\ntargets = ["target"]\n'
+        "max-epsilon = 3.0\nmax-rounds = 2\n"
+    )
+    fingerprint = ca_fingerprint(root / "certs" / "ca.crt")
+    with (root / "site-1.toml").open("a") as handle:
+        handle.write(
+            f'\n[approval]\nmodels = ["mlp"]\ncoordinator-ca = "{fingerprint}"\n'
+        )
+    for name, role in USERS.items():
+        args = ["user", name, "--role", role, "--ca", "certs", "--out", "users"]
+        result = CliRunner().invoke(certs_app, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+
+
+def _as(root: Path, name: str) -> UserCredentials:
+    return UserCredentials(
+        root / "users" / f"{name}.crt",
+        root / "users" / f"{name}.key",
+        root / "certs" / "ca.crt",
+    )
+
+
+def _wait_done(stub, run_id: str, timeout: float = 300) -> pb.RunInfo:
+    deadline = time.monotonic() + timeout
+    while (info := call(lambda: stub.GetRun(pb.RunRef(run_id=run_id)))).status in (
+        "running",
+        "submitted",
+    ):
+        assert time.monotonic() < deadline, f"run {run_id} did not finish"
+        time.sleep(2)
+    return info
+
+
+def _digest(*paths: Path) -> str:
+    return hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()
+
+
+def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
+    root = tmp_path
+    monkeypatch.chdir(root)
+    _prepare(root)
+    config = ["--config", str(root / "coordinator.toml")]
+    code, out = run_fedvault(
+        monkeypatch, capsys, "server", "users", "add", "users/ada.crt", *config
+    )
+    assert code == 0 and "ada enrolled as admin" in out
+    procs = Consortium(root)
+    service = root / "run" / "governance" / "service.json"
+    try:
+        serve = procs.launch(
+            "coordinator", SERVER, "serve", *config,
+            "--policy", "policy.toml", "--listen", "127.0.0.1:0",
+        )  # fmt: skip
+        wait_until("the service", service.exists, 90, serve)
+        address = f"localhost:{json.loads(service.read_text())['port']}"
+
+        with connect(address, _as(root, "ada")) as admin:
+            for name in ("alice", "bob", "eve"):
+                pem = (root / "users" / f"{name}.crt").read_text()
+                call(
+                    lambda pem=pem: admin.AddUser(
+                        pb.AddUserRequest(certificate_pem=pem)
+                    )
+                )
+            for name in ("site-0", "site-1"):
+                key = (root / "keys" / name / "site.pub").read_text()
+                request = pb.AddSiteRequest(name=name, public_key=key)
+                assert call(lambda r=request: admin.AddSite(r)).node_id > 0
+        for name in ("site-0", "site-1"):
+            procs.launch(name, CLIENT, "start", "--config", f"{name}.toml")
+
+        with connect(address, _as(root, "alice")) as alice:
+            with pytest.raises(ConfigError, match="max-rounds 2"):
+                bad = _study(model="mlp", min_sites=2).replace(
+                    "rounds = 1", "rounds = 5"
+                )
+                call(lambda: alice.SubmitRun(pb.SubmitRunRequest(study_toml=bad)))
+            first = call(lambda: alice.SubmitRun(
+                pb.SubmitRunRequest(study_toml=_study(model="mlp", min_sites=2))
+            ))  # fmt: skip
+            done = _wait_done(alice, first.run_id)
+            assert done.status == "completed", procs.output("coordinator")[-3000:]
+            summary = json.loads(done.summary_json)
+            assert summary["status"] == "completed"
+            assert sorted(summary["sites"]) == ["site-0", "site-1"]
+            events = list(alice.WatchRun(pb.RunRef(run_id=first.run_id), timeout=60))
+            assert any(json.loads(e.event_json)["event"] == "round" for e in events)
+
+            second = call(lambda: alice.SubmitRun(
+                pb.SubmitRunRequest(study_toml=_study(model="logreg", min_sites=1))
+            ))  # fmt: skip
+            done = _wait_done(alice, second.run_id)
+            assert done.status == "completed", procs.output("coordinator")[-3000:]
+            summary = json.loads(done.summary_json)
+            assert list(summary["sites"]) == ["site-0"]
+            assert summary["sites"]["site-0"]["rounds_trained"] == 1
+            declined = summary["excluded_sites"]["site-1"]
+            assert "declined (policy)" in declined and "'logreg'" in declined
+            with pytest.raises(RefusedError, match="may not call AddSite"):
+                call(lambda: alice.AddSite(pb.AddSiteRequest(name="x", public_key="")))
+
+        with connect(address, _as(root, "bob")) as bob:
+            with pytest.raises(RefusedError, match="not yours"):
+                call(lambda: bob.GetRun(pb.RunRef(run_id=first.run_id)))
+            assert call(lambda: bob.ListRuns(pb.ListRunsRequest())).runs == []
+
+        state = [
+            root / "run" / "sites.json",
+            root / "run" / "governance" / "users.json",
+        ]
+        before = _digest(*state)
+        with connect(address, _as(root, "eve")) as auditor:
+            runs = call(lambda: auditor.ListRuns(pb.ListRunsRequest())).runs
+            assert {r.run_id for r in runs} == {first.run_id, second.run_id}
+            assert all(r.summary_json for r in runs)
+            lines = call(lambda: auditor.ReadAudit(pb.ReadAuditRequest())).lines
+            ok = [json.loads(x)["method"] for x in lines if '"outcome": "ok"' in x]
+            assert ok.count("AddSite") == 2 and ok.count("SubmitRun") == 2
+            for attempt in (
+                lambda: auditor.StopRun(pb.RunRef(run_id=first.run_id)),
+                lambda: auditor.RemoveSite(pb.RemoveSiteRequest(name="site-0")),
+                lambda: auditor.RevokeUser(pb.RevokeUserRequest(name="bob")),
+            ):
+                with pytest.raises(RefusedError):
+                    call(attempt)
+        assert _digest(*state) == before
+
+        with connect(address, _as(root, "ada")) as admin:
+            call(lambda: admin.RemoveSite(pb.RemoveSiteRequest(name="site-1")))
+            left = call(lambda: admin.ListSites(pb.ListSitesRequest())).sites
+            assert [s.name for s in left] == ["site-0"]
+            call(lambda: admin.RevokeUser(pb.RevokeUserRequest(name="bob")))
+        with (
+            connect(address, _as(root, "bob")) as bob,
+            pytest.raises(RefusedError, match="revoked"),
+        ):
+            call(lambda: bob.ListSites(pb.ListSitesRequest()))
+    finally:
+        survivors = procs.stop_all()
+    assert not survivors
+
+    log = root / "run" / "governance" / "audit.jsonl"
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    submitted = [
+        e for e in entries if e["method"] == "SubmitRun" and e["outcome"] == "ok"
+    ]
+    assert [e["who"] for e in submitted] == ["alice", "alice"]
+    removed = [e for e in entries if e["method"] == "RemoveSite"]
+    assert [(e["who"], e["outcome"]) for e in removed][-1] == ("ada", "ok")
+    assert "site site-1 SHA256:" in removed[-1]["detail"]
+    assert all("run-key" in e["detail"] for e in submitted)
+    ended = [e["detail"] for e in entries if e["method"] == "RunEnded"]
+    assert ended == [
+        f"run {first.run_id} run-key {first.run_key} completed; sites site-0, site-1",
+        f"run {second.run_id} run-key {second.run_key} completed; sites site-0; "
+        "excluded site-1 (declined (policy): the run trains model 'logreg'; the "
+        "site approves only mlp ([approval] models))",
+    ]
+    code, out = run_fedvault(monkeypatch, capsys, "server", "audit", "verify", *config)
+    assert code == 0 and "chain intact" in out, out
+    data = bytearray(log.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    log.write_bytes(bytes(data))
+    code, out = run_fedvault(monkeypatch, capsys, "server", "audit", "verify", *config)
+    assert code != 0 and "audit log line" in out, out
