@@ -18,6 +18,12 @@ from typing import Any
 
 SITES = 5
 TARGET = "mean area"
+# A linear model against the central linear one; plain SGD on these correlated
+# columns diverges above lr ~0.1, DP-SGD's clipping lets it take lr 0.3.
+REGRESSION_CASES: dict[str, dict[str, Any]] = {
+    "no-dp": {"dp": False, "lr": 0.05},
+    "dp-eps-3": {"epsilon": 3.0, "lr": 0.3},
+}
 
 
 def _simulate(out: Path, settings: dict[str, Any]) -> tuple[dict[str, Any], float]:
@@ -69,11 +75,16 @@ def _regression(tmp: Path, quick: bool) -> dict[str, Any]:
 
     data = tmp / "area.parquet"
     default_dataset().drop(columns=["target"]).to_parquet(data, index=False)
-    base: dict[str, Any] = {"data": str(data), "target": TARGET, "sites": SITES}
+    base: dict[str, Any] = {
+        "data": str(data),
+        "target": TARGET,
+        "sites": SITES,
+        "model": "logreg",
+    }
     if quick:
         base["rounds"] = 3
     cases = {}
-    for name, extra in (("no-dp", {"dp": False}), ("dp-eps-3", {"epsilon": 3.0})):
+    for name, extra in REGRESSION_CASES.items():
         summary, seconds = _simulate(tmp / f"r-{name}", base | extra)
         cases[name] = {
             "r2": summary["final"]["r2"],
@@ -110,7 +121,9 @@ def render(b: dict[str, Any]) -> list[str]:
         f"{s['max-grad-norm']}, augmentation copies {s['augment-copies']}, "
         f"rotation {s['augment-rotation']}, crop {s['augment-crop']}). Regression: "
         f"`--data area.parquet --target '{TARGET}'` (the embedded breast-cancer "
-        "table without its label; task inferred), defaults (mlp).",
+        "table without its label; task inferred), `--model logreg`, lr 0.05 "
+        "without DP, 0.3 with DP (plain SGD diverges at the default 0.5; at 0.5 "
+        "the mlp measured R2 0.57 at epsilon 3), other settings default.",
         "",
         "| case | figure | value | seconds |",
         "|---|---|---:|---:|",

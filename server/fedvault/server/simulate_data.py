@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 DATASETS = ("breast-cancer", "digits")
 # The cnn's defaults, where a setting is not given: chosen on digits, 5 sites, IID,
-# epsilon 3 (python -m benchmarks --only B10; docs/benchmarks.md, B10).
+# epsilon 3 (python -m benchmarks --only B11; docs/benchmarks.md, B11).
 CNN_DEFAULTS: dict[str, Any] = {
     "rounds": 20,
     "batch-size": 64,
