@@ -37,12 +37,14 @@ def records() -> pd.DataFrame:
     return frame
 
 
-def make_run(root, *, rounds=2, **training):
+def make_run(root, *, rounds=2, extra=None, frame=None, **training):
     """Run a federation into ``root/out``; returns the run folder. The in-process
-    grid's own run config, with the data files replaced by :func:`records` split the
-    same way (held-out test rows in ``root/test.parquet``)."""
+    grid's own run config, with the data files replaced by :func:`records` (or
+    ``frame``) split the same way (held-out test rows in ``root/test.parquet``);
+    ``extra`` overrides run-config keys (e.g. ``init-model``, a site's state)."""
     run_config = site_run_config(root, NODES, rounds=rounds, **training)
-    frame = records()
+    run_config |= extra or {}
+    frame = records() if frame is None else frame
     test = frame.sample(frac=0.2, random_state=0)
     test.to_parquet(run_config["test-data"], index=False)
     rest = frame.drop(test.index).sample(frac=1.0, random_state=0)

@@ -15,6 +15,7 @@ from trained_run import assert_refused, fedvault, run_fixture  # noqa: F401 (`ru
 from fedvault.server import html_report
 
 PLOT_BLUE = (0x3B, 0x6E, 0xA8)  # the first line colour of every plot
+LABEL_GREEN = (0x3A, 0x9A, 0x5B)  # label 1's bars (and a thin line at the top)
 
 
 def _report(run, tmp_path, monkeypatch, capsys):
@@ -33,6 +34,8 @@ def test_the_page_is_self_contained(run, tmp_path, monkeypatch, capsys):
         "accuracy, AUC and loss per round",
         "epsilon per site per round",
         "declines and failures per round",
+        "label distribution per site",
+        "feature shift per site",
     ]
     assert not re.search(r"(src|href|url)\s*[=(]\s*[\"']?\s*(https?:)?//", html, re.I)
     assert "<script" not in html and "<link" not in html and "@import" not in html
@@ -41,6 +44,9 @@ def test_the_page_is_self_contained(run, tmp_path, monkeypatch, capsys):
         "Privacy spent per site",
         "Model card",
         "Record of processing (GDPR Article 30(1))",
+        "Data: quality and cross-site skew",
+        "complete cells",
+        "label PSI",
     ):
         assert section in html
     assert "site-3" in html and "Wilson" not in html  # the card's table, not its md
@@ -108,7 +114,7 @@ def test_chromium_renders_the_plots_without_any_request(
                 "--proxy-bypass-list=<-loopback>",
                 "--host-resolver-rules=MAP * ~NOTFOUND",
                 f"--screenshot={shot}",
-                "--window-size=1100,2400",
+                "--window-size=1100,4000",
                 page.as_uri(),
             ],
             check=True,
@@ -118,7 +124,7 @@ def test_chromium_renders_the_plots_without_any_request(
         proxy.shutdown()
     assert SEEN == []  # nothing left the page, not even via the proxy
     image = matplotlib.image.imread(shot)[..., :3]
-    assert image.shape[:2] == (2400, 1100)
+    assert image.shape[:2] == (4000, 1100)
     assert image.std() > 0.05  # not a blank page
     blue = np.all(np.abs(image * 255 - PLOT_BLUE) < 24, axis=-1)
     # the plot lines and markers (nothing else on the page is this colour)
@@ -126,3 +132,10 @@ def test_chromium_renders_the_plots_without_any_request(
     rows_with_blue = np.nonzero(blue.any(axis=1))[0]
     # in both plots drawn near the top: metrics, then epsilon
     assert rows_with_blue.min() < 600 and rows_with_blue.max() > 700
+    # the label distribution's filled bars, below the privacy and sites sections
+    green = np.all(np.abs(image * 255 - LABEL_GREEN) < 24, axis=-1)
+    bars = np.nonzero(green.sum(axis=1) > 200)[0]
+    assert len(bars) > 30 and bars.min() > 1200, (len(bars), bars[:3])
+    # the skew heat map: a block of red/blue cells (RdBu) further down
+    tinted = np.abs(image[..., 0] - image[..., 2]) > 0.05  # red or blue, not grey
+    assert tinted[bars.max() :].sum() > 5000

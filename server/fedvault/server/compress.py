@@ -3,8 +3,10 @@
 quantization (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations
 quantized on the fly, CPU).
 
-Sizes are those of the saved state dict (``torch.save``), as written and gzipped:
-pruning zeroes weights but keeps the dense layout, so it shows in the gzipped size.
+Sizes are those of the saved weights (``torch.save``), as written and gzipped.
+Pruning alone zeroes weights but keeps the dense layout, so it shows in the gzipped
+size only; a pruned int8 model is saved sparse (:mod:`fedvault.server.sparse`: a
+bit mask and the int8 codes of the weights kept), so pruning shrinks the file.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch.nn.utils import prune as torch_prune
 from fedvault.common.errors import ConfigError, DataError
 from fedvault.common.evaluation import evaluate
 from fedvault.common.files import atomic_write
+from fedvault.server import sparse
 from fedvault.server.trained import TrainedModel
 
 
@@ -111,6 +114,7 @@ def compress(
     """
     check_settings(quantize, prune)
     check_source(trained)
+    is_sparse = _is_sparse(quantize, prune)
     steps: list[tuple[str, nn.Module]] = [("as trained", trained.model)]
     model = trained.model
     if prune > 0:
@@ -123,8 +127,16 @@ def compress(
             steps.append((f"int8 + pruned {prune:.0%}", model))
         else:
             model = steps[-1][1]
-    rows = [_measure(name, m, trained, labelled) for name, m in steps]
+    last = len(steps) - 1  # the model save() writes, sparse if pruned and int8
+    rows = [
+        _measure(name, m, trained, labelled, sparse_saved=i == last and is_sparse)
+        for i, (name, m) in enumerate(steps)
+    ]
     return model, rows
+
+
+def _is_sparse(quantize: str, prune: float) -> bool:
+    return quantize == "int8" and prune > 0
 
 
 def _measure(
@@ -132,8 +144,11 @@ def _measure(
     model: nn.Module,
     trained: TrainedModel,
     labelled: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    sparse_saved: bool,
 ) -> Variant:
-    size, gzipped = state_size(model)
+    with quiet_quantized():
+        size, gzipped = sparse.size(model) if sparse_saved else state_size(model)
     if labelled is None:
         return Variant(name, size, gzipped)
     x, y = labelled
@@ -158,17 +173,33 @@ def state_size(model: nn.Module) -> tuple[int, int]:
 
 def save(trained: TrainedModel, model: nn.Module, out: Path, **how: Any) -> None:
     """Write the compressed model as a model file the ``fedvault model`` commands
-    read (preprocessing and settings of the original, plus how it was made)."""
+    read (preprocessing and settings of the original, plus how it was made; a
+    pruned int8 model sparse, under ``sparse``, with an empty ``state_dict``)."""
+    weights: dict[str, Any] = {"state_dict": model.state_dict()}
+    if _is_sparse(str(how.get("quantize")), float(how.get("prune", 0.0))):
+        weights = {"state_dict": {}, "sparse": sparse.encode(model)}
+        how = how | {"format": sparse.FORMAT}
     buffer = io.BytesIO()
     with quiet_quantized():
         torch.save(
-            {
-                "state_dict": model.state_dict(),
+            weights
+            | {
                 "preprocessing": trained.prep.to_json(),
                 "config": trained.config.to_run_config(),
                 "rounds_completed": trained.rounds_completed,
                 "compression": dict(how),
-            },
+            }
+            | _version_of(trained),
             buffer,
         )
     atomic_write(out, buffer.getvalue())
+
+
+def _version_of(trained: TrainedModel) -> dict[str, Any]:
+    """The source's version keys (a compressed model is that version, smaller)."""
+    from fedvault.server import lineage
+    from fedvault.server.trained import read_bundle
+
+    bundle = read_bundle(trained.path)
+    keys = (lineage.VERSION, lineage.PARENT, lineage.LINEAGE)
+    return {k: bundle[k] for k in keys if k in bundle}

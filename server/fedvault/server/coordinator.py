@@ -36,6 +36,7 @@ from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout, run_con
 from fedvault.server.registry import SiteRegistry, read_public_key
 from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE, RunDirectory
 from fedvault.server.runstate import RunFolder, RunState, inspect_run
+from fedvault.server.settings import init_model_of
 from fedvault.server.superlink import superlink, write_live
 
 logger = logging.getLogger(__name__)
@@ -192,7 +193,12 @@ def _resume(
     folder.refuse_unless(RunState.STOPPED, config=cfg.source)
     previous = tomllib.loads(layout.run_config_file.read_text())
     values = run_config(
-        cfg, layout.output.resolve(), run_key=str(previous["run-key"]), resume=True
+        cfg,
+        layout.output.resolve(),
+        run_key=str(previous["run-key"]),
+        resume=True,
+        # the model the run started from, were it given as --init-model
+        init_model=init_model_of(previous),
     )
     return _run(cfg, layout, values, insecure=insecure, on_poll=on_poll)
 

@@ -12,6 +12,7 @@
     test-data = ""                      # optional held-out file for central evaluation
     timeout = 86400                     # whole-run limit, seconds
     client-threads = 0                  # torch threads per site ClientApp (0: all)
+    init-model = ""                     # optional model file round 1 starts from
 
     [training]                          # TrainingConfig keys (rounds, min-sites, ...)
     rounds = 10
@@ -56,6 +57,7 @@ class CoordinatorOptions:
     test_data: str = ""
     timeout: float = 86400.0
     client_threads: int = 0
+    init_model: str = ""
 
     def __post_init__(self) -> None:
         split_address(self.fleet_address, key="fleet-address")
@@ -225,10 +227,16 @@ class CoordinatorLayout:
 
 
 def run_config(
-    cfg: CoordinatorConfig, output: Path, *, run_key: str, resume: bool = False
+    cfg: CoordinatorConfig,
+    output: Path,
+    *,
+    run_key: str,
+    resume: bool = False,
+    init_model: Path | None = None,
 ) -> RunConfig:
-    """The ServerApp's run config: training keys plus the coordinator's own."""
-    test = cfg.options.test_data
+    """The ServerApp's run config: training keys plus the coordinator's own;
+    ``init_model`` (a resumed run's parent) wins over the config's key."""
+    test, init = cfg.options.test_data, cfg.options.init_model
     return ServerSettings(
         training=cfg.training,
         target=cfg.options.target,
@@ -238,4 +246,5 @@ def run_config(
         client_threads=cfg.options.client_threads,
         run_key=run_key,
         resume=resume,
+        init_model=init_model or (cfg.base / init if init else None),
     ).to_run_config()

@@ -41,7 +41,7 @@ from fedvault.common.protocol import (
     STATS_MESSAGE,
 )
 from fedvault.common.records import number
-from fedvault.server import checkpoint, model_card
+from fedvault.server import checkpoint, drift, lineage, model_card
 from fedvault.server.central_eval import held_out_metrics, held_out_set, site_metrics
 from fedvault.server.checks import check_update, dequantize_replies, release_problem
 from fedvault.server.exchange import send_and_receive
@@ -90,6 +90,8 @@ class Federation:
         self.history: list[dict[str, Any]] = []
         self.stop_reason = ""
         self.plan: StrategyPlan | None = None
+        self.received: dict[str, Any] | None = None  # pooled site summaries
+        self.parent: lineage.Parent | None = None  # the model round 1 starts from
         self.secure = (
             SecureRound(
                 grid,
@@ -125,7 +127,12 @@ class Federation:
                 f"only {len(summaries)} site(s) can train; min-sites is "
                 f"{self.training.min_sites} (excluded: {self.book.excluded})"
             )
-        return merge_summaries(summaries, self.settings.target)
+        prep = merge_summaries(summaries, self.settings.target)
+        names = [s.name for s in self.book.sites.values()]  # in reply order
+        self.received = drift.write_received(self.rundir.root, names, summaries)
+        # With --init-model the parent's encoding is kept across versions.
+        self.parent = lineage.start(self.settings, prep, self.received)
+        return prep if self.parent is None else self.parent.prep
 
     def _exchange(self, messages: Iterable[Message]) -> list[Message]:
         """Send and wait, remembering where each message went."""
@@ -171,6 +178,8 @@ class Federation:
         )
         for note in notes:
             logger.info("model fitted for DP-SGD: %s", note)
+        if self.parent is not None:  # round 1's global model is the parent
+            model.load_state_dict(self.parent.state_dict)
         if resumed is not None:
             model.load_state_dict(
                 {k: torch.from_numpy(v) for k, v in resumed.arrays.items()}
@@ -355,6 +364,7 @@ class Federation:
                 "config": self.training.to_run_config(),
                 "rounds_completed": len(self.history),
             }
+            | lineage.bundle_fields(self.parent, self.received)
         )
         self.rundir.write_metrics_csv(self.history)
 

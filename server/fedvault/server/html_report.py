@@ -19,8 +19,13 @@ from typing import Any
 
 from fedvault.common.errors import DataError, FedVaultError
 from fedvault.common.files import atomic_write
-from fedvault.server import model_card, report_plots
-from fedvault.server.rundir import PRIVACY_TEXT_FILE, PROGRESS_FILE, SUMMARY_FILE
+from fedvault.server import model_card, report_data, report_plots, trained
+from fedvault.server.rundir import (
+    MODEL_FILE,
+    PRIVACY_TEXT_FILE,
+    PROGRESS_FILE,
+    SUMMARY_FILE,
+)
 
 REPORT_FILE = "report.html"
 
@@ -202,12 +207,15 @@ def build_html(run_dir: Path) -> str:
     """The report page of the run in ``run_dir``.
 
     Raises:
-        DataError: the folder does not exist or holds no ``summary.json``.
+        DataError: the folder does not exist or holds no ``summary.json``, or its
+            model file is corrupted or belongs to another run.
     """
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such run folder")
     if not (run_dir / SUMMARY_FILE).is_file():
         raise DataError(f"{run_dir}: no {SUMMARY_FILE}; not a finished fedvault run")
+    if (run_dir / MODEL_FILE).exists():
+        trained.load(run_dir)  # readable, and this run's model
     summary = _read_json(run_dir / SUMMARY_FILE)
     history, sites = summary.get("history") or [], summary.get("sites") or {}
     budgets = {n: s.get("epsilon_budget") for n, s in sites.items()}
@@ -236,6 +244,7 @@ def build_html(run_dir: Path) -> str:
             "declines and failures per round",
         ),
         _sites_table(sites),
+        *report_data.section(run_dir, _table, _img),
         "<h2>Model card</h2>",
         _card_html(_card(run_dir)),
     ]

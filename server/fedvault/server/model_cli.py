@@ -25,6 +25,7 @@ from fedvault.common.errors import DataError
 from fedvault.server import compress as cmp
 from fedvault.server import explain as xpl
 from fedvault.server import export as exp
+from fedvault.server import lineage as lin
 from fedvault.server import model_card as mc
 from fedvault.server import predict as pred
 from fedvault.server import trained
@@ -324,3 +325,21 @@ def card(
     console.print(
         f"Wrote {run / mc.CARD_MD} and {run / mc.CARD_JSON}.", highlight=False
     )
+
+
+@model_app.command("lineage")
+@errors_as_exit(os_errors=True)
+def lineage_(run: RunArgument, output_format: FormatOption = OutputFormat.TEXT) -> None:
+    """The chain of model versions behind a model, newest first: each file's
+    version and SHA-256, and whether the recorded ancestor is still where it was
+    (``verified``), changed since, or missing."""
+    links = lin.chain(run)
+    if output_format is OutputFormat.JSON:
+        _json({"models": [link.as_json() for link in links]})
+        return
+    table = Table(title="Model lineage (newest first)")
+    for column in ("version", "sha256", "file", "status"):
+        table.add_column(column)
+    for link in links:
+        table.add_row(str(link.version), link.sha256[:16], link.path, link.status)
+    console.print(table)

@@ -22,12 +22,12 @@ def _pyplot() -> Any:
     return plt
 
 
-def _png(fig: Any) -> bytes:
+def _png(fig: Any, *, rounds: bool = True) -> bytes:
     from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()
-    for ax in fig.axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds
+    for ax in fig.axes if rounds else ():
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=90)
@@ -141,3 +141,47 @@ def events_plot(counts: Mapping[str, Mapping[int, int]], rounds: int) -> bytes |
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     return _png(fig)
+
+
+def labels_plot(sites: Mapping[str, Mapping[str, int]]) -> bytes | None:
+    """Each site's label shares (stacked horizontal bars, one per site)."""
+    if not sites:
+        return None
+    plt = _pyplot()
+    names = list(sites)
+    labels = sorted({label for counts in sites.values() for label in counts})
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.25 * len(names)))
+    left = [0.0] * len(names)
+    for i, label in enumerate(labels):
+        shares = [sites[n].get(label, 0) / (sum(sites[n].values()) or 1) for n in names]
+        colour = _COLOURS[(i + 1) % len(_COLOURS)]
+        ax.barh(names, shares, left=left, color=colour, label=f"label {label}")
+        left = [a + b for a, b in zip(left, shares, strict=True)]
+    ax.set(xlabel="share of the site's rows", title="Label distribution per site")
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, ncol=min(len(labels), 6), loc="lower right")
+    return _png(fig, rounds=False)
+
+
+def shift_plot(
+    shifts: Mapping[str, Mapping[str, float]], *, limit: int
+) -> bytes | None:
+    """Heat map of each site's standardized mean difference to all sites pooled,
+    for the ``limit`` features that differ most between sites."""
+    features = sorted({f for row in shifts.values() for f in row})
+    if not shifts or not features:
+        return None
+    spread = {f: max(abs(row.get(f, 0.0)) for row in shifts.values()) for f in features}
+    shown = sorted(features, key=lambda f: (-spread[f], f))[:limit]
+    names = list(shifts)
+    grid = [[shifts[n].get(f, 0.0) for f in shown] for n in names]
+    bound = max(max(spread[f] for f in shown), 0.5)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 1.8 + 0.25 * len(names)))
+    image = ax.imshow(grid, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xticks(range(len(shown)), shown, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_title("Mean shift per site against all sites (in pooled std)")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    return _png(fig, rounds=False)

@@ -3,6 +3,7 @@ keys."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -31,6 +32,7 @@ from fedvault.server.deploy import (
     load_coordinator_config,
 )
 from fedvault.server.governance_cli import register as register_governance
+from fedvault.server.lineage import load_parent
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.rundir import PROGRESS_FILE
 from fedvault.server.runstate import RunState, inspect_run, read_events
@@ -77,6 +79,13 @@ def start(
             "(for a service manager: one command that starts and continues).",
         ),
     ] = False,
+    init_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from this model file or run folder (same model and "
+            "columns); overrides [coordinator] init-model."
+        ),
+    ] = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Start the coordinator (Flower SuperLink with TLS and site authentication),
@@ -84,6 +93,11 @@ def start(
 
     Only the Fleet address is for partners; the Control API stays on loopback."""
     cfg = load_coordinator_config(config)
+    if init_model is not None:
+        options = dataclasses.replace(cfg.options, init_model=str(init_model.resolve()))
+        cfg = dataclasses.replace(cfg, options=options)
+    if cfg.options.init_model:  # readable, same architecture: before anything runs
+        load_parent(cfg.base / cfg.options.init_model, cfg.training)
     _drive(
         cfg,
         insecure=insecure,

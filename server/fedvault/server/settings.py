@@ -26,6 +26,7 @@ _EXPECTED_SITES = "expected-sites"
 _EXCLUDED_SITES = "excluded-sites"
 _RESUME = "resume"
 _SIMULATION = "simulation"
+_INIT_MODEL = "init-model"
 
 # The run-config keys of the coordinator itself (besides TrainingConfig's).
 APP_KEYS = (
@@ -38,6 +39,7 @@ APP_KEYS = (
     RUN_KEY,
     _RESUME,
     _SIMULATION,
+    _INIT_MODEL,
 )
 
 
@@ -51,7 +53,8 @@ class ServerSettings:
     ``simulation``: one party runs every site (``fedvault simulate``): the
     coordinator's own randomness (client-level DP noise) is then seeded from the
     run's seed, for "same seed, same result"; a deployed coordinator draws it from
-    the OS, so that nobody who reads the seed can replay the noise.
+    the OS, so that nobody who reads the seed can replay the noise;
+    ``init_model``: the model file (or run folder) round 1 starts from.
     """
 
     training: TrainingConfig
@@ -64,6 +67,7 @@ class ServerSettings:
     run_key: str = ""
     resume: bool = False
     simulation: bool = False
+    init_model: Path | None = None
 
     def to_run_config(self) -> RunConfig:
         """The flat scalar mapping Flower's run config carries (absolute paths as
@@ -79,6 +83,7 @@ class ServerSettings:
             RUN_KEY: self.run_key,
             _RESUME: self.resume,
             _SIMULATION: self.simulation,
+            _INIT_MODEL: "" if self.init_model is None else str(self.init_model),
         }
         return values
 
@@ -89,6 +94,7 @@ class ServerSettings:
             if not str(run_config.get(key, "")):
                 raise ConfigError(f"run config: {key!r} is required")
         test = str(run_config.get(_TEST_DATA, ""))
+        init = str(run_config.get(_INIT_MODEL, ""))
         try:
             excluded = json.loads(str(run_config.get(_EXCLUDED_SITES, "{}")))
         except json.JSONDecodeError as exc:
@@ -104,4 +110,12 @@ class ServerSettings:
             run_key=str(run_config.get(RUN_KEY, "")),
             resume=bool(run_config.get(_RESUME, False)),
             simulation=bool(run_config.get(_SIMULATION, False)),
+            init_model=Path(init) if init else None,
         )
+
+
+def init_model_of(run_config: Mapping[str, Any]) -> Path | None:
+    """The model a run config starts from (None: from scratch), read alone: a
+    resumed run keeps the parent it started from."""
+    init = str(run_config.get(_INIT_MODEL, ""))
+    return Path(init) if init else None

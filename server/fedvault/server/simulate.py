@@ -36,7 +36,7 @@ from fedvault.common.partition import (
 )
 from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
-from fedvault.server import _flower
+from fedvault.server import _flower, lineage
 from fedvault.server import _vaults as _vaults_mod
 from fedvault.server import simulate_data as _data
 from fedvault.server.rundir import (
@@ -68,6 +68,7 @@ class SimulationOptions:
     state: str = ""
     site_budget: float = 0.0
     timeout: float = 3600.0
+    init_model: str = ""
     dataset: str = ""  # embedded: breast-cancer (the default) or digits
     image_size: int = 0  # images resized to this (0: 64)
     gpu_fraction: float = 0.0  # share of a GPU per simulated site
@@ -308,6 +309,7 @@ def _run_config(
     test_file: str,
     states: list[Path],
 ) -> dict[str, Any]:
+    opts = prepared.options
     settings = ServerSettings(
         training=prepared.training,
         target=prepared.options.target,
@@ -318,6 +320,7 @@ def _run_config(
         client_threads=1,
         run_key=uuid.uuid4().hex,
         simulation=True,
+        init_model=Path(opts.init_model).resolve() if opts.init_model else None,
     )
     run_config: dict[str, Any] = dict(settings.to_run_config())
     for pid, ((name, _), entry) in enumerate(zip(prepared.sites, entries, strict=True)):
@@ -348,6 +351,8 @@ def run(
             "more --sites"
         )
     check_sizes(prepared)
+    if cfg.options.init_model:  # architecture and columns, before --out exists
+        lineage.check_frames(cfg.options.init_model, prepared.training, prepared.sites)
     state_root = Path(cfg.options.state) if cfg.options.state else None
     check_states(prepared, state_root)
     if state_root is not None:

@@ -22,6 +22,7 @@ from fedvault.common.cli import (
 from fedvault.common.config import read_toml
 from fedvault.server import simulate as sim
 from fedvault.server import simulate_tables
+from fedvault.server.drift import flagged_lines
 from fedvault.server.rundir import PROGRESS_FILE
 
 console = Console()
@@ -255,6 +256,9 @@ def simulate(
             "--no-dp", help="Train WITHOUT differential privacy (comparison only)."
         ),
     ] = False,
+    init_model: Annotated[
+        Path | None, typer.Option(help="Start from this model (file or run folder).")
+    ] = None,
     seed: Annotated[
         int | None,
         typer.Option(help="Seed for partitioning, init and training (default: 0)."),
@@ -344,3 +348,5 @@ def _run_with_progress(
 
 def _print_tables(summary: dict[str, Any], out: Path) -> None:
     simulate_tables.print_tables(console, summary, out)
+    for line in flagged_lines(out):  # --init-model: features shifted since the parent
+        console.print(f"[yellow]{line}[/]", highlight=False)

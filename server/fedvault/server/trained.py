@@ -114,8 +114,13 @@ def load(path: Path) -> TrainedModel:
         from fedvault.server.compress import quiet_quantized
 
         with quiet_quantized():
-            model.load_state_dict(bundle["state_dict"])
-    except (RuntimeError, TypeError, KeyError) as exc:
+            if (compression or {}).get("format") == "sparse-int8":
+                from fedvault.server import sparse
+
+                sparse.decode(model, bundle["sparse"])
+            else:
+                model.load_state_dict(bundle["state_dict"])
+    except (RuntimeError, TypeError, KeyError, DataError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise DataError(
             f"{file}: its weights do not fit a {config.model} with "

@@ -1,0 +1,247 @@
+"""What the sites' summaries say about their data, per site and pooled, and how a
+new model version's data has shifted from its parent's (the drift check).
+
+Only the summary fields the sites already release are read, and only here
+(:func:`describe`): per numeric column ``n``/``sum``/``sumsq``/``missing``, per
+categorical column ``counts``/``missing``, ``rows`` and ``labels``. A run keeps
+these descriptions in ``received.json`` (per site and pooled) and the pooled one in
+its model file, so that the next version can compare.
+
+A feature is flagged as shifted when
+
+- numeric: its standardized mean shift ``|mean_new - mean_parent| / std_parent``
+  is at least :data:`MEAN_SHIFT` (0.25), or its spread changed by a factor of
+  :data:`STD_RATIO` (1.5) or more;
+- categorical (and the label): the population stability index over its
+  categories, ``sum((p_new - p_parent) * ln(p_new / p_parent))`` with shares
+  floored at 1e-4, is at least :data:`PSI` (0.2, the usual "significant shift").
+
+A parent written before pooled descriptions were kept has only its preprocessing
+(means, standard deviations, categories): numeric columns are compared by mean
+shift and spread, categorical columns only by categories new or gone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fedvault.common.files import atomic_write
+from fedvault.common.preprocessing import Preprocessing
+
+RECEIVED_FILE = "received.json"
+DRIFT_FILE = "drift.json"
+MEAN_SHIFT = 0.25
+STD_RATIO = 1.5
+PSI = 0.2
+_FLOOR = 1e-4
+
+
+def describe(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """One site's summary as rows, label counts, numeric mean/std/missing and
+    category counts (JSON-ready)."""
+    return _describe(
+        rows=int(summary.get("rows", 0)),
+        labels=Counter({str(k): int(v) for k, v in summary["labels"].items()}),
+        numeric={str(c): dict(s) for c, s in summary["numeric"].items()},
+        categorical={str(c): dict(s) for c, s in summary["categorical"].items()},
+    )
+
+
+def pooled(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The description of all sites' rows together."""
+    labels: Counter[str] = Counter()
+    numeric: dict[str, dict[str, float]] = {}
+    categorical: dict[str, dict[str, Any]] = {}
+    for s in summaries:
+        labels.update({str(k): int(v) for k, v in s["labels"].items()})
+        for col, stats in s["numeric"].items():
+            acc = numeric.setdefault(str(col), dict.fromkeys(_NUMERIC, 0.0))
+            for key in _NUMERIC:
+                acc[key] += float(stats[key])
+        for col, stats in s["categorical"].items():
+            acc2 = categorical.setdefault(str(col), {"counts": Counter(), "missing": 0})
+            acc2["counts"].update({str(k): int(v) for k, v in stats["counts"].items()})
+            acc2["missing"] += int(stats["missing"])
+    return _describe(
+        rows=sum(int(s.get("rows", 0)) for s in summaries),
+        labels=labels,
+        numeric=numeric,
+        categorical=categorical,
+    )
+
+
+_NUMERIC = ("n", "sum", "sumsq", "missing")
+
+
+def _describe(
+    *,
+    rows: int,
+    labels: Mapping[str, int],
+    numeric: Mapping[str, Mapping[str, float]],
+    categorical: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    num = {}
+    for col, s in sorted(numeric.items()):
+        n = float(s["n"])
+        mean = float(s["sum"]) / n if n else 0.0
+        var = max(float(s["sumsq"]) / n - mean * mean, 0.0) if n else 0.0
+        num[col] = {"mean": mean, "std": math.sqrt(var), "missing": int(s["missing"])}
+    cat = {
+        col: {
+            "counts": {str(k): int(v) for k, v in sorted(s["counts"].items())},
+            "missing": int(s["missing"]),
+        }
+        for col, s in sorted(categorical.items())
+    }
+    return {
+        "rows": rows,
+        "labels": {str(k): int(v) for k, v in sorted(labels.items())},
+        "numeric": num,
+        "categorical": cat,
+    }
+
+
+def write_received(
+    root: Path, names: Sequence[str], summaries: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Write ``received.json`` (per site and pooled); returns the pooled one."""
+    doc = {
+        "sites": {n: describe(s) for n, s in zip(names, summaries, strict=True)},
+        "pooled": pooled(summaries),
+    }
+    atomic_write(root / RECEIVED_FILE, (json.dumps(doc, indent=2) + "\n").encode())
+    return dict(doc["pooled"])
+
+
+@dataclass(frozen=True)
+class Shift:
+    """One compared feature (``column`` "label" for the label distribution)."""
+
+    column: str
+    kind: str  # numeric | categorical | label
+    measure: str  # "mean shift" | "std ratio" | "PSI" | "categories"
+    value: float
+    flagged: bool
+    detail: str
+
+
+def compare(
+    parent: Mapping[str, Any] | None, prep: Preprocessing, new: Mapping[str, Any]
+) -> list[Shift]:
+    """Every feature of ``new`` (a pooled description) against the parent's
+    pooled description, or, where the parent has none, its preprocessing."""
+    base = parent if parent is not None else _from_prep(prep)
+    shifts = [
+        _numeric(col, base["numeric"][col], stats)
+        for col, stats in new["numeric"].items()
+        if col in base["numeric"]
+    ]
+    for col, stats in new["categorical"].items():
+        if col in base["categorical"]:
+            shifts.append(
+                _categorical(col, "categorical", base["categorical"][col], stats)
+            )
+    if base.get("labels"):
+        shifts.append(
+            _categorical(
+                "label", "label", {"counts": base["labels"]}, {"counts": new["labels"]}
+            )
+        )
+    return sorted(shifts, key=lambda s: (not s.flagged, -abs(s.value), s.column))
+
+
+def _from_prep(prep: Preprocessing) -> dict[str, Any]:
+    return {
+        "numeric": {
+            c: {"mean": m, "std": s}
+            for c, m, s in zip(prep.numeric, prep.means, prep.stds, strict=True)
+        },
+        "categorical": {
+            c: {"counts": dict.fromkeys(v, 0)}
+            for c, v in zip(prep.categorical, prep.vocab, strict=True)
+        },
+        "labels": {},
+    }
+
+
+def _numeric(col: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> Shift:
+    std = float(old["std"]) or 1.0
+    shift = (float(new["mean"]) - float(old["mean"])) / std
+    ratio = (float(new["std"]) or 1e-12) / std
+    detail = (
+        f"mean {float(old['mean']):.4g} -> {float(new['mean']):.4g}, "
+        f"std {float(old['std']):.4g} -> {float(new['std']):.4g}"
+    )
+    if abs(shift) < MEAN_SHIFT and max(ratio, 1 / ratio) >= STD_RATIO:
+        return Shift(col, "numeric", "std ratio", ratio, True, detail)
+    return Shift(col, "numeric", "mean shift", shift, abs(shift) >= MEAN_SHIFT, detail)
+
+
+def _categorical(
+    col: str, kind: str, old: Mapping[str, Any], new: Mapping[str, Any]
+) -> Shift:
+    before, after = dict(old["counts"]), dict(new["counts"])
+    added = sorted(set(after) - set(before))
+    gone = sorted(set(before) - set(after))
+    detail = ", ".join(
+        part
+        for part in (
+            f"new: {', '.join(added[:3])}" if added else "",
+            f"gone: {', '.join(gone[:3])}" if gone else "",
+        )
+        if part
+    )
+    if sum(before.values()) == 0:  # the parent knew only the categories
+        return Shift(col, kind, "categories", len(added), bool(added), detail)
+    value = psi(before, after)
+    return Shift(col, kind, "PSI", value, value >= PSI, detail)
+
+
+def psi(before: Mapping[str, int], after: Mapping[str, int]) -> float:
+    """Population stability index of two count tables (shares floored)."""
+    keys = sorted(set(before) | set(after))
+    n0, n1 = sum(before.values()) or 1, sum(after.values()) or 1
+    total = 0.0
+    for k in keys:
+        p = max(before.get(k, 0) / n0, _FLOOR)
+        q = max(after.get(k, 0) / n1, _FLOOR)
+        total += (q - p) * math.log(q / p)
+    return total
+
+
+def write_drift(root: Path, parent: str, shifts: Sequence[Shift]) -> None:
+    """Write ``drift.json``: the parent compared with and every feature's shift."""
+    doc = {
+        "parent": parent,
+        "thresholds": {"mean_shift": MEAN_SHIFT, "std_ratio": STD_RATIO, "psi": PSI},
+        "features": [asdict(s) for s in shifts],
+    }
+    atomic_write(root / DRIFT_FILE, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+def read_drift(root: Path) -> dict[str, Any] | None:
+    """The run's ``drift.json``, or None (no parent, or unreadable)."""
+    try:
+        doc = json.loads((root / DRIFT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def flagged_lines(root: Path) -> list[str]:
+    """One line per shifted feature of the run in ``root`` (for the CLI)."""
+    doc = read_drift(root)
+    if doc is None:
+        return []
+    return [
+        f"drift: {f['column']} ({f['kind']}) {f['measure']} {f['value']:.3g}"
+        + (f"; {f['detail']}" if f["detail"] else "")
+        for f in doc.get("features", [])
+        if f.get("flagged")
+    ]
