@@ -10,15 +10,18 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import tomli_w
 from consortium import Consortium, prepare_two_sites, run_fedvault, wait_for_run
 
-from fedvault.common.processes import flower_bin, flower_env
-from fedvault.server import control
+from fedvault.common.net import port_in_use
+from fedvault.common.processes import flower_bin, flower_env, free_port
+from fedvault.server import _flower, control
 from fedvault.server.deploy import CoordinatorLayout
+from fedvault.server.registry import SiteRegistry, read_public_key
 
 SERVER = "fedvault.server.server_cli:server_app"
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -127,6 +130,56 @@ def test_the_control_api_answers_only_the_coordinators_account(
             monkeypatch, capsys, "server", "status", "--config", str(config)
         )
         assert code == 0 and "rogue" in out and str(node) in out
+
+        # ... and unregistered during the run, its key fingerprint logged
+        _, rogue_fp = read_public_key(rogue_key / "site.pub")
+        said = f"unregistered node {node} (key {rogue_fp})"
+        deadline = time.monotonic() + control.ROGUE_GRACE_S + 60
+        while said not in cons.output("coordinator") and time.monotonic() < deadline:
+            time.sleep(1)
+        assert said in cons.output("coordinator"), cons.output("coordinator")[-2000:]
+        live_nodes = control.registrations(layout)
+        assert node not in live_nodes
+        registry = SiteRegistry(layout.registry)
+        assert {e.node_id for e in registry.sites.values()} <= set(live_nodes)
+        assert control.run_status(layout, run_id).startswith("running")
     finally:
         cons.stop_all()
     assert not socket.parent.exists()
+
+
+def _flwr_ls(layout, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [flower_bin("flwr"), "ls", _flower.CONNECTION, "--format", "json"],
+        cwd=layout.work,
+        env=flower_env(layout.flwr_home, env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="real processes")
+def test_the_simulation_superlink_opens_no_control_port(tmp_path):
+    layout = _flower.SimulationLayout(tmp_path)
+    port = free_port()
+    layout.write({}, port)
+    with (
+        (tmp_path / "flower.log").open("ab") as log,
+        _flower.superlink(layout, port, log),
+    ):
+        socket = Path(layout.socket_file.read_text())
+        assert not port_in_use(f"127.0.0.1:{port}", key="port")
+        assert stat.S_IMODE(socket.parent.stat().st_mode) == 0o700
+        # fedvault's own calls reach it through the socket ...
+        mine = _flwr_ls(layout, layout.env())
+        assert json.loads(mine.stdout)["success"] is True, mine.stdout
+        # ... a client that knows only the port reaches nothing
+        env = {"PYTHONPATH": ""}
+        other = json.loads(_flwr_ls(layout, env).stdout)
+        assert other["success"] is False
+        assert "Connection to the SuperLink is unavailable" in other["error-message"]
+    assert not socket.parent.exists() and not layout.socket_file.exists()

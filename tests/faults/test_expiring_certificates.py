@@ -59,3 +59,43 @@ def test_renewing_without_a_certificate_is_one_line(monkeypatch, capsys, tmp_pat
     assert code == 2 and "no certificate to renew" in out and "Traceback" not in out
     code, out = run_fedvault(monkeypatch, capsys, "certs", "server", str(tmp_path))
     assert code == 2 and "give --host" in out
+
+
+def _site_with_ca(tmp_path, days):
+    """A site TOML (TLS, its own key and data) trusting a CA valid for ``days``."""
+    from consortium import write_site
+
+    from fedvault.client.site_config import load_site_config
+    from fedvault.common.data import default_dataset
+
+    certs.create_ca(tmp_path / "certs", days=days)
+    certs.generate_site_keys(tmp_path / "keys" / "site-0")
+    default_dataset().head(50).to_parquet(tmp_path / "site.parquet", index=False)
+    write_site(tmp_path, "site-0", 9092, "bc", data="site.parquet")
+    return tmp_path / "site-0.toml", load_site_config(tmp_path / "site-0.toml")
+
+
+def test_client_start_refuses_an_expired_ca_naming_the_file(
+    monkeypatch, capsys, tmp_path
+):
+    config, _ = _site_with_ca(tmp_path, days=0)
+    code, out = run_fedvault(
+        monkeypatch, capsys, "client", "start", "--config", str(config)
+    )
+    assert code == 2 and "Traceback" not in out
+    assert f"ca-certificate: {tmp_path / 'certs' / 'ca.crt'} is expired" in out
+    assert not (tmp_path / "state" / "site-0" / "supernode.log").exists()
+
+
+def test_client_start_warns_of_a_ca_ending_within_30_days(tmp_path, caplog):
+    from fedvault.client.site_config import check_files
+
+    _, cfg = _site_with_ca(tmp_path, days=10)
+    check_files(cfg)  # start goes on
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    expires = _cert(tmp_path / "certs" / "ca.crt").not_valid_after_utc
+    assert any(
+        f"{tmp_path / 'certs' / 'ca.crt'} expires {expires:%Y-%m-%d}" in w
+        and "(in 10 days)" in w
+        for w in warned
+    ), warned

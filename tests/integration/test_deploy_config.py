@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from fedvault.client import flower_log, site_config, supernode
 from fedvault.client.client_cli import client_app
+from fedvault.common import certs
 from fedvault.common.errors import ConfigError
 from fedvault.server import coordinator as coord
 from fedvault.server import superlink
@@ -159,7 +160,7 @@ def test_site_command_and_node_config(tmp_path):
 
 
 def test_site_policy_comes_from_its_privacy_table(tmp_path):
-    (tmp_path / "ca.crt").write_text("x")
+    certs.create_ca(tmp_path)  # a real one: client start reads its expiry
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "site.key").write_text("x")
     (tmp_path / "keys" / "site.key").chmod(0o600)  # else refused: others can read

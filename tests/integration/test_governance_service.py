@@ -19,7 +19,9 @@ import tomli_w
 from consortium import Consortium, prepare_two_sites, run_fedvault, wait_until
 from typer.testing import CliRunner
 
+from fedvault.client.access_log import access_log
 from fedvault.client.approval import ca_fingerprint
+from fedvault.client.site_config import load_site_config
 from fedvault.common.config import read_toml
 from fedvault.common.errors import ConfigError
 from fedvault.server.certs_cli import certs_app
@@ -226,6 +228,22 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
         "excluded site-1 (declined (policy): the run trains model 'logreg'; the "
         "site approves only mlp ([approval] models))",
     ]
+    # every update the coordinator audited is one a site's access log says it sent
+    audited = {
+        tuple(e["detail"].split()[i] for i in (3, 5, 7, 9))  # key, round, site, arrays
+        for e in entries
+        if e["method"] == "UpdateReceived"
+    }
+    sent = set()
+    for name in ("site-0", "site-1"):
+        log_of_site = access_log(load_site_config(root / f"{name}.toml").state_dir)
+        log_of_site.verify()
+        sent |= {
+            (e["run-key"], str(e["round"]), name, e["arrays"])
+            for e in log_of_site.entries()
+            if e["reply"] == "trained"
+        }
+    assert len(audited) == 3 and audited == sent
     code, out = run_fedvault(monkeypatch, capsys, "server", "audit", "verify", *config)
     assert code == 0 and "chain intact" in out, out
     data = bytearray(log.read_bytes())

@@ -11,7 +11,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedvault.client.access_log_cli import access_log_app
 from fedvault.client.ledger_cli import ledger_app
+from fedvault.client.plan_cli import plan
 from fedvault.client.site_config import load_site_config
 from fedvault.client.supernode import run_site, stop_site
 from fedvault.common.certs import fingerprint, generate_site_keys, load_site_public_key
@@ -25,6 +27,8 @@ client_app = command_group(
     "privacy ledger.",
 )
 client_app.add_typer(ledger_app, name="ledger")
+client_app.add_typer(access_log_app, name="access-log")
+client_app.command("plan")(plan)
 
 
 @client_app.command("keygen")

@@ -1,7 +1,11 @@
-"""The site's gate on training messages: client-level DP clipping and SecAgg+.
+"""The site's gate on every message: its access log, client-level DP clipping and
+SecAgg+.
 
-:func:`privacy_mod` wraps every message the ClientApp handles and, for training
-messages, applies exactly what the run's settings ask for, refusing anything else:
+:func:`privacy_mod` wraps every message the ClientApp handles: the reply is
+recorded in the site's access log before it leaves
+(:func:`fedvault.client.access_log.access_log_mod`, outermost, so that a refusal
+below is logged too), and for training messages it applies exactly what the run's
+settings ask for, refusing anything else:
 
 - ``secagg`` on: the message must be a SecAgg+ stage (Flower's ``secaggplus_mod``
   then runs the protocol). At the masking stage the site trains through the same
@@ -62,6 +66,7 @@ from flwr.supercore.differential_privacy import (
     get_norm,
 )
 
+from fedvault.client.access_log import access_log_mod
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import ConfigError, PrivacyError
 from fedvault.common.protocol import (
@@ -112,7 +117,16 @@ def _refuse(msg: Message, detail: str) -> Message:
 
 
 def privacy_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-    """Apply the run's client-level DP clipping and SecAgg+ to training messages."""
+    """Log every message and its reply in the site's access log; apply the run's
+    client-level DP clipping and SecAgg+ to training messages."""
+
+    def gate(message: Message, context: Context) -> Message:
+        return _privacy_gate(message, context, call_next)
+
+    return access_log_mod(msg, ctxt, gate)
+
+
+def _privacy_gate(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, ctxt)
     try:

@@ -29,6 +29,7 @@ SuperNode with them: :mod:`fedvault.client.supernode`.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -40,10 +41,12 @@ import tomli_w
 from fedvault.client.data.keys import load_key
 from fedvault.client.data.vault_format import MANIFEST_NAME
 from fedvault.client.policy import load_policy
-from fedvault.common.certs import check_site_private_key
+from fedvault.common.certs import cert_status, check_site_private_key
 from fedvault.common.config import parse_fields, read_toml
 from fedvault.common.errors import ConfigError
 from fedvault.common.net import split_address
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,6 +218,37 @@ def check_files(cfg: SiteConfig) -> None:
         load_key(cfg.path(opts.key_file), vault_dir=cfg.path(opts.vault))
     if not opts.insecure:  # readable by others: refused, as a data key is
         check_site_private_key(cfg.path(opts.private_key))
+        check_ca_certificate(cfg.path(opts.ca_certificate))
+
+
+def check_ca_certificate(path: Path) -> None:
+    """Refuse a CA certificate that is expired (or not yet valid) or unreadable:
+    every connection to the coordinator would fail with only "Connection to the
+    SuperLink is unavailable". Warn, with the date and the days left, when it
+    expires within :data:`~fedvault.common.certs.WARN_DAYS`.
+
+    Raises:
+        ConfigError: naming the file, when it is expired or not a certificate.
+    """
+    status = cert_status(path)
+    expires = status.not_after.strftime("%Y-%m-%d %H:%M UTC")
+    if status.state == "invalid":
+        raise ConfigError(
+            f"ca-certificate: {path} is not a certificate {status.detail}"
+        )
+    if status.state == "expired":
+        raise ConfigError(
+            f"ca-certificate: {path} is expired or not yet valid (valid until "
+            f"{expires}); ask the coordinator for the consortium's current ca.crt"
+        )
+    if status.state == "expiring":
+        logger.warning(
+            "ca-certificate: %s expires %s (in %.0f days); ask the coordinator for "
+            "a renewed ca.crt before then",
+            path,
+            expires,
+            status.days_left,
+        )
 
 
 def write_node_config(cfg: SiteConfig) -> Path:

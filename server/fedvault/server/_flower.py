@@ -1,12 +1,15 @@
 """Running Flower's own processes for a local simulation (Flower-facing, private).
 
 Shape (checked against flwr 1.39): a private work folder holds ``FLWR_HOME`` (a
-``config.toml`` naming one SuperLink connection on a free loopback port), an app folder
+``config.toml`` naming one SuperLink connection), an app folder
 whose ``pyproject.toml`` points Flower at ``fedvault.server.app:app`` and
 ``fedvault.client.app:app`` and declares every run-config key, and the run-config TOML.
 We start ``flower-superlink --simulation`` in its own process session, submit with
 ``flwr run --stream``, read the final status with ``flwr ls`` (``flwr run`` exits 0
 even when the run failed), and always stop and reap every process we started.
+Like the coordinator's, this SuperLink serves its Control API (no account
+authentication in open-source Flower) on a private unix socket, never on the
+loopback port its connection names (:mod:`fedvault.server._control_socket`).
 :func:`write_app` and :func:`write_connection` also write a deployed coordinator's
 app folder and ``FLWR_HOME`` (:mod:`fedvault.server.deploy`).
 """
@@ -16,17 +19,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
 import tomli_w
 
 from fedvault.common.errors import FederationError
+from fedvault.common.net import port_in_use
 from fedvault.common.processes import (
     flower_bin,
     flower_env,
@@ -34,6 +39,7 @@ from fedvault.common.processes import (
     spawn,
     stop_process,
 )
+from fedvault.server import _control_socket
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +105,21 @@ class SimulationLayout:
     def ray_tmp(self) -> Path:
         return self.work / "ray"
 
+    @property
+    def socket_file(self) -> Path:
+        """Names the running SuperLink's Control API socket (:func:`superlink`)."""
+        return self.work / "control-socket"
+
+    def env(self) -> dict[str, str]:
+        """What a Flower process of this simulation adds to its environment: Ray's
+        temporary files in the work folder, and the Control API socket while the
+        SuperLink runs."""
+        env = {"RAY_TMPDIR": str(self.ray_tmp)}
+        if self.socket_file.exists():
+            socket = Path(self.socket_file.read_text())
+            env |= _control_socket.environment(socket)
+        return env
+
     def write(self, run_config: RunConfig, port: int) -> None:
         """FLWR_HOME naming the SuperLink on 127.0.0.1:``port``, the app folder and
         the run config."""
@@ -109,32 +130,45 @@ class SimulationLayout:
         )
 
     def start(self, cmd: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
-        """Start a Flower command in the work folder with this FLWR_HOME and Ray's
-        temporary files inside the work folder."""
-        env = {"RAY_TMPDIR": str(self.ray_tmp)}
-        return spawn(cmd, cwd=self.work, log=log, flwr_home=self.flwr_home, env=env)
+        """Start a Flower command in the work folder with this FLWR_HOME and
+        :meth:`env`."""
+        return spawn(
+            cmd, cwd=self.work, log=log, flwr_home=self.flwr_home, env=self.env()
+        )
 
 
-def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_healthy(
+    port: int, socket: Path, proc: subprocess.Popen[bytes], timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     url = f"http://127.0.0.1:{port}/health"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise FederationError("the Flower SuperLink exited during start-up")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(url, timeout=1) as response,
-        ):
-            if response.status == 200:
-                return
+        if socket.exists():  # a failed connect to no socket leaks one in httpcore
+            transport = httpx.HTTPTransport(uds=str(socket))
+            with (
+                contextlib.suppress(httpx.HTTPError),
+                httpx.Client(transport=transport) as client,
+            ):
+                if client.get(url, timeout=1).status_code == 200:
+                    return
         time.sleep(0.3)
     raise FederationError(f"the Flower SuperLink did not start within {timeout:g} s")
 
 
 @contextlib.contextmanager
 def superlink(layout: SimulationLayout, port: int, log: IO[bytes]) -> Iterator[None]:
-    """A simulation SuperLink on 127.0.0.1:port for the duration of the block."""
+    """A simulation SuperLink for the duration of the block, its Control API on a
+    private unix socket (``port`` only names it in URLs: it is never opened).
+
+    Raises:
+        FederationError: when it does not start, or opens ``port`` after all.
+    """
     layout.ray_tmp.mkdir(exist_ok=True)
+    _control_socket.remove_stale()
+    socket = _control_socket.private_socket()
+    layout.socket_file.write_text(str(socket))
     cmd = [
         flower_bin("flower-superlink"),
         "--insecure",
@@ -145,14 +179,23 @@ def superlink(layout: SimulationLayout, port: int, log: IO[bytes]) -> Iterator[N
         str(port),
         "--disable-runtime-dependency-installation",
     ]
-    proc = layout.start(cmd, log)
     try:
-        _wait_healthy(port, proc, timeout=60)
-        yield
+        proc = layout.start(cmd, log)
+        try:
+            _wait_healthy(port, socket, proc, timeout=60)
+            if port_in_use(f"127.0.0.1:{port}", key="control-address"):
+                raise FederationError(
+                    f"the simulation's SuperLink opened its Control API on port "
+                    f"{port}, reachable by every account on this host; stopped it"
+                )
+            yield
+        finally:
+            stop_process(proc)
+            # Ray's agents (cwd: this work folder) can outlive every signal above
+            kill_processes_in(layout.work)
     finally:
-        stop_process(proc)
-        # Ray's agents (cwd: this work folder) can outlive every signal above
-        kill_processes_in(layout.work)
+        layout.socket_file.unlink(missing_ok=True)
+        shutil.rmtree(socket.parent, ignore_errors=True)
 
 
 def submit_and_wait(
@@ -202,7 +245,7 @@ def submit_and_wait(
 
 
 def _last_run_status(layout: SimulationLayout) -> str:
-    env = flower_env(layout.flwr_home)
+    env = flower_env(layout.flwr_home, layout.env())
     out = subprocess.run(  # noqa: S603
         [flower_bin("flwr"), "ls", CONNECTION, "--format", "json"],
         cwd=layout.work,

@@ -5,17 +5,27 @@ Every call runs ``flwr ... CONNECTION --format json`` with the coordinator's pri
 running coordinator's private unix socket (:mod:`fedvault.server._control_socket`;
 the API opens no TCP port), and turns a failure into one :class:`FederationError`
 line.
+
+Registrations made behind fedvault's back (by anyone who reached the API) are
+shown as rogue (:func:`rogue_nodes`) and, while the coordinator runs, unregistered
+(:class:`RogueWatch`, run by :func:`fedvault.server.superlink.superlink`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sqlite3
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fedvault.common.certs import fingerprint
 from fedvault.common.errors import FederationError
 from fedvault.common.processes import flower_bin, flower_env
 from fedvault.server import _control_socket
@@ -152,3 +162,73 @@ def submit(layout: CoordinatorLayout) -> int:
 def run_status(layout: CoordinatorLayout, run_id: int) -> str:
     runs = flwr_json(layout, "ls", "--run-id", str(run_id)).get("runs", [])
     return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+
+ROGUE_GRACE_S = 30.0  # `sites add` registers with Flower a moment before it saves;
+# meanwhile `server status` and `sites list` show the node as rogue
+
+
+def registrations(layout: CoordinatorLayout) -> dict[int, str]:
+    """Flower's live registrations, node id to key fingerprint (``SHA256:...``),
+    read from the SuperLink's database (read-only, no process started).
+
+    Raises:
+        FederationError: when the database cannot be read.
+    """
+    query = "SELECT node_id, public_key FROM node WHERE status != 'unregistered'"
+    try:
+        uri = f"{layout.database.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+            rows = db.execute(query).fetchall()
+    except sqlite3.Error as exc:
+        raise FederationError(f"cannot read {layout.database}: {exc}") from None
+    return {(n + (1 << 64) if n < 0 else n): _fingerprint(key) for n, key in rows}
+
+
+def _fingerprint(pem: bytes | None) -> str:
+    try:
+        key = serialization.load_pem_public_key(pem or b"")
+    except ValueError:
+        return "unknown key"
+    return fingerprint(key) if isinstance(key, ec.EllipticCurvePublicKey) else "?"
+
+
+class RogueWatch:
+    """Unregisters, during a run, the nodes Flower knows that ``sites.json`` does
+    not list (by node id or key), once one has stayed so for
+    :data:`ROGUE_GRACE_S` (a site being added is listed by then)."""
+
+    def __init__(self, layout: CoordinatorLayout) -> None:
+        self.layout = layout
+        self._seen: dict[int, float] = {}
+
+    def check(self, now: float) -> list[int]:
+        """One look at Flower's registrations; returns the nodes unregistered.
+
+        Raises:
+            FederationError: when Flower's state cannot be read or changed.
+        """
+        registry = SiteRegistry(self.layout.registry)
+        ids = {e.node_id for e in registry.sites.values()}
+        keys = {e.fingerprint for e in registry.sites.values()}
+        found = {
+            node_id: key
+            for node_id, key in registrations(self.layout).items()
+            if node_id not in ids and key not in keys
+        }
+        self._seen = {n: self._seen.get(n, now) for n in found}
+        removed = []
+        for node_id, since in sorted(self._seen.items()):
+            if now - since >= ROGUE_GRACE_S:
+                unregister_node(self.layout, node_id)
+                logger.warning(
+                    "unregistered node %d (key %s): registered with Flower outside "
+                    "fedvault, not in %s",
+                    node_id,
+                    found[node_id],
+                    registry.path,
+                )
+                removed.append(node_id)
+        for node_id in removed:
+            del self._seen[node_id]
+        return removed

@@ -23,6 +23,7 @@ from fedvault.server import _flower
 from fedvault.server.audit_log import AuditLog, digest
 from fedvault.server.control import flwr_json, run_status
 from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout, run_config
+from fedvault.server.received import audit_received
 from fedvault.server.rundir import PROGRESS_FILE, SUMMARY_FILE
 from fedvault.server.runstate import read_events
 
@@ -132,6 +133,10 @@ class RunBook:
             runs[record.run_id] = fresh
             self._save(runs)
             if self.audit is not None and status != "running":
+                output = self.folder(record) / "output"
+                audit_received(
+                    self.audit, output, run_id=record.run_id, who=COORDINATOR
+                )
                 self.audit.append(
                     who=COORDINATOR,
                     role="coordinator",

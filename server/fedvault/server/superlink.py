@@ -19,8 +19,9 @@ import re
 import shutil
 import ssl
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,13 @@ from fedvault.common.flower_logs import explain_exit, plain
 from fedvault.common.net import port_in_use, split_address
 from fedvault.common.processes import flower_bin, spawn, stop_process
 from fedvault.server import _control_socket
+from fedvault.server.control import RogueWatch
 from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout
 
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT = 60.0
+ROGUE_CHECK_S = 5.0
 
 # SuperLink lines left out of its log: one per request that succeeded (uvicorn's
 # access log, always on in Flower), and the Control API calls that fedvault's own
@@ -185,6 +188,7 @@ def superlink(cfg: CoordinatorConfig, *, insecure: bool) -> Iterator[Coordinator
     layout.state.mkdir(parents=True, exist_ok=True)
     _check_ports(cfg)
     layout.write_connection(cfg, insecure=insecure)
+    _control_socket.remove_stale()
     socket = _control_socket.private_socket()
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, socket.parent, ignore_errors=True)
@@ -210,7 +214,32 @@ def superlink(cfg: CoordinatorConfig, *, insecure: bool) -> Iterator[Coordinator
             "fleet-address": cfg.options.fleet_address,
         }
         atomic_write(layout.live, (json.dumps(live, indent=2) + "\n").encode())
+        if not insecure:  # no site authentication, no registrations to watch
+            cleanup.callback(_watch_rogues(layout))
         yield layout
+
+
+def _watch_rogues(layout: CoordinatorLayout) -> Callable[[], None]:
+    """Unregister rogue nodes every :data:`ROGUE_CHECK_S` in a thread
+    (:class:`~fedvault.server.control.RogueWatch`); returns what stops it."""
+    stop = threading.Event()
+    watch = RogueWatch(layout)
+
+    def loop() -> None:
+        while not stop.wait(ROGUE_CHECK_S):
+            try:
+                watch.check(time.monotonic())
+            except FederationError as exc:  # the next look may do better
+                logger.warning("checking Flower's registrations: %s", exc)
+
+    thread = threading.Thread(target=loop, name="fedvault-rogue-watch", daemon=True)
+    thread.start()
+
+    def halt() -> None:
+        stop.set()
+        thread.join(timeout=30)
+
+    return halt
 
 
 def _check_no_control_port(cfg: CoordinatorConfig) -> None:
@@ -249,7 +278,9 @@ def _check_ports(cfg: CoordinatorConfig) -> None:
 def read_live(layout: CoordinatorLayout) -> dict[str, Any] | None:
     """What the running coordinator wrote about itself, or None when none runs
     (a ``coordinator.json`` whose writer does not hold the folder's lock is what
-    a crashed coordinator left behind)."""
+    a crashed coordinator left behind). Also removes the Control API socket
+    folders that killed coordinators left (:func:`_control_socket.remove_stale`)."""
+    _control_socket.remove_stale()
     holder = lock_holder(layout.lock)
     if not holder:
         return None
