@@ -16,17 +16,31 @@ ROLES = {
 
 def test_wheel_has_one_top_level_name(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
-         "--no-build-isolation", "-q", "-w", str(tmp_path)],
-        check=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        timeout=300,
     )
     (wheel,) = tmp_path.glob("fedvault-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"fedvault"}
     assert "fedvault/__init__.py" not in names  # PEP 420 namespace
-    for module in ("fedvault/common/cli.py", "fedvault/client/app.py",
-                   "fedvault/server/app.py"):
+    for module in (
+        "fedvault/common/cli.py",
+        "fedvault/client/app.py",
+        "fedvault/server/app.py",
+    ):
         assert module in names
     assert not any(n.startswith("tests/") for n in names)
 
@@ -36,8 +50,14 @@ def test_installed_package_exposes_no_role_folders(tmp_path):
         "import importlib.util as u, fedvault.server.app, fedvault.client.app;"
         "print([u.find_spec(n) is None for n in ('server','client','common','protos')])"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.stdout.strip() == "[True, True, True, True]"
 
 
@@ -56,6 +76,9 @@ def test_dependencies_point_one_way():
         for path in (ROOT / role).rglob("*.py"):
             if "_pb2" in path.name:
                 continue
-            wrong += [f"{path.relative_to(ROOT)} imports {m}"
-                      for m in _imports(path) if m.startswith(banned)]
+            wrong += [
+                f"{path.relative_to(ROOT)} imports {m}"
+                for m in _imports(path)
+                if m.startswith(banned)
+            ]
     assert wrong == []

@@ -157,9 +157,7 @@ def test_request_within_the_policy_is_accepted():
         ({"dp": False}, "allow-non-private"),
     ],
 )
-def test_request_breaking_the_policy_is_declined_with_a_typed_reply(
-    settings, fragment
-):
+def test_request_breaking_the_policy_is_declined_with_a_typed_reply(settings, fragment):
     decision = check_request(POLICY, _request(**settings))
     assert isinstance(decision, Decline)
     assert decision.reason == "policy"

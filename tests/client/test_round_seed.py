@@ -1,6 +1,6 @@
 """Whose randomness a round's DP noise comes from."""
 
-from fedvault.client.app import _round_seed
+from fedvault.client.rounds import round_seed as _round_seed
 from fedvault.client.site import site_settings
 
 RUN = {"site.0.name": "site-1", "site.0.data": "/data/site-1.parquet"}

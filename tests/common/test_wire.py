@@ -10,6 +10,8 @@ from fedvault.proto import summary_pb2
 def test_summary_round_trips_through_protobuf():
     frame = pd.DataFrame({"x": [1.0, None, 3.5], "c": ["a", "b", None], "y": [0, 1, 1]})
     summary = site_summary(frame, "y")
+    summary["numeric"]["x"] |= {"lo": 0.0, "hi": 10.0, "asinh": False}
+    summary["dropped"] = ["name"]
     assert summary_from_bytes(summary_to_bytes(summary)) == summary
 
 

@@ -88,16 +88,16 @@ CASES = {
         lambda r, m: _with(r, m, arrays=lambda w: _first(w, lambda a: a.astype("i4"))),
         "not an array of floating-point numbers",
     ),
-    "missing-loss": (
-        lambda r, m: _with(r, m, drop=("loss",)),
+    "missing-steps": (
+        lambda r, m: _with(r, m, drop=("steps",)),
         "differ from the expected",
     ),
     "extra-metric": (
         lambda r, m: _with(r, m, metrics={"bogus": 1.0}),
         "differ from the expected",
     ),
-    "nan-loss": (
-        lambda r, m: _with(r, m, metrics={"loss": math.nan}),
+    "nan-steps": (
+        lambda r, m: _with(r, m, metrics={"steps": math.nan}),
         "non-finite metric",
     ),
     "zero-examples": (

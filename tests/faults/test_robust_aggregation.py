@@ -31,8 +31,9 @@ def _flipping_app(msg: Message, context: Context) -> Message:
     local = reply.content.array_records["arrays"]
     flipped = {
         k: Array(
-            (received[k].numpy() + FLIP * (local[k].numpy() - received[k].numpy()))
-            .astype(np.float32)
+            (
+                received[k].numpy() + FLIP * (local[k].numpy() - received[k].numpy())
+            ).astype(np.float32)
         )
         for k in local
     }

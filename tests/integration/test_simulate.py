@@ -108,9 +108,12 @@ def test_natural_partition_from_csv_with_a_tiny_site(tmp_path):
     ]
     assert "hospital=tiny" in summary["excluded_sites"]
     assert "training rows" in summary["excluded_sites"]["hospital=tiny"]
-    assert summary["final"]["accuracy"] > 0.8
+    # No declared bounds: the noisy summary gives only a rough scale, and two
+    # rounds rank well before the threshold settles (10 rounds: accuracy 0.85).
+    assert summary["final"]["auc"] > 0.9
     prep = json.loads((out / "preprocessing.json").read_text())
-    assert prep["categorical"] == ["ward"] and prep["vocab"] == [["er", "icu"]]
+    # Undeclared categories leave a site only past the noisy-count threshold.
+    assert prep["categorical"] == ["ward"] and set(prep["vocab"][0]) <= {"er", "icu"}
     assert "hospital" not in prep["numeric"] + prep["categorical"]
 
 
@@ -140,11 +143,13 @@ def test_sites_decline_when_spent_and_a_second_run_continues(tmp_path):
         policy.write_text(
             policy.read_text().replace("epsilon-max = 2.0", "epsilon-max = 4.0")
         )
-    second = _run(tmp_path, "more", rounds=2, epsilon=1.0, state=str(state))
+    # The kept summary (planned for half of the first run's 2.0, charged once in
+    # the lifetime) counts in every run's epsilon: this run's 2.0 covers it too.
+    second = _run(tmp_path, "more", rounds=2, epsilon=2.0, state=str(state))
     for name, site in second["sites"].items():
         before = first["sites"][name]["epsilon_lifetime"]
         assert site["rounds_trained"] == 2
-        assert site["epsilon_spent"] <= 1.0
+        assert site["epsilon_spent"] <= 2.0
         assert before < site["epsilon_lifetime"] <= 4.0
 
 
@@ -178,12 +183,14 @@ def test_a_run_no_site_can_afford_exits_non_zero_saying_why(tmp_path):
         check=False,
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "error: the run stopped early" in proc.stderr
-    assert "declined (budget: " in proc.stderr
-    assert "a larger --epsilon" in proc.stderr
-    assert "untrained initial model" in proc.stderr
+    # Each site already declines its summary release (charged first): the run
+    # cannot start, and says so under every site's name.
+    assert "error: the run ended as" in proc.stderr
+    assert "only 0 site(s) can train" in proc.stderr
+    assert proc.stderr.count("declined (budget): the preprocessing summary") == 5
+    assert "budget 0.01" in proc.stderr
     assert "Final test accuracy" not in proc.stdout
-    assert json.loads((out / "summary.json").read_text())["history"] == []
+    assert not (out / "model.pt").exists()
 
 
 def _processes_in_simulation_folders() -> list[str]:

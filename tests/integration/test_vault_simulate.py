@@ -16,29 +16,50 @@ pytestmark = pytest.mark.slow
 def vaults(tmp_path_factory):
     root = tmp_path_factory.mktemp("vaults")
     runner = CliRunner()
-    assert runner.invoke(data_app, ["demo", "--sites", "3", "--out",
-                                    str(root / "demo")]).exit_code == 0
+    assert (
+        runner.invoke(
+            data_app, ["demo", "--sites", "3", "--out", str(root / "demo")]
+        ).exit_code
+        == 0
+    )
     for name in ("vault.key", "secret.key", "other.key"):
         assert runner.invoke(data_app, ["keygen", str(root / name)]).exit_code == 0
     paths = []
     for i in (1, 2, 3):
         vault = root / f"hospital-{i}"
-        result = runner.invoke(data_app, [
-            "import", str(root / "demo" / f"site-{i}.csv"),
-            "--schema", str(root / "demo" / "schema.toml"), "--vault", str(vault),
-            "--key", str(root / "vault.key"), "--secret", str(root / "secret.key"),
-            "--as-of", "2026-11-01",
-        ])
+        result = runner.invoke(
+            data_app,
+            [
+                "import",
+                str(root / "demo" / f"site-{i}.csv"),
+                "--schema",
+                str(root / "demo" / "schema.toml"),
+                "--vault",
+                str(vault),
+                "--key",
+                str(root / "vault.key"),
+                "--secret",
+                str(root / "secret.key"),
+                "--as-of",
+                "2026-11-01",
+            ],
+        )
         assert result.exit_code == 0, result.output
         paths.append(vault)
     return root, paths
 
 
 def _cfg(root, paths, key="vault.key", **extra):
-    return sim.load_config({
-        "vaults": ",".join(map(str, paths)), "key": str(root / key),
-        "target": "diagnosis", "rounds": 2, "timeout": 600.0, **extra,
-    })
+    return sim.load_config(
+        {
+            "vaults": ",".join(map(str, paths)),
+            "key": str(root / key),
+            "target": "diagnosis",
+            "rounds": 2,
+            "timeout": 600.0,
+            **extra,
+        }
+    )
 
 
 def test_sites_train_from_their_vaults_with_dp(vaults, tmp_path):

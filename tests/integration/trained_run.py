@@ -7,10 +7,13 @@ One run is made per test session (about 10 s) and shared, read-only, by every
 module that asks for it."""
 
 import sys
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import tomli_w
 from flwr.supercore.task_identity import TaskIdentity
 from local_grid import LocalGrid, contexts_for, site_run_config
 
@@ -45,6 +48,7 @@ def make_run(root, *, rounds=2, extra=None, frame=None, **training):
     run_config = site_run_config(root, NODES, rounds=rounds, **training)
     run_config |= extra or {}
     frame = records() if frame is None else frame
+    _declare_clinic(run_config)
     test = frame.sample(frac=0.2, random_state=0)
     test.to_parquet(run_config["test-data"], index=False)
     rest = frame.drop(test.index).sample(frac=1.0, random_state=0)
@@ -57,6 +61,19 @@ def make_run(root, *, rounds=2, extra=None, frame=None, **training):
         grid = LocalGrid(client_app, contexts_for(NODES, run_config))
         Federation(grid, ServerSettings.from_run_config(run_config)).run()
     return root / "out"
+
+
+def _declare_clinic(run_config):
+    """The sites' schema contract declares the clinics: an undeclared category would
+    leave a site only past a noisy-count threshold (docs/privacy.md)."""
+    schema = Path(run_config["site.0.schema"])
+    doc = tomllib.loads(schema.read_text())
+    doc["columns"]["clinic"] = {
+        "type": "category",
+        "role": "feature",
+        "categories": ["east", "north", "south"],
+    }
+    schema.write_text(tomli_w.dumps(doc))
 
 
 @pytest.fixture(scope="module", name="run")

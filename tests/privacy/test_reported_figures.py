@@ -56,9 +56,12 @@ def test_a_second_run_asking_for_another_delta_prints_the_sites_own(
     assert (dp["requested_delta"], dp["requested_accountant"]) == (1e-6, "prv")
     for pid, (name, site) in enumerate(sorted(summary["sites"].items())):
         records = verify_ledger(tmp_path / f"state-{pid}", "bc")
-        run = [r.step for r in records if r.run_id == "second"]
+        # The run's releases: its summary (made in the first run, reused), its
+        # DP-SGD round and its validation counts; the lifetime holds both runs'.
+        mine = ("second", "second:eval")
+        run = [r.step for r in records if r.run_id in mine or "summary:" in r.run_id]
         lifetime = [r.step for r in records]
-        assert len(run) == 1 and len(lifetime) == 2
+        assert len(run) == 3 and len(lifetime) == 5
         assert (site["delta"], site["accountant"]) == (1e-5, "rdp")
         assert site["epsilon_spent"] == pytest.approx(
             epsilon_spent(run, delta=1e-5, accountant="rdp"), rel=1e-9
@@ -97,6 +100,15 @@ def test_privacy_txt_says_what_is_released_and_whose_noise_it_is(
         assert site["examples"] == summary["sites"][name]["examples"] > 0
         assert 0 < site["sample_rate"] < 1 and site["noise_multiplier"] > 0
         assert site["policy_note"] is None  # the run asked for the sites' own
-    assert "training-row count n" in text and "all three depend on n" in text
+    # every kind of release, its mechanism and share; what epsilon does not cover
+    kinds = [r["release"] for r in privacy["releases"]]
+    assert any("model updates" in k for k in kinds)
+    assert any("preprocessing summary" in k for k in kinds)
+    assert any("validation counts" in k for k in kinds)
+    assert all(r["mechanism"] and r["share"] for r in privacy["releases"])
+    assert "participation" in privacy["not_covered"]
+    assert "Not covered by epsilon:" in text and "row count n to within" in text
+    assert "No training or validation loss is released" in text
+    assert "whatever that site released" not in text
     assert "noise derives from the run's seed (3, stored in summary.json)" in text
     assert "A deployed site draws its noise seed from its operating system" in text

@@ -15,7 +15,7 @@ def _arrays(**over):
 
 
 def _reply(arrays=None, **metrics):
-    m = {"num-examples": 10, "loss": 0.5, "steps": 3} | metrics
+    m = {"num-examples": 10, "steps": 3} | metrics
     return RecordDict({"arrays": arrays or _arrays(), "metrics": MetricRecord(m)})
 
 
@@ -41,6 +41,6 @@ def test_malformed_replies_are_refused_with_a_reason():
     )
     assert "differ" in check_reply(_reply(extra=1.0), REF, TRAIN_METRICS)
     assert "positive" in check_reply(_reply(**{"num-examples": 0}), REF, TRAIN_METRICS)
-    assert "non-finite" in check_reply(_reply(loss=float("nan")), REF, TRAIN_METRICS)
+    assert "non-finite" in check_reply(_reply(steps=float("nan")), REF, TRAIN_METRICS)
     no_metrics = RecordDict({"arrays": _arrays(), "c": ConfigRecord({"a": 1})})
     assert "MetricRecord" in check_reply(no_metrics, REF, TRAIN_METRICS)

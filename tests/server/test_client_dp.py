@@ -80,8 +80,7 @@ def test_each_mode_wraps_fedavg_with_equal_weights(mode, wrapper, accounted):
 
 
 def test_sampling_follows_fraction_train_and_fedprox_is_accounted():
-    t = TrainingConfig(client_dp="server-fixed", fraction_train=0.5,
-                       strategy="fedprox")
+    t = TrainingConfig(client_dp="server-fixed", fraction_train=0.5, strategy="fedprox")
     plan = make_strategy(t, available=10)
     assert plan.sampled == 5 and isinstance(plan.strategy.strategy, FedProx)
     assert make_strategy(TrainingConfig(), available=3).figures(3) is None
@@ -90,7 +89,10 @@ def test_sampling_follows_fraction_train_and_fedprox_is_accounted():
 def test_metrics_and_release_rules():
     t = TrainingConfig(client_dp="client-adaptive", dp=False)
     assert expected_metrics(t, train=True) == {
-        "num-examples", "loss", "steps", "client-weight", "norm_bit"
+        "num-examples",
+        "steps",
+        "client-weight",
+        "norm_bit",
     }
     assert "norm_bit" not in expected_metrics(t, train=False)
     fixed = TrainingConfig(client_dp="client-fixed")
@@ -104,8 +106,12 @@ def test_metrics_and_release_rules():
 def test_reports_say_what_applies():
     t = TrainingConfig(client_dp="client-fixed", secagg=True, dp=False)
     figures = ClientDpFigures(
-        epsilon=4.25, releases=2, sampled=3, population=3,
-        update_noise_multiplier=1.0, clipping_norm=1.0,
+        epsilon=4.25,
+        releases=2,
+        sampled=3,
+        population=3,
+        update_noise_multiplier=1.0,
+        clipping_norm=1.0,
     )
     client = client_dp_section(t, figures=figures)
     report = privacy_report(t, {}, client_level=client)
@@ -127,8 +133,10 @@ def test_reports_say_what_applies():
     [
         (["--client-dp", "bogus"], "client-dp"),
         (["--secagg", "--client-dp", "server-fixed"], "only sees the sum"),
-        (["--client-dp", "client-fixed", "--client-noise-multiplier", "0"],
-         "client-noise-multiplier"),
+        (
+            ["--client-dp", "client-fixed", "--client-noise-multiplier", "0"],
+            "client-noise-multiplier",
+        ),
     ],
 )
 def test_cli_refuses_bad_combinations(monkeypatch, capsys, tmp_path, args, needle):

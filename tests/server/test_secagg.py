@@ -51,12 +51,14 @@ def _toy_app():
             k: (r + d).astype(np.float32)
             for (k, d), r in zip(_delta(node).items(), received, strict=True)
         }
-        metrics = MetricRecord(
-            {"num-examples": EXAMPLES[node], "loss": 0.5, "steps": 3}
-        )
+        metrics = MetricRecord({"num-examples": EXAMPLES[node], "steps": 3})
         return Message(
-            RecordDict({"arrays": ArrayRecord(numpy_ndarrays=list(local.values())),
-                        "metrics": metrics}),
+            RecordDict(
+                {
+                    "arrays": ArrayRecord(numpy_ndarrays=list(local.values())),
+                    "metrics": metrics,
+                }
+            ),
             reply_to=msg,
         )
 
@@ -118,8 +120,10 @@ def test_the_coordinator_only_receives_masked_vectors(local_grid, make_contexts)
             continue
         masked_seen += 1
         vector = np.concatenate(
-            [np.load(__import__("io").BytesIO(b)).ravel()
-             for b in configs[Key.MASKED_PARAMETERS]]
+            [
+                np.load(__import__("io").BytesIO(b)).ravel()
+                for b in configs[Key.MASKED_PARAMETERS]
+            ]
         ).astype(float)
         # uniformly spread over [0, 2^32): nothing like a site's update in clear
         assert vector.max() > 2**28
@@ -162,8 +166,9 @@ def test_a_site_dropping_out_mid_round_still_yields_an_aggregate(
             rtol=0,
         )
     failures = [r for r in result.replies if r.has_error()]
-    assert [f.error.reason for f in failures] == ([NO_REPLY] if stage ==
-                                                  Stage.COLLECT_MASKED_VECTORS else [])
+    assert [f.error.reason for f in failures] == (
+        [NO_REPLY] if stage == Stage.COLLECT_MASKED_VECTORS else []
+    )
 
 
 def test_too_many_dropouts_release_nothing(local_grid, make_contexts):

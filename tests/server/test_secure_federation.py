@@ -24,7 +24,6 @@ from fedvault.server.settings import ServerSettings
 NODES = [101, 202, 303]
 
 
-
 def _run(tmp_path, local_grid, make_contexts, *, server=None, site=None, **kw):
     run_config = site_run_config(tmp_path, NODES, **kw)
     server_config = run_config | (server or {})
@@ -96,7 +95,7 @@ def test_a_declining_site_under_secagg_is_left_out_of_the_sum(
         secagg=True,
         epsilon=100.0,
         noise_multiplier=2.0,
-        budget={2: 0.01},
+        budget={2: 0.2},  # the summary fits, no training round does
     )
     assert summary["status"] == "completed"
     assert [h["sites_trained"] for h in summary["history"]] == [2, 2]
@@ -110,9 +109,7 @@ def test_a_declining_site_under_secagg_is_left_out_of_the_sum(
     assert summary["final"]["accuracy"] > 0.8
 
 
-def test_site_policy_requiring_secagg_is_respected(
-    tmp_path, local_grid, make_contexts
-):
+def test_site_policy_requiring_secagg_is_respected(tmp_path, local_grid, make_contexts):
     _, plain, _, _ = _run(
         tmp_path / "plain", local_grid, make_contexts, rounds=1, require_secagg=(1,)
     )
@@ -143,7 +140,7 @@ def test_client_dp_releases_nothing_when_a_sampled_site_is_missing(
         local_grid,
         make_contexts,
         client_dp="server-fixed",
-        budget={2: 0.01},
+        budget={2: 0.2},  # the summary fits, no training round does
     )
     assert summary["status"] == "stopped" and summary["rounds_completed"] == 0
     assert "client-level DP: only 2 of the 3" in summary["stop_reason"]

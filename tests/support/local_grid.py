@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import pytest
+import tomli_w
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
@@ -115,6 +116,30 @@ def make_contexts():
     return contexts_for
 
 
+def _schema(tmp_path, frame):
+    """The embedded data's schema contract, as fedvault simulate writes it: the
+    features' published ranges and the label classes."""
+    path = tmp_path / "schema.toml"
+    if not path.exists():
+        columns = {
+            c: {
+                "type": "float",
+                "role": "feature",
+                "min": float(frame[c].min()),
+                "max": float(frame[c].max()),
+            }
+            for c in frame.columns
+            if c != "target"
+        }
+        columns["target"] = {
+            "type": "category",
+            "role": "target",
+            "categories": ["0", "1"],
+        }
+        path.write_text(tomli_w.dumps({"dataset": {"name": "bc"}, "columns": columns}))
+    return path
+
+
 def site_run_config(
     tmp_path, nodes, *, require_secagg=(), min_noise=None, budget=None, **training
 ):
@@ -154,6 +179,7 @@ def site_run_config(
             f"allow-non-private = {str(not settings.get('dp', True)).lower()}\n"
         )
         run_config |= {
+            f"site.{pid}.schema": str(_schema(tmp_path, frame)),
             f"site.{pid}.data": str(data),
             f"site.{pid}.name": f"site-{pid + 1}",
             f"site.{pid}.state": str(state),

@@ -12,11 +12,12 @@ site's own policy, before any data is read
 reason when it asks for less protection than the policy allows; the coordinator can
 ask, never override. Handlers:
 
-- ``query.stats``: summary counts of the site's training rows (no rows leave);
+- ``query.stats``: the site's summary release (noisy, charged once per dataset
+  version, :mod:`fedvault.client.answers`);
 - ``train``: DP-SGD on the site's rows from the received global model; replies with
   weights and metrics, or declines (typed reply) when the privacy budget or the data
   does not allow training;
-- ``evaluate``: metrics on the site's local validation split.
+- ``evaluate``: noisy, charged counts on the site's own validation split.
 
 Every training message first passes :func:`fedvault.client.mods.privacy_mod`, which
 applies client-level DP clipping and SecAgg+ exactly as the run asks, and refuses
@@ -26,22 +27,21 @@ training messages of any other protocol.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import secrets
 
-import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from fedvault.client import answers
 from fedvault.client.admission import Run, admit, refuse_rows
 from fedvault.client.budget import SiteBudget
 from fedvault.client.mods import privacy_mod
+from fedvault.client.rounds import replay_round, reply, round_seed, update_of
 from fedvault.client.site import (
-    SiteSettings,
+    SplitData,
     load_site_data,
     to_tensors,
     usable,
@@ -53,7 +53,6 @@ from fedvault.client.training import (
     train_private,
 )
 from fedvault.client.training_setup import local_settings, regression_at_site
-from fedvault.common.compression import pack, quantize
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import BudgetExceededError, ConfigError, FedVaultError
 from fedvault.common.evaluation import evaluate
@@ -79,12 +78,12 @@ from fedvault.common.records import (
     array_record,
     config_record,
     number,
-    packed_record,
     text,
 )
 from fedvault.common.wire import summary_to_bytes
 
 logger = logging.getLogger(__name__)
+NO_REGRESSION_RELEASE = "a DP regression run releases no validation metrics"
 
 app = ClientApp(mods=[privacy_mod])
 
@@ -105,20 +104,6 @@ def _decline(msg: Message, decline: Decline) -> Message:
     return decline.reply(msg)
 
 
-def _round_seed(site: SiteSettings, seed: int, server_round: int, kind: str) -> int:
-    """The seed of a round's randomness: Poisson sampling, DP noise, int8 rounding.
-
-    In simulation it derives from the run's ``seed`` (same seed, same result). A
-    deployed site draws it from the OS's entropy and never sends it: the run seed
-    comes from the coordinator, and a coordinator able to replay a site's noise
-    could subtract it from the update.
-    """
-    if not site.simulated:
-        return secrets.randbits(63)
-    text = f"{seed}/{site.name}/{server_round}/{kind}"
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") % (2**63)
-
-
 @app.query(STATS_ACTION)
 def stats(msg: Message, context: Context) -> Message:
     """Summary counts of this site's training rows, for federated preprocessing."""
@@ -136,12 +121,25 @@ def stats(msg: Message, context: Context) -> Message:
     refusal = refuse_rows(run, split)
     regression = regression_at_site(run.settings, split.train[target])
     reason = usable(split, target, regression=regression)
+    if refusal is None and reason is None:
+        released = _summary(run, split, target, str(context.run_id), regression)
+        if isinstance(released, bytes):
+            answer = SiteStats(site.name, summary=released)
+        else:
+            refusal = released
     if refusal is not None:
+        _log_decline(msg, refusal)
         answer = SiteStats(site.name, decline=refusal)
     elif reason is not None:
         answer = SiteStats(site.name, reason=reason)
-    else:
-        summary = summary_to_bytes(
+    return Message(answer.to_content(), reply_to=msg)
+
+
+def _summary(
+    run: Run, split: SplitData, target: str, run_id: str, regression: bool
+) -> bytes | Decline:
+    if not run.settings.dp:  # only where the site's policy allows non-private runs
+        return summary_to_bytes(
             site_summary(
                 split.train,
                 target,
@@ -149,8 +147,20 @@ def stats(msg: Message, context: Context) -> Message:
                 image_shape=split.image_shape,
             )
         )
-        answer = SiteStats(site.name, summary=summary)
-    return Message(answer.to_content(), reply_to=msg)
+    budget = _open_budget(run, run_id)
+    if isinstance(budget, Decline):
+        return budget
+    return answers.summary(
+        frame=split.train,
+        target=target,
+        site=run.site,
+        budget=budget,
+        policy=run.policy,
+        settings=run.settings,
+        state_dir=run.state_dir,
+        regression=regression,
+        image_shape=split.image_shape,
+    )
 
 
 def _local_model(
@@ -170,24 +180,6 @@ def _preprocessing(msg: Message) -> Preprocessing:
     return Preprocessing.from_json(
         text(config_record(msg.content, CONFIG), PREPROCESSING)
     )
-
-
-def _reply(msg: Message, arrays: ArrayRecord, metrics: MetricRecord) -> Message:
-    return Message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=msg)
-
-
-def _update(
-    msg: Message, model: nn.Module, settings: TrainingConfig, seed: int
-) -> ArrayRecord:
-    """What the site sends: its weights, or (``compress = int8``) its update against
-    the received global model as int8 codes with stochastic rounding."""
-    model.cpu()
-    if settings.compress == "none":
-        return ArrayRecord(model.state_dict())
-    received = array_record(msg.content, ARRAYS)
-    reference = {k: v.numpy() for k, v in received.items()}
-    local = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    return packed_record(pack(quantize(local, reference, np.random.default_rng(seed))))
 
 
 def _open_budget(run: Run, run_id: str) -> SiteBudget | Decline:
@@ -234,7 +226,7 @@ def train(msg: Message, context: Context) -> Message:
     if not all(torch.isfinite(p).all() for p in model.state_dict().values()):
         # A broken global model would waste this round's budget on noise.
         return _decline(msg, Decline("policy", "the global model is not finite"))
-    seed = _round_seed(site, settings.seed, server_round, "train")
+    seed = round_seed(site, settings.seed, server_round, "train")
     torch.manual_seed(seed)
     if not settings.dp:
         return _train_plain(msg, settings, model, data, local, seed)
@@ -244,7 +236,20 @@ def train(msg: Message, context: Context) -> Message:
     budget = _open_budget(run, run_key)
     if isinstance(budget, Decline):
         return _decline(msg, budget)
-    return _train_private(msg, run, budget, model, data, local, server_round, seed)
+    examples = answers.train_examples(
+        frame=split.train,
+        target=prep.target,
+        site=site,
+        budget=budget,
+        policy=run.policy,
+        settings=settings,
+        state_dir=run.state_dir,
+        regression=prep.regression,
+        image_shape=split.image_shape,
+    )
+    if isinstance(examples, Decline):
+        return _decline(msg, examples)
+    return _train_private(msg, run, budget, model, data, local, server_round, examples)
 
 
 def _train_plain(
@@ -261,11 +266,10 @@ def _train_plain(
     result = train_plain(model, data, local)
     plain = TrainMetrics(
         num_examples=len(data),
-        loss=result.loss,
         steps=result.steps,
         client_weight=settings.client_dp != "off",
     )
-    return _reply(msg, _update(msg, model, settings, seed), plain.to_record())
+    return reply(msg, update_of(msg, model, settings, seed), plain.to_record())
 
 
 def _train_private(
@@ -276,13 +280,15 @@ def _train_private(
     data: TensorDataset,
     local: LocalSettings,
     server_round: int,
-    seed: int,
+    examples: int,
 ) -> Message:
     """DP-SGD for the round the budget plans, recorded in the ledger before the
-    update is sent (or the update of this round again, if already trained)."""
+    update is sent (or the update of this round again, if already trained);
+    ``examples``: the row count the site's summary released."""
     settings = run.settings
+    seed = int(torch.initial_seed())
     global_hash = array_record(msg.content, ARRAYS).object_id
-    replayed = _replay(msg, settings, budget, server_round, global_hash)
+    replayed = replay_round(msg, settings, budget, server_round, global_hash)
     if replayed is not None:
         return replayed
     plan = budget.plan_round(dp_schedule(len(data), settings.batch_size))
@@ -291,7 +297,7 @@ def _train_private(
     result = train_private(
         model, data, local, plan=plan, max_grad_norm=settings.max_grad_norm
     )
-    sent = _update(msg, model, settings, seed)
+    sent = update_of(msg, model, settings, seed)
     try:
         figures = budget.record(
             server_round,
@@ -301,9 +307,7 @@ def _train_private(
         )
     except BudgetExceededError as exc:
         return _decline(msg, Decline("budget", str(exc)))
-    metrics = TrainMetrics(
-        num_examples=len(data), loss=result.loss, steps=result.steps, dp=figures
-    )
+    metrics = TrainMetrics(num_examples=examples, steps=result.steps, dp=figures)
     budget.keep(
         server_round,
         global_hash=global_hash,
@@ -311,36 +315,7 @@ def _train_private(
         metrics=metrics.values(),
     )
     weighted = dataclasses.replace(metrics, client_weight=settings.client_dp != "off")
-    return _reply(msg, sent, weighted.to_record())
-
-
-def _replay(
-    msg: Message,
-    settings: TrainingConfig,
-    budget: SiteBudget,
-    server_round: int,
-    global_hash: str,
-) -> Message | None:
-    """The same update again, for a round this run already trained from this global
-    model (a coordinator restart lost it): no new training, nothing new spent."""
-    kept = budget.replayable(server_round, global_hash=global_hash)
-    if kept is None:
-        return None
-    update, metrics, recorded_hash = kept
-    if ArrayRecord(update).object_id != recorded_hash:
-        logger.warning(
-            "kept update of round %d does not match the ledger; not replayed",
-            server_round,
-        )
-        return None
-    logger.info(
-        "round %d already trained in this run: replaying its update", server_round
-    )
-    kept_metrics = TrainMetrics.from_record(metrics, dp=True)
-    weighted = dataclasses.replace(
-        kept_metrics, client_weight=settings.client_dp != "off"
-    )
-    return _reply(msg, ArrayRecord(update), weighted.to_record())
+    return reply(msg, sent, weighted.to_record())
 
 
 @app.evaluate()
@@ -372,11 +347,28 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         task=run_task(prep),
         target_scale=(prep.target_mean, prep.target_std),
     )
-    metrics = EvaluateMetrics(
-        num_examples=result.examples,
-        loss=result.loss,
-        accuracy=result.accuracy,
-        client_weight=settings.client_dp != "off",
-        regression=result.values() if prep.regression else None,
+    weighted = settings.client_dp != "off"
+    if not settings.dp:
+        exact = EvaluateMetrics(
+            num_examples=result.examples,
+            accuracy=result.accuracy,
+            client_weight=weighted,
+            regression=result.values() if prep.regression else None,
+        )
+        return Message(RecordDict({METRICS: exact.to_record()}), reply_to=msg)
+    if prep.regression:  # no accounted mechanism for these: nothing is released
+        return _decline(msg, Decline("data", NO_REGRESSION_RELEASE))
+    budget = _open_budget(run, str(context.run_config.get(RUN_KEY) or context.run_id))
+    if isinstance(budget, Decline):
+        return _decline(msg, budget)
+    server_round = int(number(config_record(msg.content, CONFIG), SERVER_ROUND, 0.0))
+    metrics = answers.validation_metrics(
+        result,
+        budget=budget,
+        server_round=server_round,
+        client_weight=weighted,
+        seed=round_seed(run.site, settings.seed, server_round, "evaluate"),
     )
+    if isinstance(metrics, Decline):
+        return _decline(msg, metrics)
     return Message(RecordDict({METRICS: metrics.to_record()}), reply_to=msg)

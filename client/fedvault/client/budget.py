@@ -24,6 +24,12 @@ from fedvault.client.policy import (
     load_policy,
     plan_run_noise,
 )
+from fedvault.client.releases import (
+    EVAL_SUFFIX,
+    SUMMARY_RUN,
+    metric_sigma,
+    release_step,
+)
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import BudgetExceededError, ConfigError, IntegrityError
 from fedvault.common.privacy import Schedule, Step, epsilon_spent
@@ -74,7 +80,60 @@ class SiteBudget:
         return cls(policy, ledger, run_id, settings, state_dir)
 
     def _run_history(self) -> list[Step]:
-        return [r.step for r in self.ledger.records() if r.run_id == self.run_id]
+        """This run's steps and releases, with the site's summary releases (every
+        run is computed from one: counted in each run's epsilon, in the lifetime
+        epsilon once)."""
+        mine = (self.run_id, self.run_id + EVAL_SUFFIX)
+        return [
+            r.step
+            for r in self.ledger.records()
+            if r.run_id in mine or r.run_id.startswith(SUMMARY_RUN + ":")
+        ]
+
+    def _planned_releases(self) -> tuple[list[Step], list[Step]]:
+        """This run's releases besides DP-SGD: done (the summary, past validation
+        counts: already in the ledger) and still to come (one validation release
+        per remaining round)."""
+        done = [
+            r.step
+            for r in self.ledger.records()
+            if r.run_id.startswith(SUMMARY_RUN + ":")
+            or r.run_id == self.run_id + EVAL_SUFFIX
+        ]
+        evals = sum(
+            1 for r in self.ledger.records() if r.run_id == self.run_id + EVAL_SUFFIX
+        )
+        left = max(self.settings.rounds - evals, 0)
+        sigma = metric_sigma(self.settings, self.policy)
+        return done, [release_step(sigma)] * left
+
+    def release(self, server_round: int, sigma: float, digest: str) -> Decline | None:
+        """Charge one Gaussian release of this run's validation counts (sensitivity
+        1 each, noise multiplier ``sigma``) to the ledger, or why not: the run's
+        target or the lifetime budget would be passed."""
+        step = release_step(sigma)
+        refusal = self.ledger.check_round(step, self.policy)
+        if refusal is not None:
+            return refusal
+        run_eps = self._epsilon([*self._run_history(), step])
+        if run_eps > self.settings.epsilon * (1 + 1e-9):
+            return Decline(
+                "budget",
+                f"releasing validation counts would bring this run's epsilon to "
+                f"{run_eps:.4f} > the run's target {self.settings.epsilon:g}",
+            )
+        try:
+            self.ledger.append(
+                self.run_id + EVAL_SUFFIX,
+                server_round,
+                step,
+                1.0,
+                digest,
+                policy=self.policy,
+            )
+        except BudgetExceededError as exc:
+            return Decline("budget", str(exc))
+        return None
 
     def _sigma(self, schedule: Schedule) -> float:
         if self.settings.noise_multiplier > 0:
@@ -85,12 +144,15 @@ class SiteBudget:
         steps = (
             self.settings.rounds * self.settings.local_epochs * schedule.steps_per_epoch
         )
+        done, future = self._planned_releases()
         return plan_run_noise(
             self.ledger,
             self.policy,
             sample_rate=schedule.sample_rate,
             steps_this_run=steps,
             target_epsilon_this_run=self.settings.epsilon,
+            prior=done,
+            extra=future,
         )
 
     def plan_round(self, schedule: Schedule) -> Step | Decline:
@@ -150,9 +212,12 @@ class SiteBudget:
             update_hash,
             policy=self.policy,
         )
+        # Figures of the whole run, with the validation releases still to come
+        # (each round's evaluation follows its training reply).
+        _, future = self._planned_releases()
         return DpFigures(
-            epsilon=self._epsilon(self._run_history()),
-            epsilon_lifetime=self.ledger.epsilon(),
+            epsilon=self._epsilon([*self._run_history(), *future]),
+            epsilon_lifetime=self._epsilon([*self.ledger.history(), *future]),
             epsilon_budget=self.policy.epsilon_max,
             delta=self.policy.delta,
             noise_multiplier=step.noise_multiplier,

@@ -251,11 +251,14 @@ class PrivacyLedger:
             self._epsilon = (count, self._compose(self.history()))
         return self._epsilon[1]
 
-    def projected_epsilon(self, extra: Step, *, coarse: bool = False) -> float:
-        """Lifetime epsilon if the steps ``extra`` were trained next (``coarse``: a
-        cheaper upper bound, for narrowing searches only)."""
+    def projected_epsilon(
+        self, planned: Step, *, coarse: bool = False, extra: Sequence[Step] = ()
+    ) -> float:
+        """Lifetime epsilon if the steps ``planned`` (and other releases ``extra``)
+        came next (``coarse``: a cheaper upper bound, for narrowing searches
+        only)."""
         return epsilon_spent(
-            [*self.history(), extra],
+            [*self.history(), *extra, planned],
             delta=self.delta,
             accountant=self.accountant,
             coarse=coarse,

@@ -31,7 +31,7 @@ import functools
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -251,7 +251,9 @@ class LedgerView(Protocol):
     @property
     def accountant(self) -> Accountant: ...
     def epsilon(self) -> float: ...
-    def projected_epsilon(self, extra: Step, *, coarse: bool = False) -> float: ...
+    def projected_epsilon(
+        self, planned: Step, *, coarse: bool = False, extra: Sequence[Step] = ()
+    ) -> float: ...
 
 
 def check_matches(policy: SitePolicy, ledger: LedgerView) -> None:
@@ -272,6 +274,8 @@ def plan_run_noise(
     sample_rate: float,
     steps_this_run: int,
     target_epsilon_this_run: float | None = None,
+    extra: Sequence[Step] = (),
+    prior: Sequence[Step] = (),
 ) -> float:
     """Noise multiplier for a run of ``steps_this_run`` steps at ``sample_rate``.
 
@@ -281,6 +285,10 @@ def plan_run_noise(
     - this run alone spends <= ``target_epsilon_this_run`` if given (a run may ask
       for less than the site allows, never for more);
     - sigma >= ``policy.min_noise_multiplier``.
+
+    ``extra``: this run's other releases still to come (validation counts),
+    composed with the run's steps in both bounds; ``prior``: those already in
+    the ledger that count towards this run (its summary), in the run's bound.
 
     Raises :class:`BudgetExceededError` when the remaining budget cannot cover the
     run at any noise multiplier up to 1024.
@@ -297,15 +305,12 @@ def plan_run_noise(
     if (
         target_epsilon_this_run is not None
         and target_epsilon_this_run < policy.epsilon_max
-        and _run_epsilon(policy, floor, sample_rate, steps_this_run)
+        and _run_epsilon(policy, floor, sample_rate, steps_this_run, [*prior, *extra])
         > target_epsilon_this_run
     ):
-        run_only = plan_noise(
-            target_epsilon=target_epsilon_this_run,
-            delta=policy.delta,
-            sample_rate=sample_rate,
-            steps=steps_this_run,
-            accountant=policy.accountant,
+        others = [*prior, *extra]
+        run_only = _run_only(
+            policy, target_epsilon_this_run, sample_rate, steps_this_run, others
         )
         floor = max(floor, run_only)
     spent = ledger.epsilon()
@@ -318,7 +323,7 @@ def plan_run_noise(
         step = Step(
             noise_multiplier=sigma, sample_rate=sample_rate, steps=steps_this_run
         )
-        return ledger.projected_epsilon(step, coarse=coarse)
+        return ledger.projected_epsilon(step, coarse=coarse, extra=extra)
 
     try:
         # Stop within 1% of what is left (at most 0.01): no budget is wasted.
@@ -339,9 +344,55 @@ def plan_run_noise(
     return max(sigma, floor)
 
 
-def _run_epsilon(
-    policy: SitePolicy, sigma: float, sample_rate: float, steps: int
+def _run_only(
+    policy: SitePolicy,
+    target: float,
+    sample_rate: float,
+    steps: int,
+    extra: Sequence[Step],
 ) -> float:
-    """Epsilon of ``steps`` steps at ``sigma`` alone, with the site's accountant."""
+    """Smallest sigma for the run's steps composed with ``extra`` within ``target``."""
+    if not extra:
+        return plan_noise(
+            target_epsilon=target,
+            delta=policy.delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=policy.accountant,
+        )
+
+    def eps(sigma: float, coarse: bool = False) -> float:
+        step = Step(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+        return epsilon_spent(
+            [*extra, step],
+            delta=policy.delta,
+            accountant=policy.accountant,
+            coarse=coarse,
+        )
+
+    try:
+        return search_noise(
+            eps,
+            target,
+            what=f"{steps} steps with this run's other releases",
+            coarse=functools.partial(eps, coarse=True),
+        )
+    except PrivacyError:
+        raise BudgetExceededError(
+            f"the run's epsilon {target:g} cannot cover {steps} steps with its "
+            "other releases at any noise multiplier"
+        ) from None
+
+
+def _run_epsilon(
+    policy: SitePolicy,
+    sigma: float,
+    sample_rate: float,
+    steps: int,
+    extra: Sequence[Step],
+) -> float:
+    """Epsilon of ``steps`` steps at ``sigma`` with ``extra``, the site's accountant."""
     step = Step(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
-    return epsilon_spent([step], delta=policy.delta, accountant=policy.accountant)
+    return epsilon_spent(
+        [*extra, step], delta=policy.delta, accountant=policy.accountant
+    )

@@ -42,6 +42,7 @@ class SiteSettings:
     key_file: Path | None = None
     state: Path | None = None
     policy: Path | None = None
+    schema: Path | None = None  # a data site's schema contract (bounds, categories)
     simulated: bool = False  # one party holds every site (``fedvault simulate``)
     # simulation only (``fedvault privacy audit``): rows added to the training rows
     canaries: Path | None = None
@@ -87,6 +88,7 @@ def _from(
         key_file=get("key-file"),
         state=get("state"),
         policy=get("policy"),
+        schema=get("schema"),
         simulated=simulated,
         canaries=get("canaries") if simulated else None,
     )
@@ -123,13 +125,39 @@ def _read(site: SiteSettings) -> tuple[pd.DataFrame, ImageShape | None]:
     return load_table(site.data), image_shape_of(site.data)
 
 
+def dataset_version(site: SiteSettings) -> str:
+    """SHA-256 of the data file (or of the vault's manifest, which names every
+    chunk): what a site's releases and its validation split are tied to.
+
+    Raises :class:`DataError` when the file cannot be read.
+    """
+    source = site.vault / MANIFEST_NAME if site.vault is not None else site.data
+    if source is None:
+        raise ConfigError(f"site {site.name}: no data configured")
+    try:
+        return _file_hash(source, source.stat().st_mtime_ns)
+    except OSError as exc:
+        raise DataError(f"site {site.name}: cannot read {source}") from exc
+
+
+@functools.lru_cache(maxsize=16)
+def _file_hash(path: Path, mtime: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @functools.lru_cache(maxsize=8)
-def _load_split(site: SiteSettings, version: int, target: str) -> SplitData:
+def _load_split(site: SiteSettings, version: str, target: str) -> SplitData:
     frame, shape = _read(site)
     if target not in frame.columns:
         raise DataError(f"site {site.name}: target column {target!r} missing")
     frame = frame[frame[target].notna()]
-    rng = np.random.default_rng(_dataset_seed(site))
+    # The split is the site's own and fixed per dataset version: a coordinator
+    # choosing seeds must not see the same rows in and out of training.
+    rng = np.random.default_rng(int(version[:16], 16))
     order = rng.permutation(len(frame))
     n_val = validation_rows(len(frame))
     val_idx, train_idx = order[:n_val], order[n_val:]
@@ -143,34 +171,15 @@ def _load_split(site: SiteSettings, version: int, target: str) -> SplitData:
     )
 
 
-def _source(site: SiteSettings) -> Path | None:
-    return site.vault / MANIFEST_NAME if site.vault is not None else site.data
-
-
-def _dataset_seed(site: SiteSettings) -> int:
-    """The split's seed: a digest of the dataset version (the vault's manifest, or
-    the data file's bytes). The site chooses its split, the same one for every run
-    on this version of its data; a coordinator's seed cannot move rows between the
-    training rows (whose summaries are released) and the validation rows, so asking
-    again with other seeds learns nothing new."""
-    source = _source(site)
-    digest = hashlib.sha256(source.read_bytes() if source is not None else b"")
-    return int.from_bytes(digest.digest()[:8], "big")
-
-
 def load_site_data(site: SiteSettings, *, target: str) -> SplitData:
-    """Load and split the site's data (cached per process while it is unchanged);
-    the split is fixed per dataset version (:func:`_dataset_seed`).
+    """Load and split the site's data (cached per process while it is unchanged).
 
-    A vault is decrypted and verified in full before any row is used; a wrong key or
-    a tampered vault raises :class:`IntegrityError` and nothing is trained.
+    The split depends on the dataset version only (:func:`dataset_version`), never
+    on the run. A vault is decrypted and verified in full before any row is used;
+    a wrong key or a tampered vault raises :class:`IntegrityError` and nothing is
+    trained.
     """
-    source = _source(site)
-    try:
-        version = source.stat().st_mtime_ns if source is not None else 0
-    except OSError as exc:
-        raise DataError(f"site {site.name}: cannot read {source}") from exc
-    return _load_split(site, version, target)
+    return _load_split(site, dataset_version(site), target)
 
 
 def usable(split: SplitData, target: str, *, regression: bool = False) -> str | None:

@@ -7,12 +7,15 @@ per category; counts per label). The coordinator merges them with
 one-hot with the global vocabulary, standardize with the global mean/std), which every
 site then applies and which is saved with the model.
 
-For images (a ``pixels`` column, :mod:`fedvault.common.image_table`) a site sends
-its row and label counts and its image shape, nothing per column; for a regression
-target it sends the target's count, sum and sum of squares instead of label counts
-(the global mean and std standardize the target; metrics are given in its units).
+A site releases its summary through a Gaussian mechanism on bounded contributions
+(:mod:`fedvault.client.releases`): the counts and sums are noisy, and each numeric
+column carries the bounds ``lo``/``hi`` its values were clipped to (after ``asinh``
+for a column without declared bounds) and scaled from, to [0, 1]. Everything the
+coordinator derives from them here is post-processing. :func:`site_summary` (exact)
+is the building block for tests and for data that never leaves one party.
 
-These counts are aggregates, not differentially private: see docs/privacy.md.
+Images (:mod:`fedvault.common.image_table`): row and label counts and the shape only.
+A regression target is summarized like a numeric column, in place of label counts.
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ from fedvault.common.model_zoo import InputSpec
 
 TARGET_STATS = "target-stats"
 IMAGE_SHAPE = "image-shape"
+
+# The scale of a numeric column whose second moment a site did not release (a DP
+# summary): this share of its bounds' range. A public constant, chosen as the median
+# std/range over the embedded (public) dataset's features, 0.076 to 0.226 (a range
+# of +-3 standard deviations would give 1/6).
+STD_SHARE = 0.14
+TARGET_SPREAD = 0.5  # a regression target's public std in asinh units (no bounds)
 
 
 def _is_numeric(series: pd.Series) -> bool:
@@ -112,6 +122,10 @@ class Preprocessing:
     image_shape: tuple[int, ...] = ()
     target_mean: float = 0.0
     target_std: float = 1.0
+    # Per numeric column: the clipping bounds (lo == hi: none) and whether values
+    # are first mapped by asinh (columns without declared bounds).
+    clips: tuple[tuple[float, float], ...] = ()
+    asinh: tuple[bool, ...] = ()
     feature_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -155,7 +169,7 @@ class Preprocessing:
         parts = []
         if self.numeric:
             num = frame[list(self.numeric)].apply(pd.to_numeric, errors="coerce")
-            values = num.to_numpy(dtype=np.float64)
+            values = self._bounded(num.to_numpy(dtype=np.float64, copy=True))
             means = np.asarray(self.means)
             values = np.where(np.isnan(values), means, values)
             parts.append((values - means) / np.asarray(self.stds))
@@ -172,6 +186,15 @@ class Preprocessing:
         if not parts:
             return np.zeros((len(frame), 0), dtype=np.float32)
         return np.hstack(parts).astype(np.float32)
+
+    def _bounded(self, values: np.ndarray) -> np.ndarray:
+        for j, flag in enumerate(self.asinh):
+            if flag:
+                values[:, j] = np.arcsinh(values[:, j])
+        for j, (lo, hi) in enumerate(self.clips):
+            if hi > lo:
+                values[:, j] = np.clip(values[:, j], lo, hi)
+        return values
 
     def encode_labels(self, series: pd.Series) -> np.ndarray:
         """Map labels to 0..K-1 with the global label list: int64, shape (n,).
@@ -206,6 +229,8 @@ class Preprocessing:
                 "image_shape",
                 "target_mean",
                 "target_std",
+                "clips",
+                "asinh",
             )
         }
         return json.dumps(data, sort_keys=True)
@@ -227,6 +252,8 @@ class Preprocessing:
             image_shape=tuple(int(v) for v in data.get("image_shape", ())),
             target_mean=float(data.get("target_mean", 0.0)),
             target_std=float(data.get("target_std", 1.0)),
+            clips=tuple((float(a), float(b)) for a, b in data.get("clips", ())),
+            asinh=tuple(bool(v) for v in data.get("asinh", ())),
         )
 
 
@@ -253,16 +280,13 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
     for s in summaries:
         labels.update(s["labels"])
     numeric = sorted(numeric_cols)
-    means, stds = [], []
+    means, stds, clips, asinh = [], [], [], []
     for col in numeric:
-        n = sum(s["numeric"][col]["n"] for s in summaries)
-        total = sum(s["numeric"][col]["sum"] for s in summaries)
-        sumsq = sum(s["numeric"][col]["sumsq"] for s in summaries)
-        mean = total / n if n else 0.0
-        var = max(sumsq / n - mean * mean, 0.0) if n else 0.0
-        std = math.sqrt(var)
+        mean, std, bounds, flag = _moments([s["numeric"][col] for s in summaries], col)
         means.append(mean)
-        stds.append(std if std > 1e-12 else 1.0)
+        stds.append(std)
+        clips.append(bounds)
+        asinh.append(flag)
     categorical = sorted(categorical_cols)
     vocab, modes = [], []
     for col in categorical:
@@ -282,6 +306,8 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
         vocab=tuple(vocab),
         modes=tuple(modes),
         rows=sum(int(s["rows"]) for s in summaries),
+        clips=tuple(clips),
+        asinh=tuple(asinh),
         task=task,
         image_shape=shape,
         target_mean=target_mean,
@@ -289,14 +315,53 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
     )
 
 
-def _task_and_shape(
-    summaries: list[dict[str, Any]],
-) -> tuple[str, tuple[int, ...], float, float]:
-    """The task, image shape and target scale the sites' summaries agree on.
+def _moments(
+    columns: list[dict[str, Any]], name: str
+) -> tuple[float, float, tuple[float, float], bool]:
+    """Mean and std of one numeric column over the sites, its bounds and asinh flag.
 
-    Raises :class:`DataError` when some sites summarize a regression target and
-    others labels, or their images differ in shape.
+    A site's bounded column (``hi > lo``) holds noisy sums of values scaled to
+    [0, 1]; they are mapped back first. With bounds the mean is kept within them.
+    A DP summary releases no second moment (``sumsq`` NaN): the std is then
+    :data:`STD_SHARE` of the bounds' range; a bounded summary that has one keeps
+    its std within [range/10, range/5] (the noise cannot make it absurd).
+    Raises :class:`DataError` when sites disagree on asinh.
     """
+    flags = {bool(c.get("asinh", False)) for c in columns}
+    if len(flags) > 1:
+        raise DataError(f"sites disagree on how column {name!r} is bounded")
+    n = total = sumsq = 0.0
+    lows, highs = [], []
+    for c in columns:
+        lo, hi = float(c.get("lo", 0.0)), float(c.get("hi", 0.0))
+        count, s, q = float(c["n"]), float(c["sum"]), float(c["sumsq"])
+        if hi > lo:
+            width = hi - lo
+            lows.append(lo)
+            highs.append(hi)
+            s, q = (
+                lo * count + width * s,
+                lo * lo * count + 2 * lo * width * s + (width * width * q),
+            )
+        n, total, sumsq = n + count, total + s, sumsq + q
+    mean = total / n if n >= 1 else 0.0
+    std = math.sqrt(max(sumsq / n - mean * mean, 0.0)) if n >= 1 else 0.0
+    if not math.isfinite(sumsq) and lows and max(highs) > min(lows):
+        # No second moment released (a DP summary): the public scale.
+        lo, hi = min(lows), max(highs)
+        mean = min(max(mean, lo), hi) if n >= 1 else (lo + hi) / 2
+        return mean, STD_SHARE * (hi - lo), (lo, hi), flags.pop()
+    bounds = (min(lows), max(highs)) if lows else (0.0, 0.0)
+    lo, hi = bounds
+    if hi > lo:
+        mean = min(max(mean, lo), hi) if n >= 1 else (lo + hi) / 2
+        std = min(max(std, (hi - lo) / 10), (hi - lo) / 5)
+    return mean, (std if std > 1e-12 else 1.0), bounds, flags.pop()
+
+
+def _task_and_shape(summaries: list[dict[str, Any]]) -> tuple[str, Any, float, float]:
+    """The task, image shape and target scale the sites' summaries agree on.
+    Raises :class:`DataError` when sites disagree on the task or the shape."""
     kinds = {TARGET_STATS in s for s in summaries}
     shapes = {tuple(s.get(IMAGE_SHAPE, ())) for s in summaries}
     if len(kinds) > 1:
@@ -305,12 +370,24 @@ def _task_and_shape(
         raise DataError(f"sites disagree on the image shape: {sorted(shapes)}")
     if kinds != {True}:
         return "classification", shapes.pop(), 0.0, 1.0
-    n = sum(s[TARGET_STATS]["n"] for s in summaries)
-    total = sum(s[TARGET_STATS]["sum"] for s in summaries)
-    sumsq = sum(s[TARGET_STATS]["sumsq"] for s in summaries)
-    mean = total / n if n else 0.0
-    std = math.sqrt(max(sumsq / n - mean * mean, 0.0)) if n else 0.0
-    return "regression", shapes.pop(), mean, std if std > 1e-12 else 1.0
+    mean, std = _target_scale([s[TARGET_STATS] for s in summaries])
+    return "regression", shapes.pop(), mean, std
+
+
+def _target_scale(targets: list[dict[str, Any]]) -> tuple[float, float]:
+    """A regression target's mean and std: exact, or as a numeric column's (noisy,
+    ``hi > lo``), with :data:`TARGET_SPREAD` after asinh."""
+    if all(float(t.get("hi", 0.0)) <= float(t.get("lo", 0.0)) for t in targets):
+        n = sum(t["n"] for t in targets)
+        mean = sum(t["sum"] for t in targets) / n if n else 0.0
+        sumsq = sum(t["sumsq"] for t in targets)
+        std = math.sqrt(max(sumsq / n - mean * mean, 0.0)) if n else 0.0
+        return mean, std if std > 1e-12 else 1.0
+    mean, std, _, asinh = _moments(targets, "the target")
+    if asinh:
+        spread = math.sinh(mean + TARGET_SPREAD) - math.sinh(mean - TARGET_SPREAD)
+        return math.sinh(mean), spread / 2
+    return mean, std
 
 
 def _label_key(label: str) -> tuple[int, float, str]:

@@ -24,6 +24,10 @@ from fedvault.common.errors import ConfigError, PrivacyError
 __all__ = [
     "ACCOUNTANTS",
     "CURVE_PATTERN",
+    "METRICS_SHARE",
+    "NOT_COVERED",
+    "RELEASES",
+    "SUMMARY_SHARE",
     "Accountant",
     "Schedule",
     "Step",
@@ -34,6 +38,54 @@ __all__ = [
 ]
 
 Accountant = Literal["rdp", "prv"]
+
+# How a DP site splits a run's epsilon target: its summary's noise is planned for
+# SUMMARY_SHARE of it on its own, the validation counts' for METRICS_SHARE over all
+# rounds on their own, and DP-SGD for what their composition leaves
+# (fedvault.client.releases; measured in docs/privacy.md).
+SUMMARY_SHARE = 0.5
+METRICS_SHARE = 0.05
+
+# Every kind of release that leaves a DP site, its mechanism and its share of the
+# run's epsilon (the sites' planning: fedvault.client.releases); all are composed by
+# the site's accountant into the one epsilon it reports.
+RELEASES: tuple[dict[str, str], ...] = (
+    {
+        "release": "model updates (every trained round)",
+        "mechanism": "DP-SGD: Poisson sampling, per-sample clipping, Gaussian noise",
+        "share": "what the composition with the releases below leaves of the "
+        "run's epsilon",
+    },
+    {
+        "release": "preprocessing summary (row, label and category counts; sums of "
+        "numeric values clipped to their bounds; no sums of squares), once per "
+        "dataset version",
+        "mechanism": "one Gaussian release on per-row contributions clipped to L2 "
+        "norm 2; undeclared categories only above a noisy-count threshold",
+        "share": f"noise planned for {SUMMARY_SHARE:.0%} of the run's epsilon on "
+        "its own (less once composed); kept and sent again, never charged twice",
+    },
+    {
+        "release": "validation counts (correct predictions, examples) per "
+        "evaluation round",
+        "mechanism": "Gaussian noise, L2 sensitivity sqrt(2)",
+        "share": f"noise planned for {METRICS_SHARE:.0%} of the run's epsilon over "
+        "all rounds on its own",
+    },
+    {
+        "release": "example count in training replies",
+        "mechanism": "the summary's noisy row count again (post-processing)",
+        "share": "none",
+    },
+)
+NOT_COVERED = (
+    "the participation of a site and which rounds it trained or declined; the "
+    "sampling rate q, the step count and the noise multiplier sigma in every DP "
+    "reply (q = 1/ceil(n/B) gives the site's row count n to within the batch size "
+    "B); the schema's declared bounds and categories; the choice of dropped "
+    "identifier-like columns; the undeclared-category threshold's probability "
+    "1e-9 per key, outside delta. No training or validation loss is released"
+)
 ACCOUNTANTS: tuple[Accountant, ...] = ("rdp", "prv")
 
 

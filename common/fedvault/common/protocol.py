@@ -95,6 +95,8 @@ def final_keys(task: str) -> tuple[str, ...]:
     if task == "regression":
         return (*REGRESSION_METRICS, LOSS, *(f"val_{k}" for k in REGRESSION_METRICS))
     return (ACCURACY, "auc", LOSS, f"val_{ACCURACY}")
+
+
 CLIENT_WEIGHT = "client-weight"  # constant 1.0 under client-level DP
 
 # -- errors -------------------------------------------------------------------
@@ -254,13 +256,13 @@ _DP_KEYS = (*_DP_NUMBERS, ACCOUNTANT_CODE, NOISE_FROM_RUN_SEED)
 class TrainMetrics:
     """The metrics of a training reply (``metrics`` record).
 
-    ``loss``: mean training loss over the round's samples; ``steps``: optimizer
-    steps run; ``dp``: the site's privacy figures (DP-SGD runs only);
+    ``num_examples``: with DP, the row count the site's summary released (noisy),
+    never the exact one; no training loss (it is not a DP release); ``steps``:
+    optimizer steps run; ``dp``: the site's privacy figures (DP-SGD runs only);
     ``client_weight``: add :data:`CLIENT_WEIGHT` = 1 (client-level DP runs).
     """
 
     num_examples: int
-    loss: float
     steps: int
     dp: DpFigures | None = None
     client_weight: bool = False
@@ -269,7 +271,6 @@ class TrainMetrics:
         """The metrics by wire name."""
         values = {
             NUM_EXAMPLES: float(self.num_examples),
-            "loss": self.loss,
             "steps": float(self.steps),
         }
         if self.dp is not None:
@@ -287,7 +288,7 @@ class TrainMetrics:
     @staticmethod
     def keys(*, dp: bool, client_weight: bool) -> set[str]:
         """The metric names a training reply of such a run holds, exactly."""
-        keys = {NUM_EXAMPLES, "loss", "steps"}
+        keys = {NUM_EXAMPLES, "steps"}
         if dp:
             keys |= set(_DP_KEYS)
         if client_weight:
@@ -300,7 +301,6 @@ class TrainMetrics:
         non-numeric key."""
         return cls(
             num_examples=int(number(record, NUM_EXAMPLES)),
-            loss=number(record, "loss"),
             steps=int(number(record, "steps")),
             dp=DpFigures.from_values(record) if dp else None,
             client_weight=CLIENT_WEIGHT in record,
@@ -310,18 +310,19 @@ class TrainMetrics:
 @dataclass(frozen=True, kw_only=True)
 class EvaluateMetrics:
     """The metrics of an evaluate reply: the global model on the site's
-    validation rows (``loss``: mean loss; ``accuracy`` in [0, 1]). A regression
-    run's reply holds :data:`MAE`, :data:`RMSE` and :data:`R2` (``regression``)
-    in place of the accuracy."""
+    validation rows. A classification reply holds ``accuracy`` (in [0, 1]); a
+    regression run's reply holds :data:`MAE`, :data:`RMSE` and :data:`R2`
+    (``regression``) in its place. With DP the accuracy is the ratio of noisy,
+    accounted counts and a regression run releases no validation metrics (its
+    sites decline); no validation loss is released."""
 
     num_examples: int
-    loss: float
     accuracy: float = 0.0
     client_weight: bool = False
     regression: Mapping[str, float] | None = None
 
     def to_record(self) -> MetricRecord:
-        values: dict[str, _Metric] = {NUM_EXAMPLES: self.num_examples, LOSS: self.loss}
+        values: dict[str, _Metric] = {NUM_EXAMPLES: self.num_examples}
         if self.regression is None:
             values[ACCURACY] = self.accuracy
         else:
@@ -333,7 +334,7 @@ class EvaluateMetrics:
     @staticmethod
     def keys(*, client_weight: bool, regression: bool = False) -> set[str]:
         """The metric names an evaluate reply of such a run holds, exactly."""
-        keys = {NUM_EXAMPLES, LOSS}
+        keys = {NUM_EXAMPLES}
         keys |= set(REGRESSION_METRICS) if regression else {ACCURACY}
         if client_weight:
             keys.add(CLIENT_WEIGHT)

@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 from fedvault.common.errors import DataError
 from fedvault.proto import summary_pb2
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2  # 2: noisy, clipped summaries with bounds
 
 
 def summary_to_bytes(summary: dict[str, Any]) -> bytes:
@@ -26,6 +26,9 @@ def summary_to_bytes(summary: dict[str, Any]) -> bytes:
                 sum=float(col["sum"]),
                 sumsq=float(col["sumsq"]),
                 missing=int(col["missing"]),
+                lo=float(col.get("lo", 0.0)),
+                hi=float(col.get("hi", 0.0)),
+                asinh=bool(col.get("asinh", False)),
             )
         )
     for name, col in summary["categorical"].items():
@@ -38,7 +41,11 @@ def summary_to_bytes(summary: dict[str, Any]) -> bytes:
         msg.target_n = int(target["n"])
         msg.target_sum = float(target["sum"])
         msg.target_sumsq = float(target["sumsq"])
+        msg.target_lo = float(target.get("lo", 0.0))
+        msg.target_hi = float(target.get("hi", 0.0))
+        msg.target_asinh = bool(target.get("asinh", False))
     msg.image_shape.extend(int(v) for v in summary.get("image-shape", ()))
+    msg.dropped.extend(str(c) for c in summary.get("dropped", ()))
     return msg.SerializeToString(deterministic=True)
 
 
@@ -55,9 +62,18 @@ def summary_from_bytes(data: bytes) -> dict[str, Any]:
         "rows": msg.rows,
         "labels": dict(msg.labels),
         "numeric": {
-            name: {"n": c.n, "sum": c.sum, "sumsq": c.sumsq, "missing": c.missing}
+            name: {
+                "n": c.n,
+                "sum": c.sum,
+                "sumsq": c.sumsq,
+                "missing": c.missing,
+                "lo": c.lo,
+                "hi": c.hi,
+                "asinh": c.asinh,
+            }
             for name, c in msg.numeric.items()
         },
+        "dropped": list(msg.dropped),
         "categorical": {
             name: {"counts": dict(c.counts), "missing": c.missing}
             for name, c in msg.categorical.items()
@@ -68,6 +84,9 @@ def summary_from_bytes(data: bytes) -> dict[str, Any]:
             "n": msg.target_n,
             "sum": msg.target_sum,
             "sumsq": msg.target_sumsq,
+            "lo": msg.target_lo,
+            "hi": msg.target_hi,
+            "asinh": msg.target_asinh,
         }
     if msg.image_shape:
         summary["image-shape"] = list(msg.image_shape)

@@ -12,14 +12,15 @@ import torch
 from fedvault.common.data import load_table
 from fedvault.common.evaluation import evaluate
 from fedvault.common.preprocessing import Preprocessing
-from fedvault.common.protocol import ACCURACY, LOSS, REGRESSION_METRICS
+from fedvault.common.protocol import ACCURACY, REGRESSION_METRICS
 
 HeldOut = tuple[torch.Tensor, torch.Tensor]
 
 
 def site_metrics(prep: Preprocessing) -> tuple[str, ...]:
-    """The metrics the sites' evaluate replies carry for this preprocessing."""
-    return (LOSS, *REGRESSION_METRICS) if prep.regression else (ACCURACY, LOSS)
+    """The metrics the sites' evaluate replies carry for this preprocessing (no
+    loss: the row's ``val_loss`` is NaN)."""
+    return REGRESSION_METRICS if prep.regression else (ACCURACY,)
 
 
 def held_out_set(path: Path | None, prep: Preprocessing) -> HeldOut | None:

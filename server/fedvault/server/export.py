@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -61,6 +62,17 @@ class Pipeline(nn.Module):
         self.stds: torch.Tensor
         self.register_buffer("means", torch.tensor(prep.means, dtype=torch.float32))
         self.register_buffer("stds", torch.tensor(prep.stds, dtype=torch.float32))
+        # The bounds a site's summary release clipped to (Preprocessing._bounded).
+        flags = prep.asinh or (False,) * len(prep.numeric)
+        clips = prep.clips or ((0.0, 0.0),) * len(prep.numeric)
+        lows = [lo if hi > lo else -math.inf for lo, hi in clips]
+        highs = [hi if hi > lo else math.inf for lo, hi in clips]
+        self.asinh: torch.Tensor
+        self.lows: torch.Tensor
+        self.highs: torch.Tensor
+        self.register_buffer("asinh", torch.tensor(flags, dtype=torch.bool))
+        self.register_buffer("lows", torch.tensor(lows, dtype=torch.float32))
+        self.register_buffer("highs", torch.tensor(highs, dtype=torch.float32))
         self.vocab_sizes = [len(v) for v in prep.vocab]
         self.has_numeric = bool(prep.numeric)
         self.binary = prep.num_classes == 2
@@ -69,6 +81,8 @@ class Pipeline(nn.Module):
         parts = []
         if self.has_numeric:
             x = inputs[0]
+            x = torch.where(self.asinh, torch.asinh(x), x)
+            x = torch.minimum(torch.maximum(x, self.lows), self.highs)
             x = torch.where(torch.isnan(x), self.means, x)
             parts.append((x - self.means) / self.stds)
         if self.vocab_sizes:

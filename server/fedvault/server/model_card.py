@@ -129,15 +129,19 @@ def _privacy(summary: dict[str, Any], privacy: dict[str, Any]) -> dict[str, Any]
     spent = [s["epsilon_spent"] for s in sites.values() if s.get("epsilon_spent")]
     dp = privacy.get("mechanism", "none") != "none"
     client = privacy.get("client_level_dp")
-    not_covered = [
-        "the per-column summary counts each site sent for federated preprocessing "
-        "(not noised)",
-        "each site's evaluation metrics (not noised)",
-        "the participation of a whole site"
-        + ("" if client else " (no client-level DP in this run)"),
-    ]
-    if not dp:
-        not_covered.insert(0, "the training records: this run used no DP (--no-dp)")
+    participation = "the participation of a whole site" + (
+        "" if client else " (no client-level DP in this run)"
+    )
+    if dp:  # every other release is noised and in epsilon (privacy.json lists them)
+        not_covered = [participation, str(privacy.get("not_covered") or "")]
+    else:
+        not_covered = [
+            "the training records: this run used no DP (--no-dp)",
+            "the per-column summary counts each site sent for federated "
+            "preprocessing (not noised)",
+            "each site's evaluation metrics (not noised)",
+            participation,
+        ]
     # Each site accounts at its own delta: the card states the largest (weakest).
     deltas = [s["delta"] for s in sites.values() if s.get("delta") is not None]
     delta = privacy.get("delta") or (max(deltas) if deltas else None)

@@ -11,6 +11,7 @@ from typing import Any
 
 from fedvault.common.config import TrainingConfig
 from fedvault.common.preprocessing import Preprocessing
+from fedvault.common.privacy import NOT_COVERED, RELEASES
 from fedvault.common.protocol import (
     SECAGG_CLIPPING_RANGE,
     SECAGG_QUANTIZATION_RANGE,
@@ -230,6 +231,8 @@ def privacy_report(
         else f"fixed noise multiplier {t.noise_multiplier:g}",
         "seed": t.seed,
         "site_figures_source": SITE_FIGURES_SOURCE if t.dp else None,
+        "releases": list(RELEASES) if t.dp else [],
+        "not_covered": NOT_COVERED if t.dp else None,
         "client_level_dp": client_level,
         "secure_aggregation": t.secagg,
         "secure_aggregation_protocol": secure_aggregation_section(t),
@@ -288,12 +291,12 @@ def privacy_text(report: dict[str, Any]) -> str:
 
 def _released_lines(report: dict[str, Any]) -> list[str]:
     """What leaves every site besides its noised updates, and whose noise it is."""
-    lines = [
-        "Released in the clear with every update, and not covered by epsilon: the "
-        "site's training-row count n, its Poisson sampling rate q = 1/ceil(n/B) and "
-        "its noise multiplier sigma (planned from q and its budget); all three "
-        "depend on n."
+    lines = ["Released by each site, all composed into its epsilon above:"]
+    lines += [
+        f"  - {r['release']}: {r['mechanism']}; {r['share']}."
+        for r in report["releases"]
     ]
+    lines.append(f"Not covered by epsilon: {report['not_covered']}.")
     sites = report["sites"].values()
     if any(s["noise_from_run_seed"] for s in sites):
         lines.append(
@@ -358,21 +361,18 @@ def _site_lines(sites: dict[str, dict[str, Any]]) -> list[str]:
 
 def _meaning(sample: bool, client: dict[str, Any] | None, secure: bool) -> list[str]:
     sees = (
-        "the coordinator sees only the sum of the sites' updates (SecAgg+). NOT "
-        "covered by epsilon: each site's metrics and its summary counts for "
-        "preprocessing, released exactly (not noised)."
+        "the coordinator sees only the sum of the sites' updates (SecAgg+)."
         if secure
-        else "NOT covered by epsilon: each site's metrics and its summary counts "
-        "for preprocessing, released exactly (not noised)."
+        else "the coordinator sees each site's (noised) update."
     )
     out = []
     if sample:
         out.append(
-            "What this means: for every record held by a site, the site's model "
-            "updates in this run change the probability of any outcome by at most a "
-            "factor e^epsilon, except with probability delta, whether or not that "
-            "record was in the site's data. It protects individual records, not the "
-            f"participation of a whole site; {sees}"
+            "What this means: for every record held by a site, everything listed "
+            "above that the site released in this run changes the probability of "
+            "any outcome by at most a factor e^epsilon, except with probability "
+            "delta, whether or not that record was in the site's data. It protects "
+            f"individual records, not the participation of a whole site; {sees}"
         )
     if client is not None:
         clipper = (

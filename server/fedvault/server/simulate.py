@@ -50,8 +50,6 @@ from fedvault.server.site_names import check_states, seed_used_before, site_stat
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DELTA = 1e-5
-
 
 @dataclass(frozen=True, kw_only=True)
 class SimulationOptions:
@@ -174,9 +172,9 @@ def _vaults(cfg: SimulationConfig) -> PreparedData:
     )
     if cfg.delta_given and cfg.training.dp:
         # every site also refuses, itself, a delta not below 1/n of its rows
-        _with_delta(cfg, max(rows for rows, _ in facts))
+        _data.with_delta(cfg, max(rows for rows, _ in facts))
     rows = tuple(rows for rows, _ in facts)
-    warn_weak_delta(cfg, rows)
+    _data.warn_weak_delta(cfg, rows)
     return PreparedData(sites=sites, test=None, excluded={}, config=cfg, rows=rows)
 
 
@@ -203,9 +201,9 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     ]
     if not sites:
         raise DataError("no site received any rows")
-    settled = _with_delta(cfg, max(len(p) for _, p in parts))
+    settled = _data.with_delta(cfg, max(len(p) for _, p in parts))
     rows = tuple(len(part) for _, part in parts if not part.empty)
-    warn_weak_delta(cfg, rows)
+    _data.warn_weak_delta(cfg, rows)
     return PreparedData(
         sites=sites,
         test=test,
@@ -241,40 +239,6 @@ def check_sizes(prepared: PreparedData) -> None:
     )
 
 
-def warn_weak_delta(cfg: SimulationConfig, rows: tuple[int, ...]) -> None:
-    """Warn of a ``--delta`` given explicitly that is below 1/n (else refused) but
-    above 1/(10 n) for the largest site's n training rows: the usual bound, and
-    the default, since a guarantee at delta allows revealing one row in 1/delta."""
-    t = cfg.training
-    if not (cfg.delta_given and t.dp and rows):
-        return
-    n = max(rows) - validation_rows(max(rows))
-    if 0.1 / n < t.delta < 1 / n:
-        logger.warning(
-            "delta: %g is a weak delta for the largest site (%d training rows): "
-            "above 1/(10 n) = %.3g, the usual bound and the default; a smaller "
-            "--delta gives a stronger guarantee",
-            t.delta, n, 0.1 / n,
-        )  # fmt: skip
-
-
-def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
-    """Default delta is 1e-5, lowered below 1/(10 n) for sites with n >= 10,000 rows;
-    a delta given explicitly must stay below 1/n of every site."""
-    training = cfg.training
-    if cfg.delta_given:
-        if training.dp and training.delta >= 1 / largest_site:
-            raise ConfigError(
-                f"delta: {training.delta:g} is not below 1/n = {1 / largest_site:.3g} "
-                f"for the largest site ({largest_site} rows)"
-            )
-        return cfg
-    delta = min(DEFAULT_DELTA, 0.1 / largest_site)
-    return dataclasses.replace(
-        cfg, training=dataclasses.replace(training, delta=delta), delta_given=True
-    )
-
-
 def _site_inputs(
     prepared: PreparedData, work: Path, canaries: Mapping[str, pd.DataFrame]
 ) -> tuple[list[dict[str, str]], str]:
@@ -291,7 +255,12 @@ def _site_inputs(
             continue
         path = data_dir / f"site-{pid}.parquet"
         _data.write_rows(source, path, prepared.image_shape)
-        entries.append({"data": str(path)})
+        entries.append(
+            {"data": str(path)}
+            | _data.schema_of(
+                prepared.options, prepared.sites, prepared.image_shape, work
+            )
+        )
         if name in canaries:  # data sites only
             canaries[name].to_parquet(extra := data_dir / f"c-{pid}.parquet")
             entries[-1]["canaries"] = str(extra)

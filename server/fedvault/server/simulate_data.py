@@ -15,15 +15,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import tomli_w
 
 from fedvault.common.config import TaskChoice, TrainingConfig
 from fedvault.common.data import DEFAULT_TARGET, check_target, default_dataset
 from fedvault.common.data import load_table as _load_table
 from fedvault.common.errors import ConfigError, DataError
-from fedvault.common.image_table import ImageShape, image_frame, write_image_table
+from fedvault.common.image_table import (
+    PIXELS,
+    ImageShape,
+    image_frame,
+    write_image_table,
+)
 from fedvault.common.images import (
     DEFAULT_SIZE,
     IMAGE_SUFFIXES,
@@ -34,9 +40,15 @@ from fedvault.common.images import (
     read_manifest,
 )
 from fedvault.common.models import build_run_model, infer_task
+from fedvault.common.partition import validation_rows
 from fedvault.common.preprocessing import merge_summaries, site_summary
+from fedvault.server._site_schema import MIN_DECLARED_CLASS, site_schema
+
+if TYPE_CHECKING:
+    from fedvault.server.simulate import SimulationConfig
 
 logger = logging.getLogger(__name__)
+DEFAULT_DELTA = 1e-5
 
 DATASETS = ("breast-cancer", "digits")
 # The cnn's defaults, where a setting is not given: chosen on digits, 5 sites, IID,
@@ -85,9 +97,7 @@ def load_source(
         return _images(images, path.name, target)
     frame = _load_table(path, text_columns=text_columns or [])
     if _is_manifest(frame):
-        images = read_manifest(
-            path, label=target, size=size, dicom_check=_no_burned_in
-        )
+        images = read_manifest(path, label=target, size=size, dicom_check=_no_burned_in)
         return _images(images, path.stem, target)
     return Source(frame, data, None)
 
@@ -212,3 +222,59 @@ def check_model(
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None
     return notes
+
+
+def schema_of(
+    options: Any,
+    sites: list[tuple[str, pd.DataFrame | Path]],
+    shape: ImageShape | None,
+    work: Path,
+) -> dict[str, str]:
+    """A simulated data site's schema contract (:func:`site_schema`); for images only
+    their label classes held by at least MIN_DECLARED_CLASS rows, declared so that
+    the sites' noisy summaries release their counts (no bounds: no features)."""
+    if shape is None:
+        return site_schema(options, sites, work)
+    path = work / "schema.toml"
+    if not path.exists():
+        frame = pd.concat([part for _, part in sites if not isinstance(part, Path)])
+        counts = frame[options.target].astype(str).value_counts()
+        labels = sorted(str(k) for k, v in counts.items() if v >= MIN_DECLARED_CLASS)
+        target = {"type": "category", "role": "target", "categories": labels}
+        pixels = {"type": "text", "role": "feature", "keep": True}
+        columns = {PIXELS: pixels, options.target: target}
+        doc = {"dataset": {"name": "images"}, "columns": columns}
+        path.write_text(tomli_w.dumps(doc), encoding="utf-8")
+    return {"schema": str(path)}
+
+
+def warn_weak_delta(cfg: SimulationConfig, rows: tuple[int, ...]) -> None:
+    """Warn of a ``--delta`` given explicitly that is below 1/n (else refused) but
+    above 1/(10 n) for the largest site's n training rows: the usual bound, and
+    the default, since a guarantee at delta allows revealing one row in 1/delta."""
+    t = cfg.training
+    if not (cfg.delta_given and t.dp and rows):
+        return
+    n = max(rows) - validation_rows(max(rows))
+    if 0.1 / n < t.delta < 1 / n:
+        logger.warning(
+            "delta: %g is a weak delta for the largest site (%d training rows): "
+            "above 1/(10 n) = %.3g, the usual bound and the default; a smaller "
+            "--delta gives a stronger guarantee",
+            t.delta, n, 0.1 / n,
+        )  # fmt: skip
+
+
+def with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
+    """Default delta is 1e-5, lowered below 1/(10 n) for sites with n >= 10,000 rows;
+    a delta given explicitly must stay below 1/n of every site."""
+    training = cfg.training
+    if cfg.delta_given:
+        if training.dp and training.delta >= 1 / largest_site:
+            raise ConfigError(
+                f"delta: {training.delta:g} is not below 1/n = {1 / largest_site:.3g} "
+                f"for the largest site ({largest_site} rows)"
+            )
+        return cfg
+    delta = min(DEFAULT_DELTA, 0.1 / largest_site)
+    return replace(cfg, training=replace(training, delta=delta), delta_given=True)
