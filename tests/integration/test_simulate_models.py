@@ -67,7 +67,8 @@ def test_a_manifest_trains_the_cnn(tmp_path):
 
 
 def test_a_dicom_folder_trains_and_no_identifier_reaches_the_run(tmp_path):
-    folder = dicom_folder(tmp_path / "dicom")
+    # 13 CT images: a class the launcher declares holds 10 rows or more
+    folder = dicom_folder(tmp_path / "dicom", copies=12)
     identifiers = dicom_identifiers(folder)
     assert len(identifiers) >= 4  # the samples do carry names, IDs and UIDs
     out = tmp_path / "out"
@@ -99,8 +100,10 @@ def test_a_numeric_target_trains_a_regression(tmp_path):
 
     data = tmp_path / "area.parquet"
     default_dataset().drop(columns=["target"]).to_parquet(data)
-    summary = _run(tmp_path / "out", data=str(data), target="mean area")
-    _trained(summary)
+    # Under DP the sites' summaries are noisy and, undeclared, asinh-bounded
+    # (docs/models.md): the inputs' scale is a public one, so it takes 3 rounds.
+    summary = _run(tmp_path / "out", data=str(data), target="mean area", rounds=3)
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 3
     assert summary["config"]["task"] == "regression" and summary["labels"] == []
     final = summary["final"]
     assert set(final) == {"mae", "rmse", "r2", "loss", "val_mae", "val_rmse", "val_r2"}

@@ -255,12 +255,15 @@ def _site_inputs(
             continue
         path = data_dir / f"site-{pid}.parquet"
         _data.write_rows(source, path, prepared.image_shape)
-        entries.append(
-            {"data": str(path)}
-            | _data.schema_of(
-                prepared.options, prepared.sites, prepared.image_shape, work
-            )
+        regression = prepared.training.task == "regression"
+        schema = _data.schema_of(
+            prepared.options,
+            prepared.sites,
+            prepared.image_shape,
+            work,
+            regression=regression,
         )
+        entries.append({"data": str(path)} | schema)
         if name in canaries:  # data sites only
             canaries[name].to_parquet(extra := data_dir / f"c-{pid}.parquet")
             entries[-1]["canaries"] = str(extra)

@@ -229,10 +229,16 @@ def schema_of(
     sites: list[tuple[str, pd.DataFrame | Path]],
     shape: ImageShape | None,
     work: Path,
+    *,
+    regression: bool = False,
 ) -> dict[str, str]:
-    """A simulated data site's schema contract (:func:`site_schema`); for images only
-    their label classes held by at least MIN_DECLARED_CLASS rows, declared so that
-    the sites' noisy summaries release their counts (no bounds: no features)."""
+    """A simulated data site's schema contract (:func:`site_schema`). None for a
+    regression (a schema's target is a category or an int column): its sites bound
+    every value, the target's too, with asinh. For images only their label classes
+    held by at least MIN_DECLARED_CLASS rows, declared so that the sites' noisy
+    summaries release their counts (no bounds: no features)."""
+    if regression:
+        return {}
     if shape is None:
         return site_schema(options, sites, work)
     path = work / "schema.toml"
