@@ -17,6 +17,7 @@ from benchmarks import (
     dp_cost,
     gpu,
     model_use,
+    models_bench,
     overhead,
     report,
     scale,
@@ -34,7 +35,9 @@ def main() -> None:
         "--quick", action="store_true", help="small sizes, a few minutes"
     )
     parser.add_argument(
-        "--only", default="B1,B2,B3,B4,B5,B6,B7,B8,B9", help="comma-separated subset"
+        "--only",
+        default="B1,B2,B3,B4,B5,B6,B7,B8,B9,B11",
+        help="comma-separated subset",
     )
     parser.add_argument(
         "--largest", type=int, default=1_000, help="B4's largest federation"
@@ -59,6 +62,7 @@ def main() -> None:
         "B6": secagg_cost.run,
         "B8": deployment.run,
         "B9": model_use.run,
+        "B11": models_bench.run,
     }
     for name, fn in runners.items():
         if name in wanted:

@@ -7,6 +7,7 @@ from typing import Any
 
 from benchmarks import gpu
 from benchmarks.model_use import render as _b9
+from benchmarks.models_bench import render as _b11
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -347,6 +348,7 @@ SECTIONS = {
     "B8": _b8,
     "B9": _b9,
     "B10": gpu.render,
+    "B11": _b11,
 }
 
 

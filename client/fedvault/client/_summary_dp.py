@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedvault.common.preprocessing import IMAGE_SHAPE, TARGET_STATS
+
 ROW_CLIP = 2.0
 ASINH_BOUND = 10.0
 KEY_DELTA = 1e-9
@@ -81,15 +83,25 @@ def noisy_summary(
     declared: Declared,
     sigma: float,
     rng: np.random.Generator,
+    regression: bool = False,
+    image_shape: tuple[int, ...] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The noisy summary (``site_summary``'s shape, plus each numeric column's
-    ``lo``/``hi``/``scale``) and the identifier-like columns it dropped."""
+    ``lo``/``hi``/``scale``) and the identifier-like columns it dropped.
+    ``regression``: the target is one bounded numeric value in each row's vector
+    (no labels); ``image_shape``: only rows and labels are summarized (the shape,
+    a property the site's data declares, is sent as it is)."""
     parts: list[np.ndarray] = [np.ones((len(frame), 1))]
-    labels = _keys(frame[target], declared.categories.get(target))
-    parts.append(_onehot(frame[target], labels))
+    labels: tuple[str, ...] = ()
+    if regression:
+        y = _scaled(pd.to_numeric(frame[target]), declared.bounds.get(target))
+        parts.append(np.where(np.isnan(y), 0.0, y)[:, None])
+    else:
+        labels = _keys(frame[target], declared.categories.get(target))
+        parts.append(_onehot(frame[target], labels))
     numeric, categorical, dropped = [], [], []
     for name in frame.columns:
-        if name == target:
+        if name == target or image_shape is not None:
             continue
         col = frame[name]
         if _is_numeric(col):
@@ -108,7 +120,26 @@ def noisy_summary(
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     rows = rows * np.minimum(1.0, ROW_CLIP / np.maximum(norms, 1e-12))
     noisy = rows.sum(axis=0) + rng.normal(0.0, sigma * ROW_CLIP, rows.shape[1])
-    return _read(noisy, target, labels, numeric, categorical, declared, sigma), dropped
+    columns = np.delete(noisy, 1) if regression else noisy  # the target's sum
+    summary = _read(columns, target, labels, numeric, categorical, declared, sigma)
+    if regression:
+        summary[TARGET_STATS] = _target(noisy[1], summary["rows"], declared, target)
+    if image_shape is not None:
+        summary[IMAGE_SHAPE] = list(image_shape)
+    return summary, dropped
+
+
+def _target(total: float, rows: int, declared: Declared, target: str) -> dict[str, Any]:
+    bounds = declared.bounds.get(target)
+    lo, hi = bounds if bounds is not None else (-ASINH_BOUND, ASINH_BOUND)
+    return {
+        "n": rows,
+        "sum": float(total),
+        "sumsq": math.nan,  # not released (module docstring)
+        "lo": float(lo),
+        "hi": float(hi),
+        "asinh": bounds is None,
+    }
 
 
 def _keys(series: pd.Series, declared: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from fedvault.client.approval import approve
 from fedvault.client.budget import policy_path
+from fedvault.client.model_policy import check_model, load_model_policy
 from fedvault.client.policy import SitePolicy, check_request, check_rows, load_policy
 from fedvault.client.site import SiteSettings, SplitData, site_settings
 from fedvault.common.config import TrainingConfig
@@ -36,10 +37,13 @@ def admit(context: Any) -> tuple[SiteSettings, Run | Decline]:
     try:
         policy_file, state_dir = policy_path(site.state, site.policy)
         policy = load_policy(policy_file)
+        models = load_model_policy(policy_file)
     except ConfigError as exc:
         return site, Decline("policy", f"the site's policy cannot be read: {exc}")
-    refusal = check_request(policy, settings) or approve(
-        policy_file, settings, context.run_config
+    refusal = (
+        check_request(policy, settings)
+        or check_model(models, settings.model)
+        or approve(policy_file, settings, context.run_config)
     )
     if refusal is not None:
         return site, refusal

@@ -35,6 +35,8 @@ def summary(
     policy: SitePolicy,
     settings: TrainingConfig,
     state_dir: Path,
+    regression: bool = False,
+    image_shape: tuple[int, ...] | None = None,
 ) -> bytes | Decline:
     """The site's summary release (kept, or made and charged), or a decline."""
     try:
@@ -48,6 +50,8 @@ def summary(
             settings=settings,
             state_dir=state_dir,
             seed=round_seed(site, settings.seed, 0, "summary"),
+            regression=regression,
+            image_shape=image_shape,
         )
     except BudgetExceededError as exc:
         return Decline("budget", str(exc))
@@ -64,6 +68,8 @@ def train_examples(
     policy: SitePolicy,
     settings: TrainingConfig,
     state_dir: Path,
+    regression: bool = False,
+    image_shape: tuple[int, ...] | None = None,
 ) -> int | Decline:
     """What a training reply says of the site's size: the row count its summary
     released (made now if the site has none yet), never the exact one."""
@@ -75,6 +81,8 @@ def train_examples(
         policy=policy,
         settings=settings,
         state_dir=state_dir,
+        regression=regression,
+        image_shape=image_shape,
     )
     return data if isinstance(data, Decline) else max(1, released_rows(data))
 

@@ -53,10 +53,11 @@ from fedvault.client.training import (
     train_plain,
     train_private,
 )
+from fedvault.client.training_setup import local_settings, regression_at_site
 from fedvault.common.config import TrainingConfig
-from fedvault.common.errors import BudgetExceededError, FedVaultError
+from fedvault.common.errors import BudgetExceededError, ConfigError, FedVaultError
 from fedvault.common.evaluation import evaluate
-from fedvault.common.models import build_model
+from fedvault.common.models import build_run_model, run_task
 from fedvault.common.preprocessing import Preprocessing, site_summary
 from fedvault.common.protocol import (
     ARRAYS,
@@ -84,13 +85,10 @@ from fedvault.common.records import (
 from fedvault.common.wire import summary_to_bytes
 
 logger = logging.getLogger(__name__)
+NO_REGRESSION_RELEASE = "a DP regression run releases no validation metrics"
 
 app = ClientApp(mods=[answers_mod, privacy_mod])  # answers_mod: the site's log
 app.query(NOTICE_ACTION)(notice)  # a coordinator's notice, recorded by answers_mod
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _threads(context: Context) -> None:
@@ -109,8 +107,6 @@ def _decline(msg: Message, decline: Decline) -> Message:
     return decline.reply(msg)
 
 
-
-
 @app.query(STATS_ACTION)
 def stats(msg: Message, context: Context) -> Message:
     """Summary counts of this site's training rows, for federated preprocessing."""
@@ -126,9 +122,10 @@ def stats(msg: Message, context: Context) -> Message:
         logger.warning("cannot take part: %s", why)
         return Message(SiteStats(site.name, reason=why).to_content(), reply_to=msg)
     refusal = refuse_rows(run, split)
-    reason = usable(split, target)
+    regression = regression_at_site(run.settings, split.train[target])
+    reason = usable(split, target, regression=regression)
     if refusal is None and reason is None:
-        released = _summary(run, split, target, str(context.run_id))
+        released = _summary(run, split, target, str(context.run_id), regression)
         if isinstance(released, bytes):
             answer = SiteStats(site.name, summary=released)
         else:
@@ -141,9 +138,18 @@ def stats(msg: Message, context: Context) -> Message:
     return Message(answer.to_content(), reply_to=msg)
 
 
-def _summary(run: Run, split: SplitData, target: str, run_id: str) -> bytes | Decline:
+def _summary(
+    run: Run, split: SplitData, target: str, run_id: str, regression: bool
+) -> bytes | Decline:
     if not run.settings.dp:  # only where the site's policy allows non-private runs
-        return summary_to_bytes(site_summary(split.train, target))
+        return summary_to_bytes(
+            site_summary(
+                split.train,
+                target,
+                regression=regression,
+                image_shape=split.image_shape,
+            )
+        )
     budget = _open_budget(run, run_id)
     if isinstance(budget, Decline):
         return budget
@@ -155,17 +161,19 @@ def _summary(run: Run, split: SplitData, target: str, run_id: str) -> bytes | De
         policy=run.policy,
         settings=run.settings,
         state_dir=run.state_dir,
+        regression=regression,
+        image_shape=split.image_shape,
     )
 
 
 def _local_model(
     settings: TrainingConfig, prep: Preprocessing, msg: Message
 ) -> nn.Module:
-    model = build_model(
-        settings.model,
-        in_features=prep.num_features,
-        num_classes=prep.num_classes,
-        hidden=settings.hidden,
+    """The run's model (built as the coordinator builds it) with the received
+    global weights. Raises :class:`ConfigError` for a model that cannot be built
+    here (e.g. a plug-in not installed at this site)."""
+    model, _ = build_run_model(
+        settings.model, prep, hidden=settings.hidden, dp=settings.dp
     )
     model.load_state_dict(array_record(msg.content, ARRAYS).to_torch_state_dict())
     return model
@@ -207,19 +215,17 @@ def train(msg: Message, context: Context) -> Message:
     refusal = refuse_rows(run, split)
     if refusal is not None:
         return _decline(msg, refusal)
-    reason = usable(split, prep.target)
+    reason = usable(split, prep.target, regression=prep.regression)
     if reason is not None:
         return _decline(msg, Decline("data", reason))
     data = to_tensors(split.train, prep)
-    local = LocalSettings(
-        num_classes=prep.num_classes,
-        lr=settings.lr,
-        epochs=settings.local_epochs,
-        batch_size=settings.batch_size,
-        proximal_mu=number(config, PROXIMAL_MU, 0.0),
-        device=_device(),
-    )
-    model = _local_model(settings, prep, msg)
+    local = local_settings(settings, prep, number(config, PROXIMAL_MU, 0.0))
+    if isinstance(local, Decline):
+        return _decline(msg, local)
+    try:
+        model = _local_model(settings, prep, msg)
+    except ConfigError as exc:
+        return _decline(msg, Decline("policy", str(exc)))
     if not all(torch.isfinite(p).all() for p in model.state_dict().values()):
         # A broken global model would waste this round's budget on noise.
         return _decline(msg, Decline("policy", "the global model is not finite"))
@@ -241,6 +247,8 @@ def train(msg: Message, context: Context) -> Message:
         policy=run.policy,
         settings=settings,
         state_dir=run.state_dir,
+        regression=prep.regression,
+        image_shape=split.image_shape,
     )
     if isinstance(examples, Decline):
         return _decline(msg, examples)
@@ -329,17 +337,30 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     if len(split.validation) == 0:
         return _decline(msg, Decline("data", "no validation rows"))
     data = to_tensors(split.validation, prep)
-    model = _local_model(settings, prep, msg)
+    try:
+        model = _local_model(settings, prep, msg)
+    except ConfigError as exc:
+        return _decline(msg, Decline("policy", str(exc)))
     features, labels = data.tensors
-    result = evaluate(model, features, labels, num_classes=prep.num_classes)
+    result = evaluate(
+        model,
+        features,
+        labels,
+        num_classes=prep.num_classes,
+        task=run_task(prep),
+        target_scale=(prep.target_mean, prep.target_std),
+    )
     weighted = settings.client_dp != "off"
     if not settings.dp:
         exact = EvaluateMetrics(
             num_examples=result.examples,
             accuracy=result.accuracy,
             client_weight=weighted,
+            regression=result.values() if prep.regression else None,
         )
         return Message(RecordDict({METRICS: exact.to_record()}), reply_to=msg)
+    if prep.regression:  # no accounted mechanism for these: nothing is released
+        return _decline(msg, Decline("data", NO_REGRESSION_RELEASE))
     budget = _open_budget(run, str(context.run_config.get(RUN_KEY) or context.run_id))
     if isinstance(budget, Decline):
         return _decline(msg, budget)

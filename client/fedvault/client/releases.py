@@ -160,15 +160,20 @@ def summary_release(
     settings: TrainingConfig,
     state_dir: Path,
     seed: int,
+    regression: bool = False,
+    image_shape: tuple[int, ...] | None = None,
 ) -> bytes:
     """The site's summary of ``frame`` for dataset ``version``: the kept release
     if there is one (nothing charged), else a new one, charged to the ledger
     before it is kept and sent. ``seed``: of its noise (a deployed site's comes
-    from the OS, see :func:`fedvault.client.rounds.round_seed`).
+    from the OS, see :func:`fedvault.client.rounds.round_seed`). A regression
+    summary is kept apart from a classification one of the same version.
 
     Raises :class:`BudgetExceededError` when the budget cannot cover it (nothing
     is released) and :class:`ConfigError` for an unreadable schema.
     """
+    if regression:
+        version = hashlib.sha256(f"{version}/regression/{target}".encode()).hexdigest()
     kept = _kept(state_dir, version)
     if kept is not None:
         return kept
@@ -179,6 +184,8 @@ def summary_release(
         declared=declared(site),
         sigma=sigma,
         rng=np.random.default_rng(seed),
+        regression=regression,
+        image_shape=image_shape,
     )
     if dropped:
         logger.warning(

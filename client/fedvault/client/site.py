@@ -26,6 +26,7 @@ from torch.utils.data import TensorDataset
 from fedvault.client.data.vault_format import MANIFEST_NAME
 from fedvault.common.data import load_table
 from fedvault.common.errors import ConfigError, DataError
+from fedvault.common.image_table import ImageShape, image_shape_of
 from fedvault.common.partition import MIN_TRAIN_ROWS, validation_rows
 from fedvault.common.preprocessing import Preprocessing
 from fedvault.common.protocol import simulated_site_key
@@ -103,17 +104,25 @@ class SplitData:
 
     train: pd.DataFrame
     validation: pd.DataFrame
+    image_shape: ImageShape | None = None  # (c, h, w) when the rows are images
 
 
-def _read(site: SiteSettings) -> pd.DataFrame:
+def _read(site: SiteSettings) -> tuple[pd.DataFrame, ImageShape | None]:
+    """The site's rows, and their image shape when they are images."""
     if site.vault is not None and site.key_file is not None:
         from fedvault.client.data.keys import load_key
-        from fedvault.client.data.vault import read_frame
+        from fedvault.client.data.vault import read_frame, read_manifest
 
-        return read_frame(site.vault, load_key(site.key_file, vault_dir=site.vault))
+        key = load_key(site.key_file, vault_dir=site.vault)
+        frame = read_frame(site.vault, key)
+        schema = read_manifest(site.vault, key).schema
+        if schema.get("kind") == "images":
+            c, h, w = (int(v) for v in schema["shape"])
+            return frame, (c, h, w)
+        return frame, None
     if site.data is None:
         raise ConfigError(f"site {site.name}: no data configured")
-    return load_table(site.data)
+    return load_table(site.data), image_shape_of(site.data)
 
 
 def dataset_version(site: SiteSettings) -> str:
@@ -142,7 +151,7 @@ def _file_hash(path: Path, mtime: int) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _load_split(site: SiteSettings, version: str, target: str) -> SplitData:
-    frame = _read(site)
+    frame, shape = _read(site)
     if target not in frame.columns:
         raise DataError(f"site {site.name}: target column {target!r} missing")
     frame = frame[frame[target].notna()]
@@ -158,6 +167,7 @@ def _load_split(site: SiteSettings, version: str, target: str) -> SplitData:
     return SplitData(
         train=train.reset_index(drop=True),
         validation=frame.iloc[np.sort(val_idx)].reset_index(drop=True),
+        image_shape=shape,
     )
 
 
@@ -172,12 +182,16 @@ def load_site_data(site: SiteSettings, *, target: str) -> SplitData:
     return _load_split(site, dataset_version(site), target)
 
 
-def usable(split: SplitData, target: str) -> str | None:
+def usable(split: SplitData, target: str, *, regression: bool = False) -> str | None:
     """Why the site cannot train, or None when it can."""
     if len(split.train) < MIN_TRAIN_ROWS:
         return f"only {len(split.train)} training rows (< {MIN_TRAIN_ROWS})"
     if split.train[target].nunique() < 2:
-        return "a single class in its training rows"
+        return (
+            "a constant target in its training rows"
+            if regression
+            else "a single class in its training rows"
+        )
     return None
 
 
@@ -185,8 +199,9 @@ def to_tensors(frame: pd.DataFrame, prep: Preprocessing) -> TensorDataset:
     """Apply the federation's preprocessing to rows.
 
     Returns a dataset of (features, labels): features float32 of shape
-    (len(frame), prep.num_features), labels int64 class indices of shape
-    (len(frame),). Raises :class:`DataError` when a column the preprocessing
+    (len(frame), prep.num_features) (images: (len(frame), c, h, w)), labels int64
+    class indices of shape (len(frame),) (regression: the standardized target,
+    float32). Raises :class:`DataError` when a column the preprocessing
     needs is missing or a label is not in the federation's label set.
     """
     features = torch.from_numpy(prep.transform(frame))

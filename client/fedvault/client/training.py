@@ -27,8 +27,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedvault.client import _fastdp
+from fedvault.client._augmult import augmented_step
+from fedvault.common.augment import Augmentation
 from fedvault.common.errors import PrivacyError
-from fedvault.common.models import loss_fn, per_sample_loss, targets_for_loss
+from fedvault.common.models import Task, loss_fn, per_sample_loss, targets_for_loss
 from fedvault.common.privacy import Schedule, Step
 
 logger = logging.getLogger(__name__)
@@ -43,10 +45,16 @@ class LocalSettings:
     """Hyper-parameters of one round of local training.
 
     ``epochs`` is what :func:`train_plain` runs; a DP round runs the steps of its
-    plan (which the budget derived from the same epochs).
+    plan (which the budget derived from the same epochs). ``task``: the model's
+    task (None: inferred from ``num_classes``). ``augmentation``: images only,
+    drawn per sample inside each step, with its multiplicity (copies averaged
+    before clipping, :mod:`fedvault.client._augmult`).
     """
 
     num_classes: int
+    task: Task | None = None
+    augmentation: Augmentation | None = None
+    momentum: float = 0.0
     lr: float
     epochs: int
     batch_size: int
@@ -89,14 +97,21 @@ def train_private(
     noised with ``plan.noise_multiplier``. Plain MLPs take fedvault's book-keeping
     step (``_fastdp``: same clipping, noise and scaling as Opacus, without
     per-sample gradient tensors); other models, or ``local.dp_engine == "opacus"``,
-    Opacus' ``PrivacyEngine``. Randomness comes from torch's global generators:
-    seed them with ``torch.manual_seed`` for a reproducible run.
+    Opacus' ``PrivacyEngine`` (with augmentation, its per-sample gradients of the
+    copies of an example are averaged before clipping). Randomness comes from
+    torch's global generators: seed them with ``torch.manual_seed`` for a
+    reproducible run.
 
     Raises :class:`PrivacyError` if the loader's sample rate is not the plan's
     (nothing is trained then).
     """
     model.to(local.device)
-    fast = local.dp_engine == "auto" and _fastdp.supports(model)
+    fast = (
+        local.dp_engine == "auto"
+        and local.augmentation is None
+        and local.momentum == 0
+        and _fastdp.supports(model)
+    )
     engine = _fast_engine if fast else _opacus_engine
     with engine(model, data, local, plan, max_grad_norm) as (loader, step):
         if float(loader.sample_rate) != plan.sample_rate:
@@ -111,7 +126,9 @@ def train_plain(
     """Non-private minibatch SGD with the same model, loss and optimizer, for
     ``local.epochs`` shuffled epochs (``data`` as for :func:`train_private`)."""
     model.to(local.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=local.lr)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=local.lr, momentum=local.momentum
+    )
     loader = DataLoader(data, batch_size=local.batch_size, shuffle=True)
     model.train()
     steps = local.epochs * len(loader)
@@ -171,8 +188,17 @@ def _proximal_step(
 def _sgd_step(
     module: nn.Module, optimizer: torch.optim.Optimizer, local: LocalSettings
 ) -> _BatchStep:
-    """An optimizer step on the mean loss (plain SGD, or Opacus' DPOptimizer)."""
-    criterion = loss_fn(local.num_classes)
+    """An optimizer step on the mean loss (plain SGD, or Opacus' DPOptimizer); with
+    augmentation, on the augmented copies of the batch."""
+    criterion = loss_fn(local.num_classes, task=local.task)
+    if local.augmentation is not None:
+
+        def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            targets = targets_for_loss(y, local.num_classes, task=local.task)
+            value: torch.Tensor = criterion(out, targets)
+            return value
+
+        return augmented_step(module, optimizer, loss, local.augmentation)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -182,7 +208,9 @@ def _sgd_step(
             # through backward so that Opacus sees its (empty) per-sample grads.
             loss = out.sum() * 0.0
         else:
-            loss = criterion(out, targets_for_loss(y, local.num_classes))
+            loss = criterion(
+                out, targets_for_loss(y, local.num_classes, task=local.task)
+            )
         loss.backward()
         optimizer.step()
         return float(loss.item()) * len(y)
@@ -209,14 +237,14 @@ def _fast_engine(
     loader = DPDataLoader.from_data_loader(
         DataLoader(data, batch_size=local.batch_size)
     )
-    per_sample = per_sample_loss(local.num_classes)
+    per_sample = per_sample_loss(local.num_classes, task=local.task)
     expected_batch = int(len(data) * plan.sample_rate)  # as Opacus' make_private
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
         return _fastdp.dp_sgd_step(
             model,
             x,
-            targets_for_loss(y, local.num_classes),
+            targets_for_loss(y, local.num_classes, task=local.task),
             per_sample,
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=max_grad_norm,
@@ -240,7 +268,9 @@ def _opacus_engine(
     ``DPOptimizer`` (removed again afterwards)."""
     from opacus import PrivacyEngine
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=local.lr)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=local.lr, momentum=local.momentum
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant="rdp")

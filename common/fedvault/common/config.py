@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -21,6 +22,13 @@ from fedvault.common.privacy import ACCOUNTANTS, Accountant
 
 ModelName = Literal["mlp", "logreg", "cnn", "resnet18"]
 MODEL_NAMES: tuple[ModelName, ...] = get_args(ModelName)
+# The task of a run: inferred from the target where the data is seen ("auto"), or
+# forced. Classification is binary or multi-class by the number of labels.
+TaskChoice = Literal["auto", "classification", "regression"]
+TASK_CHOICES: tuple[TaskChoice, ...] = get_args(TaskChoice)
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[DeviceChoice, ...] = get_args(DeviceChoice)
+_PLUGIN_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 StrategyName = Literal[
     "fedavg",
     "fedprox",
@@ -73,6 +81,9 @@ class TrainingConfig:
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 0.5
+    # SGD momentum of local training (0: plain SGD, and fedvault's fast DP-SGD
+    # step for MLPs); with DP it acts on the noised gradients (post-processing).
+    momentum: float = 0.0
     strategy: StrategyName = "fedavg"
     proximal_mu: float = 0.01
     # Krum, MultiKrum and Bulyan: how many sites may be malicious (Flower's
@@ -81,8 +92,17 @@ class TrainingConfig:
     trim_fraction: float = 0.2
     fraction_train: float = 1.0
     min_sites: int = 2
-    model: ModelName = "mlp"
+    # A built-in (MODEL_NAMES) or a plug-in factory ``package.module:factory``.
+    model: str = "mlp"
     hidden: int = 128
+    task: TaskChoice = "auto"
+    device: DeviceChoice = "auto"
+    # Image augmentation inside DP-SGD (off for tables): rotation in degrees,
+    # zero-padding then random crop (a shift), and K augmented copies per example
+    # averaged before clipping (multiplicity; no extra epsilon).
+    augment_rotation: float = 0.0
+    augment_crop: int = 0
+    augment_copies: int = 1
     seed: int = 0
     dp: bool = True
     epsilon: float = 3.0
@@ -117,7 +137,20 @@ class TrainingConfig:
         if self.proximal_mu < 0:
             raise ConfigError(f"proximal-mu: must be >= 0, got {self.proximal_mu}")
         _choice(self, "strategy", STRATEGIES)
-        _choice(self, "model", MODEL_NAMES)
+        if self.model not in MODEL_NAMES and not _PLUGIN_NAME.match(self.model):
+            raise ConfigError(
+                f"model: unknown {self.model!r}; use one of {MODEL_NAMES} or a "
+                "plug-in package.module:factory"
+            )
+        _choice(self, "task", TASK_CHOICES)
+        _choice(self, "device", DEVICES)
+        _positive(self, "augment_copies")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.augment_rotation <= 180 or self.augment_crop < 0:
+            raise ConfigError(
+                "augment-rotation: must be in [0, 180] and augment-crop >= 0"
+            )
         _choice(self, "accountant", ACCOUNTANTS)
         _check_secure_settings(self)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, get_args
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -22,15 +23,18 @@ from fedvault.common.model_zoo import (
     InputSpec,
     build_plugin,
     is_plugin,
+    prepare_for_dp,
     resnet18,
     small_cnn,
 )
+from fedvault.common.preprocessing import Preprocessing
 
 Task = Literal["binary", "multiclass", "regression"]
 TASKS: tuple[Task, ...] = get_args(Task)
 RegressionLoss = Literal["mse", "huber"]
 IMAGE_MODELS = ("cnn", "resnet18")
 TABULAR_MODELS = ("mlp", "logreg")
+MAX_CLASSES = 20  # a numeric target with more distinct values is a regression one
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -102,6 +106,45 @@ def build_model(
         f"unknown model {name!r}; choose one of {MODEL_NAMES} "
         "or a plug-in package.module:factory"
     )
+
+
+def infer_task(target: pd.Series) -> Literal["classification", "regression"]:
+    """``regression`` for a numeric target with fractional values or more than
+    :data:`MAX_CLASSES` distinct values, else ``classification``."""
+    if not pd.api.types.is_numeric_dtype(target) or pd.api.types.is_bool_dtype(
+        target
+    ):
+        return "classification"
+    values = target.dropna()
+    fractional = bool((values != values.round()).any())
+    many = values.nunique() > MAX_CLASSES
+    return "regression" if fractional or many else "classification"
+
+
+def run_task(prep: Preprocessing) -> Task:
+    """The model task of a federation's preprocessing."""
+    return task_for(prep.num_classes, "regression" if prep.regression else None)
+
+
+def build_run_model(
+    name: str, prep: Preprocessing, *, hidden: int, dp: bool
+) -> tuple[nn.Module, tuple[str, ...]]:
+    """The run's model, built the same way on the coordinator and at every site:
+    :func:`build_model` for the preprocessing's input and task, then (with DP)
+    :func:`~fedvault.common.model_zoo.prepare_for_dp`, whose notes say what was
+    changed. Raises :class:`ConfigError` for a model that cannot be built or
+    trained with DP-SGD (one line naming the layer), :class:`ValueError` for a bad
+    input size or class count."""
+    model = build_model(
+        name,
+        input_spec=prep.input_spec,
+        num_classes=prep.num_classes,
+        hidden=hidden,
+        task=run_task(prep),
+    )
+    if not dp:
+        return model, ()
+    return prepare_for_dp(model)
 
 
 def loss_fn(

@@ -13,6 +13,9 @@ column carries the bounds ``lo``/``hi`` its values were clipped to (after ``asin
 for a column without declared bounds) and scaled from, to [0, 1]. Everything the
 coordinator derives from them here is post-processing. :func:`site_summary` (exact)
 is the building block for tests and for data that never leaves one party.
+
+Images (:mod:`fedvault.common.image_table`): row and label counts and the shape only.
+A regression target is summarized like a numeric column, in place of label counts.
 """
 
 from __future__ import annotations
@@ -27,12 +30,18 @@ import numpy as np
 import pandas as pd
 
 from fedvault.common.errors import DataError
+from fedvault.common.image_table import PIXELS, ImageShape, pixels_array
+from fedvault.common.model_zoo import InputSpec
+
+TARGET_STATS = "target-stats"
+IMAGE_SHAPE = "image-shape"
 
 # The scale of a numeric column whose second moment a site did not release (a DP
 # summary): this share of its bounds' range. A public constant, chosen as the median
 # std/range over the embedded (public) dataset's features, 0.076 to 0.226 (a range
 # of +-3 standard deviations would give 1/6).
 STD_SHARE = 0.14
+TARGET_SPREAD = 0.5  # a regression target's public std in asinh units (no bounds)
 
 
 def _is_numeric(series: pd.Series) -> bool:
@@ -41,12 +50,20 @@ def _is_numeric(series: pd.Series) -> bool:
     )
 
 
-def site_summary(frame: pd.DataFrame, target: str) -> dict[str, Any]:
-    """Summary counts of one site's rows (JSON-ready)."""
+def site_summary(
+    frame: pd.DataFrame,
+    target: str,
+    *,
+    regression: bool = False,
+    image_shape: ImageShape | None = None,
+) -> dict[str, Any]:
+    """Summary counts of one site's rows (JSON-ready). ``image_shape``: the rows
+    are images (only row and label counts, and the shape, are summarized);
+    ``regression``: the target is summarized by count, sum and sum of squares."""
     numeric: dict[str, dict[str, float]] = {}
     categorical: dict[str, dict[str, Any]] = {}
     for name in frame.columns:
-        if name == target:
+        if name == target or image_shape is not None:
             continue
         col = frame[name]
         missing = int(col.isna().sum())
@@ -64,13 +81,26 @@ def site_summary(frame: pd.DataFrame, target: str) -> dict[str, Any]:
                 "counts": {str(k): int(v) for k, v in counts.items()},
                 "missing": missing,
             }
-    labels = frame[target].astype(str).value_counts()
-    return {
+    summary: dict[str, Any] = {
         "rows": len(frame),
-        "labels": {str(k): int(v) for k, v in labels.items()},
+        "labels": {},
         "numeric": numeric,
         "categorical": categorical,
     }
+    if regression:
+        y = pd.to_numeric(frame[target], errors="coerce").dropna()
+        values = y.to_numpy(dtype=np.float64)
+        summary[TARGET_STATS] = {
+            "n": len(values),
+            "sum": float(values.sum()),
+            "sumsq": float(np.square(values).sum()),
+        }
+    else:
+        labels = frame[target].astype(str).value_counts()
+        summary["labels"] = {str(k): int(v) for k, v in labels.items()}
+    if image_shape is not None:
+        summary[IMAGE_SHAPE] = list(image_shape)
+    return summary
 
 
 @dataclass(frozen=True)
@@ -86,6 +116,12 @@ class Preprocessing:
     vocab: tuple[tuple[str, ...], ...] = ()
     modes: tuple[str, ...] = ()
     rows: int = 0
+    # "regression": ``labels`` is empty and the target is standardized with
+    # ``target_mean`` / ``target_std``; images: ``image_shape`` is (c, h, w).
+    task: str = "classification"
+    image_shape: tuple[int, ...] = ()
+    target_mean: float = 0.0
+    target_std: float = 1.0
     # Per numeric column: the clipping bounds (lo == hi: none) and whether values
     # are first mapped by asinh (columns without declared bounds).
     clips: tuple[tuple[float, float], ...] = ()
@@ -106,10 +142,27 @@ class Preprocessing:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """What one input sample is: the image shape, or the feature count."""
+        if self.image_shape:
+            c, h, w = self.image_shape
+            return InputSpec.image(c, h, w)
+        return InputSpec.tabular(self.num_features)
+
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """Impute, one-hot encode and standardize; returns float32 of shape
-        (len(frame), num_features). Raises :class:`DataError` naming missing
-        columns."""
+        (len(frame), num_features), or (len(frame), c, h, w) for images. Raises
+        :class:`DataError` naming missing columns."""
+        if self.image_shape:
+            if PIXELS not in frame:
+                raise DataError("the site's data holds no images (pixels column)")
+            c, h, w = self.image_shape
+            return pixels_array(frame[PIXELS], (c, h, w))
         missing = [c for c in (*self.numeric, *self.categorical) if c not in frame]
         if missing:
             raise DataError(f"columns missing from the site's data: {missing}")
@@ -145,7 +198,13 @@ class Preprocessing:
 
     def encode_labels(self, series: pd.Series) -> np.ndarray:
         """Map labels to 0..K-1 with the global label list: int64, shape (n,).
-        Raises :class:`DataError` naming labels outside the federation's set."""
+        Raises :class:`DataError` naming labels outside the federation's set.
+        Regression: the standardized target, float32 of shape (n,)."""
+        if self.regression:
+            y = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+            if np.isnan(y).any():
+                raise DataError("the regression target holds non-numeric values")
+            return ((y - self.target_mean) / self.target_std).astype(np.float32)
         index = {label: i for i, label in enumerate(self.labels)}
         codes = series.astype(str).map(index)
         if codes.isna().any():
@@ -166,6 +225,10 @@ class Preprocessing:
                 "vocab",
                 "modes",
                 "rows",
+                "task",
+                "image_shape",
+                "target_mean",
+                "target_std",
                 "clips",
                 "asinh",
             )
@@ -185,6 +248,10 @@ class Preprocessing:
             vocab=tuple(tuple(v) for v in data["vocab"]),
             modes=tuple(data["modes"]),
             rows=int(data["rows"]),
+            task=str(data.get("task", "classification")),
+            image_shape=tuple(int(v) for v in data.get("image_shape", ())),
+            target_mean=float(data.get("target_mean", 0.0)),
+            target_std=float(data.get("target_std", 1.0)),
             clips=tuple((float(a), float(b)) for a, b in data.get("clips", ())),
             asinh=tuple(bool(v) for v in data.get("asinh", ())),
         )
@@ -208,6 +275,7 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
                 categorical_cols ^ set(s["categorical"])
             )
             raise DataError(f"sites disagree on columns or their kind: {sorted(diff)}")
+    task, shape, target_mean, target_std = _task_and_shape(summaries)
     labels: Counter[str] = Counter()
     for s in summaries:
         labels.update(s["labels"])
@@ -230,7 +298,7 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
         modes.append(min(cats, key=lambda c: (-counts[c], c)) if cats else "")
     return Preprocessing(
         target=target,
-        labels=tuple(sorted(labels, key=_label_key)),
+        labels=() if task == "regression" else tuple(sorted(labels, key=_label_key)),
         numeric=tuple(numeric),
         means=tuple(means),
         stds=tuple(stds),
@@ -240,6 +308,10 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
         rows=sum(int(s["rows"]) for s in summaries),
         clips=tuple(clips),
         asinh=tuple(asinh),
+        task=task,
+        image_shape=shape,
+        target_mean=target_mean,
+        target_std=target_std,
     )
 
 
@@ -285,6 +357,37 @@ def _moments(
         mean = min(max(mean, lo), hi) if n >= 1 else (lo + hi) / 2
         std = min(max(std, (hi - lo) / 10), (hi - lo) / 5)
     return mean, (std if std > 1e-12 else 1.0), bounds, flags.pop()
+
+
+def _task_and_shape(summaries: list[dict[str, Any]]) -> tuple[str, Any, float, float]:
+    """The task, image shape and target scale the sites' summaries agree on.
+    Raises :class:`DataError` when sites disagree on the task or the shape."""
+    kinds = {TARGET_STATS in s for s in summaries}
+    shapes = {tuple(s.get(IMAGE_SHAPE, ())) for s in summaries}
+    if len(kinds) > 1:
+        raise DataError("sites disagree on the task (regression or classification)")
+    if len(shapes) > 1:
+        raise DataError(f"sites disagree on the image shape: {sorted(shapes)}")
+    if kinds != {True}:
+        return "classification", shapes.pop(), 0.0, 1.0
+    mean, std = _target_scale([s[TARGET_STATS] for s in summaries])
+    return "regression", shapes.pop(), mean, std
+
+
+def _target_scale(targets: list[dict[str, Any]]) -> tuple[float, float]:
+    """A regression target's mean and std: exact, or as a numeric column's (noisy,
+    ``hi > lo``), with :data:`TARGET_SPREAD` after asinh."""
+    if all(float(t.get("hi", 0.0)) <= float(t.get("lo", 0.0)) for t in targets):
+        n = sum(t["n"] for t in targets)
+        mean = sum(t["sum"] for t in targets) / n if n else 0.0
+        sumsq = sum(t["sumsq"] for t in targets)
+        std = math.sqrt(max(sumsq / n - mean * mean, 0.0)) if n else 0.0
+        return mean, std if std > 1e-12 else 1.0
+    mean, std, _, asinh = _moments(targets, "the target")
+    if asinh:
+        spread = math.sinh(mean + TARGET_SPREAD) - math.sinh(mean - TARGET_SPREAD)
+        return math.sinh(mean), spread / 2
+    return mean, std
 
 
 def _label_key(label: str) -> tuple[int, float, str]:

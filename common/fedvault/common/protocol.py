@@ -87,6 +87,23 @@ def simulated_site_key(partition_id: int, key: str) -> str:
 
 # -- metric names -------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"  # the weight FedAvg aggregates by
+# Evaluation metrics: classification, and regression (in the target's own units)
+LOSS = "loss"
+ACCURACY = "accuracy"
+MAE = "mae"
+RMSE = "rmse"
+R2 = "r2"
+REGRESSION_METRICS = (MAE, RMSE, R2)
+
+
+def final_keys(task: str) -> tuple[str, ...]:
+    """The figures a run summary repeats from its last round: on the test split,
+    and (``val_``) on the sites' validation rows."""
+    if task == "regression":
+        return (*REGRESSION_METRICS, LOSS, *(f"val_{k}" for k in REGRESSION_METRICS))
+    return (ACCURACY, "auc", LOSS, f"val_{ACCURACY}")
+
+
 CLIENT_WEIGHT = "client-weight"  # constant 1.0 under client-level DP
 
 # -- errors -------------------------------------------------------------------
@@ -300,27 +317,32 @@ class TrainMetrics:
 @dataclass(frozen=True, kw_only=True)
 class EvaluateMetrics:
     """The metrics of an evaluate reply: the global model on the site's
-    validation rows. With DP both are noisy, accounted releases (noisy counts of
-    examples and of correct predictions; ``accuracy`` their ratio, in [0, 1]);
-    no validation loss is released."""
+    validation rows. A classification reply holds ``accuracy`` (in [0, 1]); a
+    regression run's reply holds :data:`MAE`, :data:`RMSE` and :data:`R2`
+    (``regression``) in its place. With DP the accuracy is the ratio of noisy,
+    accounted counts and a regression run releases no validation metrics (its
+    sites decline); no validation loss is released."""
 
     num_examples: int
-    accuracy: float
+    accuracy: float = 0.0
     client_weight: bool = False
+    regression: Mapping[str, float] | None = None
 
     def to_record(self) -> MetricRecord:
-        values: dict[str, _Metric] = {
-            NUM_EXAMPLES: self.num_examples,
-            "accuracy": self.accuracy,
-        }
+        values: dict[str, _Metric] = {NUM_EXAMPLES: self.num_examples}
+        if self.regression is None:
+            values[ACCURACY] = self.accuracy
+        else:
+            values |= {k: float(self.regression[k]) for k in REGRESSION_METRICS}
         if self.client_weight:
             values[CLIENT_WEIGHT] = 1.0
         return MetricRecord(dict(values))
 
     @staticmethod
-    def keys(*, client_weight: bool) -> set[str]:
+    def keys(*, client_weight: bool, regression: bool = False) -> set[str]:
         """The metric names an evaluate reply of such a run holds, exactly."""
-        keys = {NUM_EXAMPLES, "accuracy"}
+        keys = {NUM_EXAMPLES}
+        keys |= set(REGRESSION_METRICS) if regression else {ACCURACY}
         if client_weight:
             keys.add(CLIENT_WEIGHT)
         return keys

@@ -35,6 +35,16 @@ def summary_to_bytes(summary: dict[str, Any]) -> bytes:
         entry = msg.categorical[name]
         entry.counts.update({str(k): int(v) for k, v in col["counts"].items()})
         entry.missing = int(col["missing"])
+    target = summary.get("target-stats")
+    if target is not None:
+        msg.regression = True
+        msg.target_n = int(target["n"])
+        msg.target_sum = float(target["sum"])
+        msg.target_sumsq = float(target["sumsq"])
+        msg.target_lo = float(target.get("lo", 0.0))
+        msg.target_hi = float(target.get("hi", 0.0))
+        msg.target_asinh = bool(target.get("asinh", False))
+    msg.image_shape.extend(int(v) for v in summary.get("image-shape", ()))
     msg.dropped.extend(str(c) for c in summary.get("dropped", ()))
     return msg.SerializeToString(deterministic=True)
 
@@ -48,7 +58,7 @@ def summary_from_bytes(data: bytes) -> dict[str, Any]:
         raise DataError("site summary is not a valid SiteSummary message") from exc
     if msg.version != SUMMARY_VERSION:
         raise DataError(f"site summary version {msg.version} is not supported")
-    return {
+    summary: dict[str, Any] = {
         "rows": msg.rows,
         "labels": dict(msg.labels),
         "numeric": {
@@ -69,3 +79,15 @@ def summary_from_bytes(data: bytes) -> dict[str, Any]:
             for name, c in msg.categorical.items()
         },
     }
+    if msg.regression:
+        summary["target-stats"] = {
+            "n": msg.target_n,
+            "sum": msg.target_sum,
+            "sumsq": msg.target_sumsq,
+            "lo": msg.target_lo,
+            "hi": msg.target_hi,
+            "asinh": msg.target_asinh,
+        }
+    if msg.image_shape:
+        summary["image-shape"] = list(msg.image_shape)
+    return summary

@@ -40,7 +40,7 @@ class CategoricalColumn(_message.Message):
     def __init__(self, counts: _Optional[_Mapping[str, int]] = ..., missing: _Optional[int] = ...) -> None: ...
 
 class SiteSummary(_message.Message):
-    __slots__ = ("version", "rows", "labels", "numeric", "categorical", "dropped")
+    __slots__ = ("version", "rows", "labels", "numeric", "categorical", "dropped", "regression", "target_n", "target_sum", "target_sumsq", "target_lo", "target_hi", "target_asinh", "image_shape")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -68,10 +68,26 @@ class SiteSummary(_message.Message):
     NUMERIC_FIELD_NUMBER: _ClassVar[int]
     CATEGORICAL_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    REGRESSION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_N_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SUM_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SUMSQ_FIELD_NUMBER: _ClassVar[int]
+    TARGET_LO_FIELD_NUMBER: _ClassVar[int]
+    TARGET_HI_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ASINH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SHAPE_FIELD_NUMBER: _ClassVar[int]
     version: int
     rows: int
     labels: _containers.ScalarMap[str, int]
     numeric: _containers.MessageMap[str, NumericColumn]
     categorical: _containers.MessageMap[str, CategoricalColumn]
     dropped: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., rows: _Optional[int] = ..., labels: _Optional[_Mapping[str, int]] = ..., numeric: _Optional[_Mapping[str, NumericColumn]] = ..., categorical: _Optional[_Mapping[str, CategoricalColumn]] = ..., dropped: _Optional[_Iterable[str]] = ...) -> None: ...
+    regression: bool
+    target_n: int
+    target_sum: float
+    target_sumsq: float
+    target_lo: float
+    target_hi: float
+    target_asinh: bool
+    image_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, version: _Optional[int] = ..., rows: _Optional[int] = ..., labels: _Optional[_Mapping[str, int]] = ..., numeric: _Optional[_Mapping[str, NumericColumn]] = ..., categorical: _Optional[_Mapping[str, CategoricalColumn]] = ..., dropped: _Optional[_Iterable[str]] = ..., regression: _Optional[bool] = ..., target_n: _Optional[int] = ..., target_sum: _Optional[float] = ..., target_sumsq: _Optional[float] = ..., target_lo: _Optional[float] = ..., target_hi: _Optional[float] = ..., target_asinh: _Optional[bool] = ..., image_shape: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -205,9 +205,14 @@ def submit_and_wait(
     log: IO[bytes],
     timeout: float,
     on_poll: Callable[[], None] | None = None,
+    gpu_fraction: float = 0.0,
 ) -> str:
-    """Submit the app, stream until it ends, and return the run's final status."""
+    """Submit the app, stream until it ends, and return the run's final status.
+    ``gpu_fraction``: the share of a GPU each simulated site is given (Flower's
+    backend resources ``client-resources-num-gpus``; 0: none)."""
     federation = f"num-supernodes={num_sites} client-resources-num-cpus=1"
+    if gpu_fraction > 0:
+        federation += f" client-resources-num-gpus={gpu_fraction:g}"
     cmd = [
         flower_bin("flwr"),
         "run",

@@ -38,7 +38,9 @@ def expected_metrics(training: TrainingConfig, *, train: bool) -> set[str]:
     """Metric names every training (or evaluation) reply of the run must hold."""
     weighted = training.client_dp != "off"
     if not train:
-        return EvaluateMetrics.keys(client_weight=weighted)
+        return EvaluateMetrics.keys(
+            client_weight=weighted, regression=training.task == "regression"
+        )
     keys = TrainMetrics.keys(dp=training.dp, client_weight=weighted)
     if training.client_dp == "client-adaptive":
         keys.add(KEY_NORM_BIT)  # Flower's adaptive clipping mod adds it

@@ -24,7 +24,7 @@ import math
 import random
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, cast
 
 import numpy as np
@@ -33,14 +33,16 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedvault.common.data import load_table
 from fedvault.common.errors import FederationError
-from fedvault.common.evaluation import evaluate
-from fedvault.common.models import build_model
+from fedvault.common.models import build_run_model
 from fedvault.common.preprocessing import Preprocessing, merge_summaries
-from fedvault.common.protocol import PREPROCESSING, STATS_MESSAGE
+from fedvault.common.protocol import (
+    PREPROCESSING,
+    STATS_MESSAGE,
+)
 from fedvault.common.records import number
 from fedvault.server import checkpoint, drift, lineage, model_card
+from fedvault.server.central_eval import held_out_metrics, held_out_set, site_metrics
 from fedvault.server.checks import check_update, dequantize_replies, release_problem
 from fedvault.server.exchange import send_and_receive
 from fedvault.server.report import (
@@ -161,13 +163,21 @@ class Federation:
         resumed = self._resume() if self.settings.resume else None
         if resumed is not None:
             prep = Preprocessing.from_json(resumed.preprocessing)
+        if prep.regression and self.training.task != "regression":
+            # the sites summarized a regression target: replies carry its metrics
+            self.training = replace(self.training, task="regression")
+            self.book.training = self.training
         self.rundir.write_json(PREPROCESSING_FILE, json.loads(prep.to_json()))
         self.rundir.event(
             "ready",
             sites=sorted(s.name for s in self.book.sites.values()),
             excluded=self.book.excluded,
         )
-        model = self._model(prep)
+        model, notes = build_run_model(
+            self.training.model, prep, hidden=self.training.hidden, dp=self.training.dp
+        )
+        for note in notes:
+            logger.info("model fitted for DP-SGD: %s", note)
         if self.parent is not None:  # round 1's global model is the parent
             model.load_state_dict(self.parent.state_dict)
         if resumed is not None:
@@ -175,7 +185,7 @@ class Federation:
                 {k: torch.from_numpy(v) for k, v in resumed.arrays.items()}
             )
         arrays = ArrayRecord(model.state_dict())
-        test = self._test_set(prep)
+        test = held_out_set(self.settings.test_data, prep)
         # Duck-typed view: the strategy only calls get_node_ids() on it.
         eligible = cast(Grid, _EligibleGrid(self.grid, set(self.book.sites)))
         self.plan = make_strategy(self.training, available=len(self.book.sites))
@@ -195,12 +205,10 @@ class Federation:
         self._write_summary(prep)
 
     def _model(self, prep: Preprocessing) -> torch.nn.Module:
-        return build_model(
-            self.training.model,
-            in_features=prep.num_features,
-            num_classes=prep.num_classes,
-            hidden=self.training.hidden,
+        model, _ = build_run_model(
+            self.training.model, prep, hidden=self.training.hidden, dp=self.training.dp
         )
+        return model
 
     def _round(
         self,
@@ -298,12 +306,12 @@ class Federation:
         prep: Preprocessing,
         test: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> dict[str, Any]:
-        row: dict[str, Any] = {}
+        # Sites release noisy counts, never a validation loss (docs/privacy.md).
+        row: dict[str, Any] = {"val_loss": math.nan}
         if test is not None:
             model = self._model(prep)
             model.load_state_dict(arrays.to_torch_state_dict())
-            m = evaluate(model, *test, num_classes=prep.num_classes)
-            row |= {"accuracy": m.accuracy, "auc": m.auc, "loss": m.loss}
+            row |= held_out_metrics(model, test, prep)
         config = ConfigRecord({PREPROCESSING: prep.to_json()})
         replies = self._exchange(
             strategy.configure_evaluate(server_round, arrays, config, grid)
@@ -313,23 +321,10 @@ class Federation:
             agg: Mapping[str, object] = (
                 strategy.aggregate_evaluate(server_round, valid) or {}
             )
-            # Sites release noisy counts, never a validation loss (docs/privacy.md).
-            row |= {"val_accuracy": number(agg, "accuracy"), "val_loss": math.nan}
+            row |= {f"val_{k}": number(agg, k) for k in site_metrics(prep)}
         else:
-            row |= {"val_accuracy": math.nan, "val_loss": math.nan}
+            row |= {f"val_{k}": math.nan for k in site_metrics(prep)}
         return row
-
-    def _test_set(
-        self, prep: Preprocessing
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if self.settings.test_data is None:
-            return None
-        frame = load_table(self.settings.test_data)
-        return (
-            torch.from_numpy(prep.transform(frame)),
-            # np.array copies: the labels may come back read-only (pandas CoW)
-            torch.from_numpy(np.array(prep.encode_labels(frame[prep.target]))),
-        )
 
     # -- outputs --------------------------------------------------------------------
     def _resume(self) -> checkpoint.RunState:
@@ -396,5 +391,8 @@ class Federation:
         self.rundir.write_json(PRIVACY_FILE, report)
         self.rundir.write_text(PRIVACY_TEXT_FILE, privacy_text(report))
         self.rundir.write_json(SUMMARY_FILE, summary)
-        model_card.write_for_run(self.rundir.root, test_data=self.settings.test_data)
+        if not (prep.image_shape or prep.regression):  # the card reads tables
+            model_card.write_for_run(
+                self.rundir.root, test_data=self.settings.test_data
+            )
         self.rundir.event("done", status=summary["status"], reason=self.stop_reason)

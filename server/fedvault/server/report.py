@@ -12,7 +12,11 @@ from typing import Any
 from fedvault.common.config import TrainingConfig
 from fedvault.common.preprocessing import Preprocessing
 from fedvault.common.privacy import NOT_COVERED, RELEASES
-from fedvault.common.protocol import SECAGG_CLIPPING_RANGE, SECAGG_QUANTIZATION_RANGE
+from fedvault.common.protocol import (
+    SECAGG_CLIPPING_RANGE,
+    SECAGG_QUANTIZATION_RANGE,
+    final_keys,
+)
 
 
 @dataclass
@@ -183,7 +187,7 @@ def run_summary(
         "client_dp": client_level,
         "secure_aggregation": secure_aggregation_section(t),
         "history": history,
-        "final": {k: final.get(k) for k in ("accuracy", "auc", "loss", "val_accuracy")},
+        "final": {k: final.get(k) for k in final_keys(t.task)},
         "sites": sites,
         "excluded_sites": excluded,
         "num_features": prep.num_features,

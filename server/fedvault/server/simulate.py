@@ -23,13 +23,9 @@ from typing import Any
 import pandas as pd
 
 from fedvault.common.config import TrainingConfig, key_of, parse_fields
-from fedvault.common.data import (
-    DEFAULT_TARGET,
-    check_target,
-    default_dataset,
-    load_table,
-)
+from fedvault.common.data import DEFAULT_TARGET
 from fedvault.common.errors import ConfigError, DataError, FederationError
+from fedvault.common.image_table import ImageShape
 from fedvault.common.partition import (
     VALIDATION_FROM_ROWS,
     PartitionSpec,
@@ -42,7 +38,7 @@ from fedvault.common.processes import free_port
 from fedvault.common.protocol import simulated_site_key
 from fedvault.server import _flower, lineage
 from fedvault.server import _vaults as _vaults_mod
-from fedvault.server._site_schema import site_schema
+from fedvault.server import simulate_data as _data
 from fedvault.server.rundir import (
     SUMMARY_FILE,
     check_new_run_dir,
@@ -53,8 +49,6 @@ from fedvault.server.settings import ServerSettings
 from fedvault.server.site_names import check_states, seed_used_before, site_states
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_DELTA = 1e-5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +67,9 @@ class SimulationOptions:
     site_budget: float = 0.0
     timeout: float = 3600.0
     init_model: str = ""
+    dataset: str = ""  # embedded: breast-cancer (the default) or digits
+    image_size: int = 0  # images resized to this (0: 64)
+    gpu_fraction: float = 0.0  # share of a GPU per simulated site
 
     def __post_init__(self) -> None:
         if self.sites < 1:
@@ -87,6 +84,8 @@ class SimulationOptions:
             raise ConfigError(f"site-budget: must be >= 0, got {self.site_budget}")
         if self.timeout <= 0:
             raise ConfigError(f"timeout: must be > 0, got {self.timeout}")
+        if not 0 <= self.gpu_fraction <= 1 or self.image_size < 0:
+            raise ConfigError("gpu-fraction: must be in [0, 1]; image-size >= 0")
         PartitionSpec.parse(self.partition)
 
 
@@ -101,7 +100,10 @@ class SimulationConfig:
 
 
 def load_config(values: Mapping[str, Any]) -> SimulationConfig:
-    """Split one flat kebab-case mapping (TOML file + flags) and validate it."""
+    """Split one flat kebab-case mapping (TOML file + flags) and validate it;
+    ``--model cnn`` starts from the cnn's own defaults (``CNN_DEFAULTS``)."""
+    if values.get("model") == "cnn":
+        values = _data.CNN_DEFAULTS | dict(values)
     sim_keys = {key_of(f.name) for f in dataclasses.fields(SimulationOptions)}
     train_keys = {key_of(f.name) for f in dataclasses.fields(TrainingConfig)}
     unknown = sorted(set(values) - sim_keys - train_keys)
@@ -131,6 +133,7 @@ class PreparedData:
     excluded: dict[str, str]
     config: SimulationConfig
     rows: tuple[int, ...] = ()  # of each site, as its manifest or partition says
+    image_shape: ImageShape | None = None  # (c, h, w) when the rows are images
 
     @property
     def training(self) -> TrainingConfig:
@@ -169,9 +172,9 @@ def _vaults(cfg: SimulationConfig) -> PreparedData:
     )
     if cfg.delta_given and cfg.training.dp:
         # every site also refuses, itself, a delta not below 1/n of its rows
-        _with_delta(cfg, max(rows for rows, _ in facts))
+        _data.with_delta(cfg, max(rows for rows, _ in facts))
     rows = tuple(rows for rows, _ in facts)
-    warn_weak_delta(cfg, rows)
+    _data.warn_weak_delta(cfg, rows)
     return PreparedData(sites=sites, test=None, excluded={}, config=cfg, rows=rows)
 
 
@@ -181,14 +184,11 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     if opts.vaults:
         return _vaults(cfg)
     spec = PartitionSpec.parse(opts.partition)
-    if opts.data:
-        source = opts.data
-        column = [spec.column] if spec.kind == "column" else []
-        frame = load_table(Path(opts.data), text_columns=column)
-    else:
-        source = "embedded breast-cancer data"
-        frame = default_dataset()
-    frame = check_target(frame, opts.target, source=source)
+    column = [spec.column] if spec.kind == "column" else []
+    frame, training, shape = _data.prepare_source(
+        opts, cfg.training, text_columns=column
+    )
+    cfg = dataclasses.replace(cfg, training=training)
     if spec.kind != "column" and opts.sites > len(frame):
         raise ConfigError(f"sites: {opts.sites} sites but only {len(frame)} rows")
     test, rest = hold_out(frame, opts.target, opts.test_share, cfg.training.seed)
@@ -201,11 +201,16 @@ def prepare_data(cfg: SimulationConfig) -> PreparedData:
     ]
     if not sites:
         raise DataError("no site received any rows")
-    settled = _with_delta(cfg, max(len(p) for _, p in parts))
+    settled = _data.with_delta(cfg, max(len(p) for _, p in parts))
     rows = tuple(len(part) for _, part in parts if not part.empty)
-    warn_weak_delta(cfg, rows)
+    _data.warn_weak_delta(cfg, rows)
     return PreparedData(
-        sites=sites, test=test, excluded=excluded, config=settled, rows=rows
+        sites=sites,
+        test=test,
+        excluded=excluded,
+        config=settled,
+        rows=rows,
+        image_shape=shape,
     )
 
 
@@ -234,40 +239,6 @@ def check_sizes(prepared: PreparedData) -> None:
     )
 
 
-def warn_weak_delta(cfg: SimulationConfig, rows: tuple[int, ...]) -> None:
-    """Warn of a ``--delta`` given explicitly that is below 1/n (else refused) but
-    above 1/(10 n) for the largest site's n training rows: the usual bound, and
-    the default, since a guarantee at delta allows revealing one row in 1/delta."""
-    t = cfg.training
-    if not (cfg.delta_given and t.dp and rows):
-        return
-    n = max(rows) - validation_rows(max(rows))
-    if 0.1 / n < t.delta < 1 / n:
-        logger.warning(
-            "delta: %g is a weak delta for the largest site (%d training rows): "
-            "above 1/(10 n) = %.3g, the usual bound and the default; a smaller "
-            "--delta gives a stronger guarantee",
-            t.delta, n, 0.1 / n,
-        )  # fmt: skip
-
-
-def _with_delta(cfg: SimulationConfig, largest_site: int) -> SimulationConfig:
-    """Default delta is 1e-5, lowered below 1/(10 n) for sites with n >= 10,000 rows;
-    a delta given explicitly must stay below 1/n of every site."""
-    training = cfg.training
-    if cfg.delta_given:
-        if training.dp and training.delta >= 1 / largest_site:
-            raise ConfigError(
-                f"delta: {training.delta:g} is not below 1/n = {1 / largest_site:.3g} "
-                f"for the largest site ({largest_site} rows)"
-            )
-        return cfg
-    delta = min(DEFAULT_DELTA, 0.1 / largest_site)
-    return dataclasses.replace(
-        cfg, training=dataclasses.replace(training, delta=delta), delta_given=True
-    )
-
-
 def _site_inputs(
     prepared: PreparedData, work: Path, canaries: Mapping[str, pd.DataFrame]
 ) -> tuple[list[dict[str, str]], str]:
@@ -283,17 +254,23 @@ def _site_inputs(
             entries.append({"vault": str(source), "key-file": key})
             continue
         path = data_dir / f"site-{pid}.parquet"
-        source.to_parquet(path, index=False)
-        entries.append(
-            {"data": str(path)} | site_schema(prepared.options, prepared.sites, work)
+        _data.write_rows(source, path, prepared.image_shape)
+        regression = prepared.training.task == "regression"
+        schema = _data.schema_of(
+            prepared.options,
+            prepared.sites,
+            prepared.image_shape,
+            work,
+            regression=regression,
         )
+        entries.append({"data": str(path)} | schema)
         if name in canaries:  # data sites only
             canaries[name].to_parquet(extra := data_dir / f"c-{pid}.parquet")
             entries[-1]["canaries"] = str(extra)
     if prepared.test is None:
         return entries, ""
     test_file = work / "test.parquet"
-    prepared.test.to_parquet(test_file, index=False)
+    _data.write_rows(prepared.test, test_file, prepared.image_shape)
     return entries, str(test_file)
 
 
@@ -337,6 +314,7 @@ def run(
     Everything is validated before ``out`` is created: bad input leaves no trace.
     """
     check_new_run_dir(out)
+    _data.check_device(cfg.training.device, cfg.options.gpu_fraction)
     prepared = prepare_data(cfg)
     if len(prepared.sites) < prepared.training.min_sites:  # no round could run
         raise ConfigError(
@@ -402,6 +380,7 @@ def _simulate(
                 log=log,
                 timeout=cfg.options.timeout,
                 on_poll=on_poll,
+                gpu_fraction=cfg.options.gpu_fraction,
             )
         logger.info(
             "simulation finished in %.1f s with status %s",

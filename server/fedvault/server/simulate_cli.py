@@ -77,6 +77,10 @@ def simulate(
     lr: Annotated[
         float | None, typer.Option(help="Local SGD learning rate (default: 0.5).")
     ] = None,
+    momentum: Annotated[
+        float | None,
+        typer.Option(help="Local SGD momentum (default: 0; the cnn's: see docs).")
+    ] = None,
     strategy: Annotated[
         str | None,
         typer.Option(
@@ -105,7 +109,9 @@ def simulate(
     data: Annotated[
         Path | None,
         typer.Option(
-            help="CSV or Parquet file (default: embedded breast-cancer data)."
+            help="CSV or Parquet table, image folder (one folder per class; PNG, "
+            "JPEG, DICOM) or image manifest (path column) (default: "
+            "embedded breast-cancer data)."
         ),
     ] = None,
     target: Annotated[
@@ -128,7 +134,49 @@ def simulate(
         str | None, typer.Option(help="rdp | prv (default: rdp).")
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="mlp | logreg (default: mlp).")
+        str | None,
+        typer.Option(
+            help="mlp | logreg (tables), cnn | resnet18 (images), or your own "
+            "package.module:factory (default: mlp)."
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Embedded data: breast-cancer (table) | digits (8x8 images)."
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="auto | classification | regression (default: auto, from the "
+            "target: numeric with fractional or many values is regression)."
+        ),
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="Images are resized to SIZE x SIZE (default: 64)."),
+    ] = None,
+    augment_copies: Annotated[
+        int | None,
+        typer.Option(
+            help="Images: augmented copies per example, averaged before clipping "
+            "(augmentation multiplicity; no extra epsilon) (default: 1)."
+        ),
+    ] = None,
+    augment_rotation: Annotated[
+        float | None, typer.Option(help="Images: random rotation, degrees.")
+    ] = None,
+    augment_crop: Annotated[
+        int | None, typer.Option(help="Images: random shift by up to N pixels.")
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="auto | cpu | cuda: where sites train (default: auto).")
+    ] = None,
+    gpu_fraction: Annotated[
+        float | None,
+        typer.Option(help="Share of a GPU per simulated site (default: 0, none).")
     ] = None,
     min_sites: Annotated[
         int | None, typer.Option(help="Fewest sites a round needs (default: 2).")

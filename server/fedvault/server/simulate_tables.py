@@ -23,22 +23,20 @@ def _eps(value: float | None) -> str:
     return "-" if value is None else f"{math.floor(value * 1000) / 1000:.3f}"
 
 
+_COLUMNS = {  # (title, key) per round: classification, regression
+    False: (("accuracy", "accuracy"), ("AUC", "auc"), ("loss", "loss")),
+    True: (("MAE", "mae"), ("RMSE", "rmse"), ("R2", "r2"), ("loss", "loss")),
+}
+_SITE_COLUMN = {False: ("site val. acc.", "accuracy"), True: ("site val. R2", "r2")}
+
+
+def _regression(summary: dict[str, Any]) -> bool:
+    return bool(summary.get("config", {}).get("task") == "regression")
+
+
 def print_tables(console: Console, summary: dict[str, Any], out: Path) -> None:
     """The run's tables and closing lines, as ``fedvault simulate`` prints them."""
-    rounds = Table(title=f"Global model per round ({_evaluated_on(summary)})")
-    for col in ("round", "accuracy", "AUC", "loss", "site val. acc.", "sites", "s"):
-        rounds.add_column(col, justify="right")
-    for row in summary["history"]:
-        rounds.add_row(
-            str(row["round"]),
-            _fmt(row.get("accuracy")),
-            _fmt(row.get("auc")),
-            _fmt(row.get("loss")),
-            _fmt(row.get("val_accuracy")),
-            str(row["sites_trained"]),
-            _fmt(row.get("seconds"), ".1f"),
-        )
-    console.print(rounds)
+    console.print(_rounds_table(summary))
     console.print(_sites_table(summary))
     notes: dict[str, list[str]] = {}
     for name, s in summary["sites"].items():
@@ -65,12 +63,48 @@ def print_tables(console: Console, summary: dict[str, Any], out: Path) -> None:
         )
     if summary["status"] != "completed":
         console.print(f"[yellow]Run stopped early:[/] {summary['stop_reason']}")
-    final = summary["final"]
     if not summary["history"]:
         console.print(f"No round completed. Reports in [bold]{out}[/].")
         return
-    if final.get("accuracy") is None and final.get("val_accuracy") is None:
+    console.print(
+        f"{_measured(summary)} Results in [bold]{out}[/] (summary.json, "
+        "privacy.txt, metrics.csv, model.pt)."
+    )
+
+
+def _rounds_table(summary: dict[str, Any]) -> Table:
+    """Per round: the global model on the test split (classification: accuracy,
+    AUC, loss; regression: MAE, RMSE, R2, loss) and on the sites' validation rows."""
+    regression = _regression(summary)
+    title, key = _SITE_COLUMN[regression]
+    columns = (*_COLUMNS[regression], (title, f"val_{key}"))
+    rounds = Table(title=f"Global model per round ({_evaluated_on(summary)})")
+    for col in ("round", *(c for c, _ in columns), "sites", "s"):
+        rounds.add_column(col, justify="right")
+    for row in summary["history"]:
+        rounds.add_row(
+            str(row["round"]),
+            *(_fmt(row.get(k)) for _, k in columns),
+            str(row["sites_trained"]),
+            _fmt(row.get("seconds"), ".1f"),
+        )
+    return rounds
+
+
+def _measured(summary: dict[str, Any]) -> str:
+    """The closing line's figures of the final round."""
+    final = summary["final"]
+    key = _SITE_COLUMN[_regression(summary)][1]
+    if final.get(key) is None and final.get(f"val_{key}") is None:
         measured = f"The model was not evaluated: {_NOT_EVALUATED}."
+    elif key == "r2":
+        where = "test" if final.get("r2") is not None else "site validation"
+        prefix = "" if where == "test" else "val_"
+        measured = (
+            f"Final {where} R2 {_fmt(final.get(prefix + 'r2'))}, MAE "
+            f"{_fmt(final.get(prefix + 'mae'))}, RMSE "
+            f"{_fmt(final.get(prefix + 'rmse'))}."
+        )
     elif final.get("accuracy") is None:
         measured = (
             f"Final accuracy on the sites' own validation splits "
@@ -81,10 +115,7 @@ def print_tables(console: Console, summary: dict[str, Any], out: Path) -> None:
             f"Final test accuracy {_fmt(final.get('accuracy'))}, "
             f"AUC {_fmt(final.get('auc'))}."
         )
-    console.print(
-        f"{measured} Results in [bold]{out}[/] (summary.json, "
-        "privacy.txt, metrics.csv, model.pt)."
-    )
+    return measured
 
 
 _NOT_EVALUATED = (
@@ -97,9 +128,10 @@ _NOT_EVALUATED = (
 def _evaluated_on(summary: dict[str, Any]) -> str:
     """What the per-round figures were measured on."""
     rows = summary["history"]
-    if any(row.get("accuracy") is not None for row in rows):
+    key = _SITE_COLUMN[_regression(summary)][1]
+    if any(row.get(key) is not None for row in rows):
         return "held-out test split"
-    if any(row.get("val_accuracy") is not None for row in rows):
+    if any(row.get(f"val_{key}") is not None for row in rows):
         return "the sites' validation splits"
     return "not evaluated" if rows else "no round completed"
 

@@ -27,6 +27,7 @@ import tomli_w
 
 from fedvault.common.config import read_toml
 from fedvault.common.errors import ConfigError
+from fedvault.server.simulate_states import models_table
 
 if TYPE_CHECKING:
     from fedvault.server.simulate import PreparedData
@@ -141,6 +142,7 @@ def site_states(prepared: PreparedData, root: Path) -> list[Path]:
     """
     t, opts = prepared.training, prepared.options
     dataset = folder_name(Path(opts.data).stem) if opts.data else "breast-cancer"
+    dataset = opts.dataset or dataset
     budget = opts.site_budget or t.epsilon
     names = [name for name, _ in prepared.sites]
     folders = state_folders(names, root)
@@ -161,7 +163,7 @@ def site_states(prepared: PreparedData, root: Path) -> list[Path]:
                 table["allow-non-private"] = True
             policy.write_text(
                 "# Written by fedvault simulate for a simulated site; edit freely.\n"
-                + tomli_w.dumps({"privacy": table})
+                + tomli_w.dumps({"privacy": table} | models_table(t.model))
             )
     return folders
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import DataError
-from fedvault.common.models import build_model
+from fedvault.common.models import build_run_model
 from fedvault.common.preprocessing import Preprocessing
 from fedvault.server.rundir import MODEL_FILE, PREPROCESSING_FILE, SUMMARY_FILE
 
@@ -193,11 +193,8 @@ def _network(
     compression: dict[str, Any] | None,
 ) -> nn.Module:
     try:
-        model = build_model(
-            config.model,
-            in_features=prep.num_features,
-            num_classes=prep.num_classes,
-            hidden=config.hidden,
+        model, _ = build_run_model(
+            config.model, prep, hidden=config.hidden, dp=config.dp
         )
     except ValueError as exc:
         raise DataError(f"{file}: cannot rebuild the model ({exc})") from None

@@ -1,0 +1,169 @@
+"""B11: what images and regression reach, side by side in one run.
+
+- digits (scikit-learn's 1,797 8x8 images), 5 sites, IID, ``--model cnn`` with the
+  cnn's defaults: test accuracy with ``--no-dp`` and at epsilon 3 (delta 1e-5);
+- regression: the embedded breast-cancer data's ``mean area`` from the other
+  columns, ``fedvault simulate`` (5 sites, defaults, DP at epsilon 3 and
+  ``--no-dp``) against a central non-private linear model (scikit-learn's
+  ``LinearRegression``) fitted on the same rows the sites hold and scored on the
+  same held-out test split.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SITES = 5
+TARGET = "mean area"
+# A linear model against the central linear one; plain SGD on these correlated
+# columns diverges above lr ~0.1, DP-SGD's clipping lets it take lr 0.3.
+REGRESSION_CASES: dict[str, dict[str, Any]] = {
+    "no-dp": {"dp": False, "lr": 0.05},
+    "dp-eps-3": {"epsilon": 3.0, "lr": 0.3},
+}
+
+
+def _simulate(out: Path, settings: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    from fedvault.server import simulate as sim
+
+    started = time.monotonic()
+    summary = sim.run(sim.load_config(settings | {"timeout": 3600.0}), out)
+    return summary, time.monotonic() - started
+
+
+def _digits(tmp: Path, quick: bool) -> dict[str, Any]:
+    base: dict[str, Any] = {"dataset": "digits", "model": "cnn", "sites": SITES}
+    if quick:
+        base["rounds"] = 3
+    cases = {}
+    for name, extra in (("no-dp", {"dp": False}), ("dp-eps-3", {"epsilon": 3.0})):
+        summary, seconds = _simulate(tmp / name, base | extra)
+        site = next(iter(summary["sites"].values()))
+        cases[name] = {
+            "accuracy": summary["final"]["accuracy"],
+            "seconds": seconds,
+            "epsilon_spent_max": max(
+                (s["epsilon_spent"] or 0.0) for s in summary["sites"].values()
+            ),
+            "noise_multiplier": site["noise_multiplier"],
+        }
+    config = summary["config"]
+    keys = ("rounds", "local-epochs", "batch-size", "lr", "momentum", "hidden")
+    keys += ("max-grad-norm", "augment-copies", "augment-rotation", "augment-crop")
+    return {"settings": {k: config[k] for k in keys}, "cases": cases}
+
+
+def _central_r2(data: Path, seed: int) -> float:
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import r2_score
+
+    from fedvault.common.data import load_table
+    from fedvault.common.partition import hold_out
+
+    frame = load_table(data)
+    test, rest = hold_out(frame, TARGET, 0.2, seed)
+    features = [c for c in frame.columns if c != TARGET]
+    model = LinearRegression().fit(rest[features], rest[TARGET])
+    return float(r2_score(test[TARGET], model.predict(test[features])))
+
+
+def _regression(tmp: Path, quick: bool) -> dict[str, Any]:
+    from fedvault.common.data import default_dataset
+
+    data = tmp / "area.parquet"
+    default_dataset().drop(columns=["target"]).to_parquet(data, index=False)
+    base: dict[str, Any] = {
+        "data": str(data),
+        "target": TARGET,
+        "sites": SITES,
+        "model": "logreg",
+    }
+    if quick:
+        base["rounds"] = 3
+    cases = {}
+    for name, extra in REGRESSION_CASES.items():
+        summary, seconds = _simulate(tmp / f"r-{name}", base | extra)
+        cases[name] = {
+            "r2": summary["final"]["r2"],
+            "mae": summary["final"]["mae"],
+            "seconds": seconds,
+        }
+    central = _central_r2(data, seed=int(summary["config"]["seed"]))
+    return {"central_linear_r2": central, "cases": cases}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="fedvault-b10-") as tmp:
+        return {
+            "sites": SITES,
+            "digits": _digits(Path(tmp), quick),
+            "regression": _regression(Path(tmp), quick),
+        }
+
+
+def render(b: dict[str, Any]) -> list[str]:
+    """B11's section of docs/benchmarks.md, with the issue's goals."""
+    d, r = b["digits"], b["regression"]
+    s = d["settings"]
+    no_dp, dp = d["cases"]["no-dp"], d["cases"]["dp-eps-3"]
+    central = r["central_linear_r2"]
+    lines = [
+        "## B11 images and regression (goals: digits >= 0.95 without DP, >= 0.80 "
+        "at epsilon 3; regression R2 within 0.05 of a central linear model)",
+        "",
+        f"`fedvault simulate`, {b['sites']} sites, IID. Digits: `--dataset digits "
+        "--model cnn` with the cnn's defaults (rounds "
+        f"{s['rounds']}, local epochs {s['local-epochs']}, batch {s['batch-size']}, "
+        f"lr {s['lr']}, momentum {s['momentum']}, hidden {s['hidden']}, clipping "
+        f"{s['max-grad-norm']}, augmentation copies {s['augment-copies']}, "
+        f"rotation {s['augment-rotation']}, crop {s['augment-crop']}). Regression: "
+        f"`--data area.parquet --target '{TARGET}'` (the embedded breast-cancer "
+        "table without its label; task inferred), `--model logreg`, lr 0.05 "
+        "without DP, 0.3 with DP (plain SGD diverges at the default 0.5; at 0.5 "
+        "the mlp measured R2 0.57 at epsilon 3), other settings default.",
+        "",
+        "| case | figure | value | seconds |",
+        "|---|---|---:|---:|",
+        f"| digits cnn, --no-dp | test accuracy | {no_dp['accuracy']:.4f} | "
+        f"{no_dp['seconds']:.0f} |",
+        f"| digits cnn, epsilon 3 (spent <= {dp['epsilon_spent_max']:.3f}, sigma "
+        f"{dp['noise_multiplier']:.2f}) | test accuracy | {dp['accuracy']:.4f} | "
+        f"{dp['seconds']:.0f} |",
+    ]
+    for name, case in r["cases"].items():
+        lines.append(
+            f"| mean area, {name} | test R2 (MAE) | {case['r2']:.4f} "
+            f"({case['mae']:.1f}) | {case['seconds']:.0f} |"
+        )
+    lines.append(f"| mean area, central linear, no DP | test R2 | {central:.4f} | |")
+    gap = central - r["cases"]["dp-eps-3"]["r2"]
+    verdicts = [
+        _goal("digits --no-dp >= 0.95", no_dp["accuracy"] >= 0.95),
+        _goal("digits epsilon 3 >= 0.80", dp["accuracy"] >= 0.80),
+        _goal(f"regression at epsilon 3 within 0.05 (gap {gap:+.4f})", gap <= 0.05),
+    ]
+    return [*lines, "", "; ".join(verdicts) + ".", "", TRIED]
+
+
+# What the digits tuning tried (an in-process FedAvg loop over fedvault's own
+# training functions, 5 sites, epsilon 3 planned per site as the sites plan it).
+TRIED = (
+    "Tried for the cnn at epsilon 3 (test accuracy, seed 0 unless said; seeds "
+    "move it by up to 0.1): the old defaults (10 rounds, batch 32, lr 0.5, no "
+    "momentum) 0.51; batch 64-128 with lr 1-2 0.31-0.58; clipping 0.5/0.25 with "
+    "lr 2-4 no better; full-batch steps (q = 1) 0.06; momentum 0.9 (lr 0.1-0.4, "
+    "batch 64) 0.52-0.72 over seeds 0-3; a narrower cnn (hidden 16: 8/16 "
+    "channels, 2.5k weights) 0.53-0.72, hidden 8 0.43; 2 local epochs 0.32-0.43; "
+    "augmentation (crop 1, rotation 10, K = 4 copies) 0.21-0.26, and it lowers "
+    "accuracy without noise too on 8x8 digits. Without DP plain SGD was the "
+    "limit (10 rounds reached 0.52): momentum 0.9 and 20 rounds give >= 0.95. "
+    "The gap at epsilon 3 is the noise on ~245 training images a site: the "
+    "defaults keep the best seed-averaged setting found, not the goal."
+)
+
+
+def _goal(text: str, met: bool) -> str:
+    return f"**{text}: {'met' if met else 'missed'}**"

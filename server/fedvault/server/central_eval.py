@@ -1,0 +1,52 @@
+"""The coordinator's own measurements of the global model: on its held-out test
+file (simulation), and the names of what the sites' evaluate replies carry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedvault.common.data import load_table
+from fedvault.common.evaluation import evaluate
+from fedvault.common.preprocessing import Preprocessing
+from fedvault.common.protocol import ACCURACY, REGRESSION_METRICS
+
+HeldOut = tuple[torch.Tensor, torch.Tensor]
+
+
+def site_metrics(prep: Preprocessing) -> tuple[str, ...]:
+    """The metrics the sites' evaluate replies carry for this preprocessing (no
+    loss: the row's ``val_loss`` is NaN)."""
+    return REGRESSION_METRICS if prep.regression else (ACCURACY,)
+
+
+def held_out_set(path: Path | None, prep: Preprocessing) -> HeldOut | None:
+    """The test file's inputs and targets through the run's preprocessing."""
+    if path is None:
+        return None
+    frame = load_table(path)
+    return (
+        torch.from_numpy(prep.transform(frame)),
+        # np.array copies: the labels may come back read-only (pandas CoW)
+        torch.from_numpy(np.array(prep.encode_labels(frame[prep.target]))),
+    )
+
+
+def held_out_metrics(
+    model: torch.nn.Module, test: HeldOut, prep: Preprocessing
+) -> dict[str, Any]:
+    """Classification: loss, accuracy, AUC; regression: loss, MAE, RMSE, R2 (in
+    the target's units)."""
+    from fedvault.common.models import run_task
+
+    m = evaluate(
+        model,
+        *test,
+        num_classes=prep.num_classes,
+        task=run_task(prep),
+        target_scale=(prep.target_mean, prep.target_std),
+    )
+    return m.values()
