@@ -263,8 +263,7 @@ def render(b: dict[str, Any]) -> list[str]:
     lines += [
         f"GPU: {m['gpu']}, CUDA {m['cuda']}, torch {m['torch']}, Opacus "
         f"{m['opacus']}, Python {m['python']}. Central training (one site, no "
-        "Flower): fedvault's models and Opacus' engine, not yet fedvault's site "
-        "runtime (`--device` is not wired).",
+        "Flower): fedvault's models under Opacus' own engine.",
         "",
         "| model | batch | mode | ms/step | samples/s | x non-private | peak GPU MB |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -296,7 +295,32 @@ def render(b: dict[str, Any]) -> list[str]:
             f"{t['epochs']} | {sigma} | {eps} | {t['accuracy']:.3f} | "
             f"{t['seconds']:.1f} |"
         )
-    return lines
+    return lines + _sites(b.get("sites"))
+
+
+def _sites(sites: dict[str, Any] | None) -> list[str]:
+    """The second part (benchmarks/gpu_sites.py): the sites' own DP-SGD on CUDA."""
+    if not sites:
+        return []
+    lines = [
+        "",
+        "fedvault's own site training step (`train_private`, the path a site runs) "
+        "on the GPU and on the same machine's 16 CPU cores: 5 sites in one process, "
+        "IID shares of digits, FedAvg by rows, no Flower transport; sigma planned "
+        "by fedvault for epsilon 3 at delta 1e-5 over the DP-SGD steps alone (a "
+        "`fedvault simulate` run also spends part of its epsilon on the summary):",
+        "",
+        "| model | device | rounds | lr | sigma | test accuracy | first round s "
+        "| later rounds s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in sites["runs"]:
+        lines.append(
+            f"| {r['model']} | {r['device']} | {r['rounds']} | {r['lr']:g} | "
+            f"{r['sigma'][0]:.2f} | {r['accuracy']:.3f} | {r['first_round_s']:.2f} | "
+            f"{r['later_round_s']:.2f} |"
+        )
+    return [*lines, "", f"Command: `{sites['command']}`"]
 
 
 def _best(speed: dict[str, Any]) -> str:

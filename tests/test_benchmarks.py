@@ -15,6 +15,7 @@ sys.modules.pop("benchmarks", None)
 bookkeeping = importlib.import_module("benchmarks.bookkeeping")
 dp_cost = importlib.import_module("benchmarks.dp_cost")
 gpu = importlib.import_module("benchmarks.gpu")
+gpu_sites = importlib.import_module("benchmarks.gpu_sites")
 report = importlib.import_module("benchmarks.report")
 sys.path.remove(ROOT)
 
@@ -88,3 +89,21 @@ def test_gpu_case_runs_its_steps_and_renders(monkeypatch):
     table = "\n".join(gpu.render(b10))
     assert "| cnn | 8 | hooks |" in table and "| cnn | yes | 0.1 | 1 |" in table
     assert "Not measured" in "\n".join(gpu.render({"skipped": "no CUDA"}))
+
+
+def test_gpu_sites_case_runs_the_sites_step_within_its_epsilon():
+    """B10's site part on the CPU, one round: sigma is planned so that all rounds'
+    DP-SGD steps stay within epsilon 3, and the round trains all five sites."""
+    from fedvault.client.training import dp_schedule
+    from fedvault.common.privacy import Step, epsilon_spent
+
+    got = gpu_sites.federate("cnn", "cpu", rounds=1, lr=0.1, batch=64, momentum=0.9)
+    assert len(got["sigma"]) == gpu_sites.SITES and got["total_s"] > 0
+    sites, _ = gpu_sites._data("cnn")
+    sched = dp_schedule(len(sites[0]), 64)
+    step = Step(
+        noise_multiplier=got["sigma"][0],
+        sample_rate=sched.sample_rate,
+        steps=sched.steps_per_epoch,
+    )
+    assert epsilon_spent([step], delta=gpu_sites.DELTA) <= gpu_sites.EPSILON + 0.01
