@@ -84,9 +84,10 @@ def noisy_summary(
 ) -> tuple[dict[str, Any], list[str]]:
     """The noisy summary (``site_summary``'s shape, plus each numeric column's
     ``lo``/``hi``/``scale``) and the identifier-like columns it dropped."""
-    parts: list[np.ndarray] = [np.ones((len(frame), 1))]
     labels = _keys(frame[target], declared.categories.get(target))
-    parts.append(_onehot(frame[target], labels))
+    # In the order _read takes them apart: count, labels, numeric, categorical.
+    parts = [np.ones((len(frame), 1)), _onehot(frame[target], labels)]
+    cat_parts: list[np.ndarray] = []
     numeric, categorical, dropped = [], [], []
     for name in frame.columns:
         if name == target:
@@ -102,9 +103,9 @@ def noisy_summary(
             dropped.append(str(name))
         else:
             keys = _keys(col, declared.categories.get(str(name)))
-            parts.append(_onehot(col, keys))
+            cat_parts.append(_onehot(col, keys))
             categorical.append((str(name), keys, str(name) in declared.categories))
-    rows = np.hstack(parts)
+    rows = np.hstack(parts + cat_parts)
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     rows = rows * np.minimum(1.0, ROW_CLIP / np.maximum(norms, 1e-12))
     noisy = rows.sum(axis=0) + rng.normal(0.0, sigma * ROW_CLIP, rows.shape[1])
