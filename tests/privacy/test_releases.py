@@ -220,7 +220,10 @@ def test_without_noise_the_summary_reads_back_each_column_in_place():
         frame, "target", declared=declared, sigma=0.0, rng=np.random.default_rng(0)
     )
     assert summary["rows"] == 4 and summary["labels"] == {"0": 2, "1": 2}
-    assert summary["categorical"]["clinic"] == {"counts": {"a": 1, "b": 2}, "missing": 1}
+    assert summary["categorical"]["clinic"] == {
+        "counts": {"a": 1, "b": 2},
+        "missing": 1,
+    }
     x = summary["numeric"]["x"]
     assert (x["n"], x["missing"]) == (3, 1)
     assert x["sum"] == pytest.approx(1.5)  # 0 + 0.5 + 1
