@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fedvault.common.files import atomic_write
-from fedvault.common.preprocessing import Preprocessing
+from fedvault.common.preprocessing import STD_SHARE, Preprocessing
 
 RECEIVED_FILE = "received.json"
 DRIFT_FILE = "drift.json"
@@ -48,7 +48,7 @@ def describe(summary: Mapping[str, Any]) -> dict[str, Any]:
     return _describe(
         rows=int(summary.get("rows", 0)),
         labels=Counter({str(k): int(v) for k, v in summary["labels"].items()}),
-        numeric={str(c): dict(s) for c, s in summary["numeric"].items()},
+        numeric={str(c): _add_numeric({}, s) for c, s in summary["numeric"].items()},
         categorical={str(c): dict(s) for c, s in summary["categorical"].items()},
     )
 
@@ -61,9 +61,7 @@ def pooled(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for s in summaries:
         labels.update({str(k): int(v) for k, v in s["labels"].items()})
         for col, stats in s["numeric"].items():
-            acc = numeric.setdefault(str(col), dict.fromkeys(_NUMERIC, 0.0))
-            for key in _NUMERIC:
-                acc[key] += float(stats[key])
+            _add_numeric(numeric.setdefault(str(col), {}), stats)
         for col, stats in s["categorical"].items():
             acc2 = categorical.setdefault(str(col), {"counts": Counter(), "missing": 0})
             acc2["counts"].update({str(k): int(v) for k, v in stats["counts"].items()})
@@ -76,7 +74,23 @@ def pooled(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     )
 
 
-_NUMERIC = ("n", "sum", "sumsq", "missing")
+def _add_numeric(acc: dict[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
+    """Add one site's numeric column to ``acc``: count, sum and sum of squares in
+    the column's bounded units (a DP summary's sums of values scaled to [0, 1] are
+    mapped back to its bounds; its sum of squares is NaN: not released), missing
+    count, and the bounds (widest over the sites) and asinh flag."""
+    n, total, sumsq = float(stats["n"]), float(stats["sum"]), float(stats["sumsq"])
+    lo, hi = float(stats.get("lo", 0.0)), float(stats.get("hi", 0.0))
+    if hi > lo:
+        width = hi - lo
+        total, sumsq = lo * n + width * total, math.nan
+        acc["lo"] = min(lo, acc.get("lo", lo))
+        acc["hi"] = max(hi, acc.get("hi", hi))
+    acc["asinh"] = bool(stats.get("asinh", False)) or bool(acc.get("asinh", False))
+    for key, value in (("n", n), ("sum", total), ("sumsq", sumsq)):
+        acc[key] = acc.get(key, 0.0) + value
+    acc["missing"] = acc.get("missing", 0) + int(stats["missing"])
+    return acc
 
 
 def _describe(
@@ -88,10 +102,7 @@ def _describe(
 ) -> dict[str, Any]:
     num = {}
     for col, s in sorted(numeric.items()):
-        n = float(s["n"])
-        mean = float(s["sum"]) / n if n else 0.0
-        var = max(float(s["sumsq"]) / n - mean * mean, 0.0) if n else 0.0
-        num[col] = {"mean": mean, "std": math.sqrt(var), "missing": int(s["missing"])}
+        num[col] = _numeric_description(s)
     cat = {
         col: {
             "counts": {str(k): int(v) for k, v in sorted(s["counts"].items())},
@@ -105,6 +116,27 @@ def _describe(
         "numeric": num,
         "categorical": cat,
     }
+
+
+def _numeric_description(s: Mapping[str, Any]) -> dict[str, Any]:
+    """Mean (kept within the bounds), the released std or None, the scale a shift
+    is measured in (the coordinator's: the released std, else the public
+    STD_SHARE of the bounds' range) and the missing count."""
+    n = float(s["n"])
+    lo, hi = float(s.get("lo", 0.0)), float(s.get("hi", 0.0))
+    mean = float(s["sum"]) / n if n >= 1 else (lo + hi) / 2
+    sumsq = float(s["sumsq"])
+    std = (
+        math.sqrt(max(sumsq / n - mean * mean, 0.0))
+        if n >= 1 and math.isfinite(sumsq)
+        else None
+    )
+    out: dict[str, Any] = {"mean": mean, "std": std, "missing": int(s["missing"])}
+    if hi > lo:
+        out["mean"] = min(max(mean, lo), hi)
+        out |= {"lo": lo, "hi": hi, "asinh": bool(s.get("asinh", False))}
+    out["scale"] = std if std is not None else STD_SHARE * (hi - lo) if hi > lo else 1.0
+    return out
 
 
 def write_received(
@@ -158,10 +190,7 @@ def compare(
 
 def _from_prep(prep: Preprocessing) -> dict[str, Any]:
     return {
-        "numeric": {
-            c: {"mean": m, "std": s}
-            for c, m, s in zip(prep.numeric, prep.means, prep.stds, strict=True)
-        },
+        "numeric": {c: _prep_numeric(prep, i) for i, c in enumerate(prep.numeric)},
         "categorical": {
             c: {"counts": dict.fromkeys(v, 0)}
             for c, v in zip(prep.categorical, prep.vocab, strict=True)
@@ -170,16 +199,59 @@ def _from_prep(prep: Preprocessing) -> dict[str, Any]:
     }
 
 
-def _numeric(col: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> Shift:
-    std = float(old["std"]) or 1.0
-    shift = (float(new["mean"]) - float(old["mean"])) / std
-    ratio = (float(new["std"]) or 1e-12) / std
-    detail = (
-        f"mean {float(old['mean']):.4g} -> {float(new['mean']):.4g}, "
-        f"std {float(old['std']):.4g} -> {float(new['std']):.4g}"
+def _prep_numeric(prep: Preprocessing, i: int) -> dict[str, Any]:
+    """A parent's preprocessing of one numeric column as a description: with
+    bounds (a DP merge) its std is the public scale, no released spread."""
+    lo, hi = prep.clips[i] if i < len(prep.clips) else (0.0, 0.0)
+    mean, std = prep.means[i], prep.stds[i]
+    if hi > lo:
+        asinh = bool(prep.asinh[i]) if i < len(prep.asinh) else False
+        return {
+            "mean": mean,
+            "std": None,
+            "scale": std,
+            "lo": lo,
+            "hi": hi,
+            "asinh": asinh,
+        }
+    return {"mean": mean, "std": std, "scale": std}
+
+
+def _in_domain(mean: float, new: Mapping[str, Any], old: Mapping[str, Any]) -> float:
+    """The new mean in the parent's units, where the sites bounded the column
+    differently (approximate: the value at the mean is mapped, not every value)."""
+    same = (new.get("lo"), new.get("hi"), bool(new.get("asinh"))) == (
+        old.get("lo"),
+        old.get("hi"),
+        bool(old.get("asinh")),
     )
-    if abs(shift) < MEAN_SHIFT and max(ratio, 1 / ratio) >= STD_RATIO:
-        return Shift(col, "numeric", "std ratio", ratio, True, detail)
+    if same:
+        return mean
+    raw = math.sinh(mean) if new.get("asinh") else mean
+    value = math.asinh(raw) if old.get("asinh") else raw
+    lo, hi = float(old.get("lo", 0.0)), float(old.get("hi", 0.0))
+    return min(max(value, lo), hi) if hi > lo else value
+
+
+def _std(stats: Mapping[str, Any]) -> float | None:
+    std = stats.get("std")
+    return float(std) if std is not None and math.isfinite(float(std)) else None
+
+
+def _numeric(col: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> Shift:
+    scale = float(old.get("scale") or _std(old) or 1.0)
+    before, after = float(old["mean"]), _in_domain(float(new["mean"]), new, old)
+    shift = (after - before) / scale
+    detail = f"mean {before:.4g} -> {after:.4g} ({scale:.4g} per std)"
+    lo, hi = float(old.get("lo", 0.0)), float(old.get("hi", 0.0))
+    if hi > lo and min(after - lo, hi - after) < MEAN_SHIFT * scale:
+        detail += "; near a bound: values past it are clipped, the shift may be larger"
+    std_old, std_new = _std(old), _std(new)
+    if std_old and std_new is not None:  # both released a spread
+        ratio = (std_new or 1e-12) / std_old
+        detail += f", std {std_old:.4g} -> {std_new:.4g}"
+        if abs(shift) < MEAN_SHIFT and max(ratio, 1 / ratio) >= STD_RATIO:
+            return Shift(col, "numeric", "std ratio", ratio, True, detail)
     return Shift(col, "numeric", "mean shift", shift, abs(shift) >= MEAN_SHIFT, detail)
 
 

@@ -51,12 +51,17 @@ def completeness(site: Mapping[str, Any]) -> tuple[float | None, str, float]:
     return share, worst, missing[worst] / rows
 
 
+def _scale(stats: Mapping[str, Any]) -> float:
+    """The pooled scale of a feature (the public one where no std was released)."""
+    return float(stats.get("scale") or stats.get("std") or 1.0)
+
+
 def mean_shifts(received: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """Per site, each numeric feature's standardized mean difference to the pool."""
     pooled = received["pooled"]["numeric"]
     return {
         name: {
-            col: (stats["mean"] - pooled[col]["mean"]) / (pooled[col]["std"] or 1.0)
+            col: (stats["mean"] - pooled[col]["mean"]) / _scale(pooled[col])
             for col, stats in site["numeric"].items()
             if col in pooled
         }
