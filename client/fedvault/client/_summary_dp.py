@@ -155,6 +155,7 @@ def _read(
         "labels": _counts(noisy[at : at + len(labels)], labels, label_tau),
         "numeric": {},
         "categorical": {},
+        "noise": sigma * ROW_CLIP,  # public: the mechanism's, for weighting
     }
     at += len(labels)
     for name in numeric:

@@ -36,6 +36,7 @@ def summary_to_bytes(summary: dict[str, Any]) -> bytes:
         entry.counts.update({str(k): int(v) for k, v in col["counts"].items()})
         entry.missing = int(col["missing"])
     msg.dropped.extend(str(c) for c in summary.get("dropped", ()))
+    msg.noise = float(summary.get("noise", 0.0))
     return msg.SerializeToString(deterministic=True)
 
 
@@ -64,6 +65,7 @@ def summary_from_bytes(data: bytes) -> dict[str, Any]:
             for name, c in msg.numeric.items()
         },
         "dropped": list(msg.dropped),
+        "noise": msg.noise,
         "categorical": {
             name: {"counts": dict(c.counts), "missing": c.missing}
             for name, c in msg.categorical.items()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64vault/proto/summary.proto\x12\x0e\x66\x65\x64vault.proto\"n\n\rNumericColumn\x12\t\n\x01n\x18\x01 \x01(\x04\x12\x0b\n\x03sum\x18\x02 \x01(\x01\x12\r\n\x05sumsq\x18\x03 \x01(\x01\x12\x0f\n\x07missing\x18\x04 \x01(\x04\x12\n\n\x02lo\x18\x05 \x01(\x01\x12\n\n\x02hi\x18\x06 \x01(\x01\x12\r\n\x05\x61sinh\x18\x07 \x01(\x08\"\x92\x01\n\x11\x43\x61tegoricalColumn\x12=\n\x06\x63ounts\x18\x01 \x03(\x0b\x32-.fedvault.proto.CategoricalColumn.CountsEntry\x12\x0f\n\x07missing\x18\x02 \x01(\x04\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xc9\x03\n\x0bSiteSummary\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\x04\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.fedvault.proto.SiteSummary.LabelsEntry\x12\x39\n\x07numeric\x18\x04 \x03(\x0b\x32(.fedvault.proto.SiteSummary.NumericEntry\x12\x41\n\x0b\x63\x61tegorical\x18\x05 \x03(\x0b\x32,.fedvault.proto.SiteSummary.CategoricalEntry\x12\x0f\n\x07\x64ropped\x18\x06 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1aM\n\x0cNumericEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x05value\x18\x02 \x01(\x0b\x32\x1d.fedvault.proto.NumericColumn:\x02\x38\x01\x1aU\n\x10\x43\x61tegoricalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32!.fedvault.proto.CategoricalColumn:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64vault/proto/summary.proto\x12\x0e\x66\x65\x64vault.proto\"n\n\rNumericColumn\x12\t\n\x01n\x18\x01 \x01(\x04\x12\x0b\n\x03sum\x18\x02 \x01(\x01\x12\r\n\x05sumsq\x18\x03 \x01(\x01\x12\x0f\n\x07missing\x18\x04 \x01(\x04\x12\n\n\x02lo\x18\x05 \x01(\x01\x12\n\n\x02hi\x18\x06 \x01(\x01\x12\r\n\x05\x61sinh\x18\x07 \x01(\x08\"\x92\x01\n\x11\x43\x61tegoricalColumn\x12=\n\x06\x63ounts\x18\x01 \x03(\x0b\x32-.fedvault.proto.CategoricalColumn.CountsEntry\x12\x0f\n\x07missing\x18\x02 \x01(\x04\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xd8\x03\n\x0bSiteSummary\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0c\n\x04rows\x18\x02 \x01(\x04\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.fedvault.proto.SiteSummary.LabelsEntry\x12\x39\n\x07numeric\x18\x04 \x03(\x0b\x32(.fedvault.proto.SiteSummary.NumericEntry\x12\x41\n\x0b\x63\x61tegorical\x18\x05 \x03(\x0b\x32,.fedvault.proto.SiteSummary.CategoricalEntry\x12\x0f\n\x07\x64ropped\x18\x06 \x03(\t\x12\r\n\x05noise\x18\x07 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1aM\n\x0cNumericEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x05value\x18\x02 \x01(\x0b\x32\x1d.fedvault.proto.NumericColumn:\x02\x38\x01\x1aU\n\x10\x43\x61tegoricalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32!.fedvault.proto.CategoricalColumn:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,11 +46,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CATEGORICALCOLUMN_COUNTSENTRY']._serialized_start=262
   _globals['_CATEGORICALCOLUMN_COUNTSENTRY']._serialized_end=307
   _globals['_SITESUMMARY']._serialized_start=310
-  _globals['_SITESUMMARY']._serialized_end=767
-  _globals['_SITESUMMARY_LABELSENTRY']._serialized_start=556
-  _globals['_SITESUMMARY_LABELSENTRY']._serialized_end=601
-  _globals['_SITESUMMARY_NUMERICENTRY']._serialized_start=603
-  _globals['_SITESUMMARY_NUMERICENTRY']._serialized_end=680
-  _globals['_SITESUMMARY_CATEGORICALENTRY']._serialized_start=682
-  _globals['_SITESUMMARY_CATEGORICALENTRY']._serialized_end=767
+  _globals['_SITESUMMARY']._serialized_end=782
+  _globals['_SITESUMMARY_LABELSENTRY']._serialized_start=571
+  _globals['_SITESUMMARY_LABELSENTRY']._serialized_end=616
+  _globals['_SITESUMMARY_NUMERICENTRY']._serialized_start=618
+  _globals['_SITESUMMARY_NUMERICENTRY']._serialized_end=695
+  _globals['_SITESUMMARY_CATEGORICALENTRY']._serialized_start=697
+  _globals['_SITESUMMARY_CATEGORICALENTRY']._serialized_end=782
 # @@protoc_insertion_point(module_scope)

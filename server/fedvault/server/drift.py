@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fedvault.common.files import atomic_write
-from fedvault.common.preprocessing import STD_SHARE, Preprocessing
+from fedvault.common.preprocessing import STD_SHARE, Preprocessing, noise_weights
 
 RECEIVED_FILE = "received.json"
 DRIFT_FILE = "drift.json"
@@ -58,10 +58,11 @@ def pooled(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     labels: Counter[str] = Counter()
     numeric: dict[str, dict[str, float]] = {}
     categorical: dict[str, dict[str, Any]] = {}
-    for s in summaries:
+    weights = noise_weights(summaries)  # as the preprocessing merge does
+    for s, w in zip(summaries, weights, strict=True):
         labels.update({str(k): int(v) for k, v in s["labels"].items()})
         for col, stats in s["numeric"].items():
-            _add_numeric(numeric.setdefault(str(col), {}), stats)
+            _add_numeric(numeric.setdefault(str(col), {}), stats, w)
         for col, stats in s["categorical"].items():
             acc2 = categorical.setdefault(str(col), {"counts": Counter(), "missing": 0})
             acc2["counts"].update({str(k): int(v) for k, v in stats["counts"].items()})
@@ -74,11 +75,14 @@ def pooled(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     )
 
 
-def _add_numeric(acc: dict[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
-    """Add one site's numeric column to ``acc``: count, sum and sum of squares in
-    the column's bounded units (a DP summary's sums of values scaled to [0, 1] are
-    mapped back to its bounds; its sum of squares is NaN: not released), missing
-    count, and the bounds (widest over the sites) and asinh flag."""
+def _add_numeric(
+    acc: dict[str, Any], stats: Mapping[str, Any], weight: float = 1.0
+) -> dict[str, Any]:
+    """Add one site's numeric column to ``acc``: count, sum and sum of squares
+    (times the site's ``weight``) in the column's bounded units (a DP summary's
+    sums of values scaled to [0, 1] are mapped back to its bounds; its sum of
+    squares is NaN: not released), missing count, and the bounds (widest over the
+    sites) and asinh flag."""
     n, total, sumsq = float(stats["n"]), float(stats["sum"]), float(stats["sumsq"])
     lo, hi = float(stats.get("lo", 0.0)), float(stats.get("hi", 0.0))
     if hi > lo:
@@ -88,7 +92,7 @@ def _add_numeric(acc: dict[str, Any], stats: Mapping[str, Any]) -> dict[str, Any
         acc["hi"] = max(hi, acc.get("hi", hi))
     acc["asinh"] = bool(stats.get("asinh", False)) or bool(acc.get("asinh", False))
     for key, value in (("n", n), ("sum", total), ("sumsq", sumsq)):
-        acc[key] = acc.get(key, 0.0) + value
+        acc[key] = acc.get(key, 0.0) + weight * value
     acc["missing"] = acc.get("missing", 0) + int(stats["missing"])
     return acc
 
