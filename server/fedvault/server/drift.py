@@ -2,23 +2,36 @@
 new model version's data has shifted from its parent's (the drift check).
 
 Only the summary fields the sites already release are read, and only here
-(:func:`describe`): per numeric column ``n``/``sum``/``sumsq``/``missing``, per
-categorical column ``counts``/``missing``, ``rows`` and ``labels``. A run keeps
-these descriptions in ``received.json`` (per site and pooled) and the pooled one in
-its model file, so that the next version can compare.
+(:func:`describe`): per numeric column ``n``/``sum``/``sumsq``/``missing`` and, in
+a DP summary, the bounds ``lo``/``hi``/``asinh`` its values were clipped to and
+scaled from (``sum`` is of values in [0, 1]; ``sumsq`` is NaN: not released), per
+categorical column ``counts``/``missing``, ``rows``, ``labels`` and the summary's
+noise std ``noise``. A run keeps these descriptions in ``received.json`` (per site
+and pooled, weighted as :func:`fedvault.common.preprocessing.noise_weights`) and
+the pooled one in its model file, so that the next version can compare.
 
 A feature is flagged as shifted when
 
-- numeric: its standardized mean shift ``|mean_new - mean_parent| / std_parent``
-  is at least :data:`MEAN_SHIFT` (0.25), or its spread changed by a factor of
-  :data:`STD_RATIO` (1.5) or more;
+- numeric: its standardized mean shift ``|mean_new - mean_parent| / scale`` is at
+  least :data:`MEAN_SHIFT` (0.25) and more than :data:`NOISE_Z` (3) stds of the two
+  means' DP noise; ``scale`` is what the coordinator standardizes with: the
+  released std, else the public ``STD_SHARE`` of the bounds' range (so the check
+  measures in the model's input units). Means are in the bounded units (clipped,
+  after asinh where the site had no declared bounds); where the two versions'
+  sites bounded a column differently (other bounds, asinh on one side) the
+  means are not comparable: flagged as "bounds", not measured.
+  Clipping can hide part of a shift: values past a bound count as the bound, so
+  the shift is a lower bound and a mean near a bound says so. Or its spread
+  changed by a factor of :data:`STD_RATIO` (1.5) or more, only where both
+  released a std (exact summaries: a DP summary has no second moment);
 - categorical (and the label): the population stability index over its
   categories, ``sum((p_new - p_parent) * ln(p_new / p_parent))`` with shares
   floored at 1e-4, is at least :data:`PSI` (0.2, the usual "significant shift").
 
 A parent written before pooled descriptions were kept has only its preprocessing
-(means, standard deviations, categories): numeric columns are compared by mean
-shift and spread, categorical columns only by categories new or gone.
+(means, standard deviations, categories, bounds): numeric columns are compared by
+mean shift (and spread where it has a released std), categorical columns only by
+categories new or gone.
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ DRIFT_FILE = "drift.json"
 MEAN_SHIFT = 0.25
 STD_RATIO = 1.5
 PSI = 0.2
+NOISE_Z = 3.0  # a mean shift within 3 noise stds of the two summaries is not flagged
 _FLOOR = 1e-4
 
 
@@ -48,7 +62,10 @@ def describe(summary: Mapping[str, Any]) -> dict[str, Any]:
     return _describe(
         rows=int(summary.get("rows", 0)),
         labels=Counter({str(k): int(v) for k, v in summary["labels"].items()}),
-        numeric={str(c): _add_numeric({}, s) for c, s in summary["numeric"].items()},
+        numeric={
+            str(c): _add_numeric({}, s, 1.0, float(summary.get("noise", 0.0)))
+            for c, s in summary["numeric"].items()
+        },
         categorical={str(c): dict(s) for c, s in summary["categorical"].items()},
     )
 
@@ -62,7 +79,8 @@ def pooled(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for s, w in zip(summaries, weights, strict=True):
         labels.update({str(k): int(v) for k, v in s["labels"].items()})
         for col, stats in s["numeric"].items():
-            _add_numeric(numeric.setdefault(str(col), {}), stats, w)
+            noise = float(s.get("noise", 0.0))
+            _add_numeric(numeric.setdefault(str(col), {}), stats, w, noise)
         for col, stats in s["categorical"].items():
             acc2 = categorical.setdefault(str(col), {"counts": Counter(), "missing": 0})
             acc2["counts"].update({str(k): int(v) for k, v in stats["counts"].items()})
@@ -76,18 +94,20 @@ def pooled(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _add_numeric(
-    acc: dict[str, Any], stats: Mapping[str, Any], weight: float = 1.0
+    acc: dict[str, Any], stats: Mapping[str, Any], weight: float, noise: float
 ) -> dict[str, Any]:
     """Add one site's numeric column to ``acc``: count, sum and sum of squares
     (times the site's ``weight``) in the column's bounded units (a DP summary's
     sums of values scaled to [0, 1] are mapped back to its bounds; its sum of
     squares is NaN: not released), missing count, and the bounds (widest over the
-    sites) and asinh flag."""
+    sites) and asinh flag, and the variance of the noise on the sum (``noise``:
+    the site's noise std on each released coordinate, 0 where not said)."""
     n, total, sumsq = float(stats["n"]), float(stats["sum"]), float(stats["sumsq"])
     lo, hi = float(stats.get("lo", 0.0)), float(stats.get("hi", 0.0))
     if hi > lo:
         width = hi - lo
         total, sumsq = lo * n + width * total, math.nan
+        acc["noise_var"] = acc.get("noise_var", 0.0) + (weight * noise * width) ** 2
         acc["lo"] = min(lo, acc.get("lo", lo))
         acc["hi"] = max(hi, acc.get("hi", hi))
     acc["asinh"] = bool(stats.get("asinh", False)) or bool(acc.get("asinh", False))
@@ -136,6 +156,8 @@ def _numeric_description(s: Mapping[str, Any]) -> dict[str, Any]:
         else None
     )
     out: dict[str, Any] = {"mean": mean, "std": std, "missing": int(s["missing"])}
+    # the std of the mean's DP noise (from the sum's; the count's is smaller)
+    out["noise"] = math.sqrt(float(s.get("noise_var", 0.0))) / n if n >= 1 else 0.0
     if hi > lo:
         out["mean"] = min(max(mean, lo), hi)
         out |= {"lo": lo, "hi": hi, "asinh": bool(s.get("asinh", False))}
@@ -161,7 +183,7 @@ class Shift:
 
     column: str
     kind: str  # numeric | categorical | label
-    measure: str  # "mean shift" | "std ratio" | "PSI" | "categories"
+    measure: str  # "mean shift" | "std ratio" | "bounds" | "PSI" | "categories"
     value: float
     flagged: bool
     detail: str
@@ -221,20 +243,8 @@ def _prep_numeric(prep: Preprocessing, i: int) -> dict[str, Any]:
     return {"mean": mean, "std": std, "scale": std}
 
 
-def _in_domain(mean: float, new: Mapping[str, Any], old: Mapping[str, Any]) -> float:
-    """The new mean in the parent's units, where the sites bounded the column
-    differently (approximate: the value at the mean is mapped, not every value)."""
-    same = (new.get("lo"), new.get("hi"), bool(new.get("asinh"))) == (
-        old.get("lo"),
-        old.get("hi"),
-        bool(old.get("asinh")),
-    )
-    if same:
-        return mean
-    raw = math.sinh(mean) if new.get("asinh") else mean
-    value = math.asinh(raw) if old.get("asinh") else raw
-    lo, hi = float(old.get("lo", 0.0)), float(old.get("hi", 0.0))
-    return min(max(value, lo), hi) if hi > lo else value
+def _bounds(stats: Mapping[str, Any]) -> tuple[Any, Any, bool]:
+    return stats.get("lo"), stats.get("hi"), bool(stats.get("asinh"))
 
 
 def _std(stats: Mapping[str, Any]) -> float | None:
@@ -244,9 +254,21 @@ def _std(stats: Mapping[str, Any]) -> float | None:
 
 def _numeric(col: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> Shift:
     scale = float(old.get("scale") or _std(old) or 1.0)
-    before, after = float(old["mean"]), _in_domain(float(new["mean"]), new, old)
+    before, after = float(old["mean"]), float(new["mean"])
+    if "lo" in old and "lo" in new and _bounds(old) != _bounds(new):
+        # Clipped to other bounds, or asinh on one side only: the means are in
+        # other units (and sinh of a noisy asinh mean is no raw mean). The
+        # encoding itself changed: flagged, not measured.
+        detail = f"bounded as {_bounds(old)} by the parent, now {_bounds(new)}"
+        return Shift(col, "numeric", "bounds", 0.0, True, detail)
     shift = (after - before) / scale
     detail = f"mean {before:.4g} -> {after:.4g} ({scale:.4g} per std)"
+    noise = math.hypot(float(old.get("noise", 0.0)), float(new.get("noise", 0.0)))
+    noisy = abs(shift) >= MEAN_SHIFT and abs(after - before) < NOISE_Z * noise
+    if noise > 0:
+        detail += f"; DP noise {noise / scale:.2g} std" + (
+            ", within it" if noisy else ""
+        )
     lo, hi = float(old.get("lo", 0.0)), float(old.get("hi", 0.0))
     if hi > lo and min(after - lo, hi - after) < MEAN_SHIFT * scale:
         detail += "; near a bound: values past it are clipped, the shift may be larger"
@@ -256,7 +278,8 @@ def _numeric(col: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> Shift:
         detail += f", std {std_old:.4g} -> {std_new:.4g}"
         if abs(shift) < MEAN_SHIFT and max(ratio, 1 / ratio) >= STD_RATIO:
             return Shift(col, "numeric", "std ratio", ratio, True, detail)
-    return Shift(col, "numeric", "mean shift", shift, abs(shift) >= MEAN_SHIFT, detail)
+    flagged = abs(shift) >= MEAN_SHIFT and not noisy
+    return Shift(col, "numeric", "mean shift", shift, flagged, detail)
 
 
 def _categorical(
