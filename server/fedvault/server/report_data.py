@@ -9,7 +9,8 @@ their encrypted vaults and never reach the coordinator; what the summaries carry
 is each column's missing count, so quality here is completeness.
 
 Cross-site skew is measured against all sites pooled: for a numeric feature the
-standardized mean difference ``(mean_site - mean_pooled) / std_pooled``, for a
+standardized mean difference ``(mean_site - mean_pooled) / scale_pooled`` (the
+scale the model is standardized with: the public one for DP summaries), for a
 categorical feature and for the label the population stability index of the
 site's shares against the pooled shares (:func:`fedvault.server.drift.psi`).
 """
