@@ -83,3 +83,30 @@ def test_summary_holds_counts_not_rows():
     assert set(summary) == {"rows", "labels", "numeric", "categorical"}
     assert set(summary["numeric"]["age"]) == {"n", "sum", "sumsq", "missing"}
     assert summary["numeric"]["age"]["n"] + summary["numeric"]["age"]["missing"] == 40
+
+
+def test_a_very_noisy_site_does_not_swamp_the_merged_mean():
+    """DP summaries (sums of values scaled to [0, 1], no second moment): a site
+    that released at a tiny budget says so (its noise std), and the merge weights
+    its sums by the inverse noise variance: its garbage sum barely moves the mean;
+    without noise stds the sites count alike."""
+
+    def dp(total, n, noise):
+        column = {"n": n, "sum": total, "sumsq": float("nan"), "missing": 0}
+        column |= {"lo": 0.0, "hi": 10.0, "asinh": False}
+        return {
+            "rows": n,
+            "labels": {"0": n},
+            "numeric": {"x": column},
+            "categorical": {},
+            "noise": noise,
+        }
+
+    good = [dp(50.0, 100, 5.0), dp(52.0, 100, 5.0)]  # means 5.0 and 5.2
+    garbage = dp(-400.0, 100, 100.0)
+    prep = merge_summaries([*good, garbage], "y")
+    assert prep.means[0] == pytest.approx(5.1, abs=0.1)
+    assert prep.stds[0] == pytest.approx(1.4)  # the public scale, STD_SHARE x 10
+    unweighted = [{k: v for k, v in s.items() if k != "noise"} for s in good]
+    unweighted.append({k: v for k, v in garbage.items() if k != "noise"})
+    assert merge_summaries(unweighted, "y").means[0] == 0.0  # clipped to lo

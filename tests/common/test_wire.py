@@ -12,6 +12,7 @@ def test_summary_round_trips_through_protobuf():
     summary = site_summary(frame, "y")
     summary["numeric"]["x"] |= {"lo": 0.0, "hi": 10.0, "asinh": False}
     summary["dropped"] = ["name"]
+    summary["noise"] = 5.5  # the release's noise std, which the merge weights by
     assert summary_from_bytes(summary_to_bytes(summary)) == summary
 
 

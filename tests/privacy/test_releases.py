@@ -199,3 +199,31 @@ def test_training_replies_carry_no_loss_and_only_the_released_row_count(
     for i in range(2):
         rows = len(pd.read_parquet(run_config[f"site.{i}.data"]))
         assert rows - round(rows * 0.15) not in set(released.values())
+
+
+def test_without_noise_the_summary_reads_back_each_column_in_place():
+    """A categorical column before the numeric ones (as in most real tables): each
+    released coordinate is read back under its own column. Without noise the
+    counts are exact where no row is clipped, and the means are those of the
+    values scaled to [0, 1]."""
+    from fedvault.client._summary_dp import Declared, noisy_summary
+
+    frame = pd.DataFrame(
+        {
+            "clinic": ["a", "b", "b", None],
+            "x": [0.0, 5.0, 10.0, np.nan],
+            "target": ["0", "1", "1", "0"],
+        }
+    )
+    declared = Declared(bounds={"x": (0.0, 10.0)}, categories={"clinic": ("a", "b")})
+    summary, _ = noisy_summary(
+        frame, "target", declared=declared, sigma=0.0, rng=np.random.default_rng(0)
+    )
+    assert summary["rows"] == 4 and summary["labels"] == {"0": 2, "1": 2}
+    assert summary["categorical"]["clinic"] == {
+        "counts": {"a": 1, "b": 2},
+        "missing": 1,
+    }
+    x = summary["numeric"]["x"]
+    assert (x["n"], x["missing"]) == (3, 1)
+    assert x["sum"] == pytest.approx(1.5)  # 0 + 0.5 + 1

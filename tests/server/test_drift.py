@@ -73,3 +73,41 @@ def test_skew_per_site_against_the_pool():
     assert psis["b"]["ward"] > psis["a"]["label"] == pytest.approx(0.0)
     share, worst, _ = report_data.completeness(received["sites"]["a"])
     assert share == 1.0 and worst in ("age", "ward")
+
+
+def _dp(mean_u, *, n=200, noise=0.0, lo=0.0, hi=100.0, asinh=False):
+    """A DP summary's shape: the sum of values scaled to [0, 1], no second moment."""
+    column = {"n": n, "sum": mean_u * n, "sumsq": math.nan, "missing": 0}
+    column |= {"lo": lo, "hi": hi, "asinh": asinh}
+    return {
+        "rows": n,
+        "labels": {"0": n},
+        "numeric": {"age": column},
+        "categorical": {},
+        "noise": noise,
+    }
+
+
+def test_dp_summaries_are_compared_in_the_coordinators_units_and_scale():
+    """Means mapped back to the bounds, shifts in the public scale the model is
+    standardized with (STD_SHARE x range = 14), a shift within the two means' DP
+    noise not flagged, and a column bounded differently flagged as such."""
+    old = drift.pooled([_dp(0.40)])
+    assert old["numeric"]["age"]["mean"] == pytest.approx(40.0)
+    assert old["numeric"]["age"]["std"] is None  # not released
+    prep = merge_summaries([_dp(0.40)], "target")
+    for parent in (old, None):  # its pooled description, or its preprocessing
+        (age,) = drift.compare(parent, prep, drift.pooled([_dp(0.47)]))[:1]
+        assert age.flagged and age.value == pytest.approx(7 / 14)
+    # the same shift, with a noise std of 20 on each sum of 200 rows: the means'
+    # noise is 100 * 20 / 200 = 10 each, 14 for the difference: within 3 of it
+    noisy = [drift.pooled([_dp(m, noise=20.0)]) for m in (0.40, 0.47)]
+    (age,) = drift.compare(noisy[0], prep, noisy[1])[:1]
+    assert not age.flagged and "within it" in age.detail
+    # the values clipped at the upper bound: the shift is a lower bound, said so
+    (age,) = drift.compare(old, prep, drift.pooled([_dp(0.99)]))[:1]
+    assert age.flagged and "clipped" in age.detail
+    (age,) = drift.compare(
+        old, prep, drift.pooled([_dp(0.7, lo=-10, hi=10, asinh=True)])
+    )[:1]
+    assert age.flagged and age.measure == "bounds"

@@ -91,7 +91,10 @@ def noisy_summary(
     ``regression``: the target is one bounded numeric value in each row's vector
     (no labels); ``image_shape``: only rows and labels are summarized (the shape,
     a property the site's data declares, is sent as it is)."""
+    # In the order _read takes them apart: count, labels (or the regression
+    # target), numeric, categorical.
     parts: list[np.ndarray] = [np.ones((len(frame), 1))]
+    cat_parts: list[np.ndarray] = []
     labels: tuple[str, ...] = ()
     if regression:
         y = _scaled(pd.to_numeric(frame[target]), declared.bounds.get(target))
@@ -114,9 +117,9 @@ def noisy_summary(
             dropped.append(str(name))
         else:
             keys = _keys(col, declared.categories.get(str(name)))
-            parts.append(_onehot(col, keys))
+            cat_parts.append(_onehot(col, keys))
             categorical.append((str(name), keys, str(name) in declared.categories))
-    rows = np.hstack(parts)
+    rows = np.hstack(parts + cat_parts)
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     rows = rows * np.minimum(1.0, ROW_CLIP / np.maximum(norms, 1e-12))
     noisy = rows.sum(axis=0) + rng.normal(0.0, sigma * ROW_CLIP, rows.shape[1])
@@ -185,6 +188,7 @@ def _read(
         "labels": _counts(noisy[at : at + len(labels)], labels, label_tau),
         "numeric": {},
         "categorical": {},
+        "noise": sigma * ROW_CLIP,  # public: the mechanism's, for weighting
     }
     at += len(labels)
     for name in numeric:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,9 +281,11 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
     for s in summaries:
         labels.update(s["labels"])
     numeric = sorted(numeric_cols)
+    weights = noise_weights(summaries)
     means, stds, clips, asinh = [], [], [], []
     for col in numeric:
-        mean, std, bounds, flag = _moments([s["numeric"][col] for s in summaries], col)
+        columns = [s["numeric"][col] for s in summaries]
+        mean, std, bounds, flag = _moments(columns, col, weights)
         means.append(mean)
         stds.append(std)
         clips.append(bounds)
@@ -315,13 +318,28 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
     )
 
 
+def noise_weights(summaries: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Each site's weight in a numeric column's pooled sums: inverse to the
+    variance of its summary's noise (``noise``, the std on each coordinate),
+    relative to the least noisy site's, so that a site releasing at a tiny budget
+    (hundreds of times the noise) does not swamp the others' means. All 1 where
+    any site did not say (exact summaries, releases kept from before)."""
+    noise = [float(s.get("noise", 0.0) or 0.0) for s in summaries]
+    if not noise or min(noise) <= 0.0:
+        return [1.0] * len(summaries)
+    least = min(noise)
+    return [(least / v) ** 2 for v in noise]
+
+
 def _moments(
-    columns: list[dict[str, Any]], name: str
+    columns: list[dict[str, Any]], name: str, weights: list[float] | None = None
 ) -> tuple[float, float, tuple[float, float], bool]:
     """Mean and std of one numeric column over the sites, its bounds and asinh flag.
 
     A site's bounded column (``hi > lo``) holds noisy sums of values scaled to
     [0, 1]; they are mapped back first. With bounds the mean is kept within them.
+    Each site's count and sums are weighted (``weights``, see
+    :func:`noise_weights`; the mean is a ratio, so equal weights change nothing).
     A DP summary releases no second moment (``sumsq`` NaN): the std is then
     :data:`STD_SHARE` of the bounds' range; a bounded summary that has one keeps
     its std within [range/10, range/5] (the noise cannot make it absurd).
@@ -332,9 +350,9 @@ def _moments(
         raise DataError(f"sites disagree on how column {name!r} is bounded")
     n = total = sumsq = 0.0
     lows, highs = [], []
-    for c in columns:
+    for c, w in zip(columns, weights or [1.0] * len(columns), strict=True):
         lo, hi = float(c.get("lo", 0.0)), float(c.get("hi", 0.0))
-        count, s, q = float(c["n"]), float(c["sum"]), float(c["sumsq"])
+        count, s, q = w * float(c["n"]), w * float(c["sum"]), w * float(c["sumsq"])
         if hi > lo:
             width = hi - lo
             lows.append(lo)

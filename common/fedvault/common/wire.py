@@ -46,6 +46,7 @@ def summary_to_bytes(summary: dict[str, Any]) -> bytes:
         msg.target_asinh = bool(target.get("asinh", False))
     msg.image_shape.extend(int(v) for v in summary.get("image-shape", ()))
     msg.dropped.extend(str(c) for c in summary.get("dropped", ()))
+    msg.noise = float(summary.get("noise", 0.0))
     return msg.SerializeToString(deterministic=True)
 
 
@@ -74,6 +75,7 @@ def summary_from_bytes(data: bytes) -> dict[str, Any]:
             for name, c in msg.numeric.items()
         },
         "dropped": list(msg.dropped),
+        "noise": msg.noise,
         "categorical": {
             name: {"counts": dict(c.counts), "missing": c.missing}
             for name, c in msg.categorical.items()

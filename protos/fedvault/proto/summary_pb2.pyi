@@ -40,7 +40,7 @@ class CategoricalColumn(_message.Message):
     def __init__(self, counts: _Optional[_Mapping[str, int]] = ..., missing: _Optional[int] = ...) -> None: ...
 
 class SiteSummary(_message.Message):
-    __slots__ = ("version", "rows", "labels", "numeric", "categorical", "dropped", "regression", "target_n", "target_sum", "target_sumsq", "target_lo", "target_hi", "target_asinh", "image_shape")
+    __slots__ = ("version", "rows", "labels", "numeric", "categorical", "dropped", "regression", "target_n", "target_sum", "target_sumsq", "target_lo", "target_hi", "target_asinh", "image_shape", "noise")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class SiteSummary(_message.Message):
     TARGET_HI_FIELD_NUMBER: _ClassVar[int]
     TARGET_ASINH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    NOISE_FIELD_NUMBER: _ClassVar[int]
     version: int
     rows: int
     labels: _containers.ScalarMap[str, int]
@@ -90,4 +91,5 @@ class SiteSummary(_message.Message):
     target_hi: float
     target_asinh: bool
     image_shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, version: _Optional[int] = ..., rows: _Optional[int] = ..., labels: _Optional[_Mapping[str, int]] = ..., numeric: _Optional[_Mapping[str, NumericColumn]] = ..., categorical: _Optional[_Mapping[str, CategoricalColumn]] = ..., dropped: _Optional[_Iterable[str]] = ..., regression: _Optional[bool] = ..., target_n: _Optional[int] = ..., target_sum: _Optional[float] = ..., target_sumsq: _Optional[float] = ..., target_lo: _Optional[float] = ..., target_hi: _Optional[float] = ..., target_asinh: _Optional[bool] = ..., image_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    noise: float
+    def __init__(self, version: _Optional[int] = ..., rows: _Optional[int] = ..., labels: _Optional[_Mapping[str, int]] = ..., numeric: _Optional[_Mapping[str, NumericColumn]] = ..., categorical: _Optional[_Mapping[str, CategoricalColumn]] = ..., dropped: _Optional[_Iterable[str]] = ..., regression: _Optional[bool] = ..., target_n: _Optional[int] = ..., target_sum: _Optional[float] = ..., target_sumsq: _Optional[float] = ..., target_lo: _Optional[float] = ..., target_hi: _Optional[float] = ..., target_asinh: _Optional[bool] = ..., image_shape: _Optional[_Iterable[int]] = ..., noise: _Optional[float] = ...) -> None: ...

@@ -9,7 +9,8 @@ their encrypted vaults and never reach the coordinator; what the summaries carry
 is each column's missing count, so quality here is completeness.
 
 Cross-site skew is measured against all sites pooled: for a numeric feature the
-standardized mean difference ``(mean_site - mean_pooled) / std_pooled``, for a
+standardized mean difference ``(mean_site - mean_pooled) / scale_pooled`` (the
+scale the model is standardized with: the public one for DP summaries), for a
 categorical feature and for the label the population stability index of the
 site's shares against the pooled shares (:func:`fedvault.server.drift.psi`).
 """
@@ -51,12 +52,17 @@ def completeness(site: Mapping[str, Any]) -> tuple[float | None, str, float]:
     return share, worst, missing[worst] / rows
 
 
+def _scale(stats: Mapping[str, Any]) -> float:
+    """The pooled scale of a feature (the public one where no std was released)."""
+    return float(stats.get("scale") or stats.get("std") or 1.0)
+
+
 def mean_shifts(received: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """Per site, each numeric feature's standardized mean difference to the pool."""
     pooled = received["pooled"]["numeric"]
     return {
         name: {
-            col: (stats["mean"] - pooled[col]["mean"]) / (pooled[col]["std"] or 1.0)
+            col: (stats["mean"] - pooled[col]["mean"]) / _scale(pooled[col])
             for col, stats in site["numeric"].items()
             if col in pooled
         }
