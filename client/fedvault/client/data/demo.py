@@ -30,6 +30,7 @@ from fedvault.client.data.schema import (
     Schema,
 )
 from fedvault.client.data.schema_writer import schema_to_toml
+from fedvault.common.data import default_dataset
 from fedvault.common.errors import ConfigError
 
 DEMO_TARGET = "diagnosis"
@@ -94,8 +95,19 @@ def write_demo(
 def demo_schema(features: list[str]) -> Schema:
     """The schema contract of the demo exports."""
     people = _people_columns()
+    # The published ranges of the public dataset the features come from (as
+    # scikit-learn documents them): declared, a site clips its summary release to
+    # them instead of a wide asinh range (docs/privacy.md).
+    public = default_dataset()
+    public.columns = [str(c).replace(" ", "_") for c in public.columns]
     clinical = [
-        Column(name=name, type=ColumnType.FLOAT, role=Role.FEATURE, min=0.0)
+        Column(
+            name=name,
+            type=ColumnType.FLOAT,
+            role=Role.FEATURE,
+            min=float(public[name].min()) if name in public else 0.0,
+            max=float(public[name].max()) if name in public else None,
+        )
         for name in features
     ]
     label = Column(
