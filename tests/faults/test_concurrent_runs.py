@@ -14,7 +14,7 @@ from fedvault.server.federation import Federation
 from fedvault.server.settings import ServerSettings
 
 NODES = [11, 22, 33]
-BUDGET = 4.0
+BUDGET = 3.3  # one run (epsilon 3) fits; two (3.6 with the summary kept) do not
 
 
 @pytest.mark.slow
@@ -50,7 +50,11 @@ def test_two_runs_on_one_state_share_one_budget(tmp_path, local_grid, make_conte
         trained = sum(
             s["sites"][f"site-{pid + 1}"]["rounds_trained"] for s in summaries
         )
-        assert trained == len(ledger.records())
+        # DP-SGD rounds are Poisson-sampled (q < 1); the summary and validation
+        # counts are whole-data Gaussian releases (q = 1) on the same ledger
+        records = ledger.records()
+        assert trained == len([r for r in records if r.sample_rate < 1])
+        assert any(r.sample_rate == 1 for r in records)
     # the budget could not cover both runs in full: some rounds were declined
     declines = [
         d for s in summaries for site in s["sites"].values() for d in site["declines"]
