@@ -6,6 +6,7 @@ events, which summary.json's site_states repeats)."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -95,7 +96,10 @@ def test_a_late_site_joins_the_next_run_and_a_removed_one_exits(
     assert NEXT_RUN in [s.get("late") for s in states]
     assert states[-1]["site-1"] == "not connected"
     shown = " ".join(procs.output("coordinator").split())
-    assert "round 1: site-0: trained; site-1: trained" in shown
+    # the late site may be registered before round 1 ends (then it is listed,
+    # not connected yet) or after it: either way both sites of the run trained
+    first = r"round 1: (late: [^;]+; )?site-0: trained; site-1: trained"
+    assert re.search(first, shown)
     assert f"late: {NEXT_RUN}; site-0: trained" in shown
 
 
