@@ -53,7 +53,7 @@ _WHERE = {
     "BudgetExceededError": "errors",
     "ConfigError": "errors",
     "DataError": "errors",
-    "Decline": "protocol",
+    "Decline": "decline",
     "DpFigures": "protocol",
     "EvaluateMetrics": "protocol",
     "FedVaultError": "errors",

@@ -34,15 +34,13 @@ _EXIT_HINTS = {
     104: "the SuperLink was started with invalid arguments",
     105: "state.db was written by another Flower version: run the fedvault that "
     "wrote it, or start a new run folder",
-    302: "private-key is not a usable site key: make one with `fedvault client "
-    "keygen`",
+    302: "private-key is not a usable site key: make one with `fedvault client keygen`",
     303: "insecure = true cannot be combined with a site key (private-key)",
     305: "cannot connect to the coordinator",
     600: "an address is not HOST:PORT",
     603: "ca-certificate is not a usable CA certificate",
     604: "a file named in the settings does not exist",
-    605: "the coordinator's certificate or key (server.crt, server.key) cannot be "
-    "used",
+    605: "the coordinator's certificate or key (server.crt, server.key) cannot be used",
     606: "the coordinator and this side run incompatible Flower versions: compare "
     "`fedvault --version` on both",
 }

@@ -111,9 +111,7 @@ def build_model(
 def infer_task(target: pd.Series) -> Literal["classification", "regression"]:
     """``regression`` for a numeric target with fractional values or more than
     :data:`MAX_CLASSES` distinct values, else ``classification``."""
-    if not pd.api.types.is_numeric_dtype(target) or pd.api.types.is_bool_dtype(
-        target
-    ):
+    if not pd.api.types.is_numeric_dtype(target) or pd.api.types.is_bool_dtype(target):
         return "classification"
     values = target.dropna()
     fractional = bool((values != values.round()).any())

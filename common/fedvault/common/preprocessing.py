@@ -21,9 +21,7 @@ A regression target is summarized like a numeric column, in place of label count
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,15 +32,17 @@ from fedvault.common.errors import DataError
 from fedvault.common.image_table import PIXELS, ImageShape, pixels_array
 from fedvault.common.model_zoo import InputSpec
 
-TARGET_STATS = "target-stats"
-IMAGE_SHAPE = "image-shape"
-
-# The scale of a numeric column whose second moment a site did not release (a DP
-# summary): this share of its bounds' range. A public constant, chosen as the median
-# std/range over the embedded (public) dataset's features, 0.076 to 0.226 (a range
-# of +-3 standard deviations would give 1/6).
-STD_SHARE = 0.14
-TARGET_SPREAD = 0.5  # a regression target's public std in asinh units (no bounds)
+# the summary's keys and public scales, defined beside the merge's arithmetic
+from fedvault.common.summary_moments import IMAGE_SHAPE as IMAGE_SHAPE
+from fedvault.common.summary_moments import STD_SHARE as STD_SHARE
+from fedvault.common.summary_moments import TARGET_SPREAD as TARGET_SPREAD
+from fedvault.common.summary_moments import TARGET_STATS as TARGET_STATS
+from fedvault.common.summary_moments import (
+    label_key,
+    moments,
+    noise_weights,
+    task_and_shape,
+)
 
 
 def _is_numeric(series: pd.Series) -> bool:
@@ -276,7 +276,7 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
                 categorical_cols ^ set(s["categorical"])
             )
             raise DataError(f"sites disagree on columns or their kind: {sorted(diff)}")
-    task, shape, target_mean, target_std = _task_and_shape(summaries)
+    task, shape, target_mean, target_std = task_and_shape(summaries)
     labels: Counter[str] = Counter()
     for s in summaries:
         labels.update(s["labels"])
@@ -285,7 +285,7 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
     means, stds, clips, asinh = [], [], [], []
     for col in numeric:
         columns = [s["numeric"][col] for s in summaries]
-        mean, std, bounds, flag = _moments(columns, col, weights)
+        mean, std, bounds, flag = moments(columns, col, weights)
         means.append(mean)
         stds.append(std)
         clips.append(bounds)
@@ -301,7 +301,7 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
         modes.append(min(cats, key=lambda c: (-counts[c], c)) if cats else "")
     return Preprocessing(
         target=target,
-        labels=() if task == "regression" else tuple(sorted(labels, key=_label_key)),
+        labels=() if task == "regression" else tuple(sorted(labels, key=label_key)),
         numeric=tuple(numeric),
         means=tuple(means),
         stds=tuple(stds),
@@ -316,101 +316,3 @@ def merge_summaries(summaries: list[dict[str, Any]], target: str) -> Preprocessi
         target_mean=target_mean,
         target_std=target_std,
     )
-
-
-def noise_weights(summaries: Sequence[Mapping[str, Any]]) -> list[float]:
-    """Each site's weight in a numeric column's pooled sums: inverse to the
-    variance of its summary's noise (``noise``, the std on each coordinate),
-    relative to the least noisy site's, so that a site releasing at a tiny budget
-    (hundreds of times the noise) does not swamp the others' means. All 1 where
-    any site did not say (exact summaries, releases kept from before)."""
-    noise = [float(s.get("noise", 0.0) or 0.0) for s in summaries]
-    if not noise or min(noise) <= 0.0:
-        return [1.0] * len(summaries)
-    least = min(noise)
-    return [(least / v) ** 2 for v in noise]
-
-
-def _moments(
-    columns: list[dict[str, Any]], name: str, weights: list[float] | None = None
-) -> tuple[float, float, tuple[float, float], bool]:
-    """Mean and std of one numeric column over the sites, its bounds and asinh flag.
-
-    A site's bounded column (``hi > lo``) holds noisy sums of values scaled to
-    [0, 1]; they are mapped back first. With bounds the mean is kept within them.
-    Each site's count and sums are weighted (``weights``, see
-    :func:`noise_weights`; the mean is a ratio, so equal weights change nothing).
-    A DP summary releases no second moment (``sumsq`` NaN): the std is then
-    :data:`STD_SHARE` of the bounds' range; a bounded summary that has one keeps
-    its std within [range/10, range/5] (the noise cannot make it absurd).
-    Raises :class:`DataError` when sites disagree on asinh.
-    """
-    flags = {bool(c.get("asinh", False)) for c in columns}
-    if len(flags) > 1:
-        raise DataError(f"sites disagree on how column {name!r} is bounded")
-    n = total = sumsq = 0.0
-    lows, highs = [], []
-    for c, w in zip(columns, weights or [1.0] * len(columns), strict=True):
-        lo, hi = float(c.get("lo", 0.0)), float(c.get("hi", 0.0))
-        count, s, q = w * float(c["n"]), w * float(c["sum"]), w * float(c["sumsq"])
-        if hi > lo:
-            width = hi - lo
-            lows.append(lo)
-            highs.append(hi)
-            s, q = (
-                lo * count + width * s,
-                lo * lo * count + 2 * lo * width * s + (width * width * q),
-            )
-        n, total, sumsq = n + count, total + s, sumsq + q
-    mean = total / n if n >= 1 else 0.0
-    std = math.sqrt(max(sumsq / n - mean * mean, 0.0)) if n >= 1 else 0.0
-    if not math.isfinite(sumsq) and lows and max(highs) > min(lows):
-        # No second moment released (a DP summary): the public scale.
-        lo, hi = min(lows), max(highs)
-        mean = min(max(mean, lo), hi) if n >= 1 else (lo + hi) / 2
-        return mean, STD_SHARE * (hi - lo), (lo, hi), flags.pop()
-    bounds = (min(lows), max(highs)) if lows else (0.0, 0.0)
-    lo, hi = bounds
-    if hi > lo:
-        mean = min(max(mean, lo), hi) if n >= 1 else (lo + hi) / 2
-        std = min(max(std, (hi - lo) / 10), (hi - lo) / 5)
-    return mean, (std if std > 1e-12 else 1.0), bounds, flags.pop()
-
-
-def _task_and_shape(summaries: list[dict[str, Any]]) -> tuple[str, Any, float, float]:
-    """The task, image shape and target scale the sites' summaries agree on.
-    Raises :class:`DataError` when sites disagree on the task or the shape."""
-    kinds = {TARGET_STATS in s for s in summaries}
-    shapes = {tuple(s.get(IMAGE_SHAPE, ())) for s in summaries}
-    if len(kinds) > 1:
-        raise DataError("sites disagree on the task (regression or classification)")
-    if len(shapes) > 1:
-        raise DataError(f"sites disagree on the image shape: {sorted(shapes)}")
-    if kinds != {True}:
-        return "classification", shapes.pop(), 0.0, 1.0
-    mean, std = _target_scale([s[TARGET_STATS] for s in summaries])
-    return "regression", shapes.pop(), mean, std
-
-
-def _target_scale(targets: list[dict[str, Any]]) -> tuple[float, float]:
-    """A regression target's mean and std: exact, or as a numeric column's (noisy,
-    ``hi > lo``), with :data:`TARGET_SPREAD` after asinh."""
-    if all(float(t.get("hi", 0.0)) <= float(t.get("lo", 0.0)) for t in targets):
-        n = sum(t["n"] for t in targets)
-        mean = sum(t["sum"] for t in targets) / n if n else 0.0
-        sumsq = sum(t["sumsq"] for t in targets)
-        std = math.sqrt(max(sumsq / n - mean * mean, 0.0)) if n else 0.0
-        return mean, std if std > 1e-12 else 1.0
-    mean, std, _, asinh = _moments(targets, "the target")
-    if asinh:
-        spread = math.sinh(mean + TARGET_SPREAD) - math.sinh(mean - TARGET_SPREAD)
-        return math.sinh(mean), spread / 2
-    return mean, std
-
-
-def _label_key(label: str) -> tuple[int, float, str]:
-    """Sort numeric-looking labels numerically, others alphabetically."""
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, 0.0, label)

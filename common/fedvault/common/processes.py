@@ -320,9 +320,7 @@ def describe(processes: Sequence[Leftover]) -> str:
     return ", ".join(str(p) for p in processes)
 
 
-def stop_folder(
-    lock: Path, flwr_home: Path, *, what: str, timeout: float
-) -> list[str]:
+def stop_folder(lock: Path, flwr_home: Path, *, what: str, timeout: float) -> list[str]:
     """Stop the process holding the :class:`PidLock` ``lock`` with SIGTERM (it stops
     as on Ctrl-C), wait up to ``timeout`` s for it to let go, then stop the
     :func:`leftovers` of ``flwr_home``. Returns what was stopped ([]: nothing ran).

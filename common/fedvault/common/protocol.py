@@ -36,12 +36,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Literal, get_args
 
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 
-from fedvault.common.errors import BudgetExceededError, PrivacyError
+# the decline's wire names, re-exported: every wire name can be read here
+from fedvault.common.decline import DECLINE as DECLINE
+from fedvault.common.decline import DECLINE_PREFIX as DECLINE_PREFIX
+from fedvault.common.decline import DECLINE_REASONS as DECLINE_REASONS
+from fedvault.common.decline import Decline as Decline
+from fedvault.common.decline import DeclineReason as DeclineReason
 from fedvault.common.privacy import Accountant
 from fedvault.common.records import number, text
 
@@ -59,7 +63,6 @@ ARRAYS = "arrays"  # ArrayRecord: the global model, or a site's weights
 CONFIG = "config"  # ConfigRecord of a train / evaluate message
 METRICS = "metrics"  # MetricRecord of a reply
 SITE = "site"  # ConfigRecord of a stats reply
-DECLINE = "decline"  # ConfigRecord of a typed decline
 
 # -- config keys of train / evaluate messages ---------------------------------
 PREPROCESSING = "preprocessing"  # the federation's preprocessing, as JSON
@@ -107,7 +110,6 @@ def final_keys(task: str) -> tuple[str, ...]:
 CLIENT_WEIGHT = "client-weight"  # constant 1.0 under client-level DP
 
 # -- errors -------------------------------------------------------------------
-DECLINE_PREFIX = "fedvault-decline:"
 MISMATCH_PREFIX = "fedvault-protocol-mismatch:"
 
 # SecAgg+ quantization (Flower's defaults): every value a site masks is clipped to
@@ -120,9 +122,6 @@ SECAGG_MAX_WEIGHT = 1000.0
 
 _Metric = int | float | list[int] | list[float]  # a MetricRecord value
 
-DeclineReason = Literal["budget", "policy", "data"]
-DECLINE_REASONS: tuple[DeclineReason, ...] = get_args(DeclineReason)
-
 
 def quantization_step(
     clipping_range: float = SECAGG_CLIPPING_RANGE,
@@ -131,67 +130,6 @@ def quantization_step(
     """Width of one SecAgg+ quantization level; stochastic rounding moves each
     value by less than one step."""
     return 2 * clipping_range / quantization_range
-
-
-# -- declines -----------------------------------------------------------------
-@dataclass(frozen=True)
-class Decline:
-    """Why a site refuses a round: its budget would be passed (``budget``), its
-    policy broken (``policy``), or its data cannot serve (``data``).
-
-    The one codec of a decline: a ``decline`` ConfigRecord in a plain reply, or an
-    error reason starting with :data:`DECLINE_PREFIX` in a SecAgg+ round.
-    """
-
-    reason: DeclineReason
-    detail: str
-
-    def as_error(self) -> PrivacyError:
-        """The matching exception, for callers that prefer raising."""
-        if self.reason == "budget":
-            return BudgetExceededError(self.detail)
-        return PrivacyError(self.detail)
-
-    def to_content(self) -> RecordDict:
-        """The content of the decline reply."""
-        record = ConfigRecord({"reason": self.reason, "detail": self.detail})
-        return RecordDict({DECLINE: record})
-
-    def reply(self, msg: Message) -> Message:
-        """The decline reply to ``msg``."""
-        return Message(self.to_content(), reply_to=msg)
-
-    @classmethod
-    def from_content(cls, content: RecordDict) -> Decline | None:
-        """The decline a reply's content holds, or None when it holds none.
-
-        An unknown reason is read as ``policy`` (the site refused), keeping the
-        site's own words in ``detail``.
-        """
-        record = content.config_records.get(DECLINE)
-        if record is None:
-            return None
-        return cls._of(str(record.get("reason", "")), str(record.get("detail", "")))
-
-    def to_reason(self) -> str:
-        """The reason string of a Flower ``Error`` carrying this decline."""
-        return f"{DECLINE_PREFIX}{self.reason}: {self.detail}"
-
-    @classmethod
-    def from_reason(cls, reason: str) -> Decline | None:
-        """The decline an error reason carries, or None for any other error."""
-        if not reason.startswith(DECLINE_PREFIX):
-            return None
-        kind, _, detail = reason.removeprefix(DECLINE_PREFIX).partition(":")
-        return cls._of(kind.strip(), detail.strip())
-
-    @classmethod
-    def _of(cls, kind: str, detail: str) -> Decline:
-        reason: DeclineReason = "policy"
-        for known in DECLINE_REASONS:
-            if kind == known:
-                reason = known
-        return cls(reason, detail if kind in DECLINE_REASONS else f"{kind}: {detail}")
 
 
 # -- metrics ------------------------------------------------------------------

@@ -7,7 +7,7 @@ a DP summary, the bounds ``lo``/``hi``/``asinh`` its values were clipped to and
 scaled from (``sum`` is of values in [0, 1]; ``sumsq`` is NaN: not released), per
 categorical column ``counts``/``missing``, ``rows``, ``labels`` and the summary's
 noise std ``noise``. A run keeps these descriptions in ``received.json`` (per site
-and pooled, weighted as :func:`fedvault.common.preprocessing.noise_weights`) and
+and pooled, weighted as :func:`fedvault.common.summary_moments.noise_weights`) and
 the pooled one in its model file, so that the next version can compare.
 
 A feature is flagged as shifted when
@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from fedvault.common.files import atomic_write
-from fedvault.common.preprocessing import STD_SHARE, Preprocessing, noise_weights
+from fedvault.common.preprocessing import STD_SHARE, Preprocessing
+from fedvault.common.summary_moments import noise_weights
 
 RECEIVED_FILE = "received.json"
 DRIFT_FILE = "drift.json"
