@@ -1,32 +1,107 @@
-"""docs/operations.md's "Every setting" lists every key the settings files accept
-(the dataclasses that parse them), and nothing else."""
+"""One definition per setting: the dataclass that parses it gives its key and
+default, :mod:`fedvault.common.settings_help` its meaning. docs/operations.md's
+"Every setting" tables are written from both (``scripts/gen-settings-doc``) and
+``fedvault simulate --help`` shows the same meaning and default for every setting,
+each an option of the same name."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
+import click
+import pytest
+import typer
+
 from fedvault.client.site_config import SiteOptions
-from fedvault.common.config import TrainingConfig
+from fedvault.common import settings_help as sh
+from fedvault.common.cli import build_app
+from fedvault.common.config import TrainingConfig, key_of
 from fedvault.server.deploy import CoordinatorOptions
+from fedvault.server.simulate import SimulationOptions
+from fedvault.server.simulate_cli import setting_help, shown_default
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "operations.md"
+TABLES = [
+    (CoordinatorOptions, sh.COORDINATOR),
+    (TrainingConfig, sh.TRAINING),
+    (SiteOptions, sh.SITE),
+]
 
 
-def _tables() -> list[list[str]]:
+def _tables() -> list[list[tuple[str, str, str]]]:
     text = DOC.read_text(encoding="utf-8")
     section = text[text.index("## Every setting") :]
     tables = re.split(r"\n\*\*", section)[1:]
-    return [re.findall(r"^\| `([a-z-]+)` \|", t, flags=re.M) for t in tables]
+    row = r"^\| `([a-z-]+)` \| (.*?) \| (.*) \|$"
+    return [re.findall(row, t, flags=re.M) for t in tables]
 
 
 def _keys(cls: type) -> list[str]:
-    return [f.name.replace("_", "-") for f in dataclasses.fields(cls)]
+    return [key_of(f.name) for f in dataclasses.fields(cls)]
 
 
-def test_every_settings_key_is_documented_once():
-    coordinator, training, site = _tables()
-    assert coordinator == _keys(CoordinatorOptions)
-    assert training == _keys(TrainingConfig)
-    assert site == _keys(SiteOptions)
+def test_the_docs_tables_are_written_from_the_code():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen-settings-doc"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(("index", "table"), list(enumerate(TABLES)))
+def test_every_key_once_with_its_default_and_meaning(index, table):
+    cls, meanings = table
+    rows = _tables()[index]
+    assert [key for key, _, _ in rows] == _keys(cls)
+    assert list(meanings) == _keys(cls)  # a meaning for each key, in order
+    for field, (key, default, meaning) in zip(
+        dataclasses.fields(cls), rows, strict=True
+    ):
+        assert default.startswith(sh.default_text(field)), key
+        if field.default is not dataclasses.MISSING and field.default != "":
+            written = re.match(r"`([^`]*)`", default)
+            assert written is not None, key
+            # the value as a settings file would say it
+            value = (
+                written[1]
+                if isinstance(field.default, str)
+                else (tomllib.loads(f"v = {written[1]}")["v"])
+            )
+            assert value == field.default and type(value) is type(field.default), key
+        assert meaning == meanings[key].text
+
+
+def _simulate_options() -> dict[str, click.Parameter]:
+    group = typer.main.get_command(build_app())
+    assert isinstance(group, click.Group)
+    return {p.opts[0]: p for p in group.commands["simulate"].params}
+
+
+def test_every_simulate_setting_is_an_option_with_the_shared_help():
+    options = _simulate_options()
+    flags = {"dp": "--no-dp", "secagg": "--secagg"}
+    for key in [*_keys(TrainingConfig), *_keys(SimulationOptions)]:
+        option = options.pop(flags.get(key, f"--{key}"))
+        assert isinstance(option, click.Option)
+        assert option.help == setting_help(key)
+        assert (
+            shown_default(key) in option.help
+            or "(0: " in option.help
+            or ("(empty: " in option.help)
+        )
+    assert sorted(options) == ["--config", "--format"]  # the two that are no setting
+
+
+def test_a_shown_default_is_the_dataclass_default():
+    assert shown_default("rounds") == f"{TrainingConfig.rounds}; 20 with --model cnn"
+    assert shown_default("client-delta") == "1e-5"
+    assert shown_default("round-timeout") == str(TrainingConfig.round_timeout)
+    assert shown_default("sites") == str(SimulationOptions.sites)

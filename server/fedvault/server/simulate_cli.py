@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -12,6 +13,7 @@ import click
 import typer
 from rich.console import Console
 
+from fedvault.common import settings_help
 from fedvault.common.cli import (
     EXIT_RUN_FAILED,
     FormatOption,
@@ -19,11 +21,12 @@ from fedvault.common.cli import (
     progress_bar,
     say,
 )
-from fedvault.common.config import read_toml
+from fedvault.common.config import TrainingConfig, key_of, read_toml
 from fedvault.server import simulate as sim
 from fedvault.server import simulate_tables
 from fedvault.server.drift import flagged_lines
 from fedvault.server.rundir import PROGRESS_FILE
+from fedvault.server.simulate_data import CNN_DEFAULTS
 
 console = Console()
 _err = Console(stderr=True, soft_wrap=True)
@@ -41,6 +44,34 @@ e.g. local-epochs = 2), then from the options given here, which win.
 
 # parameters of `simulate` that are not settings under their own name
 _NOT_SETTINGS = frozenset({"config", "output_format", "secagg", "no_dp"})
+# Every setting's default: the dataclasses' (the cnn's own where it has one).
+_DEFAULTS: dict[str, Any] = {
+    key_of(f.name): f.default
+    for cls in (TrainingConfig, sim.SimulationOptions)
+    for f in dataclasses.fields(cls)
+}
+
+
+def shown_default(key: str) -> str:
+    """A setting's default as simulate's ``--help`` shows it."""
+    text = settings_help.value_text(_DEFAULTS[key])
+    if key in CNN_DEFAULTS:
+        text += f"; {CNN_DEFAULTS[key]} with --model cnn"
+    if key == "delta":
+        text += ", or below 1/n of the largest site"
+    return text
+
+
+def setting_help(key: str) -> str:
+    """The help of simulate's option for setting ``key``: its meaning
+    (:mod:`fedvault.common.settings_help`) and its default."""
+    meaning = {**settings_help.SIMULATION, **settings_help.TRAINING}[key]
+    prefix = {"secagg": "sets secagg = true: ", "dp": "sets dp = false: "}.get(key, "")
+    return settings_help.option_help(meaning, shown_default(key), prefix=prefix)
+
+
+def _opt(key: str, *flags: str) -> Any:
+    return typer.Option(*flags, help=setting_help(key))
 
 
 def _given(params: dict[str, Any]) -> dict[str, Any]:
@@ -61,213 +92,62 @@ def _given(params: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def simulate(
-    sites: Annotated[
-        int | None, typer.Option(help="Number of simulated sites (default: 5).")
-    ] = None,
-    rounds: Annotated[
-        int | None, typer.Option(help="Federated rounds (default: 10).")
-    ] = None,
-    local_epochs: Annotated[
-        int | None, typer.Option(help="Local epochs per round (default: 1).")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Expected batch size (Poisson) (default: 32).")
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Local SGD learning rate (default: 0.5).")
-    ] = None,
-    momentum: Annotated[
-        float | None,
-        typer.Option(help="Local SGD momentum (default: 0; the cnn's: see docs).")
-    ] = None,
-    strategy: Annotated[
-        str | None,
-        typer.Option(
-            help="fedavg | fedprox | fedadam, or a Byzantine-robust aggregation: "
-            "fedmedian | fedtrimmedavg | krum | multikrum | bulyan (default: fedavg)."
-        ),
-    ] = None,
-    proximal_mu: Annotated[
-        float | None,
-        typer.Option(help="FedProx's proximal term mu (default: 0.01)."),
-    ] = None,
-    malicious_sites: Annotated[
-        int | None,
-        typer.Option(
-            help="Sites krum, multikrum and bulyan must tolerate (default: 1)."
-        ),
-    ] = None,
-    trim_fraction: Annotated[
-        float | None,
-        typer.Option(help="Share fedtrimmedavg trims at each end (default: 0.2)."),
-    ] = None,
-    partition: Annotated[
-        str | None,
-        typer.Option(help="iid | dirichlet:ALPHA | column:NAME (default: iid)."),
-    ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            help="CSV or Parquet table, image folder (one folder per class; PNG, "
-            "JPEG, DICOM) or image manifest (path column) (default: "
-            "embedded breast-cancer data)."
-        ),
-    ] = None,
-    target: Annotated[
-        str | None, typer.Option(help="Label column of --data (default: target).")
-    ] = None,
-    epsilon: Annotated[
-        float | None,
-        typer.Option(help="Privacy budget per site for this run (default: 3)."),
-    ] = None,
-    delta: Annotated[
-        float | None,
-        typer.Option(
-            help="Delta per site (default: 1e-5, below 1/n of the largest site)."
-        ),
-    ] = None,
-    max_grad_norm: Annotated[
-        float | None, typer.Option(help="Per-sample clipping norm C (default: 1.0).")
-    ] = None,
-    accountant: Annotated[
-        str | None, typer.Option(help="rdp | prv (default: rdp).")
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="mlp | logreg (tables), cnn | resnet18 (images), or your own "
-            "package.module:factory (default: mlp)."
-        ),
-    ] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            help="Embedded data: breast-cancer (table) | digits (8x8 images)."
-        ),
-    ] = None,
-    task: Annotated[
-        str | None,
-        typer.Option(
-            help="auto | classification | regression (default: auto, from the "
-            "target: numeric with fractional or many values is regression)."
-        ),
-    ] = None,
-    image_size: Annotated[
-        int | None,
-        typer.Option(help="Images are resized to SIZE x SIZE (default: 64)."),
-    ] = None,
-    augment_copies: Annotated[
-        int | None,
-        typer.Option(
-            help="Images: augmented copies per example, averaged before clipping "
-            "(augmentation multiplicity; no extra epsilon) (default: 1)."
-        ),
-    ] = None,
-    augment_rotation: Annotated[
-        float | None, typer.Option(help="Images: random rotation, degrees.")
-    ] = None,
-    augment_crop: Annotated[
-        int | None, typer.Option(help="Images: random shift by up to N pixels.")
-    ] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(help="auto | cpu | cuda: where sites train (default: auto).")
-    ] = None,
-    gpu_fraction: Annotated[
-        float | None,
-        typer.Option(help="Share of a GPU per simulated site (default: 0, none).")
-    ] = None,
-    min_sites: Annotated[
-        int | None, typer.Option(help="Fewest sites a round needs (default: 2).")
-    ] = None,
-    fraction_train: Annotated[
-        float | None,
-        typer.Option(help="Share of sites sampled per round (default: 1.0)."),
-    ] = None,
-    noise_multiplier: Annotated[
-        float | None,
-        typer.Option(
-            help="Fixed noise multiplier every site must use; 0 = each site plans "
-            "sigma for --epsilon (default: 0)."
-        ),
-    ] = None,
-    vaults: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated site vaults (from `fedvault data import`), one "
-            "simulated site each; use with --key and --target."
-        ),
-    ] = None,
-    key: Annotated[
-        Path | None, typer.Option(help="Key file of the vaults given with --vaults.")
-    ] = None,
-    state: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder of the simulated sites' state (ledgers, policies); run "
-            "again on it to continue from the remaining budgets (default: temporary)."
-        ),
-    ] = None,
-    site_budget: Annotated[
-        float | None,
-        typer.Option(
-            help="Lifetime epsilon written into new site policies (default: --epsilon)."
-        ),
-    ] = None,
-    client_dp: Annotated[
-        str | None,
-        typer.Option(
-            help="Client-level DP at the coordinator (Flower's DP wrappers): off | "
-            "server-fixed | client-fixed | server-adaptive | client-adaptive "
-            "(default: off). Fixed modes report a client-level epsilon."
-        ),
-    ] = None,
+def simulate(  # every setting of --config, an option of the same name
+    sites: Annotated[int | None, _opt("sites")] = None,
+    rounds: Annotated[int | None, _opt("rounds")] = None,
+    local_epochs: Annotated[int | None, _opt("local-epochs")] = None,
+    batch_size: Annotated[int | None, _opt("batch-size")] = None,
+    lr: Annotated[float | None, _opt("lr")] = None,
+    momentum: Annotated[float | None, _opt("momentum")] = None,
+    strategy: Annotated[str | None, _opt("strategy")] = None,
+    proximal_mu: Annotated[float | None, _opt("proximal-mu")] = None,
+    malicious_sites: Annotated[int | None, _opt("malicious-sites")] = None,
+    trim_fraction: Annotated[float | None, _opt("trim-fraction")] = None,
+    partition: Annotated[str | None, _opt("partition")] = None,
+    data: Annotated[Path | None, _opt("data")] = None,
+    target: Annotated[str | None, _opt("target")] = None,
+    test_share: Annotated[float | None, _opt("test-share")] = None,
+    epsilon: Annotated[float | None, _opt("epsilon")] = None,
+    delta: Annotated[float | None, _opt("delta")] = None,
+    max_grad_norm: Annotated[float | None, _opt("max-grad-norm")] = None,
+    accountant: Annotated[str | None, _opt("accountant")] = None,
+    model: Annotated[str | None, _opt("model")] = None,
+    hidden: Annotated[int | None, _opt("hidden")] = None,
+    dataset: Annotated[str | None, _opt("dataset")] = None,
+    task: Annotated[str | None, _opt("task")] = None,
+    image_size: Annotated[int | None, _opt("image-size")] = None,
+    augment_copies: Annotated[int | None, _opt("augment-copies")] = None,
+    augment_rotation: Annotated[float | None, _opt("augment-rotation")] = None,
+    augment_crop: Annotated[int | None, _opt("augment-crop")] = None,
+    device: Annotated[str | None, _opt("device")] = None,
+    gpu_fraction: Annotated[float | None, _opt("gpu-fraction")] = None,
+    min_sites: Annotated[int | None, _opt("min-sites")] = None,
+    fraction_train: Annotated[float | None, _opt("fraction-train")] = None,
+    round_timeout: Annotated[float | None, _opt("round-timeout")] = None,
+    timeout: Annotated[float | None, _opt("timeout")] = None,
+    noise_multiplier: Annotated[float | None, _opt("noise-multiplier")] = None,
+    vaults: Annotated[str | None, _opt("vaults")] = None,
+    key: Annotated[Path | None, _opt("key")] = None,
+    state: Annotated[Path | None, _opt("state")] = None,
+    site_budget: Annotated[float | None, _opt("site-budget")] = None,
+    client_dp: Annotated[str | None, _opt("client-dp")] = None,
     client_noise_multiplier: Annotated[
-        float | None,
-        typer.Option(help="Client-level noise multiplier z (default: 1.0)."),
+        float | None, _opt("client-noise-multiplier")
     ] = None,
-    client_clipping_norm: Annotated[
-        float | None,
-        typer.Option(
-            help="Client-level clipping norm C of each site's update (initial "
-            "value for adaptive modes) (default: 1.0)."
-        ),
-    ] = None,
-    client_delta: Annotated[
-        float | None,
-        typer.Option(help="Delta of the client-level guarantee (default: 1e-5)."),
-    ] = None,
-    secagg: Annotated[
-        bool,
-        typer.Option(
-            "--secagg",
-            help="Secure aggregation (Flower's SecAgg+): the coordinator learns only "
-            "the sum of the sites' updates. With --client-dp use client-fixed.",
-        ),
-    ] = False,
-    compress: Annotated[
-        str | None,
-        typer.Option(help="none | int8: int8 updates on the wire (default: none)."),
-    ] = None,
-    no_dp: Annotated[
-        bool,
-        typer.Option(
-            "--no-dp", help="Train WITHOUT differential privacy (comparison only)."
-        ),
-    ] = False,
-    init_model: Annotated[
-        Path | None, typer.Option(help="Start from this model (file or run folder).")
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(help="Seed for partitioning, init and training (default: 0)."),
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Run folder (default: fedvault-runs/sim-TIME).")
-    ] = None,
+    client_clipping_norm: Annotated[float | None, _opt("client-clipping-norm")] = None,
+    client_delta: Annotated[float | None, _opt("client-delta")] = None,
+    secagg: Annotated[bool, _opt("secagg", "--secagg")] = False,
+    compress: Annotated[str | None, _opt("compress")] = None,
+    no_dp: Annotated[bool, _opt("dp", "--no-dp")] = False,
+    init_model: Annotated[Path | None, _opt("init-model")] = None,
+    seed: Annotated[int | None, _opt("seed")] = None,
+    out: Annotated[Path | None, _opt("out")] = None,
     config: Annotated[
-        Path | None, typer.Option(help="TOML file of settings; options override it.")
+        Path | None,
+        typer.Option(
+            help="TOML file of settings (the options' names as keys); "
+            "options given here override it."
+        ),
     ] = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
