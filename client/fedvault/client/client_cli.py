@@ -68,16 +68,25 @@ def start(
     config: Annotated[Path, typer.Option(help="The site's TOML settings.")] = Path(
         "site.toml"
     ),
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="No TLS, no site authentication (local tests only); as insecure = "
+            "true in [site].",
+        ),
+    ] = False,
 ) -> None:
     """Connect this site to the coordinator and train when asked (until stopped).
 
-    TLS and site authentication are on unless the config says insecure = true.
+    TLS and site authentication are on unless --insecure or the config's
+    insecure = true.
     """
-    cfg = load_site_config(config)
+    cfg = load_site_config(config, insecure=insecure)
     if cfg.options.insecure:
         say(
             console,
-            "WARNING: insecure = true: no TLS and no site authentication; test use "
+            "WARNING: insecure: no TLS and no site authentication; test use "
             "on one machine only.",
             style="bold red",
         )

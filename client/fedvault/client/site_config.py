@@ -159,13 +159,16 @@ class SiteConfig:
         return self.source
 
 
-def load_site_config(path: Path) -> SiteConfig:
-    """Read and parse a site's TOML file (see :func:`parse_site_config`).
+def load_site_config(path: Path, *, insecure: bool = False) -> SiteConfig:
+    """Read and parse a site's TOML file (see :func:`parse_site_config`);
+    ``insecure`` (``client start --insecure``) sets ``insecure = true``.
 
     Raises:
         ConfigError: the file cannot be read, is not TOML, or a key is wrong.
     """
     raw = read_toml(path)
+    if insecure and isinstance(raw.get("site"), dict):
+        raw["site"]["insecure"] = True
     return parse_site_config(raw, base=path.resolve().parent, source=path.resolve())
 
 

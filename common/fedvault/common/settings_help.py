@@ -112,6 +112,10 @@ COORDINATOR: dict[str, Meaning] = {
     "init-model": Meaning(
         "a model file (or run folder) round 1 starts from, instead of a fresh model"
     ),
+    "insecure": Meaning(
+        "no TLS, no site authentication (tests on one machine only); or "
+        "`--insecure` on `server start` / `resume`"
+    ),
 }
 
 SITE: dict[str, Meaning] = {
@@ -136,8 +140,8 @@ SITE: dict[str, Meaning] = {
     "max-wait-time": Meaning("seconds of trying per outage (0: no limit)"),
     "policy": Meaning("a policy file instead of the `[privacy]` table"),
     "insecure": Meaning(
-        "no TLS, no site key (tests on one machine only; the coordinator's "
-        "`--insecure`)"
+        "no TLS, no site key (tests on one machine only); or `--insecure` on "
+        "`client start`"
     ),
     "poll-interval": Meaning("seconds between asks for work when idle"),
     "isolation": Meaning("`fork` (fedvault's launcher) or `subprocess` (Flower's own)"),

@@ -14,6 +14,7 @@
     client-threads = 0                  # torch threads per site ClientApp (0: all)
     health-address = ""                 # e.g. "127.0.0.1:9096": GET /health (JSON)
     init-model = ""                     # optional model file round 1 starts from
+    insecure = false                    # true: no TLS, no site keys (tests only)
 
     [training]                          # TrainingConfig keys (rounds, min-sites, ...)
     rounds = 10
@@ -60,6 +61,7 @@ class CoordinatorOptions:
     client_threads: int = 0
     health_address: str = ""
     init_model: str = ""
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         split_address(self.fleet_address, key="fleet-address")

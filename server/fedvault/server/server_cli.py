@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedvault.common.cli import (
+    EXIT_RUN_FAILED,
     FormatOption,
     OutputFormat,
     command_group,
@@ -48,7 +49,9 @@ ConfigOption = Annotated[Path, typer.Option("--config", help="coordinator.toml")
 InsecureOption = Annotated[
     bool,
     typer.Option(
-        "--insecure", help="No TLS, no site authentication (local tests only)."
+        "--insecure",
+        help="No TLS, no site authentication (local tests only); as insecure = "
+        "true in [coordinator].",
     ),
 ]
 
@@ -95,6 +98,7 @@ def start(
 
     Only the Fleet address is for partners; the Control API stays on loopback."""
     cfg = load_coordinator_config(config)
+    insecure = insecure or cfg.options.insecure
     if init_model is not None:
         options = dataclasses.replace(cfg.options, init_model=str(init_model.resolve()))
         cfg = dataclasses.replace(cfg, options=options)
@@ -124,6 +128,7 @@ def resume(
     stopped or crashed: from its last completed round, with the same settings and
     run key (sites' ledgers continue the same run, nothing is counted twice)."""
     cfg = load_coordinator_config(config)
+    insecure = insecure or cfg.options.insecure
     _drive(
         cfg,
         insecure=insecure,
@@ -143,7 +148,7 @@ def _drive(
     if insecure:
         say(
             err_console,
-            "WARNING: --insecure: no TLS and no site authentication. Anyone who "
+            "WARNING: insecure: no TLS and no site authentication. Anyone who "
             "reaches the Fleet port can join and read the model. Local tests only.",
             style="bold red",
         )
@@ -192,7 +197,7 @@ def _drive(
         )
     if summary["status"] != "completed":
         say(err_console, f"run stopped early: {summary.get('stop_reason')}")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_RUN_FAILED)
 
 
 def _tell_states(event: dict[str, Any], told: set[tuple[str, int]]) -> None:
