@@ -36,10 +36,7 @@ from flwr.serverapp.strategy import Strategy
 from fedvault.common.errors import FederationError
 from fedvault.common.models import build_run_model
 from fedvault.common.preprocessing import Preprocessing, merge_summaries
-from fedvault.common.protocol import (
-    PREPROCESSING,
-    STATS_MESSAGE,
-)
+from fedvault.common.protocol import PREPROCESSING, STATS_MESSAGE
 from fedvault.common.records import number
 from fedvault.server import checkpoint, drift, lineage, model_card
 from fedvault.server.central_eval import held_out_metrics, held_out_set, site_metrics
@@ -104,9 +101,14 @@ class Federation:
 
     # -- set-up ---------------------------------------------------------------
     def _wait_for_sites(self) -> list[int]:
-        wanted = max(self.settings.expected_sites, self.training.min_sites)
+        """Wait for the sites (resumed: its checkpoint's, up to round-timeout)."""
+        settings = self.settings
+        wanted = max(settings.expected_sites, self.training.min_sites)
+        old = checkpoint.load(settings.out_dir).sites if settings.resume else {}
         deadline = time.monotonic() + self.training.round_timeout
-        while len(nodes := list(self.grid.get_node_ids())) < wanted:
+        while len(nodes := list(self.grid.get_node_ids())) < max(wanted, len(old)):
+            if time.monotonic() > deadline and len(nodes) >= wanted:
+                break  # a resumed run goes on; a late site joins the next run
             if time.monotonic() > deadline:
                 raise FederationError(
                     f"only {len(nodes)} of {wanted} sites connected within "
@@ -356,7 +358,7 @@ class Federation:
                 },
                 preprocessing=prep.to_json(),
                 history=self.history,
-                sites={s.name: asdict(s) for s in self.book.sites.values()},
+                sites={s.name: asdict(s) for s in self.book.records()},
                 excluded=self.book.excluded,
                 strategy=checkpoint.strategy_state(strategy),
             ),

@@ -10,7 +10,9 @@ After every training round :meth:`SiteBook.round_states` gives each site the
 coordinator knows (those in the run, those excluded from it, and every site of a
 deployed coordinator's registry) one state: ``trained``, ``declined: ...``,
 ``failed: ...``, ``rejected: ...``, ``not sampled``, ``not connected``,
-``excluded: ...`` or :data:`NEXT_RUN` (connected, but not in this run).
+``excluded: ...``, :data:`NEXT_RUN` (connected, but not in this run) or
+:data:`NOT_RESUMED` (in the run before the coordinator restarted, but not
+connected when it resumed: told so, it joins the next run).
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ NEXT_RUN = (
     "not in this run: it was not connected when the run started (or was "
     "registered later); it takes part in the coordinator's next run"
 )
+NOT_RESUMED = (
+    "not in this run since the coordinator restarted: it was not connected when "
+    "the run resumed; it takes part in the coordinator's next run"
+)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -102,6 +108,8 @@ class SiteBook:
         self._answers: dict[int, str] = {}  # this round's answer of each node
         self._notified: set[int] = set()
         self.last_states: dict[str, str] = {}  # of the last training round
+        # sites of a resumed run's checkpoint that were not connected to resume it
+        self.departed: dict[str, SiteRecord] = {}
         self._last_round = 0
 
     # -- where replies come from --------------------------------------------------
@@ -318,7 +326,10 @@ class SiteBook:
         for name, known in registered.items():
             if name in states or (known is not None and known in in_run):
                 continue
-            states[name] = NEXT_RUN if known in online else NOT_CONNECTED
+            late = NOT_RESUMED if name in self.departed else NEXT_RUN
+            states[name] = late if known in online else NOT_CONNECTED
+        for name in self.departed:  # also without a registry (simulation)
+            states.setdefault(name, NOT_CONNECTED)
         return dict(sorted(states.items()))
 
     def per_round(
@@ -346,34 +357,44 @@ class SiteBook:
             server_round,
             "; ".join(f"{name} {state}" for name, state in states.items()),
         )
+        self._tell_late(grid, connected, registered)
+        return states
+
+    def _tell_late(
+        self, grid: Grid, connected: list[int], registered: dict[str, int | None]
+    ) -> None:
+        """Tell a site that connected after the run fixed its sites why, once."""
         names = {node: name for name, node in registered.items() if node is not None}
         late = sorted(set(connected) - set(self.sites) - self.present - self._notified)
+        messages = []
         for node in late:
+            name = names.get(node, "a site")
+            text = NOT_RESUMED if name in self.departed else NEXT_RUN
             logger.warning(
-                "%s (node %d) connected while this run is in progress: %s",
-                names.get(node, "a site"),
-                node,
-                NEXT_RUN,
+                "%s (node %d) connected during the run: %s", name, node, text
             )
+            notice = ConfigRecord({"text": text})
+            messages.append(Message(RecordDict({NOTICE: notice}), node, NOTICE_MESSAGE))
         if late:
             self._notified |= set(late)
-            notice = ConfigRecord({"text": NEXT_RUN})
-            messages = [
-                Message(RecordDict({NOTICE: notice}), n, NOTICE_MESSAGE)
-                for n in late
-            ]
             send_and_receive(grid, messages, timeout=30.0)  # answers carry nothing
-        return states
 
     # -- outputs ------------------------------------------------------------------
     def table(self) -> dict[str, dict[str, Any]]:
         """Every site's record, by name, as the reports show it (with DP, each
         site's own delta and accountant, and where they differ from the run's)."""
-        ordered = sorted(self.sites.values(), key=lambda s: s.name)
+        ordered = sorted(self.records(), key=lambda s: s.name)
         return {s.name: s.as_dict(self.training) for s in ordered}
 
+    def records(self) -> list[SiteRecord]:
+        """Every site's record: those in the run and those it lost on a resume."""
+        return [*self.sites.values(), *self.departed.values()]
+
     def restore(self, records: dict[str, SiteRecord], excluded: dict[str, str]) -> None:
-        """Take back what a checkpoint knew, matching sites by name."""
+        """Take back what a checkpoint knew, matching sites by name; one not in
+        the resumed run keeps its record (trained, spent) in :attr:`departed`."""
         for node, site in self.sites.items():
             self.sites[node] = records.get(site.name, site)
+        present = {site.name for site in self.sites.values()}
+        self.departed = {n: r for n, r in records.items() if n not in present}
         self.excluded |= excluded
