@@ -44,7 +44,7 @@ def test_status_sums_up_the_current_run(tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert (doc["running"], doc["run"], doc["round"]) == (False, "r1", 2)
-    assert doc["epsilon"] == 0.5 and doc["epsilon-lifetime"] == 2.5
+    assert doc["epsilon"] == 0.5 and doc["epsilon_lifetime"] == 2.5
     assert doc["declines"] == [
         "round 2 train: declined (policy: the global model is not finite)"
     ]

@@ -123,7 +123,7 @@ def test_the_control_api_answers_only_the_coordinators_account(
             "json",
         )
         assert code == 0
-        rows = {row["node-id"]: row for row in json.loads(out)}
+        rows = {row["node_id"]: row for row in json.loads(out)}
         assert rows[node]["status"] == control.ROGUE
         assert {r["name"] for r in rows.values()} >= {"site-0", "site-1"}
         code, out = run_fedvault(

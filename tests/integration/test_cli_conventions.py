@@ -6,6 +6,8 @@ on both sides, and a run that stops early exits 1 from ``simulate`` as from
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import click
@@ -101,3 +103,89 @@ def test_a_run_that_stops_early_exits_the_same_from_simulate_and_server_start(
         sim.output + server.output
     )
     assert "stopped early" in sim.output and "stopped early" in server.output
+
+
+SNAKE = re.compile(r"^[a-z0-9]+(_[a-z0-9]+)*$")
+
+
+def _keys(value: Any, skip: tuple[str, ...]) -> set[str]:
+    """Every key of a JSON document, but not the names keying the maps (and not
+    what a stored schema says) under ``skip``."""
+    if isinstance(value, list):
+        return set().union(*(_keys(v, skip) for v in value))
+    if not isinstance(value, dict):
+        return set()
+    keys = set(value)
+    for key, item in value.items():
+        if key not in skip:
+            keys |= _keys(item, skip)
+    return keys
+
+
+def test_every_json_output_has_snake_case_keys(tmp_path):
+    runner = CliRunner()
+    app = build_app()
+
+    def json_of(*args: str) -> Any:
+        result = runner.invoke(app, [*args, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    def ok(*args: str) -> None:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 0, result.output
+
+    ok("certs", "init", str(tmp_path / "pki"))
+    ok("certs", "server", str(tmp_path / "pki"), "--host", "h.example")
+    coordinator_toml = tmp_path / "coordinator.toml"
+    coordinator_toml.write_text('[coordinator]\nrun-dir = "run"\n')
+    ok("client", "keygen", str(tmp_path / "keys"))
+    ok(
+        "server",
+        "sites",
+        "add",
+        "site-a",
+        str(tmp_path / "keys" / "site.pub"),
+        "--config",
+        str(coordinator_toml),
+    )
+    ok("data", "demo", "--out", str(tmp_path / "demo"), "--sites", "1")
+    ok("data", "keygen", str(tmp_path / "vault.key"))
+    raw = next((tmp_path / "demo").glob("*.csv"))
+    vault, key = str(tmp_path / "vault"), str(tmp_path / "vault.key")
+    site_toml = tmp_path / "site.toml"
+    site_toml.write_text(
+        f'[site]\nname = "site-a"\ncoordinator = "localhost:9092"\ninsecure = true\n'
+        f'vault = "{vault}"\nkey-file = "{key}"\n'
+    )
+    documents = {
+        "server status": json_of("server", "status", "--config", str(coordinator_toml)),
+        "server sites list": json_of(
+            "server", "sites", "list", "--config", str(coordinator_toml)
+        ),
+        "certs check": json_of("certs", "check", str(tmp_path / "pki")),
+        "client status": json_of("client", "status", "--config", str(site_toml)),
+        "data import": json_of(
+            "data",
+            "import",
+            str(raw),
+            "--schema",
+            str(next((tmp_path / "demo").glob("*.toml"))),
+            "--vault",
+            vault,
+            "--key",
+            key,
+            "--secret",
+            key,
+        ),
+        "data inspect": json_of("data", "inspect", vault, "--key", key),
+    }
+    skip = ("schema", "generalized", "columns", "class_balance", "original_sizes")
+    for command, document in documents.items():
+        keys = _keys(document, skip)
+        assert keys, command
+        assert not [k for k in keys if not SNAKE.match(k)], command
+    assert documents["server status"]["run_dir"].endswith("run")
+    assert documents["server sites list"][0]["last_round"] == "-"
+    assert documents["certs check"][0]["days_left"] > 300
+    assert documents["data inspect"]["dataset_id"]

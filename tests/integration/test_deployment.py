@@ -291,7 +291,7 @@ def test_control_api_opens_no_port(consortium):
     socket only (tests/faults/test_control_api_private.py), never on a port."""
     snap = consortium.snapshot
     assert snap["control-listeners"] == [], snap
-    assert snap["status"]["control-socket"], snap
+    assert snap["status"]["control_socket"], snap
     assert snap["fleet-listeners"], "the Fleet API must listen"
     if snap["outward"] is None:
         pytest.skip("no non-loopback address on this machine")
@@ -301,7 +301,7 @@ def test_control_api_opens_no_port(consortium):
 def test_status_shows_the_connected_sites(consortium):
     status = consortium.snapshot["status"]
     assert status["running"] is True
-    assert status["fleet-address"] == f"127.0.0.1:{consortium.fleet}"
+    assert status["fleet_address"] == f"127.0.0.1:{consortium.fleet}"
     states = {s["name"]: s["status"] for s in status["sites"]}
     assert states == {"site-0": "online", "site-1": "online", "site-2": "online"}
 

@@ -4,8 +4,6 @@ message the site received and what it answered, :mod:`fedvault.client.access_log
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +18,7 @@ from fedvault.common.cli import (
     command_group,
     errors_as_exit,
     output_console,
+    print_json,
     say,
 )
 
@@ -56,7 +55,7 @@ def show(
     the digest of the arrays that left."""
     entries = list(access_log(load_site_config(config).state_dir).entries())
     if output_format is OutputFormat.JSON:
-        sys.stdout.write(json.dumps(entries, indent=2) + "\n")
+        print_json(entries)
         return
     table = Table(title="Access log")
     for column in _COLUMNS:

@@ -4,7 +4,6 @@ ledger."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +23,7 @@ from fedvault.common.cli import (
     OutputFormat,
     command_group,
     output_console,
+    print_json,
     say,
 )
 from fedvault.common.files import FolderInUseError, PidLock
@@ -121,7 +121,7 @@ def status(
     doc = {"site": cfg.options.name, "state-dir": str(cfg.state_dir)}
     doc |= site_status(cfg.state_dir, running_pid=_running(cfg.lock))
     if output_format is OutputFormat.JSON:
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        print_json(doc)
         return
     out = output_console()
     running = f"running (pid {doc['pid']})" if doc["running"] else "not running"

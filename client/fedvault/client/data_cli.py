@@ -7,7 +7,6 @@ Commands: ``schema infer``, ``import``, ``keygen``, ``rotate-key``, ``inspect``,
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from datetime import date, datetime
@@ -38,8 +37,14 @@ from fedvault.common.cli import (
     OutputFormat,
     command_group,
     errors_as_exit,
+    print_json,
 )
 from fedvault.common.errors import ConfigError
+
+# In a vault's manifest as printed: maps keyed by column, class or size names, and
+# the schema (with its generalizations) in the words of its TOML file.
+MAPS_BY_NAME = ("columns", "class-balance", "original-sizes", "channels")
+AS_STORED = ("schema", "generalized")
 
 data_app = command_group(
     "data",
@@ -156,7 +161,7 @@ def import_command(
     if output is OutputFormat.JSON:
         replaced = None if old is None else old.to_dict()
         document = {"vault": str(vault), **manifest.to_dict(), "replaced": replaced}
-        typer.echo(json.dumps(document, indent=2))
+        print_json(document, by_name=MAPS_BY_NAME, verbatim=AS_STORED)
         return
     console = _console()
     if old is not None:
@@ -218,7 +223,8 @@ def import_images_command(
         options=options,
     )
     if output is OutputFormat.JSON:
-        typer.echo(json.dumps({"vault": str(vault), **result.manifest.to_dict()}))
+        document = {"vault": str(vault), **result.manifest.to_dict()}
+        print_json(document, by_name=MAPS_BY_NAME, verbatim=AS_STORED)
         return
     console = _console()
     console.print(render.manifest_table(result.manifest, vault=str(vault)))
@@ -279,7 +285,7 @@ def inspect(
     vault_key, _ = _resolve_key(vault, key, passphrase, existing=True)
     manifest = verify_vault(vault, vault_key)
     if output is OutputFormat.JSON:
-        typer.echo(json.dumps(manifest.to_dict(), indent=2))
+        print_json(manifest.to_dict(), by_name=MAPS_BY_NAME, verbatim=AS_STORED)
         return
     console = _console()
     console.print(render.manifest_table(manifest, vault=str(vault)))

@@ -18,17 +18,19 @@ The kit:
 - :func:`errors_as_exit`: the one mapping of errors to exit codes and one-line
   messages (``error: ...`` on stderr);
 - :func:`say`: a message printed verbatim (no markup, never wrapped);
+- :func:`print_json`: a ``--format json`` document, its keys in snake_case;
 - :func:`output_console`: a console whose tables keep whole lines in a file;
 - :func:`progress_bar`: the rich progress bar of rounds, quiet when not wanted.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from importlib.metadata import entry_points, version
@@ -97,6 +99,42 @@ def say(console: Console, text: str, *, style: str | None = None) -> None:
     console.print(
         text, style=style, markup=False, highlight=False, emoji=False, soft_wrap=True
     )
+
+
+def snake_case_keys(
+    value: Any, *, by_name: Collection[str] = (), verbatim: Collection[str] = ()
+) -> Any:
+    """``value`` with every dict key in snake_case (``last-round``:
+    ``last_round``), the one case of the JSON fedvault's commands print. The keys
+    of a map under a key in ``by_name`` are names (of sites, of columns) and stay;
+    what is under a key in ``verbatim`` (a stored schema, in its file's words)
+    stays as it is."""
+    if isinstance(value, list):
+        return [snake_case_keys(v, by_name=by_name, verbatim=verbatim) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        if key in verbatim:
+            out[key.replace("-", "_")] = item
+        elif key in by_name and isinstance(item, dict):
+            out[key.replace("-", "_")] = {
+                name: snake_case_keys(v, by_name=by_name, verbatim=verbatim)
+                for name, v in item.items()
+            }
+        else:
+            new = snake_case_keys(item, by_name=by_name, verbatim=verbatim)
+            out[key.replace("-", "_")] = new
+    return out
+
+
+def print_json(
+    document: Any, *, by_name: Collection[str] = (), verbatim: Collection[str] = ()
+) -> None:
+    """Print ``document`` as a command's ``--format json`` output: indented, its
+    keys in snake_case (see :func:`snake_case_keys`)."""
+    shown = snake_case_keys(document, by_name=by_name, verbatim=verbatim)
+    sys.stdout.write(json.dumps(shown, indent=2) + "\n")
 
 
 def error_exit(message: str, code: int) -> typer.Exit:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +11,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedvault.common import certs, user_certs
-from fedvault.common.cli import FormatOption, OutputFormat, command_group, say
+from fedvault.common.cli import (
+    FormatOption,
+    OutputFormat,
+    command_group,
+    print_json,
+    say,
+)
 from fedvault.common.errors import ConfigError
 
 console = Console()
@@ -128,7 +132,7 @@ def check(
             }
             for s in statuses
         ]
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        print_json(rows)
     else:
         table = Table(title=f"Certificates in {directory}")
         for col in ("file", "subject", "expires (UTC)", "days left", "state"):

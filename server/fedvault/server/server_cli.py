@@ -22,6 +22,7 @@ from fedvault.common.cli import (
     OutputFormat,
     command_group,
     output_console,
+    print_json,
     progress_bar,
     say,
 )
@@ -273,7 +274,7 @@ def status(
     to do about it, the current round, and each site's state."""
     doc = _status_doc(config)
     if output_format is OutputFormat.JSON:
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        print_json(doc)
         return
     say(console, f"{doc['state']}: {doc['message']}")
     if doc["running"] and "fleet-address" in doc:
@@ -389,7 +390,7 @@ def sites_list(
     """The registered sites and, while the coordinator runs, their state."""
     sites = _status_doc(config)["sites"]
     if output_format is OutputFormat.JSON:
-        sys.stdout.write(json.dumps(sites, indent=2) + "\n")
+        print_json(sites)
     else:
         _print_sites(sites)
 

@@ -75,13 +75,13 @@ def test_key_file_flow(demo_files: DemoFiles, tmp_path: Path) -> None:
     assert not [n for n in names if n in text]
     report = json.loads(_ok("inspect", vault, "--key", key, "--format", "json"))
     assert report["target"] == "diagnosis"
-    assert report["quality"]["rows-received"] == len(names)
-    assert report["quality"]["timeliness"]["as-of"] == "2025-01-01"
+    assert report["quality"]["rows_received"] == len(names)
+    assert report["quality"]["timeliness"]["as_of"] == "2025-01-01"
     _ok("rotate-key", vault, "--key", key, "--new-key", new_key)
     assert "integrity check failed" in _error("inspect", vault, "--key", key)
     rotated = json.loads(_ok("inspect", vault, "--key", new_key, "--format", "json"))
-    assert rotated["dataset-id"] == report["dataset-id"]
-    assert rotated["key-id"] != report["key-id"]
+    assert rotated["dataset_id"] == report["dataset_id"]
+    assert rotated["key_id"] != report["key_id"]
 
 
 def test_passphrase_flow(demo_files: DemoFiles, tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_passphrase_flow(demo_files: DemoFiles, tmp_path: Path) -> None:
     again = json.loads(
         _ok("inspect", str(vault), "--passphrase", "--format", "json", env=env)
     )
-    assert again["dataset-id"] == manifest["dataset-id"]
+    assert again["dataset_id"] == manifest["dataset_id"]
     wrong = {**env, "FEDVAULT_DATA_PASSPHRASE": "another long passphrase"}
     assert "integrity check failed" in _error(
         "inspect", str(vault), "--passphrase", env=wrong
