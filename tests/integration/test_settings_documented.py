@@ -61,21 +61,29 @@ def test_every_key_once_with_its_default_and_meaning(index, table):
     cls, meanings = table
     rows = _tables()[index]
     assert [key for key, _, _ in rows] == _keys(cls)
-    assert list(meanings) == _keys(cls)  # a meaning for each key, in order
+    # a meaning for each key, in the dataclass's order (a new key: add its
+    # meaning to fedvault/common/settings_help.py, run scripts/gen-settings-doc)
+    assert list(meanings) == _keys(cls)
     for field, (key, default, meaning) in zip(
         dataclasses.fields(cls), rows, strict=True
     ):
         assert default.startswith(sh.default_text(field)), key
-        if field.default is not dataclasses.MISSING and field.default != "":
+        default_value = sh.default_of(field)
+        if default_value is not dataclasses.MISSING and (
+            sh.value_text(default_value) != "empty"
+        ):
             written = re.match(r"`([^`]*)`", default)
             assert written is not None, key
             # the value as a settings file would say it
             value = (
                 written[1]
-                if isinstance(field.default, str)
-                else (tomllib.loads(f"v = {written[1]}")["v"])
+                if isinstance(default_value, str)
+                else tomllib.loads(f"v = {written[1]}")["v"]
             )
-            assert value == field.default and type(value) is type(field.default), key
+            if isinstance(default_value, tuple):
+                value = tuple(value)
+            assert value == default_value, key
+            assert type(value) is type(default_value), key
         assert meaning == meanings[key].text
 
 
@@ -89,7 +97,9 @@ def test_every_simulate_setting_is_an_option_with_the_shared_help():
     options = _simulate_options()
     flags = {"dp": "--no-dp", "secagg": "--secagg"}
     for key in [*_keys(TrainingConfig), *_keys(SimulationOptions)]:
-        option = options.pop(flags.get(key, f"--{key}"))
+        flag = flags.get(key, f"--{key}")
+        assert flag in options, f"{key}: add {flag} to simulate (simulate_cli.py)"
+        option = options.pop(flag)
         assert isinstance(option, click.Option)
         assert option.help == setting_help(key)
         assert (

@@ -18,6 +18,7 @@ makes it the help of a command-line option.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, NamedTuple
 
 
@@ -180,21 +181,32 @@ SIMULATION: dict[str, Meaning] = {
 
 
 def value_text(value: object) -> str:
-    """A value as TOML writes it (``true``, ``1e-5``); ``empty`` for ``""``."""
-    if value == "":
+    """A value as TOML writes it (``true``, ``1e-5``, ``["a"]``); ``empty`` for
+    ``""`` or an empty list."""
+    if value == "" or value == () or value == []:
         return "empty"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
         return repr(value).replace("e-0", "e-")
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
     return str(value)
+
+
+def default_of(field: dataclasses.Field[Any]) -> Any:
+    """A field's default (made by its factory, if it has one), or MISSING."""
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
 
 
 def default_text(field: dataclasses.Field[Any]) -> str:
     """A field's default as the docs' tables write it: ``(required)`` for none."""
-    if field.default is dataclasses.MISSING:
+    value = default_of(field)
+    if value is dataclasses.MISSING:
         return "(required)"
-    text = value_text(field.default)
+    text = value_text(value)
     return text if text == "empty" else f"`{text}`"
 
 

@@ -46,7 +46,7 @@ e.g. local-epochs = 2), then from the options given here, which win.
 _NOT_SETTINGS = frozenset({"config", "output_format", "secagg", "no_dp"})
 # Every setting's default: the dataclasses' (the cnn's own where it has one).
 _DEFAULTS: dict[str, Any] = {
-    key_of(f.name): f.default
+    key_of(f.name): settings_help.default_of(f)
     for cls in (TrainingConfig, sim.SimulationOptions)
     for f in dataclasses.fields(cls)
 }
