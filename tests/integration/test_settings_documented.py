@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from fedvault.client.site_config import SiteOptions
 from fedvault.common import settings_help as sh
@@ -115,3 +116,22 @@ def test_a_shown_default_is_the_dataclass_default():
     assert shown_default("client-delta") == "1e-5"
     assert shown_default("round-timeout") == str(TrainingConfig.round_timeout)
     assert shown_default("sites") == str(SimulationOptions.sites)
+
+
+@pytest.mark.parametrize(
+    ("command", "cls", "table"),
+    [
+        (["server", "start"], CoordinatorOptions, "[coordinator]"),
+        (["server", "resume"], CoordinatorOptions, "[coordinator]"),
+        (["client", "start"], SiteOptions, "[site]"),
+    ],
+)
+def test_a_start_command_lists_its_files_keys_in_its_help(command, cls, table):
+    shown = CliRunner().invoke(
+        build_app(), [*command, "--help"], env={"COLUMNS": "200"}
+    )
+    assert shown.exit_code == 0
+    assert f"Keys of {table} in" in shown.output  # the brackets are not eaten
+    for field in dataclasses.fields(cls):
+        key = key_of(field.name)
+        assert f" {key} = {sh.plain(sh.default_text(field))}" in shown.output, key

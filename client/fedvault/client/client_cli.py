@@ -14,7 +14,7 @@ from rich.console import Console
 from fedvault.client.access_log_cli import access_log_app
 from fedvault.client.ledger_cli import ledger_app
 from fedvault.client.plan_cli import plan
-from fedvault.client.site_config import load_site_config
+from fedvault.client.site_config import KEYS_HELP, load_site_config
 from fedvault.client.site_status import site_status
 from fedvault.client.supernode import run_site, stop_site
 from fedvault.common.certs import fingerprint, generate_site_keys, load_site_public_key
@@ -63,7 +63,7 @@ def keygen(
     )
 
 
-@client_app.command("start")
+@client_app.command("start", epilog=KEYS_HELP)
 def start(
     config: Annotated[Path, typer.Option(help="The site's TOML settings.")] = Path(
         "site.toml"
@@ -73,7 +73,7 @@ def start(
         typer.Option(
             "--insecure",
             help="No TLS, no site authentication (local tests only); as insecure = "
-            "true in [site].",
+            "true in site.toml.",
         ),
     ] = False,
 ) -> None:

@@ -41,6 +41,7 @@ import tomli_w
 from fedvault.client.data.keys import load_key
 from fedvault.client.data.vault_format import MANIFEST_NAME
 from fedvault.client.policy import load_policy
+from fedvault.common import settings_help
 from fedvault.common.certs import cert_status, check_site_private_key
 from fedvault.common.config import parse_fields, read_toml
 from fedvault.common.errors import ConfigError
@@ -104,6 +105,15 @@ class SiteOptions:
                 "ca-certificate and private-key are required (TLS and site "
                 "authentication are on unless insecure = true)"
             )
+
+
+# `client start --help`: site.toml's keys
+KEYS_HELP = settings_help.keys_epilog(
+    SiteOptions,
+    settings_help.SITE,
+    "[site] in site.toml",
+    "[privacy]: the site's policy, docs/privacy.md.",
+)
 
 
 def _is_loopback(host: str) -> bool:

@@ -21,6 +21,8 @@ import dataclasses
 import json
 from typing import Any, NamedTuple
 
+from rich.markup import escape
+
 
 class Meaning(NamedTuple):
     """A setting's meaning; ``note`` follows its default in the docs' table."""
@@ -108,7 +110,7 @@ COORDINATOR: dict[str, Meaning] = {
         "torch threads per site ClientApp process (0: torch's default)"
     ),
     "health-address": Meaning(
-        "loopback address of the health endpoint (above)", note="(off)"
+        "loopback address of the health endpoint (`GET /health`)", note="(off)"
     ),
     "init-model": Meaning(
         "a model file (or run folder) round 1 starts from, instead of a fresh model"
@@ -211,8 +213,9 @@ def default_text(field: dataclasses.Field[Any]) -> str:
 
 
 def plain(text: str) -> str:
-    """Markdown text as plain text (backticks removed)."""
-    return text.replace("`", "")
+    """Markdown text as ``--help`` shows it: backticks removed, square brackets
+    kept from the help's console markup (``[privacy]`` stays)."""
+    return escape(text.replace("`", ""))
 
 
 def option_help(meaning: Meaning, default: str, *, prefix: str = "") -> str:
@@ -223,3 +226,16 @@ def option_help(meaning: Meaning, default: str, *, prefix: str = "") -> str:
     if default in ("empty", "0", "0.0") and f"({default.split('.')[0]}: " in text:
         return f"{text}."
     return f"{text} (default: {default})."
+
+
+def keys_epilog(cls: type, meanings: dict[str, Meaning], table: str, *more: str) -> str:
+    """A command's ``--help`` epilog: every key of ``table`` (parsed by the
+    dataclass ``cls``) with its default and meaning, one paragraph each, then
+    ``more`` paragraphs."""
+    lines = [escape(f"Keys of {table} (docs/operations.md, Every setting):")]
+    for field in dataclasses.fields(cls):
+        key = field.name.replace("_", "-")
+        meaning = meanings[key]
+        default = plain(" ".join(filter(None, (default_text(field), meaning.note))))
+        lines.append(f"{key} = {default}: {plain(meaning.text)}")
+    return "\n\n".join([*lines, *map(escape, more)])

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedvault.common import settings_help
 from fedvault.common.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 from fedvault.common.config import TrainingConfig, parse_fields, read_toml
 from fedvault.common.errors import ConfigError
@@ -77,6 +78,16 @@ class CoordinatorOptions:
             raise ConfigError(f"timeout: must be > 0, got {self.timeout}")
         if not self.target:
             raise ConfigError("target: must not be empty")
+
+
+# `server start --help` and `resume --help`: coordinator.toml's keys
+KEYS_HELP = settings_help.keys_epilog(
+    CoordinatorOptions,
+    settings_help.COORDINATOR,
+    "[coordinator] in coordinator.toml",
+    "[training] takes the settings `fedvault simulate --help` lists, under the "
+    "same names; [sites] lines are NAME = path of the site's key.",
+)
 
 
 def check_loopback(address: str) -> None:

@@ -30,6 +30,7 @@ from fedvault.common.errors import ConfigError, FederationError
 from fedvault.server import control
 from fedvault.server import coordinator as coord
 from fedvault.server.deploy import (
+    KEYS_HELP,
     CoordinatorConfig,
     CoordinatorLayout,
     load_coordinator_config,
@@ -50,9 +51,7 @@ ConfigOption = Annotated[Path, typer.Option("--config", help="coordinator.toml")
 InsecureOption = Annotated[
     bool,
     typer.Option(
-        "--insecure",
-        help="No TLS, no site authentication (local tests only); as insecure = "
-        "true in [coordinator].",
+        "--insecure", help="No TLS, no site keys (tests); as insecure = true."
     ),
 ]
 
@@ -67,7 +66,7 @@ def _events(layout: CoordinatorLayout) -> list[dict[str, Any]]:
     return read_events(layout.output / PROGRESS_FILE)
 
 
-@server_app.command("start")
+@server_app.command("start", epilog=KEYS_HELP)
 def start(
     config: ConfigOption = Path("coordinator.toml"),
     insecure: InsecureOption = False,
@@ -89,7 +88,7 @@ def start(
         Path | None,
         typer.Option(
             help="Start from this model file or run folder (same model and "
-            "columns); overrides [coordinator] init-model."
+            "columns); overrides init-model in coordinator.toml."
         ),
     ] = None,
     output_format: FormatOption = OutputFormat.TEXT,
@@ -119,7 +118,7 @@ def start(
     )
 
 
-@server_app.command("resume")
+@server_app.command("resume", epilog=KEYS_HELP)
 def resume(
     config: ConfigOption = Path("coordinator.toml"),
     insecure: InsecureOption = False,
