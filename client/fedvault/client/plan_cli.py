@@ -23,6 +23,8 @@ from fedvault.common.cli import (
 
 def _lines(p: RunPlan) -> list[str]:
     lines = [f"site {p.site}: a study of {p.rounds} rounds"]
+    columns = ", ".join(p.features) if p.features else "every column"
+    lines.append(f"feature columns: {columns} (schema hash {p.schema_hash})")
     if p.rows is not None:
         lines.append(f"training rows: {p.rows}")
     if p.sigma is not None:

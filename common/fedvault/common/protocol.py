@@ -76,6 +76,9 @@ ARRAY_KEYS = "fedvault-array-keys"
 RUN_TARGET = "target"  # the label column
 RUN_KEY = "run-key"  # names the run in a site's ledger across coordinator restarts
 RUN_CLIENT_THREADS = "client-threads"  # torch threads per site process (0: default)
+# the feature columns the run trains on, a JSON list of names ("[]": every column);
+# TrainingConfig's ``features``, which Flower's scalar run config cannot hold as a list
+RUN_FEATURES = "features"
 # the coordinator's fedvault version: a site with another major.minor declines the run
 RUN_FEDVAULT_VERSION = "fedvault-version"
 # In simulation Flower gives a site only its partition id: the launcher passes each
