@@ -1,8 +1,10 @@
 """Issue 17 end to end, in real processes on 127.0.0.1 with real TLS: the
 coordinator service (`fedvault server serve`) keeps the SuperLink up; an admin
 enrolls a researcher, an auditor and two sites over it; a researcher's study runs
-to completion on both sites; a second study, of a model one site has not approved,
-completes on the other site with the decline in its results; roles and ownership
+to completion on both sites, on the feature columns it names; a second study, asking
+for a column one site has not approved, completes on the other site only with the
+decline in its results; a study naming a column outside the consortium's limits is
+refused; roles and ownership
 hold; a revoked user is refused on the next call; `audit verify` passes and fails
 once one byte of the log is changed."""
 
@@ -41,9 +43,10 @@ pytestmark = [
 SERVER = "fedvault.server.server_cli:server_app"
 CLIENT = "fedvault.client.client_cli:client_app"
 USERS = {"ada": "admin", "alice": "researcher", "bob": "researcher", "eve": "auditor"}
+APPROVED = ["mean radius", "mean texture", "mean area"]  # by site-1 and the limits
 
 
-def _study(*, model: str, min_sites: int) -> str:
+def _study(*, features: list[str], min_sites: int) -> str:
     return tomli_w.dumps(
         {
             "coordinator": {
@@ -58,7 +61,7 @@ def _study(*, model: str, min_sites: int) -> str:
                 "min-sites": min_sites,
                 "round-timeout": 150.0,
                 "epsilon": 3.0,
-                "model": model,
+                "features": features,
             },
         }
     )
@@ -70,13 +73,15 @@ def _prepare(root: Path) -> None:
     del config["sites"]  # the admin enrolls the sites over the service
     (root / "coordinator.toml").write_text(tomli_w.dumps(config))
     (root / "policy.toml").write_text(
-        '[limits]\nmodels = ["mlp", "logreg"]\ntargets = ["target"]\n'
+        '[limits]\nmodels = ["mlp"]\ntargets = ["target"]\n'
         "max-epsilon = 3.0\nmax-rounds = 2\n"
+        f"columns = {json.dumps([*APPROVED, 'worst area'])}\n"
     )
     fingerprint = ca_fingerprint(root / "certs" / "ca.crt")
     with (root / "site-1.toml").open("a") as handle:
         handle.write(
-            f'\n[approval]\nmodels = ["mlp"]\ncoordinator-ca = "{fingerprint}"\n'
+            f"\n[approval]\ncolumns = {json.dumps(APPROVED)}\n"
+            f'models = ["mlp"]\ncoordinator-ca = "{fingerprint}"\n'
         )
     for name, role in USERS.items():
         args = ["user", name, "--role", role, "--ca", "certs", "--out", "users"]
@@ -142,14 +147,16 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
             procs.launch(name, CLIENT, "start", "--config", f"{name}.toml")
 
         with connect(address, _as(root, "alice")) as alice:
-            with pytest.raises(ConfigError, match="max-rounds 2"):
-                bad = _study(model="mlp", min_sites=2).replace(
-                    "rounds = 1", "rounds = 5"
-                )
-                call(lambda: alice.SubmitRun(pb.SubmitRunRequest(study_toml=bad)))
-            first = call(lambda: alice.SubmitRun(
-                pb.SubmitRunRequest(study_toml=_study(model="mlp", min_sites=2))
-            ))  # fmt: skip
+            study = _study(features=APPROVED, min_sites=2)
+            for bad, refusal in (
+                (study.replace("rounds = 1", "rounds = 5"), "max-rounds 2"),
+                (study.replace('"mean area"', '"worst radius"'), "'worst radius'"),
+            ):
+                with pytest.raises(ConfigError, match=refusal):
+                    call(
+                        lambda b=bad: alice.SubmitRun(pb.SubmitRunRequest(study_toml=b))
+                    )
+            first = call(lambda: alice.SubmitRun(pb.SubmitRunRequest(study_toml=study)))
             done = _wait_done(alice, first.run_id)
             assert done.status == "completed", procs.output("coordinator")[-3000:]
             summary = json.loads(done.summary_json)
@@ -157,9 +164,14 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
             assert sorted(summary["sites"]) == ["site-0", "site-1"]
             events = list(alice.WatchRun(pb.RunRef(run_id=first.run_id), timeout=60))
             assert any(json.loads(e.event_json)["event"] == "round" for e in events)
+            # both sites summarized (and trained on) the named columns only
+            prep = root / "run" / "governance" / "runs" / first.run_key / "output"
+            prep_doc = json.loads((prep / "preprocessing.json").read_text())
+            assert sorted(prep_doc["numeric"]) == sorted(APPROVED)
 
+            asks = [*APPROVED, "worst area"]  # a column site-1 has not approved
             second = call(lambda: alice.SubmitRun(
-                pb.SubmitRunRequest(study_toml=_study(model="logreg", min_sites=1))
+                pb.SubmitRunRequest(study_toml=_study(features=asks, min_sites=1))
             ))  # fmt: skip
             done = _wait_done(alice, second.run_id)
             assert done.status == "completed", procs.output("coordinator")[-3000:]
@@ -167,7 +179,7 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
             assert list(summary["sites"]) == ["site-0"]
             assert summary["sites"]["site-0"]["rounds_trained"] == 1
             declined = summary["excluded_sites"]["site-1"]
-            assert "declined (policy)" in declined and "'logreg'" in declined
+            assert "declined (policy)" in declined and "'worst area'" in declined
             with pytest.raises(RefusedError, match="may not call AddSite"):
                 call(lambda: alice.AddSite(pb.AddSiteRequest(name="x", public_key="")))
 
@@ -225,8 +237,9 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
     assert ended == [
         f"run {first.run_id} run-key {first.run_key} completed; sites site-0, site-1",
         f"run {second.run_id} run-key {second.run_key} completed; sites site-0; "
-        "excluded site-1 (declined (policy): the run trains model 'logreg'; the "
-        "site approves only mlp ([approval] models))",
+        "excluded site-1 (declined (policy): the run trains on column 'worst area'; "
+        "the site approves only mean radius, mean texture, mean area ([approval] "
+        "columns))",
     ]
     # every update the coordinator audited is one a site's access log says it sent
     audited = {
