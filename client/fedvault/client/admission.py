@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedvault.client.approval import approve
+from fedvault.client.approval import approve, load_approval
 from fedvault.client.budget import policy_path
 from fedvault.client.model_policy import check_model, load_model_policy
+from fedvault.client.pending import check_hold
 from fedvault.client.policy import SitePolicy, check_request, check_rows, load_policy
 from fedvault.client.site import (
     SiteSettings,
@@ -54,6 +55,8 @@ def admit(context: Any) -> tuple[SiteSettings, Run | Decline]:
             policy_file, settings, context.run_config, lambda: data_columns(site)
         )
     )
+    if refusal is None and load_approval(policy_file).hold:
+        refusal = check_hold(state_dir, str(context.run_id), context.run_config)
     if refusal is not None:
         return site, refusal
     return site, Run(settings, site, policy, policy_file, state_dir)
