@@ -60,10 +60,10 @@ def plan(
     ),
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """What a study would cost this site before it approves: its sigma, the epsilon
-    it would spend, what would be left of the lifetime budget, and whether (and why)
-    the site would decline. Nothing is trained or recorded; of the data only the
-    number of training rows is used."""
+    """What a study (or a run this site holds for approval) would cost this site
+    before it approves: its sigma, the epsilon it would spend, what would be left
+    of the lifetime budget, and whether (and why) the site would decline. Nothing
+    is trained or recorded; of the data only the number of training rows is used."""
     cfg = load_site_config(config)
     if Path(study).is_file():
         result = plan_study(cfg, Path(study))
