@@ -4,9 +4,10 @@ enrolls a researcher, an auditor and two sites over it; a researcher's study run
 to completion on both sites, on the feature columns it names; a second study, asking
 for a column one site has not approved, completes on the other site only with the
 decline in its results; a study naming a column outside the consortium's limits is
-refused; roles and ownership
-hold; a revoked user is refused on the next call; `audit verify` passes and fails
-once one byte of the log is changed."""
+refused; a third study waits at a site that holds runs until its operator
+approves it (`client pending`, `client approve`), then completes on both sites;
+roles and ownership hold; a revoked user is refused on the next call; `audit
+verify` passes and fails once one byte of the log is changed."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typer.testing import CliRunner
 
 from fedvault.client.access_log import access_log
 from fedvault.client.approval import ca_fingerprint
+from fedvault.client.pending import pending_runs
 from fedvault.client.site_config import load_site_config
 from fedvault.common.config import read_toml
 from fedvault.common.errors import ConfigError
@@ -180,6 +182,28 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
             assert summary["sites"]["site-0"]["rounds_trained"] == 1
             declined = summary["excluded_sites"]["site-1"]
             assert "declined (policy)" in declined and "'worst area'" in declined
+
+            # site-0's operator holds every run until approving it
+            site0 = root / "site-0.toml"
+            with site0.open("a") as handle:
+                handle.write("\n[approval]\nhold = true\n")
+            third = call(lambda: alice.SubmitRun(pb.SubmitRunRequest(study_toml=study)))
+            held_at = load_site_config(site0).state_dir
+            wait_until("site-0 to hold the run", lambda: pending_runs(held_at), 120)
+            code, out = run_fedvault(
+                monkeypatch, capsys, "client", "pending", "--config", str(site0)
+            )
+            assert code == 0 and f"run {third.run_id} (run key {third.run_key})" in out
+            code, out = run_fedvault(
+                monkeypatch, capsys, "client", "approve", third.run_id,
+                "--config", str(site0),
+            )  # fmt: skip
+            assert code == 0 and f"run {third.run_id} approved" in out, out
+            done = _wait_done(alice, third.run_id)
+            assert done.status == "completed", procs.output("coordinator")[-3000:]
+            summary = json.loads(done.summary_json)
+            assert sorted(summary["sites"]) == ["site-0", "site-1"]
+            assert summary["sites"]["site-0"]["rounds_trained"] == 1
             with pytest.raises(RefusedError, match="may not call AddSite"):
                 call(lambda: alice.AddSite(pb.AddSiteRequest(name="x", public_key="")))
 
@@ -195,11 +219,15 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
         before = _digest(*state)
         with connect(address, _as(root, "eve")) as auditor:
             runs = call(lambda: auditor.ListRuns(pb.ListRunsRequest())).runs
-            assert {r.run_id for r in runs} == {first.run_id, second.run_id}
+            assert {r.run_id for r in runs} == {
+                first.run_id,
+                second.run_id,
+                third.run_id,
+            }
             assert all(r.summary_json for r in runs)
             lines = call(lambda: auditor.ReadAudit(pb.ReadAuditRequest())).lines
             ok = [json.loads(x)["method"] for x in lines if '"outcome": "ok"' in x]
-            assert ok.count("AddSite") == 2 and ok.count("SubmitRun") == 2
+            assert ok.count("AddSite") == 2 and ok.count("SubmitRun") == 3
             for attempt in (
                 lambda: auditor.StopRun(pb.RunRef(run_id=first.run_id)),
                 lambda: auditor.RemoveSite(pb.RemoveSiteRequest(name="site-0")),
@@ -228,7 +256,7 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
     submitted = [
         e for e in entries if e["method"] == "SubmitRun" and e["outcome"] == "ok"
     ]
-    assert [e["who"] for e in submitted] == ["alice", "alice"]
+    assert [e["who"] for e in submitted] == ["alice", "alice", "alice"]
     removed = [e for e in entries if e["method"] == "RemoveSite"]
     assert [(e["who"], e["outcome"]) for e in removed][-1] == ("ada", "ok")
     assert "site site-1 SHA256:" in removed[-1]["detail"]
@@ -240,6 +268,7 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
         "excluded site-1 (declined (policy): the run trains on column 'worst area'; "
         "the site approves only mean radius, mean texture, mean area ([approval] "
         "columns))",
+        f"run {third.run_id} run-key {third.run_key} completed; sites site-0, site-1",
     ]
     # every update the coordinator audited is one a site's access log says it sent
     audited = {
@@ -256,7 +285,7 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
             for e in log_of_site.entries()
             if e["reply"] == "trained"
         }
-    assert len(audited) == 3 and audited == sent
+    assert len(audited) == 5 and audited == sent
     code, out = run_fedvault(monkeypatch, capsys, "server", "audit", "verify", *config)
     assert code == 0 and "chain intact" in out, out
     data = bytearray(log.read_bytes())
