@@ -79,11 +79,11 @@ def serve(
     """Keep the SuperLink and the coordinator service up until stopped (Ctrl-C,
     SIGTERM): users submit studies, admins enroll sites and users, auditors read
     the audit log, each with a certificate from `fedvault certs user`."""
+    if metrics_address:
+        check_metrics_address(metrics_address)
     cfg = _load(config)
     cfg.check_certs()
     load_limits(policy)  # refuse a bad policy before anything starts
-    if metrics_address:
-        check_metrics_address(metrics_address)
     layout = CoordinatorLayout(cfg.run_dir)
     gov_root = governance_dir(cfg)
     lock = PidLock(layout.lock, what=f"the run folder {layout.root}")

@@ -120,8 +120,9 @@ class RunsCollector(Collector):
         )
         by_state: dict[str, int] = {}
         for run in self.runs():
-            by_state[run.state] = by_state.get(run.state, 0) + 1
             view = fold(run.events, run=run.key)
+            state = view.status if view.ended else run.state  # its last word
+            by_state[state] = by_state.get(state, 0) + 1
             done.add_metric([run.key], view.round)
             if view.rounds is not None:
                 planned.add_metric([run.key], view.rounds)

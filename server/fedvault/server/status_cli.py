@@ -184,7 +184,13 @@ def _shower(output_format: OutputFormat) -> tuple[Show, Callable[[], None]]:
         return line, lambda: None
     live = Live(console=console, auto_refresh=False)
     live.start()
-    return lambda view: live.update(render(view), refresh=True), live.stop
+
+    def close() -> None:
+        live.stop()
+        if not console.is_terminal:  # the last table, whole, ends with a line
+            console.line()
+
+    return lambda view: live.update(render(view), refresh=True), close
 
 
 def follow_folder(config: Path, show: Show) -> RunView:
