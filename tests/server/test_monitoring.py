@@ -102,7 +102,7 @@ def test_watch_and_metrics_follow_a_run_folder_live(real_run, tmp_path):
         [sys.executable, "-c", HOLD, str(layout.lock)], stdout=subprocess.PIPE
     )
     port = free_port()
-    metrics = MetricsServer(f"127.0.0.1:{port}", folder_runs(layout, rounds=2))
+    metrics = MetricsServer(f"127.0.0.1:{port}", folder_runs(layout))
     views: list[RunView] = []
     watcher = threading.Thread(target=lambda: follow_folder(config, views.append))
     try:

@@ -39,7 +39,7 @@ from fedvault.common.net import split_address
 from fedvault.server.deploy import CoordinatorLayout
 from fedvault.server.run_book import RunBook
 from fedvault.server.rundir import PROGRESS_FILE
-from fedvault.server.runstate import inspect_run, read_events
+from fedvault.server.runstate import read_events
 from fedvault.server.watch import KINDS, fold, state_kind
 
 KEY = "--metrics-address"
@@ -75,8 +75,9 @@ def book_runs(book: RunBook) -> Runs:
     return runs
 
 
-def folder_runs(layout: CoordinatorLayout, *, rounds: int) -> Runs:
-    """The one run of a ``server start`` run folder."""
+def folder_runs(layout: CoordinatorLayout) -> Runs:
+    """The one run of a ``server start`` run folder, served by the coordinator
+    that holds it: ``running`` until its last event says how it ended."""
 
     def runs() -> Iterator[RunEvents]:
         try:
@@ -84,8 +85,7 @@ def folder_runs(layout: CoordinatorLayout, *, rounds: int) -> Runs:
             key = str(doc.get("run-key", "-"))
         except (OSError, tomllib.TOMLDecodeError):
             key = "-"
-        state = inspect_run(layout, rounds=rounds).state.value
-        yield RunEvents(key, state, read_events(layout.output / PROGRESS_FILE))
+        yield RunEvents(key, "running", read_events(layout.output / PROGRESS_FILE))
 
     return runs
 

@@ -219,7 +219,7 @@ def _endpoints(
         state = functools.partial(health_doc, layout, rounds=rounds)
         found.append(HealthServer(cfg.options.health_address, state))
     if metrics_address:
-        found.append(MetricsServer(metrics_address, folder_runs(layout, rounds=rounds)))
+        found.append(MetricsServer(metrics_address, folder_runs(layout)))
     return found
 
 
