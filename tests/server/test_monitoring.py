@@ -28,9 +28,16 @@ from fedvault.server.deploy import CoordinatorLayout
 from fedvault.server.metrics import MetricsServer, book_runs, folder_runs
 from fedvault.server.run_book import RunBook
 from fedvault.server.runstate import read_events
+from fedvault.server.sites import (
+    NEXT_RUN,
+    NO_REPLY,
+    NOT_CONNECTED,
+    NOT_SAMPLED,
+    TRAINED,
+)
 from fedvault.server.status_cli import follow_folder
 from fedvault.server.users import UserRegistry
-from fedvault.server.watch import RunView, fold
+from fedvault.server.watch import RunView, fold, state_kind
 
 HOLD = (
     "import sys, time; from pathlib import Path; "
@@ -255,3 +262,31 @@ def test_status_watch_of_a_service_run_as_a_user(service, monkeypatch, capsys):
     assert scraped[("fedvault_runs", (("state", "completed"),))] == 1
     assert scraped[("fedvault_rounds_completed_total", (("run", "k7"),))] == 2
     assert scraped[("fedvault_epsilon_spent", (("run", "k7"), ("site", "site-1")))] > 0
+
+
+def test_every_site_state_is_counted_by_kind_and_reason():
+    """The states the coordinator's book of sites writes (fedvault.server.sites),
+    round after round, and a stopped round: declines and failures by reason."""
+    budget = "declined: budget (the round would bring lifetime epsilon to 2.1 > 2)"
+    rounds = [
+        {"a": TRAINED, "b": NO_REPLY, "c": NOT_SAMPLED, "d": NOT_CONNECTED},
+        {"a": "rejected: update norm 9 exceeds the round's bound 3", "b": budget},
+        {"a": "failed: RuntimeError: out of memory", "b": TRAINED, "d": NEXT_RUN},
+    ]
+    events = [{"event": "start", "rounds": 4}]
+    events += [
+        {"event": "round", "round": i, "site_states": states}
+        for i, states in enumerate(rounds, start=1)
+    ]
+    events += [
+        {"event": "stopped", "round": 4, "reason": "too few", "sites": {"b": budget}},
+        {"event": "done", "status": "stopped", "reason": "too few"},
+    ]
+    view = fold(events, run="r")
+    assert (view.status, view.round, view.reason) == ("stopped", 3, "too few")
+    assert dict(view.sites["a"].failures) == {"rejected": 1, "error": 1}
+    assert dict(view.sites["b"].failures) == {"no-reply": 1}
+    assert dict(view.sites["b"].declines) == {"budget": 2}
+    assert [state_kind(view.sites[n].state) for n in "abcd"] == [
+        "failed", "declined", "not_sampled", "next_run",
+    ]  # fmt: skip
