@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomli_w
-from consortium import Consortium, write_site
+from consortium import Consortium, wait_for_run, write_site
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -61,9 +61,12 @@ def _certs_and_keys(root: Path, names: list[str]) -> int:
     return free_port()
 
 
-def _coordinator(root: Path, fleet: int, names: list[str], **training) -> None:
+def _coordinator(
+    root: Path, fleet: int, names: list[str], test: str = "", **training
+) -> None:
     doc = {
         "coordinator": {
+            "test-data": test,
             "run-dir": "run",
             "certs": "certs",
             "expected-sites": len(names),
@@ -97,6 +100,8 @@ def _run(root: Path, names: list[str]) -> dict[str, object]:
         coordinator = procs.launch(
             "coordinator", SERVER, "start", "--config", "coordinator.toml"
         )
+        # sites dial once the SuperLink knows their keys (no back-off to wait out)
+        wait_for_run(coordinator, root / "run", root / "coordinator.out", 150)
         for name in names:
             procs.launch(name, CLIENT, "start", "--config", f"{name}.toml")
         code = coordinator.wait(timeout=360)
@@ -107,14 +112,15 @@ def _run(root: Path, names: list[str]) -> dict[str, object]:
     return json.loads((root / "run" / "output" / "summary.json").read_text())
 
 
-def _digits_folder(root: Path, site: int, *, classes: int = 3, per_class: int = 30):
-    """8x8 digits PNGs in ``root/<class>/``: this site's half of each class."""
+def _digits_folder(root: Path, part: int, *, classes: int = 3, per_class: int = 30):
+    """8x8 digits PNGs in ``root/<class>/``: part 0, 1 (the sites') or 2 (the
+    coordinator's test images) of each class, disjoint."""
     digits = digits_dataset()
     labels = digits.meta[digits.label].to_numpy()
     for label in range(classes):
         folder = root / f"digit{label}"
         folder.mkdir(parents=True)
-        mine = np.flatnonzero(labels == label)[site::2][:per_class]
+        mine = np.flatnonzero(labels == label)[part::3][:per_class]
         for i in mine:
             pixels = (digits.images[i, 0].numpy() * 255).astype(np.uint8)
             Image.fromarray(pixels).save(folder / f"{i}.png")
@@ -139,7 +145,10 @@ def test_sites_train_a_cnn_on_image_vaults_with_dp(tmp_path):
             root, name, fleet, f"digits-{name}",
             vault=f"{name}/vault", **{"key-file": f"{name}/vault.key"},
         )  # fmt: skip
-    _coordinator(root, fleet, names, target="label", rounds=2, model="cnn")
+    _digits_folder(root / "test-images", 2, per_class=10)  # held out, central
+    _coordinator(
+        root, fleet, names, "test-images", target="label", rounds=2, model="cnn"
+    )
     _add_policy(root, "site-0", {"models": {"accept": ["cnn"]}})
 
     summary = _run(root, names)
@@ -147,6 +156,7 @@ def test_sites_train_a_cnn_on_image_vaults_with_dp(tmp_path):
     assert summary["labels"] == ["digit0", "digit1", "digit2"]
     assert summary["dp"]["enabled"] is True
     assert (root / "run" / "output" / "model.pt").stat().st_size > 0
+    assert 0.0 <= summary["final"]["accuracy"] <= 1.0  # on the 30 test images
     for name in names:
         site = summary["sites"][name]
         assert site["rounds_trained"] == 2, name
