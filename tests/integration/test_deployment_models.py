@@ -18,6 +18,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,8 +94,9 @@ def _add_policy(root: Path, name: str, table: dict[str, object]) -> None:
     path.write_text(tomli_w.dumps(read_toml(path) | table))
 
 
-def _run(root: Path, names: list[str]) -> dict[str, object]:
-    """Start the coordinator and the sites; the run's summary once it ends."""
+def _run(root: Path, names: list[str]) -> dict[str, Any]:
+    """Start the coordinator and the sites; the run's summary once it ends (each
+    process's output stays in ``root/NAME.out``)."""
     procs = Consortium(root)
     try:
         coordinator = procs.launch(
@@ -199,3 +201,6 @@ def test_a_plugin_trains_where_approved_and_is_declined_elsewhere(
         assert summary["sites"][name]["rounds_trained"] == 1, name
     declined = summary["excluded_sites"]["site-2"]
     assert "declined (policy)" in declined and PLUGIN in declined
+    said = " ".join((root / "site-2.out").read_text().split())
+    assert f"declined (policy: plug-in model '{PLUGIN}' is not approved here)" in said
+    assert not (root / "state" / "site-2" / "ledger").exists()  # nothing released
