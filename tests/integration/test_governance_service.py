@@ -129,7 +129,7 @@ def _monitoring(monkeypatch, capsys, root, address, port, run) -> None:
             for family in text_string_to_metric_families(reply.read().decode())
             for s in family.samples
         }
-    assert samples[("fedvault_runs", (("state", "completed"),))] == 2
+    assert samples[("fedvault_runs", (("state", "completed"),))] == 3  # all 3 runs
     key = ("run", run.run_key)
     assert samples[("fedvault_rounds_completed_total", (key,))] == 1
     assert samples[("fedvault_epsilon_spent", (key, ("site", "site-0")))] > 0
