@@ -78,17 +78,16 @@ def test_a_torn_last_line_is_skipped(tmp_path):
     assert list(read_received(out)) == [line]
 
 
-def test_a_secure_round_passes_through_and_records_no_clear_update(
+def test_a_secure_round_records_each_sites_masked_vector_on_both_sides(
     tmp_path, local_grid, make_contexts
 ):
     run_config = site_run_config(tmp_path, NODES, rounds=1, secagg=True)
+    run_config |= {RUN_KEY: "key-2"}
     grid = local_grid(client_app, make_contexts(NODES, run_config))
     settings = ServerSettings.from_run_config(run_config)
     Federation(RecordingGrid(grid, settings.out_dir, "key-2"), settings).run()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["status"] == "completed"
-    # the masked vectors are not arrays: nothing in the clear to digest (not yet)
-    assert list(read_received(tmp_path / "out")) == []
     entries = list(access_log(tmp_path / "state-0").entries())
     assert [(e["message"], e["round"], e["reply"]) for e in entries] == [
         ("query.stats", None, "answered"),
@@ -98,6 +97,15 @@ def test_a_secure_round_passes_through_and_records_no_clear_update(
         ("train secagg:unmask", None, "answered"),
         ("evaluate", 1, "evaluated"),
     ]
+    # the masked vectors travel in config records: both sides digest them alike
+    received = list(read_received(tmp_path / "out"))
+    assert {e["message"] for e in received} == {"train secagg:collect_masked_vectors"}
+    by_site = defaultdict(set)
+    for entry in received:
+        by_site[entry["site"]].add((entry["run-key"], entry["round"], entry["arrays"]))
+    assert len(received) == len(NODES)
+    assert by_site == _sent_by_sites(tmp_path)
+    assert all(e["arrays"].startswith("sha256:") for e in received)
 
 
 def test_the_server_app_records_what_it_received(tmp_path, local_grid, make_contexts):

@@ -32,14 +32,13 @@ from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
     Key,
-    Stage,
 )
 
 from fedvault.client.site import site_settings
 from fedvault.common.chainlog import ChainLog
 from fedvault.common.errors import ConfigError, FedVaultError
 from fedvault.common.protocol import RUN_KEY, Decline
-from fedvault.common.update_digest import arrays_digest, message_round
+from fedvault.common.update_digest import MASKED_STAGE, message_round, update_digest
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def _reply_kind(message: str, reply: Message) -> tuple[str, str]:
     decline = Decline.from_content(reply.content)
     if decline is not None:
         return "declined", f"{decline.reason}: {decline.detail}"
-    masked = f"{MessageType.TRAIN} secagg:{Stage.COLLECT_MASKED_VECTORS}"
+    masked = f"{MessageType.TRAIN} {MASKED_STAGE}"
     if message in (MessageType.TRAIN, masked):
         return "trained", ""
     if message == MessageType.EVALUATE:
@@ -105,7 +104,7 @@ def entry_fields(
         **arrived,
         "reply": kind,
         "detail": detail,
-        "arrays": "" if reply.has_error() else arrays_digest(reply.content),
+        "arrays": "" if reply.has_error() else update_digest(reply.content),
     }
 
 

@@ -29,7 +29,12 @@ from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
 
 from fedvault.common.protocol import STATS_MESSAGE, SiteStats
-from fedvault.common.update_digest import arrays_digest, message_round
+from fedvault.common.update_digest import (
+    MASKED_STAGE,
+    arrays_digest,
+    masked_vector_digest,
+    message_round,
+)
 from fedvault.server.audit_log import AuditLog, digest
 
 RECEIVED_FILE = "received.jsonl"
@@ -93,14 +98,16 @@ class RecordingGrid:
             if kind != MessageType.TRAIN or reply.has_error():
                 continue
             arrays = arrays_digest(reply.content)
+            masked = not arrays
+            arrays = arrays or masked_vector_digest(reply.content)
             if not arrays:
-                continue  # a decline, a SecAgg+ protocol stage
+                continue  # a decline, a SecAgg+ stage other than masking
             line = {
                 "run-key": self._run_key,
                 "round": server_round,
                 "node": node,
                 "site": self._names.get(node, f"node-{node}"),
-                "message": kind,
+                "message": f"{kind} {MASKED_STAGE}" if masked else kind,
                 "arrays": arrays,
             }
             lines.append(json.dumps(line, sort_keys=True) + "\n")
