@@ -11,6 +11,7 @@ from local_grid import site_run_config
 
 from fedvault.client.access_log import access_log
 from fedvault.client.app import app as client_app
+from fedvault.client.ledger import anchor, check_anchor
 from fedvault.common.protocol import RUN_KEY
 from fedvault.server.app import main
 from fedvault.server.audit_log import AuditLog, verify
@@ -19,6 +20,8 @@ from fedvault.server.received import (
     RECEIVED_FILE,
     RecordingGrid,
     audit_received,
+    last_heads,
+    read_heads,
     read_received,
 )
 from fedvault.server.settings import ServerSettings
@@ -58,15 +61,44 @@ def test_the_coordinators_record_matches_every_sites_access_log(federated):
         access_log(federated / f"state-{pid}").verify()
 
 
-def test_received_updates_enter_the_audit_log_and_chain(federated, tmp_path):
+def test_the_heads_recorded_are_each_sites_ledger_anchor_after_the_run(federated):
+    last = last_heads(federated / "out")
+    assert set(last) == {f"site-{pid + 1}" for pid in range(len(NODES))}
+    for pid in range(len(NODES)):
+        state = federated / f"state-{pid}"
+        line = last[f"site-{pid + 1}"]
+        now = anchor(state, "bc")
+        assert line["run-key"] == "key-1"
+        assert {k: v for k, v in line["head"].items() if k != "time"} == {
+            k: v for k, v in now.items() if k != "time"
+        }
+        assert now["count"] > 0
+        # the published head is an anchor the site checks its ledger against
+        assert check_anchor(state, "bc", line["head"])
+        # and its access log says which head each reply published
+        published = [e["ledger-head"] for e in access_log(state).entries()]
+        assert published[-1] == {"count": now["count"], "hash": now["hash"]}
+    # every change of a head is a line: the stats reply's, then each round's
+    counts = [e["head"]["count"] for e in read_heads(federated / "out")]
+    assert len(counts) > len(NODES)
+
+
+def test_received_updates_and_heads_enter_the_audit_log_and_chain(federated, tmp_path):
     audit = AuditLog(tmp_path / "audit.jsonl")
     count = audit_received(audit, federated / "out", run_id="9", who="coordinator")
-    assert count == 2 * len(NODES)
+    assert count == 3 * len(NODES)
     entries = list(audit.entries())
-    assert {e["method"] for e in entries} == {"UpdateReceived"}
+    updates = [e for e in entries if e["method"] == "UpdateReceived"]
+    heads = [e for e in entries if e["method"] == "LedgerHead"]
+    assert len(updates) == 2 * len(NODES) and len(heads) == len(NODES)
+    assert entries[-len(NODES) :] == heads  # after the updates
     digests = {e["arrays"] for e in read_received(federated / "out")}
-    assert {e["detail"].rsplit(" ", 1)[-1] for e in entries} == digests
-    assert all("run 9 run-key key-1 round " in e["detail"] for e in entries)
+    assert {e["detail"].rsplit(" ", 1)[-1] for e in updates} == digests
+    assert all("run 9 run-key key-1 round " in e["detail"] for e in updates)
+    for site, line in last_heads(federated / "out").items():
+        (entry,) = [e for e in heads if f" site {site} " in e["detail"]]
+        head = line["head"]
+        assert f"count {head['count']} hash {head['hash']} " in entry["detail"]
     assert verify(audit.path).seq == count - 1
 
 
@@ -106,6 +138,8 @@ def test_a_secure_round_records_each_sites_masked_vector_on_both_sides(
     assert len(received) == len(NODES)
     assert by_site == _sent_by_sites(tmp_path)
     assert all(e["arrays"].startswith("sha256:") for e in received)
+    # the masking stage's reply is Flower's: the heads come with the others
+    assert len(last_heads(tmp_path / "out")) == len(NODES)
 
 
 def test_the_server_app_records_what_it_received(tmp_path, local_grid, make_contexts):
