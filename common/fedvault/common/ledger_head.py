@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from flwr.app import ConfigRecord, RecordDict
@@ -39,25 +39,11 @@ class LedgerHead:
 
     def to_record(self) -> ConfigRecord:
         """The ``ledger-head`` record (kebab-case keys)."""
-        return ConfigRecord(
-            {
-                "dataset-id": self.dataset_id,
-                "count": self.count,
-                "hash": self.hash,
-                "epsilon": self.epsilon,
-                "time": self.time,
-            }
-        )
+        return ConfigRecord({k.replace("_", "-"): v for k, v in self.anchor().items()})
 
     def anchor(self) -> dict[str, Any]:
         """The head as ``ledger anchor`` writes it (``ledger verify --anchor``)."""
-        return {
-            "dataset_id": self.dataset_id,
-            "count": self.count,
-            "hash": self.hash,
-            "epsilon": self.epsilon,
-            "time": self.time,
-        }
+        return asdict(self)
 
     @classmethod
     def from_anchor(cls, doc: Mapping[str, Any]) -> LedgerHead:
