@@ -8,10 +8,12 @@ from collections import defaultdict
 import pytest
 from flwr.app import Context, RecordDict
 from local_grid import site_run_config
+from typer.testing import CliRunner
 
 from fedvault.client.access_log import access_log
 from fedvault.client.app import app as client_app
 from fedvault.client.ledger import anchor, check_anchor
+from fedvault.client.ledger_cli import ledger_app
 from fedvault.common.protocol import RUN_KEY
 from fedvault.server.app import main
 from fedvault.server.audit_log import AuditLog, verify
@@ -149,3 +151,19 @@ def test_the_server_app_records_what_it_received(tmp_path, local_grid, make_cont
     received = list(read_received(tmp_path / "out"))
     assert [(e["run-key"], e["round"]) for e in received] == [("42", 1)] * 3
     assert {e["site"] for e in received} == {"site-1", "site-2", "site-3"}
+
+
+def test_a_site_checks_its_ledger_against_the_head_it_published(federated):
+    line = last_heads(federated / "out")["site-1"]
+    published = federated / "head.json"
+    published.write_text(json.dumps(line))
+    state = str(federated / "state-0")
+    args = ["verify", "--state", state, "--dataset", "bc", "--anchor", str(published)]
+    result = CliRunner().invoke(ledger_app, args)
+    assert result.exit_code == 0, result.output
+    assert "matches" in result.output
+    # the ledger of another site (same dataset id) is not the one that published it
+    args[2] = str(federated / "state-1")
+    result = CliRunner().invoke(ledger_app, args)
+    assert result.exit_code == 2
+    assert "differs from the anchor" in result.output
