@@ -16,7 +16,12 @@ from fedvault.client.ledger import PrivacyLedger, anchor
 from fedvault.client.mods import privacy_mod
 from fedvault.client.published_head import publish_head
 from fedvault.common.privacy import Step
-from fedvault.common.protocol import LEDGER_HEAD, STATS_MESSAGE, LedgerHead
+from fedvault.common.protocol import (
+    LEDGER_HEAD,
+    STATS_MESSAGE,
+    Decline,
+    LedgerHead,
+)
 
 DATASET = "icu-2024"
 
@@ -97,3 +102,11 @@ def test_a_secagg_stage_reply_is_left_as_flower_made_it(tmp_path):
         Message(RecordDict(), reply_to=msg), context, protocol_stage=False
     )
     assert LEDGER_HEAD in plain.content.config_records
+
+
+def test_a_decline_carries_no_head(tmp_path):
+    context = _site(tmp_path, rounds=1)
+    msg = Message(RecordDict(), dst_node_id=11, message_type=STATS_MESSAGE)
+    declined = Decline("policy", "the site approves only mlp").reply(msg)
+    out = publish_head(declined, context, protocol_stage=False)
+    assert LEDGER_HEAD not in out.content.config_records

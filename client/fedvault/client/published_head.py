@@ -5,7 +5,9 @@
 anchor`` prints) to a reply, after the handler made it and before the access log
 records it: the coordinator then holds an anchor of the site's ledger taken at every
 answer. A site without a policy or a ledger yet publishes none; a ledger that fails
-verification publishes none either (the handler has already refused to charge it).
+verification publishes none either (the handler has already refused to charge it);
+a decline carries none (a site that refuses a run, an unapproved coordinator's
+included, tells it nothing about its ledger).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fedvault.client.policy import load_policy
 from fedvault.client.site import site_settings
 from fedvault.common.errors import ConfigError, FedVaultError
 from fedvault.common.ledger_head import LEDGER_HEAD, LedgerHead
+from fedvault.common.protocol import Decline
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +43,10 @@ def ledger_head(ctxt: Context) -> LedgerHead | None:
 
 
 def publish_head(reply: Message, ctxt: Context, *, protocol_stage: bool) -> Message:
-    """``reply`` with the site's ledger head added (not to an error, nor to a
-    SecAgg+ ``protocol_stage``, whose replies are Flower's own)."""
-    if reply.has_error() or protocol_stage:
+    """``reply`` with the site's ledger head added (not to an error or a decline:
+    a site that refuses a run tells it nothing more; nor to a SecAgg+
+    ``protocol_stage``, whose replies are Flower's own)."""
+    if reply.has_error() or protocol_stage or Decline.from_content(reply.content):
         return reply
     head = ledger_head(ctxt)
     if head is not None:

@@ -1,11 +1,12 @@
 """The head of a site's privacy ledger, as the site publishes it with its replies.
 
 A site attaches a ``ledger-head`` ConfigRecord (:data:`LEDGER_HEAD`) to every reply
-it makes for a run (stats, train, evaluate; not to SecAgg+ protocol stages, whose
-replies are Flower's): its ledger's anchor at that moment, exactly what
-``fedvault client ledger anchor`` prints (dataset id, record count, last record's
-hash, lifetime epsilon after it, time). The coordinator keeps the heads it received
-(``ledger-heads.jsonl``, and ``LedgerHead`` entries in the audit log), so it holds
+it makes for a run (stats, train, evaluate; not to a decline, nor to SecAgg+
+protocol stages, whose replies are Flower's): its ledger's anchor at that moment,
+exactly what ``fedvault client ledger anchor`` prints (dataset id, record count,
+last record's hash, lifetime epsilon after it, time). The coordinator keeps the
+heads it received (``ledger-heads.jsonl``, and ``LedgerHead`` entries in the audit
+log), so it holds
 anchors of every site's ledger, taken by the site itself, that the site or an
 auditor can later check against the ledger (``ledger verify --anchor``).
 

@@ -20,8 +20,9 @@ evaluate (``evaluate``)     ``arrays``, ``config``: :data:`PREPROCESSING`
 evaluate reply              ``metrics``: :class:`EvaluateMetrics`; or ``decline``
 ==========================  ==========================================================
 
-Every reply a site makes for a run (not a SecAgg+ protocol stage) also carries its
-privacy ledger's head: a :data:`LEDGER_HEAD` ConfigRecord (:class:`LedgerHead`).
+Every reply a site makes for a run (not a decline, nor a SecAgg+ protocol stage)
+also carries its privacy ledger's head: a :data:`LEDGER_HEAD` ConfigRecord
+(:class:`LedgerHead`).
 
 Special replies are Flower ``Error`` messages: a site that refuses a round's protocol
 answers with a reason starting with :data:`MISMATCH_PREFIX` (the coordinator fails
