@@ -12,11 +12,13 @@ import hashlib
 import json
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import tomli_w
 from consortium import Consortium, prepare_two_sites, run_fedvault, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from fedvault.client.access_log import access_log
@@ -25,6 +27,7 @@ from fedvault.client.policy import load_policy
 from fedvault.client.site_config import load_site_config
 from fedvault.common.config import read_toml
 from fedvault.common.errors import ConfigError
+from fedvault.common.processes import free_port
 from fedvault.server.certs_cli import certs_app
 from fedvault.server.governance_client import (
     RefusedError,
@@ -104,6 +107,30 @@ def _wait_done(stub, run_id: str, timeout: float = 300) -> pb.RunInfo:
     return info
 
 
+def _monitoring(monkeypatch, capsys, root, address, port, run) -> None:
+    """Issue 17's monitoring of the service: `status --watch --run` as the run's
+    researcher, and the Prometheus endpoint of `serve --metrics-address`."""
+    user = ["--coordinator", address, "--ca", str(root / "certs" / "ca.crt")]
+    user += ["--cert", str(root / "users" / "alice.crt")]
+    user += ["--key", str(root / "users" / "alice.key")]
+    watch = ["server", "status", "--watch", "--run", run.run_id, "--format", "json"]
+    code, out = run_fedvault(monkeypatch, capsys, *watch, *user)
+    assert code == 0 and '"status": "completed", "round": 1' in out, out
+    assert '"site-1": {"state": "excluded: declined (policy)' in out
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as reply:
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(reply.read().decode())
+            for s in family.samples
+        }
+    assert samples[("fedvault_runs", (("state", "completed"),))] == 2
+    key = ("run", run.run_key)
+    assert samples[("fedvault_rounds_completed_total", (key,))] == 1
+    assert samples[("fedvault_epsilon_spent", (key, ("site", "site-0")))] > 0
+    declined = (("reason", "policy"), key, ("site", "site-1"))
+    assert samples[("fedvault_site_declines_total", declined)] == 1
+
+
 def _digest(*paths: Path) -> str:
     return hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()
 
@@ -143,9 +170,11 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
     procs = Consortium(root)
     service = root / "run" / "governance" / "service.json"
     try:
+        metrics = free_port()
         serve = procs.launch(
             "coordinator", SERVER, "serve", *config,
             "--policy", "policy.toml", "--listen", "127.0.0.1:0",
+            "--metrics-address", f"127.0.0.1:{metrics}",
         )  # fmt: skip
         wait_until("the service", service.exists, 90, serve)
         address = f"localhost:{json.loads(service.read_text())['port']}"
@@ -194,6 +223,7 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
             assert "declined (policy)" in declined and "'logreg'" in declined
             with pytest.raises(RefusedError, match="may not call AddSite"):
                 call(lambda: alice.AddSite(pb.AddSiteRequest(name="x", public_key="")))
+        _monitoring(monkeypatch, capsys, root, address, metrics, second)
 
         with connect(address, _as(root, "bob")) as bob:
             with pytest.raises(RefusedError, match="not yours"):
