@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from fedvault.client.access_log import access_log
 from fedvault.client.approval import ca_fingerprint
 from fedvault.client.pending import pending_runs
+from fedvault.client.policy import load_policy
 from fedvault.client.site_config import load_site_config
 from fedvault.common.config import read_toml
 from fedvault.common.errors import ConfigError
@@ -139,6 +140,29 @@ def _monitoring(monkeypatch, capsys, root, address, port, run) -> None:
 
 def _digest(*paths: Path) -> str:
     return hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()
+
+
+def _heads_are_the_sites_anchors(root: Path, lines, monkeypatch, capsys) -> None:
+    """The last ledger head the audit log holds of each site (read by the auditor)
+    is what `fedvault client ledger anchor` prints at that site after the runs."""
+    heads = {}
+    for line in lines:
+        entry = json.loads(line)
+        if entry["method"] == "LedgerHead":
+            words = entry["detail"].split()
+            heads[words[5]] = (words[7], words[9], words[11])  # dataset, count, hash
+    assert set(heads) == {"site-0", "site-1"}
+    for name in ("site-0", "site-1"):
+        state = load_site_config(root / f"{name}.toml").state_dir
+        dataset = load_policy(root / f"{name}.toml").dataset_id
+        code, out = run_fedvault(
+            monkeypatch, capsys, "client", "ledger", "anchor",
+            "--state", str(state), "--dataset", dataset,
+        )  # fmt: skip
+        assert code == 0, out
+        anchor = json.loads(out)
+        assert heads[name] == (dataset, str(anchor["count"]), anchor["hash"])
+        assert anchor["count"] > 0
 
 
 def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
@@ -255,9 +279,13 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
                 third.run_id,
             }
             assert all(r.summary_json for r in runs)
+            # the privacy report of every run, with its summary
+            reports = [json.loads(r.summary_json)["privacy_report"] for r in runs]
+            assert all(report["sites"] for report in reports)
             lines = call(lambda: auditor.ReadAudit(pb.ReadAuditRequest())).lines
             ok = [json.loads(x)["method"] for x in lines if '"outcome": "ok"' in x]
             assert ok.count("AddSite") == 2 and ok.count("SubmitRun") == 3
+            _heads_are_the_sites_anchors(root, lines, monkeypatch, capsys)
             for attempt in (
                 lambda: auditor.StopRun(pb.RunRef(run_id=first.run_id)),
                 lambda: auditor.RemoveSite(pb.RemoveSiteRequest(name="site-0")),
