@@ -1,7 +1,7 @@
 """A site's failure reaches the coordinator's reports as one line: the error's
 class and message, without Ray's wrapping, the traceback or colour codes."""
 
-from fedvault.server.sites import one_line
+from fedvault.server.failure_line import one_line
 
 RAY = (
     "\x1b[36mray::ClientAppActor.run()\x1b[39m (pid=4242, ip=127.0.0.1)\n"

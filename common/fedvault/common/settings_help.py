@@ -54,6 +54,11 @@ TRAINING: dict[str, Meaning] = {
         "(docs/models.md)"
     ),
     "hidden": Meaning("width of the MLP's hidden layer (and the CNN's dense layer)"),
+    "features": Meaning(
+        "the feature columns the sites train on and summarize, besides the target "
+        "(docs/governance.md)",
+        note="(every column)",
+    ),
     "task": Meaning("`auto` (from the target), `classification` or `regression`"),
     "device": Meaning(
         "where a site trains: `auto`, `cpu` or `cuda` (a site without a GPU "
@@ -104,7 +109,10 @@ COORDINATOR: dict[str, Meaning] = {
         "sites to wait for before round 1", note="(then `min-sites`)"
     ),
     "target": Meaning("the label column"),
-    "test-data": Meaning("a held-out file for central evaluation"),
+    "test-data": Meaning(
+        "a held-out file for central evaluation (an image run: also a folder per "
+        "class or a manifest of images)"
+    ),
     "timeout": Meaning("whole-run limit, seconds"),
     "client-threads": Meaning(
         "torch threads per site ClientApp process (0: torch's default)"

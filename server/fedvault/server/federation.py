@@ -100,13 +100,12 @@ class Federation:
         )
 
     # -- set-up ---------------------------------------------------------------
-    def _wait_for_sites(self) -> list[int]:
-        """Wait for the sites (resumed: its checkpoint's, up to round-timeout)."""
-        settings = self.settings
-        wanted = max(settings.expected_sites, self.training.min_sites)
-        old = checkpoint.load(settings.out_dir).sites if settings.resume else {}
+    def _wait_for_sites(self, had: int) -> list[int]:
+        """Wait for the sites; a resumed run for the ``had`` its checkpoint had (up
+        to round-timeout, then it goes on with at least expected-sites)."""
+        wanted = max(self.settings.expected_sites, self.training.min_sites)
         deadline = time.monotonic() + self.training.round_timeout
-        while len(nodes := list(self.grid.get_node_ids())) < max(wanted, len(old)):
+        while len(nodes := list(self.grid.get_node_ids())) < max(wanted, had):
             if time.monotonic() > deadline and len(nodes) >= wanted:
                 break  # a resumed run goes on; a late site joins the next run
             if time.monotonic() > deadline:
@@ -123,7 +122,8 @@ class Federation:
             Message(RecordDict(), message_type=STATS_MESSAGE, dst_node_id=n)
             for n in nodes
         ]
-        summaries = self.book.summaries(self._exchange(messages))
+        wait = self.training.round_timeout  # for a site holding the run
+        summaries = self.book.ask_stats(self._exchange, messages, wait=wait)
         if len(summaries) < self.training.min_sites:
             raise FederationError(
                 f"only {len(summaries)} site(s) can train; min-sites is "
@@ -160,9 +160,10 @@ class Federation:
             # global generator: seeded only in simulation (see ServerSettings).
             np.random.seed(self.training.seed % 2**32)
         self.rundir.event("start", rounds=self.training.rounds)
-        nodes = self._wait_for_sites()
+        state = checkpoint.load(self.settings.out_dir) if self.settings.resume else None
+        nodes = self._wait_for_sites(len(state.sites) if state else 0)
         prep = self._preprocessing(nodes)
-        resumed = self._resume() if self.settings.resume else None
+        resumed = self._resume(state) if state is not None else None
         if resumed is not None:
             prep = Preprocessing.from_json(resumed.preprocessing)
         if prep.regression and self.training.task != "regression":
@@ -329,10 +330,9 @@ class Federation:
         return row
 
     # -- outputs --------------------------------------------------------------------
-    def _resume(self) -> checkpoint.RunState:
+    def _resume(self, state: checkpoint.RunState) -> checkpoint.RunState:
         """Continue from the last completed round: history, what is known of each
         site (matched by name to the sites that answered now), model, strategy."""
-        state = checkpoint.load(self.settings.out_dir)
         if state.run_key != self.settings.run_key:
             raise FederationError("the checkpoint belongs to another run (run key)")
         if self.training.client_dp != "off":

@@ -66,7 +66,11 @@ def setting_help(key: str) -> str:
     """The help of simulate's option for setting ``key``: its meaning
     (:mod:`fedvault.common.settings_help`) and its default."""
     meaning = {**settings_help.SIMULATION, **settings_help.TRAINING}[key]
-    prefix = {"secagg": "sets secagg = true: ", "dp": "sets dp = false: "}.get(key, "")
+    prefix = {
+        "secagg": "sets secagg = true: ",
+        "dp": "sets dp = false: ",
+        "features": "one --features per column: ",
+    }.get(key, "")
     return settings_help.option_help(meaning, shown_default(key), prefix=prefix)
 
 
@@ -83,7 +87,7 @@ def _given(params: dict[str, Any]) -> dict[str, Any]:
     values = {
         name.replace("_", "-"): str(value) if isinstance(value, Path) else value
         for name, value in params.items()
-        if name not in _NOT_SETTINGS and value is not None
+        if name not in _NOT_SETTINGS and value not in (None, [], ())
     }
     if params["secagg"]:
         values["secagg"] = True
@@ -113,6 +117,7 @@ def simulate(  # every setting of --config, an option of the same name
     accountant: Annotated[str | None, _opt("accountant")] = None,
     model: Annotated[str | None, _opt("model")] = None,
     hidden: Annotated[int | None, _opt("hidden")] = None,
+    features: Annotated[list[str] | None, _opt("features")] = None,
     dataset: Annotated[str | None, _opt("dataset")] = None,
     task: Annotated[str | None, _opt("task")] = None,
     image_size: Annotated[int | None, _opt("image-size")] = None,

@@ -10,16 +10,14 @@ After every training round :meth:`SiteBook.round_states` gives each site the
 coordinator knows (those in the run, those excluded from it, and every site of a
 deployed coordinator's registry) one state: ``trained``, ``declined: ...``,
 ``failed: ...``, ``rejected: ...``, ``not sampled``, ``not connected``,
-``excluded: ...``, :data:`NEXT_RUN` (connected, but not in this run) or
-:data:`NOT_RESUMED` (in the run before the coordinator restarted, but not
-connected when it resumed: told so, it joins the next run).
+``excluded: ...``, :data:`NEXT_RUN` or :data:`NOT_RESUMED` (not in this run).
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +46,8 @@ from fedvault.server.checks import (
     update_norm,
 )
 from fedvault.server.exchange import send_and_receive
+from fedvault.server.failure_line import one_line
+from fedvault.server.held_sites import until_answered
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.report import SiteRecord
 
@@ -65,23 +65,6 @@ NOT_RESUMED = (
     "not in this run since the coordinator restarted: it was not connected when "
     "the run resumed; it takes part in the coordinator's next run"
 )
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)\b:?.*)$")
-
-
-def one_line(reason: str, limit: int = 300) -> str:
-    """A site's failure as one line: its error's class and message.
-
-    Flower hands the coordinator a ClientApp's failure as a traceback (in
-    simulation wrapped by Ray, with colour codes); the last line naming an error
-    is what the site's operator and the coordinator need. Colour codes go.
-    """
-    lines = [ln.strip() for ln in _ANSI.sub("", reason).splitlines() if ln.strip()]
-    errors = [ln for ln in lines if _ERROR_LINE.match(ln)]
-    line = (errors or lines or ["unknown failure"])[-1]
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _registered(path: Path | None) -> dict[str, int | None]:
@@ -108,8 +91,7 @@ class SiteBook:
         self._answers: dict[int, str] = {}  # this round's answer of each node
         self._notified: set[int] = set()
         self.last_states: dict[str, str] = {}  # of the last training round
-        # sites of a resumed run's checkpoint that were not connected to resume it
-        self.departed: dict[str, SiteRecord] = {}
+        self.departed: dict[str, SiteRecord] = {}  # of a checkpoint, not resumed
         self._last_round = 0
 
     # -- where replies come from --------------------------------------------------
@@ -133,6 +115,20 @@ class SiteBook:
         return self.site(self.node_of(reply)).name
 
     # -- federated preprocessing --------------------------------------------------
+    def ask_stats(
+        self,
+        exchange: Callable[[list[Message]], list[Message]],
+        messages: list[Message],
+        *,
+        wait: float,
+    ) -> list[dict[str, Any]]:
+        """:meth:`summaries` of the replies to ``messages``; a site holding the run
+        for its operator is asked again for up to ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        return self.summaries(
+            until_answered(self.node_of, exchange, messages, deadline=deadline)
+        )
+
     def summaries(self, replies: Iterable[Message]) -> list[dict[str, Any]]:
         """The decoded summaries of usable sites' stats replies; every other site is
         filed as excluded, with why."""
@@ -357,27 +353,19 @@ class SiteBook:
             server_round,
             "; ".join(f"{name} {state}" for name, state in states.items()),
         )
-        self._tell_late(grid, connected, registered)
-        return states
-
-    def _tell_late(
-        self, grid: Grid, connected: list[int], registered: dict[str, int | None]
-    ) -> None:
-        """Tell a site that connected after the run fixed its sites why, once."""
         names = {node: name for name, node in registered.items() if node is not None}
         late = sorted(set(connected) - set(self.sites) - self.present - self._notified)
         messages = []
-        for node in late:
+        for node in late:  # told once why they are not in this run
             name = names.get(node, "a site")
             text = NOT_RESUMED if name in self.departed else NEXT_RUN
-            logger.warning(
-                "%s (node %d) connected during the run: %s", name, node, text
-            )
+            logger.warning("%s (node %d) connected mid-run: %s", name, node, text)
             notice = ConfigRecord({"text": text})
             messages.append(Message(RecordDict({NOTICE: notice}), node, NOTICE_MESSAGE))
         if late:
             self._notified |= set(late)
             send_and_receive(grid, messages, timeout=30.0)  # answers carry nothing
+        return states
 
     # -- outputs ------------------------------------------------------------------
     def table(self) -> dict[str, dict[str, Any]]:
