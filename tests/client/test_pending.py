@@ -92,7 +92,8 @@ def test_a_held_run_waits_for_the_operator_and_runs_once_approved(site, reads):
     listed = _run("pending", "--config", site, "--format", "json")
     assert listed.exit_code == 0, listed.output
     [held] = json.loads(listed.stdout)["pending"]
-    assert held["run-id"] == "7" and held["settings"]["epsilon"] == 2.0
+    assert held["run_id"] == "7" and held["settings"]["epsilon"] == 2.0
+    assert held["settings"]["local-epochs"] == 1  # a setting keeps its TOML key
     text = _run("pending", "--config", site)
     assert "run 7 (run key key-7)" in text.stdout and "rounds = 3" in text.stdout
 

@@ -61,7 +61,7 @@ class HeldRun:
         return settings_digest(self.settings)
 
     def to_dict(self) -> dict[str, Any]:
-        """As ``client pending --format json`` prints it."""
+        """The held run (``client pending --format json`` prints it, snake_case)."""
         return {
             "run-id": self.run_id,
             "run-key": self.run_key,

@@ -4,7 +4,6 @@ holds for its operator's approval (:mod:`fedvault.client.pending`)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +16,7 @@ from fedvault.common.cli import (
     OutputFormat,
     errors_as_exit,
     output_console,
+    print_json,
     say,
 )
 
@@ -35,7 +35,7 @@ def pending(
     held = pending_runs(cfg.state_dir)
     if output_format is OutputFormat.JSON:
         doc = {"site": cfg.options.name, "pending": [h.to_dict() for h in held]}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        print_json(doc, by_name=("settings",))  # settings keep their keys
         return
     console = output_console()
     if not held:
