@@ -156,7 +156,7 @@ def test_init_services_prepare_every_key_and_vault_in_named_volumes():
         # the site runs on the volumes its init filled
         run_volumes = {v.rsplit(":ro", 1)[0] for v in services[site]["volumes"]}
         assert set(init["volumes"]) <= run_volumes
-    assert f"/config/vault/{MANIFEST_NAME}" in ENTRYPOINT.read_text()
+    assert f"/config/data/vault/{MANIFEST_NAME}" in ENTRYPOINT.read_text()
 
 
 def test_flower_logs_go_to_stdout():
