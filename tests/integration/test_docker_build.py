@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 FALLBACK_BASE = "localhost/fedvault-test-python:3.11-bookworm"
 SITES = ("hospital-a", "hospital-b")
+INDEX_PORT = 8765
 
 
 @dataclass(frozen=True)
@@ -175,24 +176,28 @@ def index(tmp_path_factory) -> Iterator[str]:
     torch = _torch_version()
     reqs = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
     reqs = [r for r in reqs if not r.startswith("torch>=")] + [f"torch=={torch}+cpu"]
-    got = subprocess.run(
-        [
-            "pip",
-            "download",
-            "-q",
-            "--only-binary=:all:",
-            "-d",
-            str(wheels),
-            "--extra-index-url",
-            "https://download.pytorch.org/whl/cpu",
-            *reqs,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if got.returncode != 0:
+    # torch's CPU wheel from this machine's pip configuration, else from its index
+    # (asked only then: an index out of reach costs retries for every package)
+    for extra in ((), ("--extra-index-url", "https://download.pytorch.org/whl/cpu")):
+        got = subprocess.run(
+            [
+                "pip",
+                "download",
+                "-q",
+                "--only-binary=:all:",
+                "-d",
+                str(wheels),
+                *extra,
+                *reqs,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        if got.returncode == 0:
+            break
+    else:
         pytest.skip(f"pip cannot download the images' wheels: {got.stderr[-300:]}")
     simple = tmp_path_factory.mktemp("simple")
     for wheel in wheels.glob("*.whl"):
@@ -201,7 +206,10 @@ def index(tmp_path_factory) -> Iterator[str]:
         wheel.rename(simple / name / wheel.name)
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(simple))
     handler.log_message = lambda *a: None  # type: ignore[method-assign]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    try:  # the same URL each time, so that podman's layer cache applies again
+        server = ThreadingHTTPServer(("127.0.0.1", INDEX_PORT), handler)
+    except OSError:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
