@@ -1,0 +1,258 @@
+"""Every measured figure README.md and docs/ quote comes from a command printed next
+to it, and fails a test when it drifts (issue 13, item 2).
+
+Benchmark figures: docs/benchmarks.md is exactly what ``benchmarks/report.py``
+renders from ``benchmarks/results.json`` (written by ``python -m benchmarks``), and
+every benchmark figure quoted elsewhere equals that file's value at the printed
+rounding. Figures of other runs: each is listed here with its command, which the
+doc prints in the same paragraph; the cheap ones are recomputed (fast) or rerun
+(slow, ``tests/integration/test_doc_runs.py``)."""
+
+import importlib
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+B = RESULTS["benchmarks"]
+
+
+def _flat(name: str) -> str:
+    """A doc's text with its line breaks and runs of spaces as single spaces."""
+    return " ".join((ROOT / name).read_text(encoding="utf-8").split())
+
+
+def _report_module() -> Any:
+    # Opacus ships a top-level package also named `benchmarks` (as test_benchmarks)
+    sys.path.insert(0, str(ROOT))
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] == "benchmarks"}
+    for key in saved:
+        sys.modules.pop(key)
+    try:
+        return importlib.import_module("benchmarks.report")
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+def test_benchmarks_md_is_rendered_from_results_json(tmp_path, monkeypatch):
+    """A figure edited by hand in docs/benchmarks.md, or a results.json whose doc
+    was not regenerated, fails here."""
+    report = _report_module()
+    monkeypatch.setattr(report, "DOC", tmp_path / "benchmarks.md")
+    monkeypatch.setattr(report, "_plot", lambda _b: None)  # the PNG is not compared
+    report.write(RESULTS)
+    rendered = (tmp_path / "benchmarks.md").read_text()
+    assert rendered == (ROOT / "docs" / "benchmarks.md").read_text(), (
+        "docs/benchmarks.md differs from benchmarks/results.json rendered by "
+        "benchmarks/report.py: regenerate it (python -m benchmarks writes both)"
+    )
+
+
+def _b1(model: str, mode: str) -> float:
+    return float(B["B1"]["models"][model]["modes"][mode]["ratio"])
+
+
+def _b2(case: str, key: str) -> float:
+    got = B["B2"]["cases"][case]
+    return float(got["simulation"][key] if key == "startup_seconds" else got[key])
+
+
+def _b4(sites: int, key: str) -> float:
+    point = next(p for p in B["B4"]["points"] if p["sites"] == sites)
+    return float(point[key])
+
+
+def _b6(sites: int) -> float:
+    return float(next(p["ratio"] for p in B["B6"]["points"] if p["sites"] == sites))
+
+
+def _b8(case: str, key: str) -> float:
+    got = B["B8"][case]
+    return float(got["round_seconds"][0] if key == "first" else got[key])
+
+
+def _b3_share() -> float:
+    sim = B["B2"]["cases"]["dp"]["simulation"]
+    round_s = sim["later_rounds_seconds"] / max(B["B2"]["rounds"] - 1, 1)
+    return 100 * float(B["B3"]["per_round_seconds"]) / round_s
+
+
+# (doc, the text as printed with {} where the figures go, each figure's value in
+# results.json and its printed format). The text is matched with whitespace folded.
+Figure = tuple[str, str, list[tuple[Callable[[], float], str]]]
+BENCHMARK_FIGURES: list[Figure] = [
+    (
+        "README.md",
+        "private / non-private epoch time **{}x** (MLP 30-128-1) and **{}x** "
+        "(MLP 30-512-1) with fedvault's book-keeping DP-SGD step",
+        [(lambda: _b1("mlp-128", "fedvault"), ".2f"),
+         (lambda: _b1("mlp-512", "fedvault"), ".2f")],
+    ),
+    (
+        "README.md",
+        "Opacus' fastest correct mode was {}x / {}x, and {}x for a small CNN",
+        [(lambda: _b1("mlp-128", "ew"), ".2f"), (lambda: _b1("mlp-512", "ew"), ".2f"),
+         (lambda: _b1("cnn-digits", "ew"), ".2f")],
+    ),
+    (
+        "README.md",
+        "doing the same training: {}x on the tiny embedded data",
+        [(lambda: _b2("dp", "ratio_steady_rounds"), ".0f")],
+    ),
+    (
+        "README.md",
+        "{}x with ~3,200 rows a site",
+        [(lambda: _b2("dp-large", "ratio_steady_rounds"), ".2f")],
+    ),
+    (
+        "README.md",
+        "**Privacy bookkeeping**: {}% of a federated round",
+        [(_b3_share, ".1f")],
+    ),
+    (
+        "README.md",
+        "1,000 sites with 10 sampled a round: {} s a round ({} s at 10 sites), {} s "
+        "start-up, +{} GB memory",
+        [(lambda: _b4(1000, "later_round_seconds"), ".2f"),
+         (lambda: _b4(10, "later_round_seconds"), ".2f"),
+         (lambda: _b4(1000, "startup_seconds"), ".0f"),
+         (lambda: _b4(1000, "peak_memory_above_idle_mb") / 1024, ".1f")],
+    ),
+    (
+        "README.md",
+        "a site's train reply is {}x its fp32 model (MLP 30-128-1)",
+        [(lambda: B["B5"]["points"][0]["ratio"], ".3f")],
+    ),
+    (
+        "README.md",
+        "aggregation) {}x (MLP 30-128-1) and {}x (MLP 30-512-1)",
+        [(lambda: B["B5"]["points"][0]["int8_ratio"], ".3f"),
+         (lambda: B["B5"]["points"][1]["int8_ratio"], ".3f")],
+    ),
+    (
+        "README.md",
+        "SecAgg+ rounds take {}x (5 sites), {}x (10) and {}x (20 sites)",
+        [(lambda: _b6(5), ".2f"), (lambda: _b6(10), ".2f"), (lambda: _b6(20), ".2f")],
+    ),
+    (
+        "README.md",
+        "`--secagg` 2.9× there and {}× in the benchmark runner's B6",
+        [(lambda: _b6(5), ".2f")],
+    ),
+    (
+        "README.md",
+        "30 columns runs at {}x `pandas.read_csv` throughput",
+        [(lambda: B["B7"]["import / pandas throughput"], ".3f")],
+    ),
+    (
+        "README.md",
+        "reading the vault back at {}x raw AES-GCM throughput",
+        [(lambda: B["B7"]["read / raw AES-GCM throughput"], ".3f")],
+    ),
+    (
+        "README.md",
+        "3 sites over TLS in real processes, {} s a round against {} s simulated "
+        "({}x rounds 2+, {}x all rounds; goal 2x: missed); with Flower's own "
+        "per-message interpreter {} s ({}x)",
+        [(lambda: _b8("fork", "later_round_mean"), ".1f"),
+         (lambda: _b8("simulation", "later_round_mean"), ".2f"),
+         (lambda: _b8("fork", "ratio_later_rounds"), ".1f"),
+         (lambda: _b8("fork", "ratio_all_rounds"), ".1f"),
+         (lambda: _b8("subprocess", "later_round_mean"), ".0f"),
+         (lambda: _b8("subprocess", "ratio_later_rounds"), ".0f")],
+    ),
+    (
+        "README.md",
+        "**{} s a round** in deployment against {} s in simulation ({}x; {}x counting "
+        "the simulation's slower first round), and {} s a round with SecAgg+",
+        [(lambda: _b8("fork", "later_round_mean"), ".1f"),
+         (lambda: _b8("simulation", "later_round_mean"), ".2f"),
+         (lambda: _b8("fork", "ratio_later_rounds"), ".1f"),
+         (lambda: _b8("fork", "ratio_all_rounds"), ".1f"),
+         (lambda: _b8("fork-secagg", "later_round_mean"), ".1f")],
+    ),
+    (
+        "README.md",
+        "checks the file against PyTorch before writing it (here: max difference "
+        "{} ≤ 1e-5)",
+        [(lambda: B["B9"]["export"]["onnx_max_abs_diff"], ".1e")],
+    ),
+    (
+        "README.md",
+        "gave {}x the saved size ({}x gzipped) for {} points of accuracy",
+        [(lambda: B["B9"]["compress"]["size_ratio"], ".2f"),
+         (lambda: B["B9"]["compress"]["gzipped_ratio"], ".2f"),
+         (lambda: B["B9"]["compress"]["accuracy_delta_points"], ".1f")],
+    ),
+    (
+        "docs/deploy.md",
+        '| deployment, `isolation = "fork"` (default) | {} s | {} s |',
+        [(lambda: _b8("fork", "first"), ".1f"),
+         (lambda: _b8("fork", "later_round_mean"), ".1f")],
+    ),
+    (
+        "docs/deploy.md",
+        '| deployment, `isolation = "subprocess"` (Flower\'s launcher) | {} s | {} s |',
+        [(lambda: _b8("subprocess", "first"), ".1f"),
+         (lambda: _b8("subprocess", "later_round_mean"), ".1f")],
+    ),
+    (
+        "docs/deploy.md",
+        "| deployment, default, with SecAgg+ | {} s | {} s |",
+        [(lambda: _b8("fork-secagg", "first"), ".1f"),
+         (lambda: _b8("fork-secagg", "later_round_mean"), ".1f")],
+    ),
+    (
+        "docs/deploy.md",
+        "| `fedvault simulate --sites 3` | {} s | {} s |",
+        [(lambda: _b8("simulation", "first"), ".1f"),
+         (lambda: _b8("simulation", "later_round_mean"), ".2f")],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("doc", "text", "figures"),
+    BENCHMARK_FIGURES,
+    ids=[f"{d}:{t[:40]}" for d, t, _ in BENCHMARK_FIGURES],
+)
+def test_quoted_benchmark_figures_equal_results_json(doc, text, figures):
+    """A rerun of ``python -m benchmarks`` that moves a figure beyond its printed
+    rounding fails here until the doc quotes the new value."""
+    printed = text.format(*(format(get(), fmt) for get, fmt in figures))
+    assert printed in _flat(doc), f"{doc} should say: {printed}"
+
+
+def test_benchmark_quotes_print_their_command():
+    """Each doc that quotes a benchmark figure names the command producing it."""
+    readme = _flat("README.md")
+    assert "`python -m benchmarks --only B8`" in readme
+    assert "`python -m benchmarks`" in readme
+    assert "`python -m benchmarks --only B9`" in readme
+    assert "`python -m benchmarks --only B8`" in _flat("docs/deploy.md")
+
+
+def test_the_fault_matrix_case_count_is_the_collected_one():
+    """README and docs/reliability.md say how many cases ``pytest tests/faults``
+    runs; a case added or removed there fails here until both say so."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/faults", "--collect-only", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    found = re.search(r"^(\d+) tests? collected", done.stdout, flags=re.M)
+    assert found, done.stdout[-2000:] + done.stderr[-2000:]
+    count = int(found.group(1))
+    assert f"(`pytest tests/faults`, {count} cases)" in _flat("README.md")
+    reliability = (ROOT / "docs" / "reliability.md").read_text()
+    assert f"pytest tests/faults            # {count} cases" in reliability
