@@ -215,6 +215,34 @@ BENCHMARK_FIGURES: list[Figure] = [
         [(lambda: _b8("simulation", "first"), ".1f"),
          (lambda: _b8("simulation", "later_round_mean"), ".2f")],
     ),
+    *[
+        ("docs/data.md", f"| {row} | {{}}{unit} |", [(lambda k=key: B["B7"][k], fmt)])
+        for row, key, fmt, unit in [
+            ("pandas `read_csv` (baseline)", "pandas read_csv (s)", ".2f", " s"),
+            ("import throughput / pandas `read_csv`", "import / pandas throughput",
+             ".3f", ""),
+            ("`read_frame` (verify, decrypt, Parquet → DataFrame)",
+             "vault read_frame (s)", ".2f", " s"),
+            ("`iter_batches` (same, one chunk at a time)", "vault iter_batches (s)",
+             ".2f", " s"),
+            ("raw AES-256-GCM decryption of the same chunk bytes",
+             "raw AES-GCM decrypt (s)", ".3f", " s"),
+            ("`read_frame` throughput / raw AES-GCM", "read / raw AES-GCM throughput",
+             ".3f", ""),
+            ("peak RSS: pandas `read_csv` (whole file)", "peak RSS pandas (MiB)",
+             ".0f", " MiB"),
+            ("peak RSS: import", "peak RSS import (MiB)", ".0f", " MiB"),
+            ("peak RSS: `read_frame` (whole dataset)", "peak RSS read_frame (MiB)",
+             ".0f", " MiB"),
+            ("peak RSS: `iter_batches`", "peak RSS iter_batches (MiB)", ".0f", " MiB"),
+        ]
+    ],
+    (
+        "docs/data.md",
+        "| `fedvault data import` | {} s ({} rows/s) |",
+        [(lambda: B["B7"]["import (s)"], ".2f"),
+         (lambda: B["B7"]["import rows/s"], ",.0f")],
+    ),
 ]
 
 
