@@ -284,3 +284,38 @@ def test_the_fault_matrix_case_count_is_the_collected_one():
     assert f"(`pytest tests/faults`, {count} cases)" in _flat("README.md")
     reliability = (ROOT / "docs" / "reliability.md").read_text()
     assert f"pytest tests/faults            # {count} cases" in reliability
+
+
+def _python_block_after(doc: str, marker: str) -> str:
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    found = re.search(re.escape(marker) + r".*?```python\n(.*?)```", text, flags=re.S)
+    assert found, f"{doc}: no Python block after {marker!r}"
+    return found.group(1)
+
+
+def test_privacy_release_table_is_what_its_snippet_computes():
+    """docs/privacy.md's cost column (ε alone and marginal per release, the total
+    2.998) is recomputed with the accountant from the σ values its snippet prints;
+    the slow test in tests/integration/test_doc_runs.py checks those σ against a
+    rerun of the default command."""
+    code = _python_block_after("docs/privacy.md", "the figures come from its")
+    namespace: dict[str, Any] = {}
+    exec(code.replace("print(", "_ = ("), namespace)  # noqa: S102 - the doc's code
+    eps, steps = namespace["eps"], namespace
+    summary, counts, dpsgd = steps["summary"], steps["counts"], steps["dpsgd"]
+    total = eps(summary + counts + dpsgd)
+    privacy = _flat("docs/privacy.md")
+    assert f"the total of the default run is {total:.3f} (≤ 3)" in privacy
+    rows = {
+        "DP-SGD": (eps(dpsgd), total - eps(summary + counts), dpsgd, ".2f", ".2f"),
+        "summary": (eps(summary), total - eps(counts + dpsgd), summary, ".2f", ".2f"),
+        "counts": (eps(counts), total - eps(summary + dpsgd), counts, ".2f", ".3f"),
+    }
+    for name, (alone, marginal, release, fmt_alone, fmt_marginal) in rows.items():
+        sigma = release[0].noise_multiplier
+        shown = f"{sigma:.1f}" if sigma > 10 else f"{sigma:.2f}"
+        cell = (
+            f"σ = {shown}; ε {alone:{fmt_alone}} alone, "
+            f"{marginal:{fmt_marginal}} marginal |"
+        )
+        assert cell in privacy, f"{name}: docs/privacy.md should say {cell}"
