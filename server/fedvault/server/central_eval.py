@@ -33,7 +33,7 @@ def held_out_set(path: Path | None, prep: Preprocessing) -> HeldOut | None:
     """
     if path is None:
         return None
-    if prep.image_shape is not None and image_shape_of(path) is None:
+    if prep.image_shape and image_shape_of(path) is None:
         return _image_files(path, prep, prep.image_shape)
     frame = load_table(path)
     return (
