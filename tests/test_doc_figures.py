@@ -6,7 +6,7 @@ renders from ``benchmarks/results.json`` (written by ``python -m benchmarks``), 
 every benchmark figure quoted elsewhere equals that file's value at the printed
 rounding. Figures of other runs: each is listed here with its command, which the
 doc prints in the same paragraph; the cheap ones are recomputed (fast) or rerun
-(slow, ``tests/integration/test_doc_runs.py``)."""
+(slow, marked so)."""
 
 import importlib
 import json
@@ -92,14 +92,19 @@ BENCHMARK_FIGURES: list[Figure] = [
         "README.md",
         "private / non-private epoch time **{}x** (MLP 30-128-1) and **{}x** "
         "(MLP 30-512-1) with fedvault's book-keeping DP-SGD step",
-        [(lambda: _b1("mlp-128", "fedvault"), ".2f"),
-         (lambda: _b1("mlp-512", "fedvault"), ".2f")],
+        [
+            (lambda: _b1("mlp-128", "fedvault"), ".2f"),
+            (lambda: _b1("mlp-512", "fedvault"), ".2f"),
+        ],
     ),
     (
         "README.md",
         "Opacus' fastest correct mode was {}x / {}x, and {}x for a small CNN",
-        [(lambda: _b1("mlp-128", "ew"), ".2f"), (lambda: _b1("mlp-512", "ew"), ".2f"),
-         (lambda: _b1("cnn-digits", "ew"), ".2f")],
+        [
+            (lambda: _b1("mlp-128", "ew"), ".2f"),
+            (lambda: _b1("mlp-512", "ew"), ".2f"),
+            (lambda: _b1("cnn-digits", "ew"), ".2f"),
+        ],
     ),
     (
         "README.md",
@@ -120,10 +125,12 @@ BENCHMARK_FIGURES: list[Figure] = [
         "README.md",
         "1,000 sites with 10 sampled a round: {} s a round ({} s at 10 sites), {} s "
         "start-up, +{} GB memory",
-        [(lambda: _b4(1000, "later_round_seconds"), ".2f"),
-         (lambda: _b4(10, "later_round_seconds"), ".2f"),
-         (lambda: _b4(1000, "startup_seconds"), ".0f"),
-         (lambda: _b4(1000, "peak_memory_above_idle_mb") / 1024, ".1f")],
+        [
+            (lambda: _b4(1000, "later_round_seconds"), ".2f"),
+            (lambda: _b4(10, "later_round_seconds"), ".2f"),
+            (lambda: _b4(1000, "startup_seconds"), ".0f"),
+            (lambda: _b4(1000, "peak_memory_above_idle_mb") / 1024, ".1f"),
+        ],
     ),
     (
         "README.md",
@@ -133,8 +140,10 @@ BENCHMARK_FIGURES: list[Figure] = [
     (
         "README.md",
         "aggregation) {}x (MLP 30-128-1) and {}x (MLP 30-512-1)",
-        [(lambda: B["B5"]["points"][0]["int8_ratio"], ".3f"),
-         (lambda: B["B5"]["points"][1]["int8_ratio"], ".3f")],
+        [
+            (lambda: B["B5"]["points"][0]["int8_ratio"], ".3f"),
+            (lambda: B["B5"]["points"][1]["int8_ratio"], ".3f"),
+        ],
     ),
     (
         "README.md",
@@ -143,7 +152,7 @@ BENCHMARK_FIGURES: list[Figure] = [
     ),
     (
         "README.md",
-        "`--secagg` 2.9× there and {}× in the benchmark runner's B6",
+        "`--secagg` 2.9\u00d7 there and {}\u00d7 in the benchmark runner's B6",
         [(lambda: _b6(5), ".2f")],
     ),
     (
@@ -161,22 +170,26 @@ BENCHMARK_FIGURES: list[Figure] = [
         "3 sites over TLS in real processes, {} s a round against {} s simulated "
         "({}x rounds 2+, {}x all rounds; goal 2x: missed); with Flower's own "
         "per-message interpreter {} s ({}x)",
-        [(lambda: _b8("fork", "later_round_mean"), ".1f"),
-         (lambda: _b8("simulation", "later_round_mean"), ".2f"),
-         (lambda: _b8("fork", "ratio_later_rounds"), ".1f"),
-         (lambda: _b8("fork", "ratio_all_rounds"), ".1f"),
-         (lambda: _b8("subprocess", "later_round_mean"), ".0f"),
-         (lambda: _b8("subprocess", "ratio_later_rounds"), ".0f")],
+        [
+            (lambda: _b8("fork", "later_round_mean"), ".1f"),
+            (lambda: _b8("simulation", "later_round_mean"), ".2f"),
+            (lambda: _b8("fork", "ratio_later_rounds"), ".1f"),
+            (lambda: _b8("fork", "ratio_all_rounds"), ".1f"),
+            (lambda: _b8("subprocess", "later_round_mean"), ".0f"),
+            (lambda: _b8("subprocess", "ratio_later_rounds"), ".0f"),
+        ],
     ),
     (
         "README.md",
         "**{} s a round** in deployment against {} s in simulation ({}x; {}x counting "
         "the simulation's slower first round), and {} s a round with SecAgg+",
-        [(lambda: _b8("fork", "later_round_mean"), ".1f"),
-         (lambda: _b8("simulation", "later_round_mean"), ".2f"),
-         (lambda: _b8("fork", "ratio_later_rounds"), ".1f"),
-         (lambda: _b8("fork", "ratio_all_rounds"), ".1f"),
-         (lambda: _b8("fork-secagg", "later_round_mean"), ".1f")],
+        [
+            (lambda: _b8("fork", "later_round_mean"), ".1f"),
+            (lambda: _b8("simulation", "later_round_mean"), ".2f"),
+            (lambda: _b8("fork", "ratio_later_rounds"), ".1f"),
+            (lambda: _b8("fork", "ratio_all_rounds"), ".1f"),
+            (lambda: _b8("fork-secagg", "later_round_mean"), ".1f"),
+        ],
     ),
     (
         "README.md",
@@ -187,61 +200,141 @@ BENCHMARK_FIGURES: list[Figure] = [
     (
         "README.md",
         "gave {}x the saved size ({}x gzipped) for {} points of accuracy",
-        [(lambda: B["B9"]["compress"]["size_ratio"], ".2f"),
-         (lambda: B["B9"]["compress"]["gzipped_ratio"], ".2f"),
-         (lambda: B["B9"]["compress"]["accuracy_delta_points"], ".1f")],
+        [
+            (lambda: B["B9"]["compress"]["size_ratio"], ".2f"),
+            (lambda: B["B9"]["compress"]["gzipped_ratio"], ".2f"),
+            (lambda: B["B9"]["compress"]["accuracy_delta_points"], ".1f"),
+        ],
     ),
     (
         "docs/deploy.md",
         '| deployment, `isolation = "fork"` (default) | {} s | {} s |',
-        [(lambda: _b8("fork", "first"), ".1f"),
-         (lambda: _b8("fork", "later_round_mean"), ".1f")],
+        [
+            (lambda: _b8("fork", "first"), ".1f"),
+            (lambda: _b8("fork", "later_round_mean"), ".1f"),
+        ],
     ),
     (
         "docs/deploy.md",
         '| deployment, `isolation = "subprocess"` (Flower\'s launcher) | {} s | {} s |',
-        [(lambda: _b8("subprocess", "first"), ".1f"),
-         (lambda: _b8("subprocess", "later_round_mean"), ".1f")],
+        [
+            (lambda: _b8("subprocess", "first"), ".1f"),
+            (lambda: _b8("subprocess", "later_round_mean"), ".1f"),
+        ],
     ),
     (
         "docs/deploy.md",
         "| deployment, default, with SecAgg+ | {} s | {} s |",
-        [(lambda: _b8("fork-secagg", "first"), ".1f"),
-         (lambda: _b8("fork-secagg", "later_round_mean"), ".1f")],
+        [
+            (lambda: _b8("fork-secagg", "first"), ".1f"),
+            (lambda: _b8("fork-secagg", "later_round_mean"), ".1f"),
+        ],
     ),
     (
         "docs/deploy.md",
         "| `fedvault simulate --sites 3` | {} s | {} s |",
-        [(lambda: _b8("simulation", "first"), ".1f"),
-         (lambda: _b8("simulation", "later_round_mean"), ".2f")],
+        [
+            (lambda: _b8("simulation", "first"), ".1f"),
+            (lambda: _b8("simulation", "later_round_mean"), ".2f"),
+        ],
+    ),
+    (
+        "README.md",
+        "the digits CNN reaches {} at \u03b5 = 3 in `fedvault simulate`",
+        [(lambda: B["B11"]["digits"]["cases"]["dp-eps-3"]["accuracy"], ".2f")],
+    ),
+    (
+        "docs/privacy.md",
+        "`python -m benchmarks --only B8`) a SecAgg+ round took {} s against {} s in "
+        "the clear ({}x)",
+        [
+            (lambda: _b8("fork-secagg", "later_round_mean"), ".1f"),
+            (lambda: _b8("fork", "later_round_mean"), ".1f"),
+            (
+                lambda: (
+                    _b8("fork-secagg", "later_round_mean")
+                    / _b8("fork", "later_round_mean")
+                ),
+                ".1f",
+            ),
+        ],
+    ),
+    (
+        "docs/report.md",
+        "On a 50-site, 30-round simulation (10 sites sampled a round): {} s and {} MB "
+        "(`python -m benchmarks --only B9`",
+        [
+            (lambda: B["B9"]["report"]["seconds"], ".2f"),
+            (lambda: B["B9"]["report"]["megabytes"], ".2f"),
+        ],
+    ),
+    (
+        "docs/models.md",
+        "`python -m benchmarks --only B11` (docs/benchmarks.md, B11), 5 sites, IID, on "
+        "this 2-core machine: `fedvault simulate --dataset digits --model cnn` "
+        "reaches test accuracy {} with `--no-dp` and {} at epsilon 3",
+        [
+            (lambda: B["B11"]["digits"]["cases"]["no-dp"]["accuracy"], ".3f"),
+            (lambda: B["B11"]["digits"]["cases"]["dp-eps-3"]["accuracy"], ".3f"),
+        ],
     ),
     *[
         ("docs/data.md", f"| {row} | {{}}{unit} |", [(lambda k=key: B["B7"][k], fmt)])
         for row, key, fmt, unit in [
             ("pandas `read_csv` (baseline)", "pandas read_csv (s)", ".2f", " s"),
-            ("import throughput / pandas `read_csv`", "import / pandas throughput",
-             ".3f", ""),
-            ("`read_frame` (verify, decrypt, Parquet → DataFrame)",
-             "vault read_frame (s)", ".2f", " s"),
-            ("`iter_batches` (same, one chunk at a time)", "vault iter_batches (s)",
-             ".2f", " s"),
-            ("raw AES-256-GCM decryption of the same chunk bytes",
-             "raw AES-GCM decrypt (s)", ".3f", " s"),
-            ("`read_frame` throughput / raw AES-GCM", "read / raw AES-GCM throughput",
-             ".3f", ""),
-            ("peak RSS: pandas `read_csv` (whole file)", "peak RSS pandas (MiB)",
-             ".0f", " MiB"),
+            (
+                "import throughput / pandas `read_csv`",
+                "import / pandas throughput",
+                ".3f",
+                "",
+            ),
+            (
+                "`read_frame` (verify, decrypt, Parquet → DataFrame)",
+                "vault read_frame (s)",
+                ".2f",
+                " s",
+            ),
+            (
+                "`iter_batches` (same, one chunk at a time)",
+                "vault iter_batches (s)",
+                ".2f",
+                " s",
+            ),
+            (
+                "raw AES-256-GCM decryption of the same chunk bytes",
+                "raw AES-GCM decrypt (s)",
+                ".3f",
+                " s",
+            ),
+            (
+                "`read_frame` throughput / raw AES-GCM",
+                "read / raw AES-GCM throughput",
+                ".3f",
+                "",
+            ),
+            (
+                "peak RSS: pandas `read_csv` (whole file)",
+                "peak RSS pandas (MiB)",
+                ".0f",
+                " MiB",
+            ),
             ("peak RSS: import", "peak RSS import (MiB)", ".0f", " MiB"),
-            ("peak RSS: `read_frame` (whole dataset)", "peak RSS read_frame (MiB)",
-             ".0f", " MiB"),
+            (
+                "peak RSS: `read_frame` (whole dataset)",
+                "peak RSS read_frame (MiB)",
+                ".0f",
+                " MiB",
+            ),
             ("peak RSS: `iter_batches`", "peak RSS iter_batches (MiB)", ".0f", " MiB"),
         ]
     ],
     (
         "docs/data.md",
         "| `fedvault data import` | {} s ({} rows/s) |",
-        [(lambda: B["B7"]["import (s)"], ".2f"),
-         (lambda: B["B7"]["import rows/s"], ",.0f")],
+        [
+            (lambda: B["B7"]["import (s)"], ".2f"),
+            (lambda: B["B7"]["import rows/s"], ",.0f"),
+        ],
     ),
 ]
 
@@ -294,10 +387,10 @@ def _python_block_after(doc: str, marker: str) -> str:
 
 
 def test_privacy_release_table_is_what_its_snippet_computes():
-    """docs/privacy.md's cost column (ε alone and marginal per release, the total
-    2.998) is recomputed with the accountant from the σ values its snippet prints;
-    the slow test in tests/integration/test_doc_runs.py checks those σ against a
-    rerun of the default command."""
+    """docs/privacy.md's cost column (epsilon alone and marginal per release, the
+    total 2.998) is recomputed with the accountant from the sigmas its snippet
+    prints; the slow test below checks the DP-SGD sigma against a rerun of the
+    default command."""
     code = _python_block_after("docs/privacy.md", "the figures come from its")
     namespace: dict[str, Any] = {}
     exec(code.replace("print(", "_ = ("), namespace)  # noqa: S102 - the doc's code
@@ -315,7 +408,128 @@ def test_privacy_release_table_is_what_its_snippet_computes():
         sigma = release[0].noise_multiplier
         shown = f"{sigma:.1f}" if sigma > 10 else f"{sigma:.2f}"
         cell = (
-            f"σ = {shown}; ε {alone:{fmt_alone}} alone, "
+            f"\u03c3 = {shown}; \u03b5 {alone:{fmt_alone}} alone, "
             f"{marginal:{fmt_marginal}} marginal |"
         )
         assert cell in privacy, f"{name}: docs/privacy.md should say {cell}"
+
+
+def _number_after(doc: str, pattern: str) -> float:
+    found = re.search(pattern, _flat(doc))
+    assert found, f"{doc}: nothing matches {pattern!r}"
+    return float(found.group(1))
+
+
+@pytest.mark.slow
+def test_the_default_run_gives_the_figures_readme_and_privacy_md_quote(tmp_path):
+    """Reruns README's measured command (``fedvault simulate --out DIR``: defaults,
+    seed 0) and compares with the figures printed next to it, within noise: one test
+    row is 0.9 points of accuracy; epsilon and sigma come from the accountant
+    (deterministic)."""
+    command = "fedvault simulate --out /tmp/rdef"
+    assert f"(`{command}`, defaults: 5 sites, 10 rounds" in _flat("README.md")
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "fedvault"),
+            "simulate",
+            "--out",
+            str(tmp_path / "run"),
+            "--format",
+            "json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    final, sites = summary["final"], list(summary["sites"].values())
+    accuracy = _number_after("README.md", r"\*\*test accuracy (0\.\d+), AUC")
+    auc = _number_after("README.md", r"\*\*test accuracy 0\.\d+, AUC (0\.\d+)\*\*")
+    epsilon = _number_after("README.md", r"every site spent \*\*ε = (\d\.\d+) ≤ 3\*\*")
+    assert final["accuracy"] == pytest.approx(accuracy, abs=0.02)  # 2 of 114 rows
+    assert final["auc"] == pytest.approx(auc, abs=0.01)
+    assert len(sites) == 5
+    for site in sites:
+        assert site["epsilon_spent"] == pytest.approx(epsilon, abs=1e-4)
+        assert site["epsilon_spent"] <= site["epsilon_budget"] == 3.0
+    # docs/privacy.md: the DP-SGD release's sigma and the run's total
+    code = _python_block_after("docs/privacy.md", "the figures come from its")
+    sigma = float(re.search(r"dpsgd = \[Step\(noise_multiplier=([\d.]+)", code)[1])
+    total = _number_after(
+        "docs/privacy.md", r"the total of the default run is ([\d.]+)"
+    )
+    for site in sites:
+        assert site["noise_multiplier"] == pytest.approx(sigma, abs=1e-3)
+        assert site["epsilon_spent"] == pytest.approx(total, abs=1e-3)
+
+
+def test_privacy_fixed_sigma_epsilons_are_the_accountants():
+    """docs/privacy.md's fixed-sigma table: each epsilon is the RDP accountant's
+    for the DP-SGD steps of that federation (q = 1/3, 3 steps a round, 10 rounds)."""
+    from fedvault.common.privacy import Step, epsilon_spent
+
+    text = (ROOT / "docs" / "privacy.md").read_text(encoding="utf-8")
+    sigmas = re.search("^\\| fixed \u03c3 \\|(.*)\\|$", text, flags=re.M)
+    epsilons = re.search(r"^\| ε per site \(DP-SGD steps alone\) \|(.*)\|$", text, re.M)
+    assert sigmas and epsilons, "docs/privacy.md: the fixed-sigma table moved"
+    for sigma, printed in zip(
+        sigmas[1].split("|"), epsilons[1].split("|"), strict=True
+    ):
+        steps = [Step(noise_multiplier=float(sigma), sample_rate=1 / 3, steps=30)]
+        got = epsilon_spent(steps, delta=1e-5, accountant="rdp")
+        decimals = len(printed.strip().partition(".")[2])
+        assert f"{got:.{decimals}f}" == printed.strip(), f"sigma {sigma.strip()}"
+
+
+def test_privacy_audit_lower_bounds_follow_from_their_counts():
+    """docs/privacy.md's audit table: each empirical lower bound is the bound of
+    its canaries, guesses and right guesses; the perfect-guessing ceilings too."""
+    import math
+
+    from fedvault.server.audit_bound import epsilon_lower_bound, perfect_guessing_bound
+
+    text = (ROOT / "docs" / "privacy.md").read_text(encoding="utf-8")
+    rows = re.findall(
+        r"^\| (\d) sites, [^|]+ \| [^|]+ \| \**([\d.]+)\** "
+        r"\| (\d+) \| (\d+) \| (\d+) \|",
+        text,
+        flags=re.M,
+    )
+    assert len(rows) == 6, "docs/privacy.md: the audit table moved"
+    for _sites, bound, canaries, guesses, correct in rows:
+        got = epsilon_lower_bound(
+            canaries=int(canaries),
+            guesses=int(guesses),
+            correct=int(correct),
+            delta=1e-5,
+        )
+        # a lower bound is printed rounded down (never claims more than shown)
+        assert f"{math.floor(got * 1000) / 1000:.3f}" == bound, (guesses, correct)
+    flat = _flat("docs/privacy.md")
+    for r, m in ((40, 200), (80, 400)):  # all r right, at the table's m and delta
+        ceiling = epsilon_lower_bound(canaries=m, guesses=r, correct=r, delta=1e-5)
+        assert ceiling <= perfect_guessing_bound(r)  # the delta = 0 ceiling
+        assert f"{ceiling:.2f} for r = {r}" in flat
+
+
+def test_the_model_card_excerpt_is_consistent():
+    """docs/report.md's card excerpt: the accuracy interval is the Wilson interval
+    of that accuracy on the 114 test rows, and e^epsilon is printed right."""
+    import math
+
+    from fedvault.server.model_card import wilson
+
+    flat = _flat("docs/report.md")
+    found = re.search(r"\| accuracy \| (0\.\d+) \| \[(0\.\d+), (0\.\d+)\] \|", flat)
+    assert found, "docs/report.md: the card excerpt moved"
+    accuracy = float(found[1])
+    right = round(accuracy * 114)
+    assert f"{right / 114:.4f}" == found[1]
+    got = wilson(right, 114)
+    assert (f"{got[0]:.4f}", f"{got[1]:.4f}") == (found[2], found[3])
+    eps = re.search(r"by at most a factor e\^(\d\.\d+) \(about ([\d.]+)x\)", flat)
+    assert eps, "docs/report.md: the card's guarantee sentence moved"
+    assert f"{math.exp(float(eps[1])):.1f}" == eps[2]
