@@ -533,3 +533,33 @@ def test_the_model_card_excerpt_is_consistent():
     eps = re.search(r"by at most a factor e\^(\d\.\d+) \(about ([\d.]+)x\)", flat)
     assert eps, "docs/report.md: the card's guarantee sentence moved"
     assert f"{math.exp(float(eps[1])):.1f}" == eps[2]
+
+
+def test_the_data_md_reading_snippet_runs_as_printed(tmp_path, monkeypatch):
+    """docs/data.md's Python snippet, on the vault README's walk-through makes
+    (its commands, as printed, for one site), gives the demo's target."""
+    from typer.testing import CliRunner
+
+    from fedvault.common.cli import build_app
+
+    readme = _flat("README.md").replace(" \\ ", " ")  # continuation lines joined
+    commands = [
+        "fedvault data demo --sites 3 --out demo",
+        "fedvault data keygen keys/vault.key",
+        "fedvault data keygen keys/secret.key",
+        "fedvault data import demo/site-$i.csv --schema demo/schema.toml "
+        "--vault vaults/site-$i --key keys/vault.key --secret keys/secret.key",
+    ]
+    monkeypatch.chdir(tmp_path)
+    app, runner = build_app(), CliRunner()
+    for command in commands:
+        assert command in readme, command
+        args = command.replace("$i", "1").replace("--sites 3", "--sites 1").split()
+        done = runner.invoke(app, args[1:])
+        assert done.exit_code == 0, (command, done.output)
+    code = _python_block_after("docs/data.md", "**Reading**")
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)  # noqa: S102 - the doc's code, as printed
+    assert namespace["target"] == "diagnosis"
+    assert len(namespace["frame"]) > 0 and "diagnosis" in namespace["frame"]
+    assert namespace["batch"] is not None
