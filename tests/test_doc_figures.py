@@ -278,6 +278,12 @@ BENCHMARK_FIGURES: list[Figure] = [
             (lambda: B["B11"]["digits"]["cases"]["dp-eps-3"]["accuracy"], ".3f"),
         ],
     ),
+    (
+        "docs/architecture.md",
+        "against {} KB of fp32 weights of the default MLP, B5 of "
+        "`python -m benchmarks`",
+        [(lambda: B["B5"]["points"][0]["fp32_bytes"] / 1024, ".0f")],
+    ),
     *[
         ("docs/data.md", f"| {row} | {{}}{unit} |", [(lambda k=key: B["B7"][k], fmt)])
         for row, key, fmt, unit in [
@@ -464,6 +470,14 @@ def test_the_default_run_gives_the_figures_readme_and_privacy_md_quote(tmp_path)
     for site in sites:
         assert site["noise_multiplier"] == pytest.approx(sigma, abs=1e-3)
         assert site["epsilon_spent"] == pytest.approx(total, abs=1e-3)
+    # docs/architecture.md: the preprocessing each message carries, as sent
+    from fedvault.common.preprocessing import Preprocessing
+
+    sent = Preprocessing.from_json(
+        (tmp_path / "run" / "preprocessing.json").read_text()
+    )
+    kb = _number_after("docs/architecture.md", r"message\*\* \(([\d.]+) KB as JSON")
+    assert len(sent.to_json()) / 1000 == pytest.approx(kb, abs=0.1)
 
 
 def test_privacy_fixed_sigma_epsilons_are_the_accountants():
@@ -563,3 +577,49 @@ def test_the_data_md_reading_snippet_runs_as_printed(tmp_path, monkeypatch):
     assert namespace["target"] == "diagnosis"
     assert len(namespace["frame"]) > 0 and "diagnosis" in namespace["frame"]
     assert namespace["batch"] is not None
+
+
+def _simulate(args: str, cwd: Path) -> dict[str, Any]:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "fedvault"), *args.split()[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode in (0, 1), done.stderr[-2000:]  # 1: a run that stopped
+    out = args.split("--out ")[1].split()[0] if "--out " in args else None
+    assert out, args
+    return dict(json.loads((cwd / out / "summary.json").read_text()))
+
+
+@pytest.mark.slow
+def test_the_next_model_example_gives_readmes_figures(tmp_path):
+    """README's --init-model example (two 5-round runs on one site state), rerun
+    as printed: round 1's accuracy of each version within two test rows, each
+    site's lifetime epsilon after each run as the accountant gives it."""
+    readme = _flat("README.md")
+    v1 = (
+        "fedvault simulate --state sites/ --site-budget 6 --epsilon 2 --rounds 5 "
+        "--out runs/v1"
+    )
+    v2 = (
+        "fedvault simulate --state sites/ --epsilon 2 --rounds 5 --init-model runs/v1 "
+        "--out runs/v2"
+    )
+    assert v1 in readme and v2 in readme
+    quoted = re.search(
+        r"Measured here: round 1 of v2 reached test accuracy (0\.\d+) \(v1's round 1: "
+        r"(0\.\d+)\), and each site's lifetime ε on its dataset went from ([\d.]+) to "
+        r"([\d.]+) of its 6",
+        readme,
+    )
+    assert quoted, "README no longer quotes the --init-model example's figures"
+    acc2, acc1, life1, life2 = map(float, quoted.groups())
+    first, second = _simulate(v1, tmp_path), _simulate(v2, tmp_path)
+    assert first["history"][0]["accuracy"] == pytest.approx(acc1, abs=0.02)
+    assert second["history"][0]["accuracy"] == pytest.approx(acc2, abs=0.02)
+    for summary, lifetime in ((first, life1), (second, life2)):
+        for site in summary["sites"].values():
+            assert site["epsilon_lifetime"] == pytest.approx(lifetime, abs=1e-3)
