@@ -650,3 +650,33 @@ def test_client_dp_and_secagg_quotes_match_privacy_md_table():
         f"`--secagg` {five['`--secagg`']}\u00d7 there"
     ) in readme
     assert f"client-level noise costs accuracy ({span} against" in readme
+
+
+@pytest.mark.slow
+def test_the_fixed_sigma_example_declines_and_stops_where_readme_says(tmp_path):
+    """README's first ledger example, rerun as printed (with --out): the round
+    sites first decline in, the round the run stops at, its final accuracy."""
+    command = (
+        "fedvault simulate --rounds 50 --sites 4 --partition dirichlet:1.0 "
+        "--noise-multiplier 3"
+    )
+    readme = _flat("README.md")
+    assert command in readme
+    quoted = re.search(
+        r"The first command, measured here: .*? declined from round (\d+), the others "
+        r"trained on; the run stopped at round (\d+) when only one site could still "
+        r"train \(test accuracy (0\.\d+)",
+        readme,
+    )
+    assert quoted, "README no longer quotes the fixed-sigma example's figures"
+    first_decline, stop, accuracy = int(quoted[1]), int(quoted[2]), float(quoted[3])
+    summary = _simulate(command + " --out out", tmp_path)
+    declined = [
+        h["round"]
+        for h in summary["history"]
+        if any(state.startswith("declined") for state in h["site_states"].values())
+    ]
+    assert declined and declined[0] == first_decline
+    assert summary["status"] == "stopped"
+    assert summary["stop_reason"].startswith(f"round {stop}: only 1 site(s) trained")
+    assert summary["final"]["accuracy"] == pytest.approx(accuracy, abs=0.02)
