@@ -99,3 +99,15 @@ def test_the_readme_examples_run(tmp_path, example):
     assert summary["final"]["auc"] > 0.85
     sites = summary["sites"].values()
     assert all(s["epsilon_spent"] <= s["epsilon_budget"] for s in sites)
+    if "visits.csv" in example:  # the figures README prints for this run
+        readme = " ".join((ROOT / "README.md").read_text().split())
+        quoted = re.search(
+            r"run, measured here: AUC (0\.\d+) but test accuracy only (0\.\d+), "
+            r"the majority class, ε ≤ (\d\.\d+) at every hospital",
+            readme,
+        )
+        assert quoted, "README no longer quotes the visits.csv run's figures"
+        auc, accuracy, epsilon = map(float, quoted.groups())
+        assert summary["final"]["auc"] == pytest.approx(auc, abs=0.03)
+        assert summary["final"]["accuracy"] == pytest.approx(accuracy, abs=0.03)
+        assert all(s["epsilon_spent"] <= epsilon + 1e-3 for s in sites)
