@@ -29,6 +29,7 @@ from fedvault.server import lineage as lin
 from fedvault.server import model_card as mc
 from fedvault.server import predict as pred
 from fedvault.server import trained
+from fedvault.server.image_inputs import check_kind, read_images
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -55,7 +56,13 @@ def _json(obj: dict[str, Any]) -> None:
 @errors_as_exit(os_errors=True)
 def predict(
     run: RunArgument,
-    data: Annotated[Path, typer.Argument(help="CSV or Parquet file of records.")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV or Parquet file of records; for an image model a folder of "
+            "images (root/<label>/*.png|jpg|dcm, or flat)."
+        ),
+    ],
     out: Annotated[
         Path | None,
         typer.Option(
@@ -72,7 +79,9 @@ def predict(
     ] = False,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """One row per record: the predicted class and each class's probability.
+    """One row per record: the predicted class and each class's probability (a
+    regression run: the predicted value, in the target's units). An image model
+    writes one row per image file: its path, then the prediction.
 
     The run's own preprocessing is applied first; missing values are imputed as in
     training. A file missing a column or holding text where numbers are expected
@@ -86,7 +95,7 @@ def predict(
         sys.stdout.write(result.table.to_csv(index=False))
         return
     pred.write_table(result.table, out)
-    counts = result.table[pred.PREDICTED].value_counts().to_dict()
+    described = _described(model, result.table[pred.PREDICTED])
     if output_format is OutputFormat.JSON:
         _json(
             {
@@ -94,17 +103,31 @@ def predict(
                 "data": str(data),
                 "out": str(out),
                 "rows": len(result.table),
-                "predicted": {str(k): int(v) for k, v in counts.items()},
+                "predicted": described,
                 "notes": list(result.notes),
             }
         )
         return
-    shares = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    shares = ", ".join(f"{k}: {v:.6g}" for k, v in described.items())
+    unit = "images" if model.image else "rows"
     console.print(
-        f"Predicted {len(result.table)} rows of {data} with {model.path} "
+        f"Predicted {len(result.table)} {unit} of {data} with {model.path} "
         f"(round {model.rounds_completed}) -> {out} ({shares})",
         highlight=False,
     )
+
+
+def _described(model: trained.TrainedModel, predicted: Any) -> dict[str, float]:
+    """Regression: mean, min and max of the predicted values; else the count of
+    each predicted class."""
+    if model.regression:
+        return {
+            "mean": float(predicted.mean()),
+            "min": float(predicted.min()),
+            "max": float(predicted.max()),
+        }
+    counts = predicted.value_counts().to_dict()
+    return {str(k): int(v) for k, v in sorted(counts.items())}
 
 
 @model_app.command("export")
@@ -124,8 +147,9 @@ def export(
     data: Annotated[
         Path | None,
         typer.Option(
-            help="Check the export on up to 256 rows of this file "
-            "(default: rows drawn from the run's statistics)."
+            help="Check the export on up to 256 rows of this file, or images of "
+            "this folder for an image model (default: rows drawn from the run's "
+            "statistics; random images)."
         ),
     ] = None,
 ) -> None:
@@ -136,15 +160,27 @@ def export(
     model = trained.load(run)
     target = out or model.path.parent / f"model{exp.SUFFIXES[fmt]}"
     _check_writable(target)
-    sample = None if data is None else load_table(data)
-    result = exp.export(
-        model, fmt, target, sample=sample, sample_name=f"rows of {data}"
-    )
+    sample: Any = None
+    name = f"rows of {data}"
+    if data is not None:
+        check_kind(model, data)
+        if model.image:
+            images = read_images(model, data, labelled=False)
+            _notes(images.notes())
+            sample, name = images.pixels, f"images of {data}"
+        else:
+            sample = load_table(data)
+    result = exp.export(model, fmt, target, sample=sample, sample_name=name)
     runtime = "onnxruntime" if fmt is exp.ExportFormat.ONNX else "torch.jit.load"
+    what = (
+        "value difference, in standard deviations of the target"
+        if model.regression
+        else "probability difference"
+    )
     console.print(
         f"Exported {result.path} ({fmt}) and {result.sidecar.name} (inputs, "
-        f"category codes, classes).\nCheck ({runtime}) on {result.rows_checked} "
-        f"{result.sample}: max |probability difference| vs PyTorch = "
+        f"outputs, how to encode them).\nCheck ({runtime}) on "
+        f"{result.rows_checked} {result.sample}: max |{what}| vs PyTorch = "
         f"{result.max_abs_diff:.2e} (tolerance {exp.TOLERANCE:g}).",
         highlight=False,
     )
