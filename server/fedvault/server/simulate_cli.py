@@ -79,7 +79,7 @@ def simulate(
     ] = None,
     momentum: Annotated[
         float | None,
-        typer.Option(help="Local SGD momentum (default: 0; the cnn's: see docs).")
+        typer.Option(help="Local SGD momentum (default: 0; the cnn's: see docs)."),
     ] = None,
     strategy: Annotated[
         str | None,
@@ -172,11 +172,11 @@ def simulate(
     ] = None,
     device: Annotated[
         str | None,
-        typer.Option(help="auto | cpu | cuda: where sites train (default: auto).")
+        typer.Option(help="auto | cpu | cuda: where sites train (default: auto)."),
     ] = None,
     gpu_fraction: Annotated[
         float | None,
-        typer.Option(help="Share of a GPU per simulated site (default: 0, none).")
+        typer.Option(help="Share of a GPU per simulated site (default: 0, none)."),
     ] = None,
     min_sites: Annotated[
         int | None, typer.Option(help="Fewest sites a round needs (default: 2).")

@@ -359,8 +359,7 @@ class SiteBook:
             self._notified |= set(late)
             notice = ConfigRecord({"text": NEXT_RUN})
             messages = [
-                Message(RecordDict({NOTICE: notice}), n, NOTICE_MESSAGE)
-                for n in late
+                Message(RecordDict({NOTICE: notice}), n, NOTICE_MESSAGE) for n in late
             ]
             send_and_receive(grid, messages, timeout=30.0)  # answers carry nothing
         return states
