@@ -315,8 +315,9 @@ def card(
     data: Annotated[
         Path | None,
         typer.Option(
-            help="Labelled test file for the metrics with 95% intervals "
-            "(default: keep those of the card already there)."
+            help="Labelled test file (an image model: a folder per class) for "
+            "the metrics with 95% intervals (default: keep those of the card "
+            "already there)."
         ),
     ] = None,
 ) -> None:
@@ -327,7 +328,8 @@ def card(
         raise DataError(f"{run}: no such run folder")
     test = None
     if data is not None:
-        test = mc.test_metrics(trained.load(run), load_table(data), str(data))
+        model = trained.load(run)
+        test = mc.test_metrics(model, views.labelled_frame(model, data), str(data))
     elif (run / mc.CARD_JSON).is_file():
         test = mc.previous_test_metrics(run)
     mc.write(run, mc.build(run, test))

@@ -17,6 +17,7 @@ from rich.table import Table
 from fedvault.common.cli import OutputFormat
 from fedvault.common.data import load_table
 from fedvault.common.errors import DataError
+from fedvault.common.image_table import PIXELS
 from fedvault.server import compress as cmp
 from fedvault.server import explain_images as xim
 from fedvault.server import trained
@@ -67,6 +68,22 @@ def labelled(model: trained.TrainedModel, data: Path) -> tuple[np.ndarray, np.nd
     y = trained.labels(model.prep, frame, source=str(data))
     notes(imputed)
     return x, y
+
+
+def labelled_frame(model: trained.TrainedModel, data: Path) -> pd.DataFrame:
+    """A labelled file as a frame; for an image model, a folder per class as rows
+    of pixels (:mod:`fedvault.common.image_table`) and the target."""
+    check_kind(model, data)
+    if not model.image:
+        return load_table(data)
+    images = read_images(model, data, labelled=True)
+    notes(images.notes())
+    return pd.DataFrame(
+        {
+            PIXELS: [row.tobytes() for row in images.pixels],
+            model.prep.target: list(images.labels or ()),
+        }
+    )
 
 
 _SCORE_NAMES = {"accuracy": "acc.", "auc": "AUC", "r2": "R²", "mae": "MAE"}
