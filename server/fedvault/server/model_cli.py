@@ -212,6 +212,13 @@ def compress(
         model, quantize=quantize, prune=prune, labelled=labelled
     )
     cmp.save(model, smaller, target, quantize=quantize, prune=prune)
+    if model.image and quantize == "int8":
+        _notes(
+            [
+                "int8 dynamic quantization applies to Linear layers; the "
+                "convolutions stay float32"
+            ]
+        )
     unit = "images" if model.image else "rows"
     on = None if labelled is None else f"{len(labelled[1])} labelled {unit} of {data}"
     if output_format is OutputFormat.JSON:
@@ -225,13 +232,6 @@ def compress(
         return
     scores = ("r2", "mae") if model.regression else ("accuracy", "auc")
     console.print(views.compress_table(rows, scores, title=f"{model.path} -> {target}"))
-    if model.image and quantize == "int8":
-        _notes(
-            [
-                "int8 dynamic quantization applies to Linear layers; the "
-                "convolutions stay float32"
-            ]
-        )
     names = "R² and MAE" if model.regression else "Accuracy and AUC"
     console.print(
         f"{names} on {on}."
