@@ -68,6 +68,7 @@ def test_predict_writes_values_in_the_targets_units(run, monkeypatch, capsys):
     )
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_returns_the_value_and_checks_itself(
     run, fmt, tmp_path, monkeypatch, capsys
