@@ -193,7 +193,7 @@ def _test_table(test: Mapping[str, Any] | None) -> str:
     def interval(pair: Sequence[float] | None) -> str:
         return "-" if not pair else f"[{pair[0]:.4f}, {pair[1]:.4f}]"
 
-    names = (("accuracy", "accuracy"), ("auc", "ROC AUC"))
+    names: tuple[tuple[str, str], ...] = (("accuracy", "accuracy"), ("auc", "ROC AUC"))
     if test.get("task") == "regression":
         names = (("mae", "MAE"), ("rmse", "RMSE"), ("r2", "R²"))
     rows = [[name, test[key], interval(test[f"{key}_ci95"])] for key, name in names]
