@@ -12,18 +12,22 @@ import hashlib
 import json
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import tomli_w
 from consortium import Consortium, prepare_two_sites, run_fedvault, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from fedvault.client.access_log import access_log
 from fedvault.client.approval import ca_fingerprint
+from fedvault.client.policy import load_policy
 from fedvault.client.site_config import load_site_config
 from fedvault.common.config import read_toml
 from fedvault.common.errors import ConfigError
+from fedvault.common.processes import free_port
 from fedvault.server.certs_cli import certs_app
 from fedvault.server.governance_client import (
     RefusedError,
@@ -103,8 +107,55 @@ def _wait_done(stub, run_id: str, timeout: float = 300) -> pb.RunInfo:
     return info
 
 
+def _monitoring(monkeypatch, capsys, root, address, port, run) -> None:
+    """Issue 17's monitoring of the service: `status --watch --run` as the run's
+    researcher, and the Prometheus endpoint of `serve --metrics-address`."""
+    user = ["--coordinator", address, "--ca", str(root / "certs" / "ca.crt")]
+    user += ["--cert", str(root / "users" / "alice.crt")]
+    user += ["--key", str(root / "users" / "alice.key")]
+    watch = ["server", "status", "--watch", "--run", run.run_id, "--format", "json"]
+    code, out = run_fedvault(monkeypatch, capsys, *watch, *user)
+    assert code == 0 and '"status": "completed", "round": 1' in out, out
+    assert '"site-1": {"state": "excluded: declined (policy)' in out
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as reply:
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(reply.read().decode())
+            for s in family.samples
+        }
+    assert samples[("fedvault_runs", (("state", "completed"),))] == 2
+    key = ("run", run.run_key)
+    assert samples[("fedvault_rounds_completed_total", (key,))] == 1
+    assert samples[("fedvault_epsilon_spent", (key, ("site", "site-0")))] > 0
+    declined = (("reason", "policy"), key, ("site", "site-1"))
+    assert samples[("fedvault_site_declines_total", declined)] == 1
+
+
 def _digest(*paths: Path) -> str:
     return hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()
+
+
+def _heads_are_the_sites_anchors(root: Path, lines, monkeypatch, capsys) -> None:
+    """The last ledger head the audit log holds of each site (read by the auditor)
+    is what `fedvault client ledger anchor` prints at that site after the runs."""
+    heads = {}
+    for line in lines:
+        entry = json.loads(line)
+        if entry["method"] == "LedgerHead":
+            words = entry["detail"].split()
+            heads[words[5]] = (words[7], words[9], words[11])  # dataset, count, hash
+    assert set(heads) == {"site-0", "site-1"}
+    for name in ("site-0", "site-1"):
+        state = load_site_config(root / f"{name}.toml").state_dir
+        dataset = load_policy(root / f"{name}.toml").dataset_id
+        code, out = run_fedvault(
+            monkeypatch, capsys, "client", "ledger", "anchor",
+            "--state", str(state), "--dataset", dataset,
+        )  # fmt: skip
+        assert code == 0, out
+        anchor = json.loads(out)
+        assert heads[name] == (dataset, str(anchor["count"]), anchor["hash"])
+        assert anchor["count"] > 0
 
 
 def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
@@ -119,9 +170,11 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
     procs = Consortium(root)
     service = root / "run" / "governance" / "service.json"
     try:
+        metrics = free_port()
         serve = procs.launch(
             "coordinator", SERVER, "serve", *config,
             "--policy", "policy.toml", "--listen", "127.0.0.1:0",
+            "--metrics-address", f"127.0.0.1:{metrics}",
         )  # fmt: skip
         wait_until("the service", service.exists, 90, serve)
         address = f"localhost:{json.loads(service.read_text())['port']}"
@@ -170,6 +223,7 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
             assert "declined (policy)" in declined and "'logreg'" in declined
             with pytest.raises(RefusedError, match="may not call AddSite"):
                 call(lambda: alice.AddSite(pb.AddSiteRequest(name="x", public_key="")))
+        _monitoring(monkeypatch, capsys, root, address, metrics, second)
 
         with connect(address, _as(root, "bob")) as bob:
             with pytest.raises(RefusedError, match="not yours"):
@@ -185,9 +239,13 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
             runs = call(lambda: auditor.ListRuns(pb.ListRunsRequest())).runs
             assert {r.run_id for r in runs} == {first.run_id, second.run_id}
             assert all(r.summary_json for r in runs)
+            # the privacy report of every run, with its summary
+            reports = [json.loads(r.summary_json)["privacy_report"] for r in runs]
+            assert all(report["sites"] for report in reports)
             lines = call(lambda: auditor.ReadAudit(pb.ReadAuditRequest())).lines
             ok = [json.loads(x)["method"] for x in lines if '"outcome": "ok"' in x]
             assert ok.count("AddSite") == 2 and ok.count("SubmitRun") == 2
+            _heads_are_the_sites_anchors(root, lines, monkeypatch, capsys)
             for attempt in (
                 lambda: auditor.StopRun(pb.RunRef(run_id=first.run_id)),
                 lambda: auditor.RemoveSite(pb.RemoveSiteRequest(name="site-0")),

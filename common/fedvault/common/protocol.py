@@ -20,6 +20,10 @@ evaluate (``evaluate``)     ``arrays``, ``config``: :data:`PREPROCESSING`
 evaluate reply              ``metrics``: :class:`EvaluateMetrics`; or ``decline``
 ==========================  ==========================================================
 
+Every reply a site makes for a run (not a decline, nor a SecAgg+ protocol stage)
+also carries its privacy ledger's head: a :data:`LEDGER_HEAD` ConfigRecord
+(:class:`LedgerHead`).
+
 Special replies are Flower ``Error`` messages: a site that refuses a round's protocol
 answers with a reason starting with :data:`MISMATCH_PREFIX` (the coordinator fails
 the run loudly instead of carrying on without the site); in a SecAgg+ round, whose
@@ -46,6 +50,10 @@ from fedvault.common.decline import DECLINE_PREFIX as DECLINE_PREFIX
 from fedvault.common.decline import DECLINE_REASONS as DECLINE_REASONS
 from fedvault.common.decline import Decline as Decline
 from fedvault.common.decline import DeclineReason as DeclineReason
+
+# the ledger head a site publishes with its replies, re-exported likewise
+from fedvault.common.ledger_head import LEDGER_HEAD as LEDGER_HEAD
+from fedvault.common.ledger_head import LedgerHead as LedgerHead
 from fedvault.common.privacy import Accountant
 from fedvault.common.records import number, text
 
