@@ -1,6 +1,7 @@
 """`fedvault model` and `fedvault report` on image runs of `fedvault simulate`: a
 cnn on a folder of digit PNGs, and a plug-in model (`mynets.nets:build`) on the
-same folder. Each run is made once for the module (2 sites, 1 round, 8x8)."""
+same folder, each made once for the module (2 sites, 1 round, 8x8); a cnn on a
+DICOM folder (16x16)."""
 
 import json
 import shutil
@@ -9,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from image_sources import image_folder
+from image_sources import dicom_folder, image_folder
 from trained_run import assert_refused, fedvault
 
 from fedvault.common.images import read_folder
 from fedvault.common.model_zoo import plugin_sha256
 from fedvault.server import simulate as sim
 from fedvault.server import trained
+from fedvault.server.simulate_data import _no_burned_in
 
 pytestmark = pytest.mark.slow
 
@@ -238,3 +240,26 @@ def test_bad_inputs_for_image_models_are_one_line_and_write_nothing(
     args = ["model", "predict", cnn, broken, "--out", out]
     assert_refused(*fedvault(monkeypatch, capsys, *args), "no usable image")
     assert not out.exists() and not (tmp_path / "c.pt").exists()
+
+
+def test_a_dicom_run_predicts_a_dicom_folder_through_the_runs_reader(
+    tmp_path_factory, monkeypatch, capsys
+):
+    root = tmp_path_factory.mktemp("dicom")
+    folder = dicom_folder(root / "dicom", copies=12)
+    run = _simulate(root / "run", folder, model="cnn", **{"image-size": 16})
+    out = root / "preds.csv"
+    code, _, err = fedvault(
+        monkeypatch, capsys, "model", "predict", run, folder, "--out", out
+    )
+    assert code == 0, err
+    # the file the run refused (burned-in annotations) is refused here too
+    assert "burned_in.dcm: burned-in annotations" in err
+    preds = pd.read_csv(out)
+    assert set(preds["label"]) == {"ct", "mr"}
+    assert not preds["path"].str.contains("burned_in").any()
+    # DICOM rescale and window, 16x16, as the run read its images
+    read = read_folder(folder, size=(16, 16), channels=1, dicom_check=_no_burned_in)
+    expected = trained.load(run).probabilities(read.images.numpy())
+    got = preds[["probability_ct", "probability_mr"]].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-9)
