@@ -84,6 +84,12 @@ ARRAY_KEYS = "fedvault-array-keys"
 RUN_TARGET = "target"  # the label column
 RUN_KEY = "run-key"  # names the run in a site's ledger across coordinator restarts
 RUN_CLIENT_THREADS = "client-threads"  # torch threads per site process (0: default)
+# the feature columns the run trains on, a JSON list of names ("[]": every column);
+# TrainingConfig's ``features``, which Flower's scalar run config cannot hold as a list
+RUN_FEATURES = "features"
+# A policy decline whose detail starts so: the site holds the run for its operator's
+# approval; the coordinator asks it again until it answers or its wait ends.
+HELD_PREFIX = "held:"
 # the coordinator's fedvault version: a site with another major.minor declines the run
 RUN_FEDVAULT_VERSION = "fedvault-version"
 # In simulation Flower gives a site only its partition id: the launcher passes each
