@@ -1,7 +1,8 @@
 """Smaller models with PyTorch's own tools: magnitude pruning
-(``torch.nn.utils.prune.l1_unstructured``, per Linear layer) and int8 dynamic
-quantization (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations
-quantized on the fly, CPU).
+(``torch.nn.utils.prune.l1_unstructured``, per Linear and Conv2d layer) and int8
+dynamic quantization (``torch.ao.quantization.quantize_dynamic``: int8 weights,
+activations quantized on the fly, CPU). Dynamic quantization applies to Linear
+layers only: an image model's convolutions stay float32 (pruned, where asked).
 
 Sizes are those of the saved weights (``torch.save``), as written and gzipped.
 Pruning alone zeroes weights but keeps the dense layout, so it shows in the gzipped
@@ -58,10 +59,10 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 def prune_linear(model: nn.Module, amount: float) -> nn.Module:
     """A copy of the model with the ``amount`` share of smallest-magnitude weights
-    of each Linear layer set to zero (biases kept)."""
+    of each Linear and Conv2d layer set to zero (biases kept)."""
     pruned = copy.deepcopy(model)
     for module in pruned.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear | nn.Conv2d):
             torch_prune.l1_unstructured(module, name="weight", amount=amount)  # type: ignore[no-untyped-call]
             torch_prune.remove(module, "weight")  # type: ignore[no-untyped-call]
     return pruned
@@ -76,6 +77,8 @@ class Variant:
     gzipped: int
     accuracy: float | None = None
     auc: float | None = None
+    r2: float | None = None
+    mae: float | None = None
 
 
 def check_settings(quantize: str, prune: float) -> None:
@@ -106,7 +109,9 @@ def compress(
 ) -> tuple[nn.Module, list[Variant]]:
     """The compressed model and the table: as trained, each step alone, both.
 
-    ``labelled`` (features, label codes) adds accuracy and AUC to every row.
+    ``labelled`` (features, label codes; regression: standardized targets, as
+    :func:`~fedvault.server.trained.labels` gives them) adds accuracy and AUC (R²
+    and MAE) to every row. A pruned int8 table model is saved sparse.
 
     Raises:
         ConfigError: see :func:`check_settings`.
@@ -114,7 +119,7 @@ def compress(
     """
     check_settings(quantize, prune)
     check_source(trained)
-    is_sparse = _is_sparse(quantize, prune)
+    is_sparse = _is_sparse(trained, quantize, prune)
     steps: list[tuple[str, nn.Module]] = [("as trained", trained.model)]
     model = trained.model
     if prune > 0:
@@ -135,8 +140,10 @@ def compress(
     return model, rows
 
 
-def _is_sparse(quantize: str, prune: float) -> bool:
-    return quantize == "int8" and prune > 0
+def _is_sparse(trained: TrainedModel, quantize: str, prune: float) -> bool:
+    """Whether the model is saved sparse: pruned int8, every layer a Linear one
+    (an image model's convolutions stay float; it is saved dense)."""
+    return quantize == "int8" and prune > 0 and not trained.image
 
 
 def _measure(
@@ -152,14 +159,23 @@ def _measure(
     if labelled is None:
         return Variant(name, size, gzipped)
     x, y = labelled
+    prep = trained.prep
     m = evaluate(
         model,
         torch.from_numpy(x),
         torch.from_numpy(y),
-        num_classes=trained.prep.num_classes,
+        num_classes=prep.num_classes,
+        task="regression" if prep.regression else None,
+        target_scale=(prep.target_mean, prep.target_std),
+        batch_size=512,
     )
-    auc = None if math.isnan(m.auc) else m.auc
-    return Variant(name, size, gzipped, m.accuracy, auc)
+    if prep.regression:
+        return Variant(name, size, gzipped, r2=_number(m.r2), mae=_number(m.mae))
+    return Variant(name, size, gzipped, m.accuracy, _number(m.auc))
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def state_size(model: nn.Module) -> tuple[int, int]:
@@ -176,7 +192,7 @@ def save(trained: TrainedModel, model: nn.Module, out: Path, **how: Any) -> None
     read (preprocessing and settings of the original, plus how it was made; a
     pruned int8 model sparse, under ``sparse``, with an empty ``state_dict``)."""
     weights: dict[str, Any] = {"state_dict": model.state_dict()}
-    if _is_sparse(str(how.get("quantize")), float(how.get("prune", 0.0))):
+    if _is_sparse(trained, str(how.get("quantize")), float(how.get("prune", 0.0))):
         weights = {"state_dict": {}, "sparse": sparse.encode(model)}
         how = how | {"format": sparse.FORMAT}
     buffer = io.BytesIO()

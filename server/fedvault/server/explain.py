@@ -23,7 +23,7 @@ import torch
 
 from fedvault.common.errors import DataError
 from fedvault.common.files import atomic_write
-from fedvault.server.trained import TrainedModel, features, labels
+from fedvault.server.trained import TrainedModel, features, labels, target_values
 
 JSON_FILE = "importance.json"
 PNG_FILE = "importance.png"
@@ -33,6 +33,14 @@ class Metric(StrEnum):
     ACCURACY = "accuracy"
     AUC = "auc"
     LOG_LOSS = "log-loss"
+    R2 = "r2"
+    MAE = "mae"
+
+
+CLASSIFICATION_METRICS = (Metric.ACCURACY, Metric.AUC, Metric.LOG_LOSS)
+REGRESSION_METRICS = (Metric.R2, Metric.MAE)
+# scores where lower is better: permutation_importance maximizes, so they are negated
+_LOSSES = (Metric.LOG_LOSS, Metric.MAE)
 
 
 @dataclass(frozen=True)
@@ -77,11 +85,24 @@ class _Model:
         prep = self.trained.prep
         return self.trained.probabilities(prep.transform(x))
 
+    def predict(self, x: pd.DataFrame) -> np.ndarray:
+        """Regression: the predicted target in its own units."""
+        return self.trained.values(self.trained.prep.transform(x))
+
 
 def _scorer(metric: Metric, classes: int) -> Callable[[_Model, Any, Any], float]:
-    from sklearn.metrics import log_loss, roc_auc_score
+    from sklearn.metrics import (
+        log_loss,
+        mean_absolute_error,
+        r2_score,
+        roc_auc_score,
+    )
 
     def score(model: _Model, x: pd.DataFrame, y: np.ndarray) -> float:
+        if metric is Metric.R2:
+            return float(r2_score(y, model.predict(x)))
+        if metric is Metric.MAE:
+            return -float(mean_absolute_error(y, model.predict(x)))
         proba = model.predict_proba(x)
         if metric is Metric.ACCURACY:
             return float(np.mean(proba.argmax(axis=1) == y))
@@ -99,21 +120,32 @@ def explain(
     frame: pd.DataFrame,
     *,
     source: str,
-    metric: Metric = Metric.ACCURACY,
+    metric: Metric | None = None,
     repeats: int = 10,
     seed: int = 0,
 ) -> Explanation:
-    """Permutation importance of every input column on a labelled frame.
+    """Permutation importance of every input column on a labelled frame; the
+    metric defaults to accuracy (regression: R²).
 
     Raises:
-        DataError: the frame does not fit the model, has no labels, or (for AUC)
-            lacks a class.
+        DataError: the frame does not fit the model, has no labels, a metric of
+            the other kind of task, or (for AUC) a class missing.
     """
     from sklearn.inspection import permutation_importance
 
     prep = trained.prep
+    metric = metric or (Metric.R2 if prep.regression else Metric.ACCURACY)
+    allowed = REGRESSION_METRICS if prep.regression else CLASSIFICATION_METRICS
+    if metric not in allowed:
+        raise DataError(
+            f"metric: {metric} does not measure a {prep.task} model; use one of "
+            f"{', '.join(allowed)}"
+        )
     features(prep, frame, source=source)  # schema check, one line on failure
-    y = labels(prep, frame, source=source)
+    if prep.regression:
+        y = target_values(prep, frame, source=source)
+    else:
+        y = labels(prep, frame, source=source)
     if metric is Metric.AUC and len(np.unique(y)) < prep.num_classes:
         raise DataError(f"{source}: AUC needs every class among the labels")
     if repeats < 1:
@@ -140,7 +172,7 @@ def explain(
         key=lambda i: (-i.mean, i.column),
     )
     baseline = score(model, x, y)
-    baseline = -baseline if metric is Metric.LOG_LOSS else baseline
+    baseline = -baseline if metric in _LOSSES else baseline
     return Explanation(
         computed_on=source,
         rows=len(frame),
@@ -168,7 +200,8 @@ def chart(explanation: Explanation, *, top: int = 20) -> bytes:
         color="#3b6ea8",
     )
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel(f"drop in {explanation.metric} when the column is shuffled")
+    change = "rise" if explanation.metric is Metric.MAE else "drop"
+    ax.set_xlabel(f"{change} in {explanation.metric} when the column is shuffled")
     ax.set_title(
         f"Permutation importance on {explanation.rows} rows of "
         f"{Path(explanation.computed_on).name}",

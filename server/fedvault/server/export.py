@@ -2,7 +2,8 @@
 that the exported file predicts what fedvault predicts.
 
 The exported graph takes the records' columns as (up to) two inputs and returns
-class probabilities:
+class probabilities (a regression run: ``value``, the predicted target in its own
+units, shape (n, 1)):
 
 - ``numeric``: float32 (n, numeric columns), in the sidecar's column order; a
   missing value is NaN; imputation (global mean) and standardization run inside;
@@ -14,6 +15,10 @@ class probabilities:
 Strings cannot enter a graph exported from PyTorch, so that one step lives in the
 sidecar JSON (``<file>.json``), which also names the inputs, the columns and the
 classes. Only onnxruntime (or torch for TorchScript) and numpy are needed to use it.
+
+An image model's graph takes ``pixels``: float32 (n, channels, height, width) in
+[0, 1], the image already resized to the model's size (the sidecar says how the run
+read images); everything after that runs inside.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class ExportFormat(StrEnum):
 SUFFIXES = {ExportFormat.ONNX: ".onnx", ExportFormat.TORCHSCRIPT: ".torchscript.pt"}
 TOLERANCE = 1e-5
 SAMPLE_ROWS = 256
+PIXELS_INPUT = "pixels"
 
 
 class Pipeline(nn.Module):
@@ -75,9 +81,12 @@ class Pipeline(nn.Module):
         self.register_buffer("highs", torch.tensor(highs, dtype=torch.float32))
         self.vocab_sizes = [len(v) for v in prep.vocab]
         self.has_numeric = bool(prep.numeric)
-        self.binary = prep.num_classes == 2
+        self.image = bool(prep.image_shape)
+        self.head = _Head(prep)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.image:
+            return self.head.forward(self.model(inputs[0]))
         parts = []
         if self.has_numeric:
             x = inputs[0]
@@ -90,21 +99,45 @@ class Pipeline(nn.Module):
             for i, size in enumerate(self.vocab_sizes):
                 categories = torch.arange(size, dtype=codes.dtype)
                 parts.append((codes[:, i : i + 1] == categories).to(torch.float32))
-        logits = self.model(torch.cat(parts, dim=1))
+        return self.head.forward(self.model(torch.cat(parts, dim=1)))
+
+
+class _Head(nn.Module):
+    """Logits to probabilities, or (regression) the standardized output back to the
+    target's units."""
+
+    def __init__(self, prep: Preprocessing) -> None:
+        super().__init__()
+        self.regression = prep.regression
+        self.binary = prep.num_classes == 2
+        self.shift = float(prep.target_mean)
+        self.scale = float(prep.target_std)
+
+    def forward(self, out: torch.Tensor) -> torch.Tensor:
+        if self.regression:
+            return out[:, :1] * self.scale + self.shift
         if self.binary:
-            p1 = torch.sigmoid(logits[:, 0])
+            p1 = torch.sigmoid(out[:, 0])
             return torch.stack([1 - p1, p1], dim=1)
-        return torch.softmax(logits, dim=1)
+        return torch.softmax(out, dim=1)
 
 
 def input_names(prep: Preprocessing) -> list[str]:
+    if prep.image_shape:
+        return [PIXELS_INPUT]
     return (["numeric"] if prep.numeric else []) + (
         ["categorical"] if prep.categorical else []
     )
 
 
+def output_name(prep: Preprocessing) -> str:
+    return "value" if prep.regression else "probabilities"
+
+
 def encode_inputs(prep: Preprocessing, frame: pd.DataFrame) -> list[np.ndarray]:
     """The exported graph's inputs for ``frame`` (see the module docstring)."""
+    if prep.image_shape:
+        return [prep.transform(frame)]
     inputs = []
     if prep.numeric:
         num = frame[list(prep.numeric)].apply(pd.to_numeric, errors="coerce")
@@ -144,14 +177,36 @@ def sidecar(trained: TrainedModel, fmt: ExportFormat) -> dict[str, Any]:
             "column's 'missing' entry",
         },
     }
+    if prep.image_shape:
+        described = {PIXELS_INPUT: _pixels_input(trained)}
+    output: dict[str, Any] = {"name": output_name(prep), "classes": list(prep.labels)}
+    if prep.regression:
+        output = {
+            "name": output_name(prep),
+            "shape": ["n", 1],
+            "meaning": f"the predicted {prep.target!r}, in its own units",
+        }
     return {
         "format": str(fmt),
         "inputs": [{"name": n, **described[n]} for n in input_names(prep)],
-        "output": {"name": "probabilities", "classes": list(prep.labels)},
+        "output": output,
         "target": prep.target,
+        "task": prep.task,
         "model": trained.config.model,
         "rounds_completed": trained.rounds_completed,
         "source": str(trained.path),
+    }
+
+
+def _pixels_input(trained: TrainedModel) -> dict[str, Any]:
+    c, h, w = trained.prep.image_shape
+    return {
+        "dtype": "float32",
+        "shape": ["n", c, h, w],
+        "pixels": "in [0, 1]: 8-bit values / 255, 16-bit / 65535; DICOM after its "
+        "rescale slope/intercept and window; resized to "
+        f"{h}x{w} (bilinear, antialiased) with {c} channel(s), as the run read "
+        "its images (fedvault.common.images)",
     }
 
 
@@ -169,15 +224,17 @@ def export(
     fmt: ExportFormat,
     out: Path,
     *,
-    sample: pd.DataFrame | None = None,
+    sample: pd.DataFrame | np.ndarray | None = None,
     sample_name: str = "",
 ) -> ExportResult:
     """Write the exported model and its sidecar, after checking the export.
 
     The file is exported to a temporary folder, loaded back with onnxruntime (ONNX)
-    or ``torch.jit.load`` (TorchScript) and run on ``sample`` (default: rows drawn
-    from the run's preprocessing statistics); only when its probabilities match
-    fedvault's own within :data:`TOLERANCE` is anything written to ``out``.
+    or ``torch.jit.load`` (TorchScript) and run on ``sample`` (records, or for an
+    image model pixels (n, c, h, w); default: rows drawn from the run's
+    preprocessing statistics, or random images); only when its outputs match
+    fedvault's own within :data:`TOLERANCE` (regression: in standard deviations
+    of the target) is anything written to ``out``.
 
     Raises:
         DataError: a compressed model, or a sample that does not fit the model.
@@ -185,23 +242,27 @@ def export(
     """
     if trained.compression is not None:
         raise DataError(f"{trained.path}: export the model as trained, not compressed")
+    prep = trained.prep
     if sample is None:
-        sample = synthetic_rows(trained.prep)
-        sample_name = "synthetic rows drawn from the run's statistics"
-    sample = sample.head(SAMPLE_ROWS)
-    expected = trained.probabilities(
-        features(trained.prep, sample, source=sample_name)[0]
-    )
-    inputs = encode_inputs(trained.prep, sample)
-    pipeline = Pipeline(trained.model, trained.prep).eval()
+        sample, sample_name = _default_sample(prep)
+    if isinstance(sample, np.ndarray):
+        inputs = [sample[:SAMPLE_ROWS]]
+        x = inputs[0]
+    else:
+        sample = sample.head(SAMPLE_ROWS)
+        x = features(prep, sample, source=sample_name)[0]
+        inputs = encode_inputs(prep, sample)
+    expected = _expected(trained, x)
+    pipeline = Pipeline(trained.model, prep).eval()
     with _quiet_exporters():
-        data = _exported_bytes(pipeline, fmt, trained.prep, inputs)
+        data = _exported_bytes(pipeline, fmt, prep, inputs)
         # run from the bytes alone: the file must hold everything it needs
         if fmt is ExportFormat.ONNX:
-            got = _run_onnx(data, trained.prep, inputs)
+            got = _run_onnx(data, prep, inputs)
         else:
             got = _run_torchscript(data, inputs)
-    diff = float(np.max(np.abs(got - expected)))
+    scale = prep.target_std if prep.regression else 1.0
+    diff = float(np.max(np.abs(got - expected))) / scale
     if not diff <= TOLERANCE:
         raise FederationError(
             f"the exported {fmt} model differs from the PyTorch model by "
@@ -210,7 +271,21 @@ def export(
     side = out.with_name(out.name + ".json")
     atomic_write(out, data)
     atomic_write(side, (json.dumps(sidecar(trained, fmt), indent=2) + "\n").encode())
-    return ExportResult(out, side, len(sample), sample_name, diff)
+    return ExportResult(out, side, len(inputs[0]), sample_name, diff)
+
+
+def _default_sample(prep: Preprocessing) -> tuple[pd.DataFrame | np.ndarray, str]:
+    if prep.image_shape:
+        rng = np.random.default_rng(0)
+        pixels = rng.random((SAMPLE_ROWS, *prep.image_shape), dtype=np.float32)
+        return pixels, "random images of the model's shape (uniform pixels in [0, 1])"
+    return synthetic_rows(prep), "synthetic rows drawn from the run's statistics"
+
+
+def _expected(trained: TrainedModel, x: np.ndarray) -> np.ndarray:
+    if trained.regression:
+        return trained.values(x)[:, np.newaxis]
+    return trained.probabilities(x)
 
 
 def synthetic_rows(prep: Preprocessing, rows: int = SAMPLE_ROWS) -> pd.DataFrame:
@@ -244,7 +319,7 @@ def _exported_bytes(
                 args,
                 str(file),
                 input_names=input_names(prep),
-                output_names=["probabilities"],
+                output_names=[output_name(prep)],
                 # one entry: forward's *inputs
                 dynamic_shapes=(tuple({0: batch} for _ in inputs),),
                 external_data=False,

@@ -393,8 +393,5 @@ class Federation:
         self.rundir.write_json(PRIVACY_FILE, report)
         self.rundir.write_text(PRIVACY_TEXT_FILE, privacy_text(report))
         self.rundir.write_json(SUMMARY_FILE, summary)
-        if not (prep.image_shape or prep.regression):  # the card reads tables
-            model_card.write_for_run(
-                self.rundir.root, test_data=self.settings.test_data
-            )
+        model_card.write_for_run(self.rundir.root, test_data=self.settings.test_data)
         self.rundir.event("done", status=summary["status"], reason=self.stop_reason)

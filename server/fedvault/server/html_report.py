@@ -115,8 +115,17 @@ def _cell(value: Any) -> str:
     return text
 
 
-def _rounds_table(history: Sequence[Mapping[str, Any]]) -> str:
-    keys = ("round", "accuracy", "auc", "loss", "val_accuracy", "sites_trained")
+def _rounds_table(history: Sequence[Mapping[str, Any]], *, regression: bool) -> str:
+    keys: tuple[str, ...] = (
+        "round",
+        "accuracy",
+        "auc",
+        "loss",
+        "val_accuracy",
+        "sites_trained",
+    )
+    if regression:
+        keys = ("round", "r2", "mae", "rmse", "loss", "val_r2", "sites_trained")
     return _table(keys, [[row.get(k) for k in keys] for row in history])
 
 
@@ -184,10 +193,10 @@ def _test_table(test: Mapping[str, Any] | None) -> str:
     def interval(pair: Sequence[float] | None) -> str:
         return "-" if not pair else f"[{pair[0]:.4f}, {pair[1]:.4f}]"
 
-    rows = [
-        ["accuracy", test["accuracy"], interval(test["accuracy_ci95"])],
-        ["ROC AUC", test["auc"], interval(test["auc_ci95"])],
-    ]
+    names: tuple[tuple[str, str], ...] = (("accuracy", "accuracy"), ("auc", "ROC AUC"))
+    if test.get("task") == "regression":
+        names = (("mae", "MAE"), ("rmse", "RMSE"), ("r2", "R²"))
+    rows = [[name, test[key], interval(test[f"{key}_ci95"])] for key, name in names]
     return f"<p>On {escape(str(test['data']))}, {test['rows']} rows.</p>" + _table(
         ("metric", "value", "95 % interval"), rows
     )
@@ -224,14 +233,25 @@ def build_html(run_dir: Path) -> str:
     final = summary.get("final") or {}
     rounds = int(summary.get("rounds_completed") or 0)
     events = events_per_round(sites)  # a stopped run's last round is not in history
+    regression = (summary.get("config") or {}).get("task") == "regression"
+    quality = (
+        f"R² {_cell(final.get('r2'))}, MAE {_cell(final.get('mae'))}"
+        if regression
+        else f"accuracy {_cell(final.get('accuracy'))}, AUC {_cell(final.get('auc'))}"
+    )
     body = [
         f"<h1>fedvault run report</h1><p>{escape(str(run_dir.resolve()))}: "
         f"{escape(str(summary.get('status')))}, {rounds} of "
         f"{summary.get('rounds_planned')} rounds, {len(sites)} sites; final test "
-        f"accuracy {_cell(final.get('accuracy'))}, AUC {_cell(final.get('auc'))}.</p>",
+        f"{quality}.</p>",
         "<h2>Model quality per round</h2>",
-        _img(report_plots.metrics_plot(history), "accuracy, AUC and loss per round"),
-        _rounds_table(history),
+        _img(
+            report_plots.metrics_plot(history, regression=regression),
+            "R², MAE and RMSE per round"
+            if regression
+            else "accuracy, AUC and loss per round",
+        ),
+        _rounds_table(history, regression=regression),
         "<h2>Privacy spent per site</h2>",
         _img(
             report_plots.epsilon_plot(epsilon_per_round(run_dir), budgets),

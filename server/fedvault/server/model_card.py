@@ -18,85 +18,36 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from fedvault.common.data import load_table
 from fedvault.common.errors import DataError, FedVaultError
 from fedvault.common.files import atomic_write
+from fedvault.common.preprocessing import Preprocessing
+from fedvault.server.model_card_metrics import (
+    auc_interval,
+    bootstrap_interval,
+    test_metrics,
+    wilson,
+)
 from fedvault.server.model_card_text import markdown
 from fedvault.server.rundir import PRIVACY_FILE, SUMMARY_FILE
-from fedvault.server.trained import TrainedModel, features, labels, load
+from fedvault.server.trained import TrainedModel, load
+
+__all__ = [
+    "CARD_JSON",
+    "CARD_MD",
+    "auc_interval",
+    "bootstrap_interval",
+    "build",
+    "test_metrics",
+    "wilson",
+    "write",
+]
 
 logger = logging.getLogger(__name__)
 
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
 OPERATOR = "[OPERATOR: {}]"
-Z95 = 1.959963984540054
-
-
-def wilson(successes: int, n: int) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion."""
-    from scipy.stats import binomtest  # type: ignore[import-untyped]
-
-    ci = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
-def auc_interval(auc: float, positives: int, negatives: int) -> tuple[float, float]:
-    """95 % interval of a binary ROC AUC from Hanley & McNeil's (1982) standard
-    error, clipped to [0, 1]."""
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var = (
-        auc * (1 - auc)
-        + (positives - 1) * (q1 - auc * auc)
-        + (negatives - 1) * (q2 - auc * auc)
-    ) / (positives * negatives)
-    se = math.sqrt(max(var, 0.0))
-    return max(0.0, auc - Z95 * se), min(1.0, auc + Z95 * se)
-
-
-def test_metrics(
-    trained: TrainedModel, frame: pd.DataFrame, source: str
-) -> dict[str, Any]:
-    """Accuracy and AUC with 95 % intervals on a labelled frame.
-
-    Raises:
-        DataError: the frame does not fit the model or lacks labels.
-    """
-    from sklearn.metrics import log_loss, roc_auc_score
-
-    x, _ = features(trained.prep, frame, source=source)
-    y = labels(trained.prep, frame, source=source)
-    proba = trained.probabilities(x)
-    n, k = len(y), trained.prep.num_classes
-    correct = int((proba.argmax(axis=1) == y).sum())
-    low, high = wilson(correct, n)
-    out: dict[str, Any] = {
-        "data": source,
-        "rows": n,
-        "class_counts": {
-            label: int((y == i).sum()) for i, label in enumerate(trained.prep.labels)
-        },
-        "accuracy": correct / n,
-        "accuracy_ci95": [low, high],
-        "accuracy_ci_method": "Wilson score interval",
-        "log_loss": float(log_loss(y, proba, labels=list(range(k)))),
-        "auc": None,
-        "auc_ci95": None,
-    }
-    if len(np.unique(y)) == k:
-        if k == 2:
-            auc = float(roc_auc_score(y, proba[:, 1]))
-            positives = int(y.sum())
-            out["auc_ci95"] = list(auc_interval(auc, positives, n - positives))
-            out["auc_ci_method"] = "Hanley-McNeil standard error"
-        else:
-            auc = float(roc_auc_score(y, proba, multi_class="ovr"))
-            out["auc_ci_method"] = "none for a multi-class (one-vs-rest) AUC"
-        out["auc"] = auc
-    return out
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -192,10 +143,8 @@ def build(run_dir: Path, test: dict[str, Any] | None) -> dict[str, Any]:
     trained = load(run_dir)
     prep, config = trained.prep, trained.config
     sites = _sites(summary)
-    task = (
-        f"{'binary' if prep.num_classes == 2 else 'multi-class'} classification "
-        f"of {prep.target!r} ({', '.join(prep.labels)})"
-    )
+    task = _task(prep)
+    final = summary.get("final") or {}
     return {
         "card": "fedvault model card and record of processing",
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -214,9 +163,9 @@ def build(run_dir: Path, test: dict[str, Any] | None) -> dict[str, Any]:
         },
         "task": task,
         "model": {
-            "architecture": _architecture(
-                config.model, prep.num_features, config.hidden, prep.num_classes
-            ),
+            "architecture": _architecture(trained),
+            "input": _input(prep),
+            "plugin": _plugin(config.model),
             "parameters": sum(p.numel() for p in trained.model.parameters()),
             "strategy": config.strategy,
             "settings": config.to_run_config(),
@@ -226,31 +175,93 @@ def build(run_dir: Path, test: dict[str, Any] | None) -> dict[str, Any]:
             "rows_released": sum(s["rows_released"] or 0 for s in sites),
             "rows_in_preprocessing": prep.rows,
             "excluded_sites": summary.get("excluded_sites", {}),
-            "columns": {
-                "numeric": list(prep.numeric),
-                "categorical": list(prep.categorical),
-            },
+            "columns": (
+                {"pixels": "x".join(map(str, prep.image_shape))}
+                if prep.image_shape
+                else {
+                    "numeric": list(prep.numeric),
+                    "categorical": list(prep.categorical),
+                }
+            ),
             "target": prep.target,
             "time_range": OPERATOR.format("period the records cover (not recorded)"),
         },
         "metrics": {
             "test_split": test,
-            "validation_at_sites": (summary.get("final") or {}).get("val_accuracy"),
+            "validation_at_sites": final.get(
+                "val_r2" if prep.regression else "val_accuracy"
+            ),
+            "validation_metric": "R²" if prep.regression else "accuracy",
             "per_site": "not recorded: sites report validation metrics that the "
             "coordinator averages",
         },
         "privacy": _privacy(summary, privacy),
-        "record_of_processing": _record(
-            prep.target, list(prep.feature_names), sites, privacy
-        ),
+        "record_of_processing": _record(prep.target, _data_items(prep), sites, privacy),
     }
 
 
-def _architecture(model: str, features: int, hidden: int, classes: int) -> str:
-    out = 1 if classes == 2 else classes
-    if model == "mlp":
-        return f"MLP {features}-{hidden}-{out} (ReLU)"
-    return f"logistic regression {features}-{out}"
+def _task(prep: Preprocessing) -> str:
+    if prep.regression:
+        return (
+            f"regression of {prep.target!r} (MSE on the target standardized with "
+            f"mean {prep.target_mean:.4g} and scale {prep.target_std:.4g})"
+        )
+    kind = "binary" if prep.num_classes == 2 else "multi-class"
+    what = "image classification" if prep.image_shape else "classification"
+    return f"{kind} {what} of {prep.target!r} ({', '.join(prep.labels)})"
+
+
+def _architecture(trained: TrainedModel) -> str:
+    """The model in words: built-ins by their layers, plug-ins by their name."""
+    prep, config = trained.prep, trained.config
+    out = 1 if prep.num_classes <= 2 else prep.num_classes
+    if prep.image_shape:
+        shape = "x".join(map(str, prep.image_shape))
+        if config.model == "cnn":
+            what = f"small CNN (two 3x3 conv blocks, Dense({config.hidden}))"
+        elif config.model == "resnet18":
+            what = "ResNet-18 (torchvision, GroupNorm, random initialisation)"
+        else:
+            what = f"plug-in {config.model}"
+        return f"{what}, input {shape} (channels x height x width), {out} output(s)"
+    if config.model == "mlp":
+        return f"MLP {prep.num_features}-{config.hidden}-{out} (ReLU)"
+    if config.model == "logreg":
+        return f"logistic regression {prep.num_features}-{out}"
+    return f"plug-in {config.model}, {prep.num_features} inputs, {out} output(s)"
+
+
+def _input(prep: Preprocessing) -> dict[str, Any]:
+    if prep.image_shape:
+        c, h, w = prep.image_shape
+        return {
+            "kind": "image",
+            "channels": c,
+            "height": h,
+            "width": w,
+            "pixels": "float32 in [0, 1], resized to the run's image size",
+        }
+    return {"kind": "table", "features": prep.num_features}
+
+
+def _plugin(name: str) -> dict[str, Any] | None:
+    """A plug-in's factory name and the sha256 of its module file here (the hash a
+    site's policy pins), or None for a built-in model."""
+    from fedvault.common.model_zoo import is_plugin, plugin_sha256
+
+    if not is_plugin(name):
+        return None
+    try:
+        digest: str | None = plugin_sha256(name)
+    except FedVaultError:
+        digest = None
+    return {"factory": name, "module_sha256": digest}
+
+
+def _data_items(prep: Preprocessing) -> list[str]:
+    if prep.image_shape:
+        return ["images (pixels only: no DICOM header value, no file name)"]
+    return ["the columns " + ", ".join(prep.feature_names)]
 
 
 def _limits(rows: int, sites: int, summary: dict[str, Any]) -> list[str]:
@@ -294,7 +305,7 @@ def _record(
         "purposes": OPERATOR.format(f"purpose of training a model of {target!r}"),
         "categories_of_data_subjects": OPERATOR.format("e.g. patients of the sites"),
         "categories_of_personal_data": [
-            "the columns " + ", ".join(features),
+            *features,
             "derived from them: model updates and per-column summary counts",
         ],
         "recipients": [

@@ -28,12 +28,15 @@ def _interval(pair: list[float] | None) -> str:
 
 def _metrics(metrics: dict[str, Any]) -> list[str]:
     test = metrics.get("test_split")
+    validation = metrics.get("validation_metric", "accuracy")
     if not test:
         return [
             "No central test split in this run (e.g. the sites held all data); "
-            f"last validation accuracy at the sites: "
+            f"last validation {validation} at the sites: "
             f"{_num(metrics.get('validation_at_sites'))}.",
         ]
+    if test.get("task") == "regression":
+        return _regression(test, metrics)
     return [
         f"On {test['data']} ({test['rows']} rows; per class: "
         + ", ".join(f"{k}: {v}" for k, v in test["class_counts"].items())
@@ -50,6 +53,43 @@ def _metrics(metrics: dict[str, Any]) -> list[str]:
         f"Last validation accuracy at the sites (their own splits, averaged): "
         f"{_num(metrics.get('validation_at_sites'))}. Per site: {metrics['per_site']}.",
     ]
+
+
+def _regression(test: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    rows = [
+        f"| {title} | {_num(test[key])} | {_interval(test[f'{key}_ci95'])} "
+        f"| {test[f'{key}_ci_method']} |"
+        for key, title in (("mae", "MAE"), ("rmse", "RMSE"), ("r2", "R²"))
+    ]
+    sites = metrics.get("validation_at_sites")
+    return [
+        f"On {test['data']} ({test['rows']} rows; MAE and RMSE in the target's units):",
+        "",
+        "| metric | value | 95 % interval | method |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        "Last validation R² at the sites: "
+        + (
+            _num(sites)
+            if sites is not None
+            else "none (under DP the sites release no regression metrics)"
+        )
+        + f". Per site: {metrics['per_site']}.",
+    ]
+
+
+def _model_line(card: dict[str, Any]) -> str:
+    model = card["model"]
+    line = (
+        f"{card['task']}; {model['architecture']}, {model['parameters']} "
+        f"parameters, strategy {model['strategy']}."
+    )
+    plugin = model.get("plugin")
+    if plugin:
+        digest = plugin["module_sha256"] or "module not found here"
+        line += f" Plug-in factory `{plugin['factory']}`, module file sha256 {digest}."
+    return line
 
 
 def _sites(data: dict[str, Any]) -> list[str]:
@@ -95,7 +135,7 @@ def _record(record: dict[str, Any]) -> list[str]:
 
 def markdown(card: dict[str, Any]) -> str:
     """Render the card; placeholders stay visible as ``[OPERATOR: ...]``."""
-    run, use, model = card["run"], card["intended_use"], card["model"]
+    run, use = card["run"], card["intended_use"]
     data, privacy = card["data"], card["privacy"]
     lines = [
         "# Model card",
@@ -113,8 +153,7 @@ def markdown(card: dict[str, Any]) -> str:
         "",
         "## Task and model",
         "",
-        f"{card['task']}; {model['architecture']}, {model['parameters']} "
-        f"parameters, strategy {model['strategy']}.",
+        _model_line(card),
         "",
         "## Data",
         "",

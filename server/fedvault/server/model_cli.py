@@ -5,13 +5,11 @@ explain, card). Every command takes a run folder (``fedvault simulate --out``,
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from fedvault.common.cli import (
@@ -27,11 +25,12 @@ from fedvault.server import explain as xpl
 from fedvault.server import export as exp
 from fedvault.server import lineage as lin
 from fedvault.server import model_card as mc
+from fedvault.server import model_views as views
 from fedvault.server import predict as pred
 from fedvault.server import trained
+from fedvault.server.image_inputs import check_kind, read_images
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+console = views.console
 
 model_app = command_group(
     "model", "Use a trained model: predict, export, compress, explain, model card."
@@ -42,20 +41,21 @@ RunArgument = Annotated[
 ]
 
 
-def _notes(notes: tuple[str, ...] | list[str]) -> None:
-    for note in notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
-
-
-def _json(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+_notes = views.notes
+_json = views.as_json
 
 
 @model_app.command("predict")
 @errors_as_exit(os_errors=True)
 def predict(
     run: RunArgument,
-    data: Annotated[Path, typer.Argument(help="CSV or Parquet file of records.")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV or Parquet file of records; for an image model a folder of "
+            "images (root/<label>/*.png|jpg|dcm, or flat)."
+        ),
+    ],
     out: Annotated[
         Path | None,
         typer.Option(
@@ -72,7 +72,9 @@ def predict(
     ] = False,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
-    """One row per record: the predicted class and each class's probability.
+    """One row per record: the predicted class and each class's probability (a
+    regression run: the predicted value, in the target's units). An image model
+    writes one row per image file: its path, then the prediction.
 
     The run's own preprocessing is applied first; missing values are imputed as in
     training. A file missing a column or holding text where numbers are expected
@@ -86,7 +88,7 @@ def predict(
         sys.stdout.write(result.table.to_csv(index=False))
         return
     pred.write_table(result.table, out)
-    counts = result.table[pred.PREDICTED].value_counts().to_dict()
+    described = views.described(model, result.table[pred.PREDICTED])
     if output_format is OutputFormat.JSON:
         _json(
             {
@@ -94,14 +96,15 @@ def predict(
                 "data": str(data),
                 "out": str(out),
                 "rows": len(result.table),
-                "predicted": {str(k): int(v) for k, v in counts.items()},
+                "predicted": described,
                 "notes": list(result.notes),
             }
         )
         return
-    shares = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    shares = ", ".join(f"{k}: {v:.6g}" for k, v in described.items())
+    unit = "images" if model.image else "rows"
     console.print(
-        f"Predicted {len(result.table)} rows of {data} with {model.path} "
+        f"Predicted {len(result.table)} {unit} of {data} with {model.path} "
         f"(round {model.rounds_completed}) -> {out} ({shares})",
         highlight=False,
     )
@@ -124,8 +127,9 @@ def export(
     data: Annotated[
         Path | None,
         typer.Option(
-            help="Check the export on up to 256 rows of this file "
-            "(default: rows drawn from the run's statistics)."
+            help="Check the export on up to 256 rows of this file, or images of "
+            "this folder for an image model (default: rows drawn from the run's "
+            "statistics; random images)."
         ),
     ] = None,
 ) -> None:
@@ -136,15 +140,27 @@ def export(
     model = trained.load(run)
     target = out or model.path.parent / f"model{exp.SUFFIXES[fmt]}"
     _check_writable(target)
-    sample = None if data is None else load_table(data)
-    result = exp.export(
-        model, fmt, target, sample=sample, sample_name=f"rows of {data}"
-    )
+    sample: Any = None
+    name = f"rows of {data}"
+    if data is not None:
+        check_kind(model, data)
+        if model.image:
+            images = read_images(model, data, labelled=False)
+            _notes(images.notes())
+            sample, name = images.pixels, f"images of {data}"
+        else:
+            sample = load_table(data)
+    result = exp.export(model, fmt, target, sample=sample, sample_name=name)
     runtime = "onnxruntime" if fmt is exp.ExportFormat.ONNX else "torch.jit.load"
+    what = (
+        "value difference, in standard deviations of the target"
+        if model.regression
+        else "probability difference"
+    )
     console.print(
         f"Exported {result.path} ({fmt}) and {result.sidecar.name} (inputs, "
-        f"category codes, classes).\nCheck ({runtime}) on {result.rows_checked} "
-        f"{result.sample}: max |probability difference| vs PyTorch = "
+        f"outputs, how to encode them).\nCheck ({runtime}) on "
+        f"{result.rows_checked} {result.sample}: max |{what}| vs PyTorch = "
         f"{result.max_abs_diff:.2e} (tolerance {exp.TOLERANCE:g}).",
         highlight=False,
     )
@@ -171,8 +187,8 @@ def compress(
     data: Annotated[
         Path | None,
         typer.Option(
-            help="Labelled CSV or Parquet file: accuracy and AUC of "
-            "every variant on it."
+            help="Labelled CSV or Parquet file (an image model: a folder per "
+            "class): accuracy and AUC (regression: R² and MAE) of every variant."
         ),
     ] = None,
     out: Annotated[
@@ -191,17 +207,20 @@ def compress(
     cmp.check_source(model)
     target = out or model.path.parent / "model.compressed.pt"
     _check_writable(target)
-    labelled = None
-    if data is not None:
-        frame = load_table(data)
-        x, notes = trained.features(model.prep, frame, source=str(data))
-        labelled = (x, trained.labels(model.prep, frame, source=str(data)))
-        _notes(notes)
+    labelled = None if data is None else views.labelled(model, data)
     smaller, rows = cmp.compress(
         model, quantize=quantize, prune=prune, labelled=labelled
     )
     cmp.save(model, smaller, target, quantize=quantize, prune=prune)
-    on = None if labelled is None else f"{len(labelled[1])} labelled rows of {data}"
+    if model.image and quantize == "int8":
+        _notes(
+            [
+                "int8 dynamic quantization applies to Linear layers; the "
+                "convolutions stay float32"
+            ]
+        )
+    unit = "images" if model.image else "rows"
+    on = None if labelled is None else f"{len(labelled[1])} labelled {unit} of {data}"
     if output_format is OutputFormat.JSON:
         _json(
             {
@@ -211,40 +230,15 @@ def compress(
             }
         )
         return
-    console.print(_compress_table(rows, title=f"{model.path} -> {target}"))
+    scores = ("r2", "mae") if model.regression else ("accuracy", "auc")
+    console.print(views.compress_table(rows, scores, title=f"{model.path} -> {target}"))
+    names = "R² and MAE" if model.regression else "Accuracy and AUC"
     console.print(
-        f"Accuracy and AUC on {on}."
+        f"{names} on {on}."
         if on
         else "No --data: sizes only (give a labelled file for the accuracy change).",
         highlight=False,
     )
-
-
-def _compress_table(rows: list[cmp.Variant], *, title: str) -> Table:
-    base = rows[0]
-    table = Table(title=title)
-    table.add_column("model", no_wrap=True)
-    for col in ("bytes (x)", "gzipped (x)", "acc.", "Δ acc.", "AUC", "Δ AUC"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(
-            r.name,
-            f"{r.size:,} ({r.size / base.size:.2f})",
-            f"{r.gzipped:,} ({r.gzipped / base.gzipped:.2f})",
-            _fmt(r.accuracy),
-            _delta(r.accuracy, base.accuracy),
-            _fmt(r.auc),
-            _delta(r.auc, base.auc),
-        )
-    return table
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def _delta(value: float | None, base: float | None) -> str:
-    return "-" if value is None or base is None else f"{value - base:+.4f}"
 
 
 @model_app.command("explain")
@@ -252,38 +246,53 @@ def _delta(value: float | None, base: float | None) -> str:
 def explain(
     run: RunArgument,
     data: Annotated[
-        Path, typer.Argument(help="Labelled CSV or Parquet file (with the target).")
+        Path,
+        typer.Argument(
+            help="Labelled CSV or Parquet file (with the target); for an image "
+            "model a folder of images (per class, or flat)."
+        ),
     ],
     metric: Annotated[
-        xpl.Metric, typer.Option(help="Score whose drop is measured.")
-    ] = xpl.Metric.ACCURACY,
+        xpl.Metric | None,
+        typer.Option(
+            help="Score whose drop is measured (default: accuracy; regression: r2)."
+        ),
+    ] = None,
     repeats: Annotated[int, typer.Option(help="Shuffles per column.")] = 10,
     top: Annotated[
-        int, typer.Option(help="Columns shown in the table and chart.")
+        int,
+        typer.Option(help="Columns shown in the table and chart; images explained."),
     ] = 15,
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Folder for importance.json and importance.png; default: "
-            "explain/ in the run folder (next to the model file)."
+            help="Folder for the JSON and PNG; default: explain/ in the run "
+            "folder (next to the model file)."
         ),
     ] = None,
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Global feature importance: permutation importance of every input column on
-    a labelled file, as a ranked table, a PNG bar chart and JSON."""
+    a labelled file, as a ranked table, a PNG bar chart and JSON. An image model:
+    attribution maps (Integrated Gradients) of a few images of a folder, as a PNG
+    grid and JSON, with the class balance of the images they were computed on."""
     model = trained.load(run)
     folder = out or model.path.parent / "explain"
     if folder.exists() and not folder.is_dir():
         raise DataError(f"{folder}: exists and is not a folder")
+    check_kind(model, data)
+    if model.image:
+        views.explain_images(model, data, folder, min(top, 6), output_format)
+        return
     frame = load_table(data)
     result = xpl.explain(model, frame, source=str(data), metric=metric, repeats=repeats)
     json_path, png_path = xpl.write(result, folder, top=top)
     if output_format is OutputFormat.JSON:
         _json(result.to_json() | {"json": str(json_path), "png": str(png_path)})
         return
+    change = "rise" if result.metric is xpl.Metric.MAE else "drop"
     table = Table(
-        title=f"Permutation importance ({result.metric} drop, {result.repeats} "
+        title=f"Permutation importance ({result.metric} {change}, {result.repeats} "
         f"shuffles) on {result.rows} labelled rows of {data}"
     )
     for col in ("rank", "column", "importance", "± sd"):
@@ -306,8 +315,9 @@ def card(
     data: Annotated[
         Path | None,
         typer.Option(
-            help="Labelled test file for the metrics with 95% intervals "
-            "(default: keep those of the card already there)."
+            help="Labelled test file (an image model: a folder per class) for "
+            "the metrics with 95% intervals (default: keep those of the card "
+            "already there)."
         ),
     ] = None,
 ) -> None:
@@ -318,7 +328,8 @@ def card(
         raise DataError(f"{run}: no such run folder")
     test = None
     if data is not None:
-        test = mc.test_metrics(trained.load(run), load_table(data), str(data))
+        model = trained.load(run)
+        test = mc.test_metrics(model, views.labelled_frame(model, data), str(data))
     elif (run / mc.CARD_JSON).is_file():
         test = mc.previous_test_metrics(run)
     mc.write(run, mc.build(run, test))

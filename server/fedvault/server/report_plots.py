@@ -46,8 +46,11 @@ def _series(
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def metrics_plot(history: Sequence[Mapping[str, Any]]) -> bytes | None:
-    """Accuracy, AUC and validation accuracy (left) and losses (right) per round."""
+def metrics_plot(
+    history: Sequence[Mapping[str, Any]], *, regression: bool = False
+) -> bytes | None:
+    """Accuracy, AUC and validation accuracy (left) and losses (right) per round;
+    a regression run: R² (left) and MAE and RMSE in the target's units (right)."""
     if not history:
         return None
     plt = _pyplot()
@@ -63,13 +66,26 @@ def metrics_plot(history: Sequence[Mapping[str, Any]]) -> bytes | None:
             ("val_loss", "site validation loss", _COLOURS[2]),
         ),
     }
+    titles = ("Accuracy and AUC per round", "loss", "Loss per round")
+    if regression:
+        lines = {
+            left: (
+                ("r2", "test R²", _COLOURS[0]),
+                ("val_r2", "site validation R²", _COLOURS[2]),
+            ),
+            right: (
+                ("mae", "test MAE", _COLOURS[0]),
+                ("rmse", "test RMSE", _COLOURS[1]),
+            ),
+        }
+        titles = ("R² per round", "target units", "MAE and RMSE per round")
     for ax, series in lines.items():
         for key, label, colour in series:
             x, y = _series(history, key)
             if x:
                 ax.plot(x, y, marker="o", markersize=3, label=label, color=colour)
-    left.set(xlabel="round", ylabel="score", title="Accuracy and AUC per round")
-    right.set(xlabel="round", ylabel="loss", title="Loss per round")
+    left.set(xlabel="round", ylabel="score", title=titles[0])
+    right.set(xlabel="round", ylabel=titles[1], title=titles[2])
     for ax in (left, right):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -144,8 +160,9 @@ def events_plot(counts: Mapping[str, Mapping[int, int]], rounds: int) -> bytes |
 
 
 def labels_plot(sites: Mapping[str, Mapping[str, int]]) -> bytes | None:
-    """Each site's label shares (stacked horizontal bars, one per site)."""
-    if not sites:
+    """Each site's label shares (stacked horizontal bars, one per site); None
+    where the sites released no label counts (a regression target)."""
+    if not sites or not any(sites.values()):
         return None
     plt = _pyplot()
     names = list(sites)

@@ -62,16 +62,38 @@ class TrainedModel:
     rounds_completed: int
     compression: dict[str, Any] | None = field(default=None)
 
+    @property
+    def image(self) -> bool:
+        """Whether the model reads images (its preprocessing has an image shape)."""
+        return bool(self.prep.image_shape)
+
+    @property
+    def regression(self) -> bool:
+        return self.prep.regression
+
+    def outputs(self, x: np.ndarray, *, batch: int = 1024) -> torch.Tensor:
+        """The network's raw outputs for preprocessed inputs, ``batch`` at a time."""
+        with torch.no_grad():
+            chunks = [
+                self.model(torch.from_numpy(x[i : i + batch]))
+                for i in range(0, len(x), batch)
+            ]
+        return torch.cat(chunks) if chunks else torch.zeros(0, 1)
+
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (n, classes), for preprocessed features."""
         from fedvault.common.models import predict_proba
 
-        with torch.no_grad():
-            logits = self.model(torch.from_numpy(x))
-            proba = predict_proba(logits, self.prep.num_classes)
+        proba = predict_proba(self.outputs(x), self.prep.num_classes)
         out: np.ndarray = np.asarray(proba.numpy(), dtype=np.float64)
         out /= out.sum(axis=1, keepdims=True)  # rows sum to 1 in float64
         return out
+
+    def values(self, x: np.ndarray) -> np.ndarray:
+        """Regression: the predicted target in its own units, shape (n,) (the
+        network predicts the standardized target; this undoes it)."""
+        raw = np.asarray(self.outputs(x)[:, 0].numpy(), dtype=np.float64)
+        return raw * self.prep.target_std + self.prep.target_mean
 
 
 def model_file(path: Path) -> tuple[Path, Path | None]:
@@ -251,6 +273,28 @@ def features(
     if problems:
         raise DataError(f"{source} does not fit the model: " + "; ".join(problems))
     return prep.transform(frame), notes
+
+
+def target_values(
+    prep: Preprocessing, frame: pd.DataFrame, *, source: str
+) -> np.ndarray:
+    """A regression run's target column of a labelled file, in its own units.
+
+    Raises:
+        DataError: the target column is missing, or holds empty or non-numeric
+            values.
+    """
+    if prep.target not in frame:
+        raise DataError(
+            f"{source}: no target column {prep.target!r}; a labelled file is needed"
+        )
+    column = frame[prep.target]
+    parsed = pd.to_numeric(column, errors="coerce")
+    if n := int(parsed.isna().sum()):
+        raise DataError(
+            f"{source}: {n} row(s) of {prep.target!r} are empty or not numbers"
+        )
+    return parsed.to_numpy(dtype=np.float64)
 
 
 def labels(prep: Preprocessing, frame: pd.DataFrame, *, source: str) -> np.ndarray:
