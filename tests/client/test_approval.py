@@ -6,7 +6,7 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedvault.client import app as client_module
+from fedvault.client import admission
 from fedvault.client.app import app as client_app
 from fedvault.client.approval import (
     Approval,
@@ -14,11 +14,13 @@ from fedvault.client.approval import (
     ca_fingerprint,
     check_approval,
     load_approval,
+    run_schema_hash,
 )
 from fedvault.common import certs
 from fedvault.common.config import TrainingConfig
 from fedvault.common.data import default_dataset
 from fedvault.common.protocol import STATS_MESSAGE
+from fedvault.common.wire import summary_from_bytes
 
 PRIVACY = '[privacy]\ndataset-id = "bc"\nepsilon-max = 1.0\ndelta = 1e-5\n'
 
@@ -54,13 +56,13 @@ def _task_identity(monkeypatch):
 @pytest.fixture
 def reads(monkeypatch):
     calls = []
-    real = client_module.load_site_data
+    real = admission.load_site_data
 
     def spy(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(client_module, "load_site_data", spy)
+    monkeypatch.setattr(admission, "load_site_data", spy)
     return calls
 
 
@@ -77,6 +79,21 @@ def ca(tmp_path):
         ('[approval]\nmodels = ["logreg"]\n', {}, "model 'mlp'"),
         ('[approval]\ncoordinator-ca = "SHA256:00"\n', {}, "not the coordinator CA"),
         ("[approval]\ntargets = 3\n", {}, "cannot be read"),
+        (
+            '[approval]\ncolumns = ["mean radius"]\n',
+            {"features": ("mean radius", "mean area")},
+            "column 'mean area'; the site approves only mean radius",
+        ),
+        (  # every column, and the site's data holds one it does not approve
+            '[approval]\ncolumns = ["mean radius"]\n',
+            {},
+            "every column, column 'mean texture' too",
+        ),
+        (
+            '[approval]\nschema-hash = "sha256:00"\n',
+            {"features": ("mean radius",)},
+            "[approval] schema-hash",
+        ),
     ],
 )
 def test_an_unapproved_run_is_declined_before_any_data_is_read(
@@ -115,3 +132,33 @@ def test_approval_keys_parse_and_openssl_fingerprints_match(tmp_path, ca):
     settings = TrainingConfig(rounds=2)
     assert check_approval(approval, settings, {"target": "t"}) is None
     assert approve(path, settings, {"target": "t"}) is None
+
+
+def _stats(node, **training):
+    message = Message(RecordDict(), dst_node_id=7, message_type=STATS_MESSAGE)
+    return client_app(message, _context(node, **training)).content
+
+
+def test_a_run_of_approved_columns_summarizes_only_those(tmp_path, ca, reads):
+    features = ("mean radius", "mean area")
+    schema = run_schema_hash("target", reversed(features))  # order does not matter
+    node = _site(
+        tmp_path,
+        f'[approval]\ncolumns = ["mean radius", "mean area", "mean texture"]\n'
+        f'schema-hash = "{schema.upper()}"\n',
+    )
+    content = _stats(node, features=features)
+    assert "decline" not in content.config_records
+    summary = summary_from_bytes(bytes(content.config_records["site"]["summary"]))
+    assert sorted(summary["numeric"]) == sorted(features)
+    assert reads
+
+
+def test_a_feature_column_the_site_lacks_is_a_data_decline(tmp_path, ca):
+    node = _site(tmp_path, "")
+    content = _stats(node, features=("mean radius", "blood type"))
+    record = content.config_records["decline"]
+    assert str(record["reason"]) == "data"
+    assert "column 'blood type' of the run's features" in str(record["detail"])
+    content = _stats(node, features=("target",))
+    assert "names its target 'target'" in str(content.config_records["decline"])

@@ -114,3 +114,26 @@ def test_cli_prints_the_plan_and_json(tmp_path, site):
     )
     assert bad.exit_code == 2
     assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_a_study_of_unapproved_or_missing_columns_is_declined(tmp_path, site):
+    with site.open("a") as handle:
+        handle.write('\n[approval]\ncolumns = ["mean radius", "blood type"]\n')
+    runner = CliRunner()
+    study = _study(tmp_path, rounds=3, features=["mean radius", "mean area"])
+    text = runner.invoke(client_app, ["plan", str(study), "--config", str(site)])
+    assert text.exit_code == 0, text.output
+    assert "feature columns: mean radius, mean area (schema hash sha256:" in text.stdout
+    assert "DECLINE (policy): the run trains on column 'mean area'" in text.stdout
+    every = plan_study(load_site_config(site), _study(tmp_path, rounds=3))
+    assert every.decline is not None and "column 'mean texture' too" in str(
+        every.decline.detail
+    )
+    missing = _study(tmp_path, rounds=3, features=["mean radius", "blood type"])
+    result = plan_study(load_site_config(site), missing)
+    assert result.decline is not None and result.decline.reason == "data"
+    assert "'blood type'" in result.decline.detail
+    approved = plan_study(
+        load_site_config(site), _study(tmp_path, rounds=3, features=["mean radius"])
+    )
+    assert approved.decline is None and approved.sigma is not None

@@ -12,6 +12,15 @@ def test_defaults_are_the_documented_budget():
     assert TrainingConfig.from_run_config(cfg.to_run_config()) == cfg
 
 
+def test_feature_columns_travel_in_the_run_config_as_json():
+    cfg = parse_fields(TrainingConfig, {"features": ["age", "bmi"]}, source="t")
+    wire = cfg.to_run_config()
+    assert wire["features"] == '["age", "bmi"]'  # Flower's run config holds scalars
+    assert TrainingConfig.from_run_config(wire).features == ("age", "bmi")
+    with pytest.raises(ConfigError, match="features: not a JSON list"):
+        TrainingConfig.from_run_config({"features": "age,bmi"})
+
+
 @pytest.mark.parametrize(
     ("mapping", "key"),
     [
@@ -24,6 +33,8 @@ def test_defaults_are_the_documented_budget():
         ({"batch-size": 2.5}, "batch-size"),
         ({"dp": "yes"}, "dp"),
         ({"learning-rate": 0.1}, "learning-rate"),
+        ({"features": "age"}, "features"),
+        ({"features": ["age", ""]}, "features"),
     ],
 )
 def test_bad_settings_name_their_key(mapping, key):

@@ -41,3 +41,16 @@ def test_mlp_matches_the_seed_architecture():
 def test_bad_shapes_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_model("mlp", **kwargs)
+
+
+def test_a_run_with_one_released_class_is_refused_in_one_line():
+    """Under DP an undeclared class is released only above a noisy count: a
+    small site's classes may all vanish but one, which no classifier fits."""
+    from fedvault.common.errors import DataError
+    from fedvault.common.models import build_run_model
+    from fedvault.common.preprocessing import merge_summaries
+
+    summary = {"rows": 90, "labels": {"digit0": 31}, "numeric": {}, "categorical": {}}
+    prep = merge_summaries([summary | {"image-shape": [1, 8, 8]}], "label")
+    with pytest.raises(DataError, match="name 1 class\\(es\\) of 'label'"):
+        build_run_model("cnn", prep, hidden=8, dp=True)

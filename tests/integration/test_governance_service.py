@@ -1,10 +1,13 @@
 """Issue 17 end to end, in real processes on 127.0.0.1 with real TLS: the
 coordinator service (`fedvault server serve`) keeps the SuperLink up; an admin
 enrolls a researcher, an auditor and two sites over it; a researcher's study runs
-to completion on both sites; a second study, of a model one site has not approved,
-completes on the other site with the decline in its results; roles and ownership
-hold; a revoked user is refused on the next call; `audit verify` passes and fails
-once one byte of the log is changed."""
+to completion on both sites, on the feature columns it names; a second study, asking
+for a column one site has not approved, completes on the other site only with the
+decline in its results; a study naming a column outside the consortium's limits is
+refused; a third study waits at a site that holds runs until its operator
+approves it (`client pending`, `client approve`), then completes on both sites;
+roles and ownership hold; a revoked user is refused on the next call; `audit
+verify` passes and fails once one byte of the log is changed."""
 
 from __future__ import annotations
 
@@ -12,18 +15,23 @@ import hashlib
 import json
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import tomli_w
 from consortium import Consortium, prepare_two_sites, run_fedvault, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from fedvault.client.access_log import access_log
 from fedvault.client.approval import ca_fingerprint
+from fedvault.client.pending import pending_runs
+from fedvault.client.policy import load_policy
 from fedvault.client.site_config import load_site_config
 from fedvault.common.config import read_toml
 from fedvault.common.errors import ConfigError
+from fedvault.common.processes import free_port
 from fedvault.server.certs_cli import certs_app
 from fedvault.server.governance_client import (
     RefusedError,
@@ -41,9 +49,10 @@ pytestmark = [
 SERVER = "fedvault.server.server_cli:server_app"
 CLIENT = "fedvault.client.client_cli:client_app"
 USERS = {"ada": "admin", "alice": "researcher", "bob": "researcher", "eve": "auditor"}
+APPROVED = ["mean radius", "mean texture", "mean area"]  # by site-1 and the limits
 
 
-def _study(*, model: str, min_sites: int) -> str:
+def _study(*, features: list[str], min_sites: int) -> str:
     return tomli_w.dumps(
         {
             "coordinator": {
@@ -58,7 +67,7 @@ def _study(*, model: str, min_sites: int) -> str:
                 "min-sites": min_sites,
                 "round-timeout": 150.0,
                 "epsilon": 3.0,
-                "model": model,
+                "features": features,
             },
         }
     )
@@ -70,13 +79,15 @@ def _prepare(root: Path) -> None:
     del config["sites"]  # the admin enrolls the sites over the service
     (root / "coordinator.toml").write_text(tomli_w.dumps(config))
     (root / "policy.toml").write_text(
-        '[limits]\nmodels = ["mlp", "logreg"]\ntargets = ["target"]\n'
+        '[limits]\nmodels = ["mlp"]\ntargets = ["target"]\n'
         "max-epsilon = 3.0\nmax-rounds = 2\n"
+        f"columns = {json.dumps([*APPROVED, 'worst area'])}\n"
     )
     fingerprint = ca_fingerprint(root / "certs" / "ca.crt")
     with (root / "site-1.toml").open("a") as handle:
         handle.write(
-            f'\n[approval]\nmodels = ["mlp"]\ncoordinator-ca = "{fingerprint}"\n'
+            f"\n[approval]\ncolumns = {json.dumps(APPROVED)}\n"
+            f'models = ["mlp"]\ncoordinator-ca = "{fingerprint}"\n'
         )
     for name, role in USERS.items():
         args = ["user", name, "--role", role, "--ca", "certs", "--out", "users"]
@@ -103,8 +114,55 @@ def _wait_done(stub, run_id: str, timeout: float = 300) -> pb.RunInfo:
     return info
 
 
+def _monitoring(monkeypatch, capsys, root, address, port, run) -> None:
+    """Issue 17's monitoring of the service: `status --watch --run` as the run's
+    researcher, and the Prometheus endpoint of `serve --metrics-address`."""
+    user = ["--coordinator", address, "--ca", str(root / "certs" / "ca.crt")]
+    user += ["--cert", str(root / "users" / "alice.crt")]
+    user += ["--key", str(root / "users" / "alice.key")]
+    watch = ["server", "status", "--watch", "--run", run.run_id, "--format", "json"]
+    code, out = run_fedvault(monkeypatch, capsys, *watch, *user)
+    assert code == 0 and '"status": "completed", "round": 1' in out, out
+    assert '"site-1": {"state": "excluded: declined (policy)' in out
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as reply:
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(reply.read().decode())
+            for s in family.samples
+        }
+    assert samples[("fedvault_runs", (("state", "completed"),))] == 3  # all 3 runs
+    key = ("run", run.run_key)
+    assert samples[("fedvault_rounds_completed_total", (key,))] == 1
+    assert samples[("fedvault_epsilon_spent", (key, ("site", "site-0")))] > 0
+    declined = (("reason", "policy"), key, ("site", "site-1"))
+    assert samples[("fedvault_site_declines_total", declined)] == 1
+
+
 def _digest(*paths: Path) -> str:
     return hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()
+
+
+def _heads_are_the_sites_anchors(root: Path, lines, monkeypatch, capsys) -> None:
+    """The last ledger head the audit log holds of each site (read by the auditor)
+    is what `fedvault client ledger anchor` prints at that site after the runs."""
+    heads = {}
+    for line in lines:
+        entry = json.loads(line)
+        if entry["method"] == "LedgerHead":
+            words = entry["detail"].split()
+            heads[words[5]] = (words[7], words[9], words[11])  # dataset, count, hash
+    assert set(heads) == {"site-0", "site-1"}
+    for name in ("site-0", "site-1"):
+        state = load_site_config(root / f"{name}.toml").state_dir
+        dataset = load_policy(root / f"{name}.toml").dataset_id
+        code, out = run_fedvault(
+            monkeypatch, capsys, "client", "ledger", "anchor",
+            "--state", str(state), "--dataset", dataset,
+        )  # fmt: skip
+        assert code == 0, out
+        anchor = json.loads(out)
+        assert heads[name] == (dataset, str(anchor["count"]), anchor["hash"])
+        assert anchor["count"] > 0
 
 
 def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
@@ -119,9 +177,11 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
     procs = Consortium(root)
     service = root / "run" / "governance" / "service.json"
     try:
+        metrics = free_port()
         serve = procs.launch(
             "coordinator", SERVER, "serve", *config,
             "--policy", "policy.toml", "--listen", "127.0.0.1:0",
+            "--metrics-address", f"127.0.0.1:{metrics}",
         )  # fmt: skip
         wait_until("the service", service.exists, 90, serve)
         address = f"localhost:{json.loads(service.read_text())['port']}"
@@ -142,14 +202,16 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
             procs.launch(name, CLIENT, "start", "--config", f"{name}.toml")
 
         with connect(address, _as(root, "alice")) as alice:
-            with pytest.raises(ConfigError, match="max-rounds 2"):
-                bad = _study(model="mlp", min_sites=2).replace(
-                    "rounds = 1", "rounds = 5"
-                )
-                call(lambda: alice.SubmitRun(pb.SubmitRunRequest(study_toml=bad)))
-            first = call(lambda: alice.SubmitRun(
-                pb.SubmitRunRequest(study_toml=_study(model="mlp", min_sites=2))
-            ))  # fmt: skip
+            study = _study(features=APPROVED, min_sites=2)
+            for bad, refusal in (
+                (study.replace("rounds = 1", "rounds = 5"), "max-rounds 2"),
+                (study.replace('"mean area"', '"worst radius"'), "'worst radius'"),
+            ):
+                with pytest.raises(ConfigError, match=refusal):
+                    call(
+                        lambda b=bad: alice.SubmitRun(pb.SubmitRunRequest(study_toml=b))
+                    )
+            first = call(lambda: alice.SubmitRun(pb.SubmitRunRequest(study_toml=study)))
             done = _wait_done(alice, first.run_id)
             assert done.status == "completed", procs.output("coordinator")[-3000:]
             summary = json.loads(done.summary_json)
@@ -157,9 +219,14 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
             assert sorted(summary["sites"]) == ["site-0", "site-1"]
             events = list(alice.WatchRun(pb.RunRef(run_id=first.run_id), timeout=60))
             assert any(json.loads(e.event_json)["event"] == "round" for e in events)
+            # both sites summarized (and trained on) the named columns only
+            prep = root / "run" / "governance" / "runs" / first.run_key / "output"
+            prep_doc = json.loads((prep / "preprocessing.json").read_text())
+            assert sorted(prep_doc["numeric"]) == sorted(APPROVED)
 
+            asks = [*APPROVED, "worst area"]  # a column site-1 has not approved
             second = call(lambda: alice.SubmitRun(
-                pb.SubmitRunRequest(study_toml=_study(model="logreg", min_sites=1))
+                pb.SubmitRunRequest(study_toml=_study(features=asks, min_sites=1))
             ))  # fmt: skip
             done = _wait_done(alice, second.run_id)
             assert done.status == "completed", procs.output("coordinator")[-3000:]
@@ -167,9 +234,32 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
             assert list(summary["sites"]) == ["site-0"]
             assert summary["sites"]["site-0"]["rounds_trained"] == 1
             declined = summary["excluded_sites"]["site-1"]
-            assert "declined (policy)" in declined and "'logreg'" in declined
+            assert "declined (policy)" in declined and "'worst area'" in declined
+
+            # site-0's operator holds every run until approving it
+            site0 = root / "site-0.toml"
+            with site0.open("a") as handle:
+                handle.write("\n[approval]\nhold = true\n")
+            third = call(lambda: alice.SubmitRun(pb.SubmitRunRequest(study_toml=study)))
+            held_at = load_site_config(site0).state_dir
+            wait_until("site-0 to hold the run", lambda: pending_runs(held_at), 120)
+            code, out = run_fedvault(
+                monkeypatch, capsys, "client", "pending", "--config", str(site0)
+            )
+            assert code == 0 and f"run {third.run_id} (run key {third.run_key})" in out
+            code, out = run_fedvault(
+                monkeypatch, capsys, "client", "approve", third.run_id,
+                "--config", str(site0),
+            )  # fmt: skip
+            assert code == 0 and f"run {third.run_id} approved" in out, out
+            done = _wait_done(alice, third.run_id)
+            assert done.status == "completed", procs.output("coordinator")[-3000:]
+            summary = json.loads(done.summary_json)
+            assert sorted(summary["sites"]) == ["site-0", "site-1"]
+            assert summary["sites"]["site-0"]["rounds_trained"] == 1
             with pytest.raises(RefusedError, match="may not call AddSite"):
                 call(lambda: alice.AddSite(pb.AddSiteRequest(name="x", public_key="")))
+        _monitoring(monkeypatch, capsys, root, address, metrics, second)
 
         with connect(address, _as(root, "bob")) as bob:
             with pytest.raises(RefusedError, match="not yours"):
@@ -183,11 +273,19 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
         before = _digest(*state)
         with connect(address, _as(root, "eve")) as auditor:
             runs = call(lambda: auditor.ListRuns(pb.ListRunsRequest())).runs
-            assert {r.run_id for r in runs} == {first.run_id, second.run_id}
+            assert {r.run_id for r in runs} == {
+                first.run_id,
+                second.run_id,
+                third.run_id,
+            }
             assert all(r.summary_json for r in runs)
+            # the privacy report of every run, with its summary
+            reports = [json.loads(r.summary_json)["privacy_report"] for r in runs]
+            assert all(report["sites"] for report in reports)
             lines = call(lambda: auditor.ReadAudit(pb.ReadAuditRequest())).lines
             ok = [json.loads(x)["method"] for x in lines if '"outcome": "ok"' in x]
-            assert ok.count("AddSite") == 2 and ok.count("SubmitRun") == 2
+            assert ok.count("AddSite") == 2 and ok.count("SubmitRun") == 3
+            _heads_are_the_sites_anchors(root, lines, monkeypatch, capsys)
             for attempt in (
                 lambda: auditor.StopRun(pb.RunRef(run_id=first.run_id)),
                 lambda: auditor.RemoveSite(pb.RemoveSiteRequest(name="site-0")),
@@ -216,7 +314,7 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
     submitted = [
         e for e in entries if e["method"] == "SubmitRun" and e["outcome"] == "ok"
     ]
-    assert [e["who"] for e in submitted] == ["alice", "alice"]
+    assert [e["who"] for e in submitted] == ["alice", "alice", "alice"]
     removed = [e for e in entries if e["method"] == "RemoveSite"]
     assert [(e["who"], e["outcome"]) for e in removed][-1] == ("ada", "ok")
     assert "site site-1 SHA256:" in removed[-1]["detail"]
@@ -225,8 +323,10 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
     assert ended == [
         f"run {first.run_id} run-key {first.run_key} completed; sites site-0, site-1",
         f"run {second.run_id} run-key {second.run_key} completed; sites site-0; "
-        "excluded site-1 (declined (policy): the run trains model 'logreg'; the "
-        "site approves only mlp ([approval] models))",
+        "excluded site-1 (declined (policy): the run trains on column 'worst area'; "
+        "the site approves only mean radius, mean texture, mean area ([approval] "
+        "columns))",
+        f"run {third.run_id} run-key {third.run_key} completed; sites site-0, site-1",
     ]
     # every update the coordinator audited is one a site's access log says it sent
     audited = {
@@ -243,7 +343,7 @@ def test_a_governed_consortium(monkeypatch, capsys, tmp_path):
             for e in log_of_site.entries()
             if e["reply"] == "trained"
         }
-    assert len(audited) == 3 and audited == sent
+    assert len(audited) == 5 and audited == sent
     code, out = run_fedvault(monkeypatch, capsys, "server", "audit", "verify", *config)
     assert code == 0 and "chain intact" in out, out
     data = bytearray(log.read_bytes())

@@ -16,7 +16,9 @@ from flwr.serverapp import (
     SamplingMethod,
 )
 
+from fedvault.client.access_log import access_log
 from fedvault.server import simulate as sim
+from fedvault.server.received import read_received
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +72,21 @@ def test_client_level_dp_alone(tmp_path):
 
 
 def test_secure_aggregation_alone(tmp_path):
-    summary, privacy, text = _run(tmp_path, "secagg", secagg=True)
+    states = tmp_path / "states"
+    summary, privacy, text = _run(tmp_path, "secagg", secagg=True, state=str(states))
     _completed(summary)
+    # each masked vector a site's access log says it sent is one the coordinator
+    # recorded receiving from it, digested alike on both sides
+    received = {
+        (e["site"], e["round"], e["arrays"]) for e in read_received(tmp_path / "secagg")
+    }
+    sent = {
+        (folder.name, e["round"], e["arrays"])
+        for folder in states.iterdir()
+        for e in access_log(folder).entries()
+        if e["message"] == "train secagg:collect_masked_vectors"
+    }
+    assert len(sent) == 3 * 2 and received == sent
     assert summary["final"]["accuracy"] > 0.8  # same model quality as in the clear
     assert summary["client_dp"] is None and privacy["client_level_dp"] is None
     assert privacy["secure_aggregation"] is True

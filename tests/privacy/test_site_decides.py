@@ -7,7 +7,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedvault.client import app as client_module
+from fedvault.client import admission as client_module  # reads rows: run_data
 from fedvault.client.app import app as client_app
 from fedvault.client.budget import SiteBudget
 from fedvault.common.config import TrainingConfig

@@ -190,9 +190,32 @@ def test_studies_outside_the_limits_are_refused(tmp_path, change, message):
 
 
 @pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        ('["age", "income"]', "column 'income' is not allowed (allowed: age, bmi)"),
+        (None, "features not given (a study of every column)"),
+    ],
+)
+def test_studies_of_columns_outside_the_limits_are_refused(
+    tmp_path, features, message
+):
+    limits = StudyLimits(targets=["target"], columns=["age", "bmi"])
+    named = STUDY.replace("rounds = 2", 'rounds = 2\nfeatures = ["bmi", "age"]')
+    check_study(limits, parse_study(named, base=tmp_path))
+    text = STUDY
+    if features is not None:
+        text = STUDY.replace("rounds = 2", f"rounds = 2\nfeatures = {features}")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_study(limits, parse_study(text, base=tmp_path))
+    check_study(StudyLimits(targets=["target"]), parse_study(text, base=tmp_path))
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ("[coordinator\n", "not TOML"),
+        (STUDY.replace("rounds = 2", "features = 3"), "features: expected a list"),
+        (STUDY.replace("rounds = 2", 'features = ["a", "a"]'), "named twice"),
         (STUDY + '[sites]\nx = "x.pub"\n', "enrolled by an admin"),
         (STUDY.replace("[training]", 'test-data = "/etc/passwd"\n[training]'),
          "test-data"),

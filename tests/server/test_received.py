@@ -8,9 +8,12 @@ from collections import defaultdict
 import pytest
 from flwr.app import Context, RecordDict
 from local_grid import site_run_config
+from typer.testing import CliRunner
 
 from fedvault.client.access_log import access_log
 from fedvault.client.app import app as client_app
+from fedvault.client.ledger import anchor, check_anchor
+from fedvault.client.ledger_cli import ledger_app
 from fedvault.common.protocol import RUN_KEY
 from fedvault.server.app import main
 from fedvault.server.audit_log import AuditLog, verify
@@ -19,6 +22,8 @@ from fedvault.server.received import (
     RECEIVED_FILE,
     RecordingGrid,
     audit_received,
+    last_heads,
+    read_heads,
     read_received,
 )
 from fedvault.server.settings import ServerSettings
@@ -58,15 +63,44 @@ def test_the_coordinators_record_matches_every_sites_access_log(federated):
         access_log(federated / f"state-{pid}").verify()
 
 
-def test_received_updates_enter_the_audit_log_and_chain(federated, tmp_path):
+def test_the_heads_recorded_are_each_sites_ledger_anchor_after_the_run(federated):
+    last = last_heads(federated / "out")
+    assert set(last) == {f"site-{pid + 1}" for pid in range(len(NODES))}
+    for pid in range(len(NODES)):
+        state = federated / f"state-{pid}"
+        line = last[f"site-{pid + 1}"]
+        now = anchor(state, "bc")
+        assert line["run-key"] == "key-1"
+        assert {k: v for k, v in line["head"].items() if k != "time"} == {
+            k: v for k, v in now.items() if k != "time"
+        }
+        assert now["count"] > 0
+        # the published head is an anchor the site checks its ledger against
+        assert check_anchor(state, "bc", line["head"])
+        # and its access log says which head each reply published
+        published = [e["ledger-head"] for e in access_log(state).entries()]
+        assert published[-1] == {"count": now["count"], "hash": now["hash"]}
+    # every change of a head is a line: the stats reply's, then each round's
+    counts = [e["head"]["count"] for e in read_heads(federated / "out")]
+    assert len(counts) > len(NODES)
+
+
+def test_received_updates_and_heads_enter_the_audit_log_and_chain(federated, tmp_path):
     audit = AuditLog(tmp_path / "audit.jsonl")
     count = audit_received(audit, federated / "out", run_id="9", who="coordinator")
-    assert count == 2 * len(NODES)
+    assert count == 3 * len(NODES)
     entries = list(audit.entries())
-    assert {e["method"] for e in entries} == {"UpdateReceived"}
+    updates = [e for e in entries if e["method"] == "UpdateReceived"]
+    heads = [e for e in entries if e["method"] == "LedgerHead"]
+    assert len(updates) == 2 * len(NODES) and len(heads) == len(NODES)
+    assert entries[-len(NODES) :] == heads  # after the updates
     digests = {e["arrays"] for e in read_received(federated / "out")}
-    assert {e["detail"].rsplit(" ", 1)[-1] for e in entries} == digests
-    assert all("run 9 run-key key-1 round " in e["detail"] for e in entries)
+    assert {e["detail"].rsplit(" ", 1)[-1] for e in updates} == digests
+    assert all("run 9 run-key key-1 round " in e["detail"] for e in updates)
+    for site, line in last_heads(federated / "out").items():
+        (entry,) = [e for e in heads if f" site {site} " in e["detail"]]
+        head = line["head"]
+        assert f"count {head['count']} hash {head['hash']} " in entry["detail"]
     assert verify(audit.path).seq == count - 1
 
 
@@ -78,17 +112,16 @@ def test_a_torn_last_line_is_skipped(tmp_path):
     assert list(read_received(out)) == [line]
 
 
-def test_a_secure_round_passes_through_and_records_no_clear_update(
+def test_a_secure_round_records_each_sites_masked_vector_on_both_sides(
     tmp_path, local_grid, make_contexts
 ):
     run_config = site_run_config(tmp_path, NODES, rounds=1, secagg=True)
+    run_config |= {RUN_KEY: "key-2"}
     grid = local_grid(client_app, make_contexts(NODES, run_config))
     settings = ServerSettings.from_run_config(run_config)
     Federation(RecordingGrid(grid, settings.out_dir, "key-2"), settings).run()
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["status"] == "completed"
-    # the masked vectors are not arrays: nothing in the clear to digest (not yet)
-    assert list(read_received(tmp_path / "out")) == []
     entries = list(access_log(tmp_path / "state-0").entries())
     assert [(e["message"], e["round"], e["reply"]) for e in entries] == [
         ("query.stats", None, "answered"),
@@ -98,6 +131,17 @@ def test_a_secure_round_passes_through_and_records_no_clear_update(
         ("train secagg:unmask", None, "answered"),
         ("evaluate", 1, "evaluated"),
     ]
+    # the masked vectors travel in config records: both sides digest them alike
+    received = list(read_received(tmp_path / "out"))
+    assert {e["message"] for e in received} == {"train secagg:collect_masked_vectors"}
+    by_site = defaultdict(set)
+    for entry in received:
+        by_site[entry["site"]].add((entry["run-key"], entry["round"], entry["arrays"]))
+    assert len(received) == len(NODES)
+    assert by_site == _sent_by_sites(tmp_path)
+    assert all(e["arrays"].startswith("sha256:") for e in received)
+    # the masking stage's reply is Flower's: the heads come with the others
+    assert len(last_heads(tmp_path / "out")) == len(NODES)
 
 
 def test_the_server_app_records_what_it_received(tmp_path, local_grid, make_contexts):
@@ -107,3 +151,19 @@ def test_the_server_app_records_what_it_received(tmp_path, local_grid, make_cont
     received = list(read_received(tmp_path / "out"))
     assert [(e["run-key"], e["round"]) for e in received] == [("42", 1)] * 3
     assert {e["site"] for e in received} == {"site-1", "site-2", "site-3"}
+
+
+def test_a_site_checks_its_ledger_against_the_head_it_published(federated):
+    line = last_heads(federated / "out")["site-1"]
+    published = federated / "head.json"
+    published.write_text(json.dumps(line))
+    state = str(federated / "state-0")
+    args = ["verify", "--state", state, "--dataset", "bc", "--anchor", str(published)]
+    result = CliRunner().invoke(ledger_app, args)
+    assert result.exit_code == 0, result.output
+    assert "matches" in result.output
+    # the ledger of another site (same dataset id) is not the one that published it
+    args[2] = str(federated / "state-1")
+    result = CliRunner().invoke(ledger_app, args)
+    assert result.exit_code == 2
+    assert "differs from the anchor" in result.output

@@ -6,15 +6,19 @@
 coordinator's audit log (which records the digest of every update it received,
 under the same run key) it lets a site prove what left it. An entry::
 
-    {"arrays": "sha256:…", "detail": "", "hash": "…", "message": "train",
+    {"arrays": "sha256:…", "detail": "", "hash": "…",
+     "ledger-head": {"count": 12, "hash": "…"}, "message": "train",
      "prev": "…", "reply": "trained", "round": 3, "run-id": 1234,
      "run-key": "…", "seq": 7, "time": "2026-11-30T17:00:00.123456+00:00"}
 
 ``reply`` is ``trained``, ``evaluated``, ``answered`` (a stats query, a SecAgg+
 stage other than the masked update), ``declined`` (``detail``: the reason and
 why) or ``error`` (``detail``: the error's reason); ``arrays`` is
-:func:`fedvault.common.update_digest.arrays_digest` of the reply (``""`` when it
-carries none). A reply that cannot be logged does not leave: the site answers an
+:func:`fedvault.common.update_digest.update_digest` of the reply (its arrays, or
+at the SecAgg+ masking stage its masked vector; ``""`` when it carries none);
+``ledger-head`` is the ledger head the reply published
+(:mod:`fedvault.client.published_head`; ``null`` when none). A reply that cannot
+be logged does not leave: the site answers an
 error instead.
 """
 
@@ -32,14 +36,15 @@ from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
     Key,
-    Stage,
 )
 
+from fedvault.client.published_head import publish_head
 from fedvault.client.site import site_settings
 from fedvault.common.chainlog import ChainLog
 from fedvault.common.errors import ConfigError, FedVaultError
+from fedvault.common.ledger_head import LedgerHead
 from fedvault.common.protocol import RUN_KEY, Decline
-from fedvault.common.update_digest import arrays_digest, message_round
+from fedvault.common.update_digest import MASKED_STAGE, message_round, update_digest
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +90,7 @@ def _reply_kind(message: str, reply: Message) -> tuple[str, str]:
     decline = Decline.from_content(reply.content)
     if decline is not None:
         return "declined", f"{decline.reason}: {decline.detail}"
-    masked = f"{MessageType.TRAIN} secagg:{Stage.COLLECT_MASKED_VECTORS}"
+    masked = f"{MessageType.TRAIN} {MASKED_STAGE}"
     if message in (MessageType.TRAIN, masked):
         return "trained", ""
     if message == MessageType.EVALUATE:
@@ -105,8 +110,18 @@ def entry_fields(
         **arrived,
         "reply": kind,
         "detail": detail,
-        "arrays": "" if reply.has_error() else arrays_digest(reply.content),
+        "arrays": "" if reply.has_error() else update_digest(reply.content),
+        "ledger-head": _head(reply),
     }
+
+
+def _head(reply: Message) -> dict[str, Any] | None:
+    """The ledger head the reply publishes (count and hash), or None."""
+    try:
+        head = None if reply.has_error() else LedgerHead.from_content(reply.content)
+    except ValueError:
+        return None
+    return None if head is None else {"count": head.count, "hash": head.hash}
 
 
 def access_log_mod(
@@ -120,6 +135,7 @@ def access_log_mod(
     state_dir = _state_dir(ctxt)
     if state_dir is None:
         return reply
+    reply = publish_head(reply, ctxt, protocol_stage=bool(_stage(msg)))
     try:
         access_log(state_dir).append(entry_fields(arrived, reply, ctxt))
     except (OSError, FedVaultError) as exc:

@@ -53,7 +53,8 @@ def show(
 ) -> None:
     """Every message the site answered: when, which run (its key), the message and
     round, the reply (trained, evaluated, answered, declined and why, error) and
-    the digest of the arrays that left."""
+    the digest of the update that left (its arrays, or a SecAgg+ masked vector)
+    and the ledger head the reply published (its record count and hash)."""
     entries = list(access_log(load_site_config(config).state_dir).entries())
     if output_format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(entries, indent=2) + "\n")
@@ -61,6 +62,9 @@ def show(
     table = Table(title="Access log")
     for column in _COLUMNS:
         table.add_column(column)
+    table.add_column("ledger-head")
     for entry in entries:
-        table.add_row(*(str(entry.get(k, "")) for k in _COLUMNS))
+        head = entry.get("ledger-head") or {}
+        published = f"{head.get('count')} {str(head.get('hash'))[:12]}" if head else ""
+        table.add_row(*(str(entry.get(k, "")) for k in _COLUMNS), published)
     output_console().print(table)

@@ -36,17 +36,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fedvault.client import answers
-from fedvault.client.admission import Run, admit, refuse_rows
+from fedvault.client.admission import Run, admit, refuse_rows, run_data
 from fedvault.client.answer_log import answers_mod, notice
 from fedvault.client.budget import SiteBudget
 from fedvault.client.mods import privacy_mod
 from fedvault.client.rounds import replay_round, reply, round_seed, update_of
-from fedvault.client.site import (
-    SplitData,
-    load_site_data,
-    to_tensors,
-    usable,
-)
+from fedvault.client.site import SplitData, to_tensors, usable
 from fedvault.client.training import (
     LocalSettings,
     dp_schedule,
@@ -116,11 +111,14 @@ def stats(msg: Message, context: Context) -> Message:
         return Message(SiteStats(site.name, decline=run).to_content(), reply_to=msg)
     target = str(context.run_config[RUN_TARGET])
     try:
-        split = load_site_data(site, target=target)
+        split = run_data(run, target)
     except FedVaultError as exc:  # its data cannot serve: say so, under its name
         why = f"{type(exc).__name__}: {exc}"
         logger.warning("cannot take part: %s", why)
         return Message(SiteStats(site.name, reason=why).to_content(), reply_to=msg)
+    if isinstance(split, Decline):
+        _log_decline(msg, split)
+        return Message(SiteStats(site.name, decline=split).to_content(), reply_to=msg)
     refusal = refuse_rows(run, split)
     regression = regression_at_site(run.settings, split.train[target])
     reason = usable(split, target, regression=regression)
@@ -211,7 +209,9 @@ def train(msg: Message, context: Context) -> Message:
     config = config_record(msg.content, CONFIG)
     prep = _preprocessing(msg)
     server_round = int(number(config, SERVER_ROUND))
-    split = load_site_data(site, target=prep.target)
+    split = run_data(run, prep.target)
+    if isinstance(split, Decline):
+        return _decline(msg, split)
     refusal = refuse_rows(run, split)
     if refusal is not None:
         return _decline(msg, refusal)
@@ -330,7 +330,9 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         return _decline(msg, run)
     settings = run.settings
     prep = _preprocessing(msg)
-    split = load_site_data(run.site, target=prep.target)
+    split = run_data(run, prep.target)
+    if isinstance(split, Decline):
+        return _decline(msg, split)
     refusal = refuse_rows(run, split)
     if refusal is not None:
         return _decline(msg, refusal)

@@ -115,13 +115,9 @@ class SiteBudget:
         refusal = self.ledger.check_round(step, self.policy)
         if refusal is not None:
             return refusal
-        run_eps = self._epsilon([*self._run_history(), step])
-        if run_eps > self.settings.epsilon * (1 + 1e-9):
-            return Decline(
-                "budget",
-                f"releasing validation counts would bring this run's epsilon to "
-                f"{run_eps:.4f} > the run's target {self.settings.epsilon:g}",
-            )
+        refusal = self._over_run_target(step, "releasing validation counts")
+        if refusal is not None:
+            return refusal
         try:
             self.ledger.append(
                 self.run_id + EVAL_SUFFIX,
@@ -173,14 +169,19 @@ class SiteBudget:
         refusal = self.ledger.check_round(step, self.policy)
         if refusal is not None:
             return refusal
+        return self._over_run_target(step, "the round") or step
+
+    def _over_run_target(self, step: Step, what: str) -> Decline | None:
+        """A ``budget`` decline when ``step`` after this run's history would pass
+        the run's epsilon target, else None."""
         run_eps = self._epsilon([*self._run_history(), step])
-        if run_eps > self.settings.epsilon * (1 + 1e-9):
-            return Decline(
-                "budget",
-                f"the round would bring this run's epsilon to "
-                f"{run_eps:.4f} > the run's target {self.settings.epsilon:g}",
-            )
-        return step
+        if run_eps <= self.settings.epsilon * (1 + 1e-9):
+            return None
+        return Decline(
+            "budget",
+            f"{what} would bring this run's epsilon to "
+            f"{run_eps:.4f} > the run's target {self.settings.epsilon:g}",
+        )
 
     def _useless(self, step: Step) -> Decline:
         spent, budget = self.ledger.epsilon(), self.policy.epsilon_max

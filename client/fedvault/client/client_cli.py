@@ -14,6 +14,7 @@ from rich.console import Console
 
 from fedvault.client.access_log_cli import access_log_app
 from fedvault.client.ledger_cli import ledger_app
+from fedvault.client.pending_cli import approve, pending
 from fedvault.client.plan_cli import plan
 from fedvault.client.site_config import load_site_config
 from fedvault.client.site_status import site_status
@@ -38,6 +39,8 @@ client_app = command_group(
 client_app.add_typer(ledger_app, name="ledger")
 client_app.add_typer(access_log_app, name="access-log")
 client_app.command("plan")(plan)
+client_app.command("pending")(pending)
+client_app.command("approve")(approve)
 
 
 @client_app.command("keygen")

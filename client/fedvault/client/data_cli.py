@@ -187,6 +187,14 @@ def import_images_command(
         typer.Option("--secret", help="Site secret (keyed DICOM pseudonyms)."),
     ] = None,
     label: Annotated[str, typer.Option(help="Label column of a manifest.")] = "label",
+    classes: Annotated[
+        str,
+        typer.Option(
+            help="Declared label classes, comma-separated (the consortium's schema "
+            "contract): their noisy counts are always released in the site's "
+            "summary; undeclared ones only above a noisy threshold."
+        ),
+    ] = "",
     size: Annotated[int, typer.Option(help="Images are resized to SIZE x SIZE.")] = 64,
     channels: Annotated[
         int | None, typer.Option(help="1 (grey) or 3 (colour); default: detected.")
@@ -207,6 +215,7 @@ def import_images_command(
         size=(size, size),
         channels=channels,
         label=label,
+        classes=tuple(c.strip() for c in classes.split(",") if c.strip()),
         allow_burned_in=allow_burned_in,
         replace=replace,
     )

@@ -159,7 +159,11 @@ def show(
 
 AnchorOption = Annotated[
     Path | None,
-    typer.Option("--anchor", help="An anchor from `ledger anchor`, kept elsewhere."),
+    typer.Option(
+        "--anchor",
+        help="An anchor from `ledger anchor`, kept elsewhere, or a line of a run's "
+        "ledger-heads.jsonl (the head the site published).",
+    ),
 ]
 
 
@@ -200,6 +204,8 @@ def _read_anchor(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such anchor file") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not an anchor ({exc})") from None
+    if isinstance(doc, dict) and isinstance(doc.get("head"), dict):
+        doc = doc["head"]  # a line of a run's ledger-heads.jsonl: the published head
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: not an anchor")
     return doc

@@ -18,10 +18,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fedvault.client.approval import approve
+from fedvault.client.approval import approve, run_schema_hash
 from fedvault.client.budget import SiteBudget
 from fedvault.client.policy import SitePolicy, check_request, check_rows, load_policy
-from fedvault.client.site import load_site_data, site_settings
+from fedvault.client.site import (
+    SiteSettings,
+    data_columns,
+    load_site_data,
+    select_columns,
+    site_settings,
+)
 from fedvault.client.site_config import SiteConfig
 from fedvault.client.training import dp_schedule
 from fedvault.common.config import TrainingConfig, parse_fields, read_toml
@@ -39,6 +45,8 @@ class RunPlan:
     rounds: int
     epsilon_max: float
     spent: float
+    features: tuple[str, ...] = ()  # empty: every column
+    schema_hash: str = ""  # what [approval] schema-hash would pin
     rows: int | None = None
     sigma: float | None = None
     run_epsilon: float | None = None
@@ -58,6 +66,8 @@ class RunPlan:
         return {
             "site": self.site,
             "rounds": self.rounds,
+            "features": list(self.features),
+            "schema_hash": self.schema_hash,
             "rows": self.rows,
             "sigma": self.sigma,
             "run_epsilon": self.run_epsilon,
@@ -95,7 +105,7 @@ def _policy(cfg: SiteConfig) -> tuple[Path, SitePolicy]:
     return cfg.policy_file, load_policy(cfg.policy_file)
 
 
-def _rows(cfg: SiteConfig, target: str) -> int:
+def _site(cfg: SiteConfig) -> SiteSettings:
     opts = cfg.options
     node: dict[str, Any] = {"site-name": opts.name, "state": str(cfg.state_dir)}
     if opts.vault:
@@ -103,7 +113,15 @@ def _rows(cfg: SiteConfig, target: str) -> int:
         node |= {"key-file": str(cfg.path(opts.key_file))}
     else:
         node["data"] = str(cfg.path(opts.data))
-    return len(load_site_data(site_settings(node, {}), target=target).train)
+    return site_settings(node, {})
+
+
+def _rows(site: SiteSettings, settings: TrainingConfig, target: str) -> int | Decline:
+    split = load_site_data(site, target=target)
+    selected = select_columns(split, settings.features, target)
+    return (
+        Decline("data", selected) if isinstance(selected, str) else len(selected.train)
+    )
 
 
 def plan_study(cfg: SiteConfig, study: Path) -> RunPlan:
@@ -114,6 +132,17 @@ def plan_study(cfg: SiteConfig, study: Path) -> RunPlan:
         DataError: the site's data cannot be read.
     """
     settings, target = read_study(study)
+    return plan_run(cfg, settings, target)
+
+
+def plan_run(cfg: SiteConfig, settings: TrainingConfig, target: str) -> RunPlan:
+    """What a run of ``settings`` predicting ``target`` would cost the site of
+    ``cfg`` (a study's, or a held run's recorded settings), or why it would decline.
+
+    Raises:
+        ConfigError: the site's settings or its policy are invalid.
+        DataError: the site's data cannot be read.
+    """
     policy_file, policy = _policy(cfg)
     budget = SiteBudget.open(
         policy_file=policy_file,
@@ -123,16 +152,26 @@ def plan_study(cfg: SiteConfig, study: Path) -> RunPlan:
         policy=policy,
     )
     spent = 0.0 if isinstance(budget, Decline) else budget.ledger.epsilon()
-    base = RunPlan(cfg.options.name, settings.rounds, policy.epsilon_max, spent)
+    base = RunPlan(
+        cfg.options.name,
+        settings.rounds,
+        policy.epsilon_max,
+        spent,
+        features=settings.features,
+        schema_hash=run_schema_hash(target, settings.features),
+    )
     run_config = settings.to_run_config() | {RUN_TARGET: target}
+    site = _site(cfg)
     decline = check_request(policy, settings) or approve(
-        policy_file, settings, run_config
+        policy_file, settings, run_config, lambda: data_columns(site)
     )
     if decline is not None or not settings.dp:
         return replace(base, decline=decline)
     if isinstance(budget, Decline):
         return replace(base, decline=budget)
-    rows = _rows(cfg, target)
+    rows = _rows(site, settings, target)
+    if isinstance(rows, Decline):
+        return replace(base, decline=rows)
     decline = check_rows(policy, rows=rows)
     if decline is not None:
         return replace(base, rows=rows, decline=decline)

@@ -30,6 +30,7 @@ from fedvault.common.image_table import ImageShape, image_shape_of
 from fedvault.common.partition import MIN_TRAIN_ROWS, validation_rows
 from fedvault.common.preprocessing import Preprocessing
 from fedvault.common.protocol import simulated_site_key
+from fedvault.common.tables import read_layout
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,25 @@ def _read(site: SiteSettings) -> tuple[pd.DataFrame, ImageShape | None]:
     return load_table(site.data), image_shape_of(site.data)
 
 
+def data_columns(site: SiteSettings) -> list[str]:
+    """The names of the columns the site's rows hold, read from the data file's
+    header or the vault's authenticated manifest (no row is read).
+
+    Raises:
+        FedVaultError: the header or the manifest cannot be read.
+    """
+    if site.vault is not None and site.key_file is not None:
+        from fedvault.client.data.keys import load_key
+        from fedvault.client.data.vault import IDENTIFIER_ROLE, read_manifest
+
+        key = load_key(site.key_file, vault_dir=site.vault)
+        columns = read_manifest(site.vault, key).columns
+        return [name for name, role in columns if role != IDENTIFIER_ROLE]
+    if site.data is None:
+        raise ConfigError(f"site {site.name}: no data configured")
+    return list(read_layout(site.data).names)
+
+
 def dataset_version(site: SiteSettings) -> str:
     """SHA-256 of the data file (or of the vault's manifest, which names every
     chunk): what a site's releases and its validation split are tied to.
@@ -180,6 +200,26 @@ def load_site_data(site: SiteSettings, *, target: str) -> SplitData:
     trained.
     """
     return _load_split(site, dataset_version(site), target)
+
+
+def select_columns(
+    split: SplitData, features: tuple[str, ...], target: str
+) -> SplitData | str:
+    """The split with only the run's feature columns and the target (every column
+    when ``features`` is empty), or why it cannot be (a column the data lacks)."""
+    if not features:
+        return split
+    if target in features:
+        return f"the run names its target {target!r} among its features"
+    missing = [c for c in features if c not in split.train.columns]
+    if missing:
+        return f"column {missing[0]!r} of the run's features is not in its data"
+    columns = [*features, target]
+    return SplitData(
+        train=split.train[columns],
+        validation=split.validation[columns],
+        image_shape=split.image_shape,
+    )
 
 
 def usable(split: SplitData, target: str, *, regression: bool = False) -> str | None:

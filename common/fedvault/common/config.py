@@ -8,6 +8,7 @@ names the offending key.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import tomllib
@@ -19,6 +20,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from fedvault.common.errors import ConfigError
 from fedvault.common.privacy import ACCOUNTANTS, Accountant
+from fedvault.common.protocol import RUN_FEATURES
 
 ModelName = Literal["mlp", "logreg", "cnn", "resnet18"]
 MODEL_NAMES: tuple[ModelName, ...] = get_args(ModelName)
@@ -95,6 +97,9 @@ class TrainingConfig:
     # A built-in (MODEL_NAMES) or a plug-in factory ``package.module:factory``.
     model: str = "mlp"
     hidden: int = 128
+    # The feature columns every site trains on and summarizes, besides the target
+    # (empty: every column of the site's data). Travels as RUN_FEATURES (JSON).
+    features: tuple[str, ...] = ()
     task: TaskChoice = "auto"
     device: DeviceChoice = "auto"
     # Image augmentation inside DP-SGD (off for tables): rotation in degrees,
@@ -152,6 +157,7 @@ class TrainingConfig:
                 "augment-rotation: must be in [0, 180] and augment-crop >= 0"
             )
         _choice(self, "accountant", ACCOUNTANTS)
+        _check_features(self.features)
         _check_secure_settings(self)
 
     @property
@@ -160,16 +166,37 @@ class TrainingConfig:
         return self.client_dp in CLIENT_SIDE_CLIPPING
 
     def to_run_config(self) -> dict[str, bool | int | float | str]:
-        """Flat scalar mapping for Flower's run config."""
-        return {key_of(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Flat scalar mapping for Flower's run config (``features`` as JSON)."""
+        values = {
+            key_of(f.name): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "features"
+        }
+        return values | {RUN_FEATURES: json.dumps(list(self.features))}
 
     @classmethod
     def from_run_config(cls, mapping: Mapping[str, Any]) -> TrainingConfig:
-        """Parse the training keys of a run config, ignoring the others."""
+        """Parse the training keys of a run config, ignoring the others.
+
+        Raises:
+            ConfigError: a key is wrong (named).
+        """
         names = {key_of(f.name) for f in dataclasses.fields(cls)}
-        return parse_fields(
-            cls, {k: v for k, v in mapping.items() if k in names}, source="run config"
-        )
+        picked = {k: v for k, v in mapping.items() if k in names}
+        if isinstance(picked.get(RUN_FEATURES), str):
+            try:
+                picked[RUN_FEATURES] = json.loads(picked[RUN_FEATURES])
+            except json.JSONDecodeError:
+                raise ConfigError(f"{RUN_FEATURES}: not a JSON list") from None
+        return parse_fields(cls, picked, source="run config")
+
+
+def _check_features(features: tuple[str, ...]) -> None:
+    if not all(isinstance(f, str) and f for f in features):
+        raise ConfigError(f"features: expected column names, got {list(features)!r}")
+    twice = sorted({f for f in features if features.count(f) > 1})
+    if twice:
+        raise ConfigError(f"features: column {twice[0]!r} is named twice")
 
 
 def _check_secure_settings(t: TrainingConfig) -> None:
@@ -257,6 +284,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:  # noqa: C901
         if value is None:
             return None
         return _coerce(key, value, args[0])
+    if origin is tuple:
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
     if hint is bool:
         if isinstance(value, bool):
             return value

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fedvault.common.config import MODEL_NAMES, ModelName
-from fedvault.common.errors import ConfigError
+from fedvault.common.errors import ConfigError, DataError
 from fedvault.common.model_zoo import (
     InputSpec,
     build_plugin,
@@ -131,8 +131,16 @@ def build_run_model(
     :func:`build_model` for the preprocessing's input and task, then (with DP)
     :func:`~fedvault.common.model_zoo.prepare_for_dp`, whose notes say what was
     changed. Raises :class:`ConfigError` for a model that cannot be built or
-    trained with DP-SGD (one line naming the layer), :class:`ValueError` for a bad
-    input size or class count."""
+    trained with DP-SGD (one line naming the layer), :class:`DataError` when the
+    sites' summaries name fewer than two classes, :class:`ValueError` for a bad
+    input size."""
+    if not prep.regression and prep.num_classes < 2:
+        raise DataError(
+            f"the sites' summaries name {prep.num_classes} class(es) of "
+            f"{prep.target!r}, a classification needs 2 or more: under DP a class "
+            "is released only above a noisy count unless the sites' schema "
+            "declares it (docs/privacy.md)"
+        )
     model = build_model(
         name,
         input_spec=prep.input_spec,

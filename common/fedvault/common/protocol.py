@@ -20,6 +20,10 @@ evaluate (``evaluate``)     ``arrays``, ``config``: :data:`PREPROCESSING`
 evaluate reply              ``metrics``: :class:`EvaluateMetrics`; or ``decline``
 ==========================  ==========================================================
 
+Every reply a site makes for a run (not a decline, nor a SecAgg+ protocol stage)
+also carries its privacy ledger's head: a :data:`LEDGER_HEAD` ConfigRecord
+(:class:`LedgerHead`).
+
 Special replies are Flower ``Error`` messages: a site that refuses a round's protocol
 answers with a reason starting with :data:`MISMATCH_PREFIX` (the coordinator fails
 the run loudly instead of carrying on without the site); in a SecAgg+ round, whose
@@ -46,6 +50,10 @@ from fedvault.common.decline import DECLINE_PREFIX as DECLINE_PREFIX
 from fedvault.common.decline import DECLINE_REASONS as DECLINE_REASONS
 from fedvault.common.decline import Decline as Decline
 from fedvault.common.decline import DeclineReason as DeclineReason
+
+# the ledger head a site publishes with its replies, re-exported likewise
+from fedvault.common.ledger_head import LEDGER_HEAD as LEDGER_HEAD
+from fedvault.common.ledger_head import LedgerHead as LedgerHead
 from fedvault.common.privacy import Accountant
 from fedvault.common.records import number, text
 
@@ -76,6 +84,12 @@ ARRAY_KEYS = "fedvault-array-keys"
 RUN_TARGET = "target"  # the label column
 RUN_KEY = "run-key"  # names the run in a site's ledger across coordinator restarts
 RUN_CLIENT_THREADS = "client-threads"  # torch threads per site process (0: default)
+# the feature columns the run trains on, a JSON list of names ("[]": every column);
+# TrainingConfig's ``features``, which Flower's scalar run config cannot hold as a list
+RUN_FEATURES = "features"
+# A policy decline whose detail starts so: the site holds the run for its operator's
+# approval; the coordinator asks it again until it answers or its wait ends.
+HELD_PREFIX = "held:"
 # the coordinator's fedvault version: a site with another major.minor declines the run
 RUN_FEDVAULT_VERSION = "fedvault-version"
 # In simulation Flower gives a site only its partition id: the launcher passes each

@@ -111,7 +111,8 @@ def issue_user_cert(
 def read_user_cert(
     pem: bytes, ca_pem: bytes, *, now: dt.datetime | None = None
 ) -> UserIdentity:
-    """The user a PEM certificate names, checked against the CA ``ca_pem``.
+    """The user a PEM certificate names, checked against the CA ``ca_pem`` (one
+    certificate, or the old and new CA of a rotation's overlap window: either).
 
     Raises:
         IntegrityError: not a certificate, not issued by this CA, expired, or not a
@@ -120,10 +121,11 @@ def read_user_cert(
     now = now or _now()
     try:
         cert = x509.load_pem_x509_certificate(pem)
-        ca = x509.load_pem_x509_certificate(ca_pem)
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
+        authorities = x509.load_pem_x509_certificates(ca_pem)
+    except ValueError:
         raise IntegrityError("not a user certificate of this consortium CA") from None
+    if not any(_issued_by(cert, ca) for ca in authorities):
+        raise IntegrityError("not a user certificate of this consortium CA")
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise IntegrityError("user certificate expired or not yet valid")
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -136,6 +138,14 @@ def read_user_cert(
     return UserIdentity(
         name, role, format(cert.serial_number, "x"), cert.not_valid_after_utc
     )
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def ca_file(ca_dir: Path) -> Path:

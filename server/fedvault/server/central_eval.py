@@ -1,5 +1,6 @@
 """The coordinator's own measurements of the global model: on its held-out test
-file (simulation), and the names of what the sites' evaluate replies carry."""
+file (a table; for an image run also a folder per class or a manifest of image
+files), and the names of what the sites' evaluate replies carry."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from fedvault.common.data import load_table
 from fedvault.common.evaluation import evaluate
+from fedvault.common.image_table import image_shape_of
 from fedvault.common.preprocessing import Preprocessing
 from fedvault.common.protocol import ACCURACY, REGRESSION_METRICS
 
@@ -24,9 +26,15 @@ def site_metrics(prep: Preprocessing) -> tuple[str, ...]:
 
 
 def held_out_set(path: Path | None, prep: Preprocessing) -> HeldOut | None:
-    """The test file's inputs and targets through the run's preprocessing."""
+    """The test file's inputs and targets through the run's preprocessing.
+
+    Raises :class:`DataError` for a file that cannot be read, lacks a column, holds
+    no usable image or a label outside the run's classes.
+    """
     if path is None:
         return None
+    if prep.image_shape and image_shape_of(path) is None:
+        return _image_files(path, prep, prep.image_shape)
     frame = load_table(path)
     return (
         torch.from_numpy(prep.transform(frame)),
@@ -50,3 +58,17 @@ def held_out_metrics(
         target_scale=(prep.target_mean, prep.target_std),
     )
     return m.values()
+
+
+def _image_files(path: Path, prep: Preprocessing, shape: tuple[int, ...]) -> HeldOut:
+    """A folder per class (``path/<label>/*``) or a manifest (``path`` and label
+    columns) of image files, resized to the run's image ``shape``."""
+    from fedvault.common.images import read_folder, read_manifest
+
+    c, h, w = shape
+    if path.is_dir():
+        images = read_folder(path, size=(h, w), channels=c, label=prep.target)
+    else:
+        images = read_manifest(path, label=prep.target, size=(h, w), channels=c)
+    labels = prep.encode_labels(images.meta[images.label])
+    return images.images, torch.from_numpy(labels)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedvault.common import certs, user_certs
+from fedvault.common import ca_rotation, certs, user_certs
 from fedvault.common.cli import FormatOption, OutputFormat, command_group, say
 from fedvault.common.errors import ConfigError
 
@@ -82,6 +82,55 @@ def server(
         console,
         f"coordinator certificate {cert} for {host}"
         + (f" and {', '.join(ip)}" if ip else ""),
+    )
+
+
+rotate_app = command_group(
+    "rotate-ca",
+    "Rotate the consortium CA and the coordinator's certificate with an overlap "
+    "window (begin, switch, finish; docs/operations.md).",
+)
+certs_app.add_typer(rotate_app, name="rotate-ca")
+CaDir = Annotated[Path, typer.Argument(help="Folder holding the CA (certs).")]
+
+
+@rotate_app.command("begin")
+def rotate_begin(directory: CaDir) -> None:
+    """Step 1: a new CA beside the old one; ca.crt becomes old + new, for every
+    site and user to install (they then trust both)."""
+    bundle = ca_rotation.begin(directory)
+    say(
+        console,
+        f"new CA in {directory / ca_rotation.NEXT}; {bundle} now holds the old and "
+        "the new CA: give it to every site and user, then run `fedvault certs "
+        f"rotate-ca switch {directory}`",
+    )
+
+
+@rotate_app.command("switch")
+def rotate_switch(directory: CaDir) -> None:
+    """Step 2: the coordinator's certificate re-issued by the new CA, which signs
+    from now on; restart the coordinator to show it."""
+    cert = ca_rotation.switch(directory)
+    say(
+        console,
+        f"coordinator certificate {cert} now from the new CA (old CA kept in "
+        f"{directory / ca_rotation.PREVIOUS}); restart the coordinator (`server "
+        "stop` + `server resume`, or the service); users get new certificates "
+        "(`certs user`, then revoke + add); then `fedvault certs rotate-ca finish "
+        f"{directory}`",
+    )
+
+
+@rotate_app.command("finish")
+def rotate_finish(directory: CaDir) -> None:
+    """Step 3: drop the old CA; ca.crt holds the new one alone."""
+    bundle = ca_rotation.finish(directory)
+    say(
+        console,
+        f"old CA dropped; {bundle} holds the new CA alone: give it to every site "
+        "and user (and update [approval] coordinator-ca); anything trusting only "
+        "the old CA now fails the handshake",
     )
 
 

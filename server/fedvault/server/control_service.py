@@ -34,6 +34,7 @@ from fedvault.server.deploy import CoordinatorLayout
 from fedvault.server.rbac import AccessDeniedError, Scope, authorize, check_owner
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.run_book import RunBook, RunRecord
+from fedvault.server.rundir import PRIVACY_FILE
 from fedvault.server.study_policy import check_study, load_limits, parse_study
 from fedvault.server.users import UnknownUserError, UserEntry, UserRegistry
 
@@ -70,9 +71,25 @@ def _run_info(book: RunBook, record: RunRecord) -> pb.RunInfo:
         rounds=record.rounds,
         rounds_done=rounds_done,
         submitted=record.submitted,
-        summary_json=book.summary(record),
+        summary_json=_summary_json(book, record),
         run_key=record.run_key,
     )
+
+
+def _summary_json(book: RunBook, record: RunRecord) -> str:
+    """The run's ``summary.json`` with its privacy report (``privacy.json``) under
+    ``privacy_report`` once the run wrote one: what GetRun and ListRuns show,
+    and so the privacy report of every run an auditor reads."""
+    text = book.summary(record)
+    report = book.folder(record) / "output" / PRIVACY_FILE
+    if not text or not report.is_file():
+        return text
+    try:
+        summary = json.loads(text)
+        summary["privacy_report"] = json.loads(report.read_text())
+    except (OSError, ValueError, TypeError):
+        return text  # a run still writing it: the summary alone
+    return json.dumps(summary)
 
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):

@@ -9,7 +9,7 @@
     certs = "certs"                     # ca.crt, server.crt, server.key
     expected-sites = 3                  # wait for this many sites before round 1
     target = "target"
-    test-data = ""                      # optional held-out file for central evaluation
+    test-data = ""                      # held-out table, or image folder/manifest
     timeout = 86400                     # whole-run limit, seconds
     client-threads = 0                  # torch threads per site ClientApp (0: all)
     health-address = ""                 # e.g. "127.0.0.1:9096": GET /health (JSON)

@@ -121,7 +121,8 @@ class Federation:
             Message(RecordDict(), message_type=STATS_MESSAGE, dst_node_id=n)
             for n in nodes
         ]
-        summaries = self.book.summaries(self._exchange(messages))
+        wait = self.training.round_timeout  # for a site holding the run
+        summaries = self.book.ask_stats(self._exchange, messages, wait=wait)
         if len(summaries) < self.training.min_sites:
             raise FederationError(
                 f"only {len(summaries)} site(s) can train; min-sites is "

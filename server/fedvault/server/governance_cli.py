@@ -29,6 +29,12 @@ from fedvault.server.control import sync_registry
 from fedvault.server.control_service import Governance, start_service
 from fedvault.server.deploy import CoordinatorConfig, CoordinatorLayout
 from fedvault.server.deploy import load_coordinator_config as _load
+from fedvault.server.metrics import (
+    MetricsOption,
+    MetricsServer,
+    book_runs,
+    check_metrics_address,
+)
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.remote_cli import remote_app
 from fedvault.server.run_book import RunBook, RunRecord
@@ -68,10 +74,13 @@ def serve(
     listen: Annotated[
         str, typer.Option("--listen", help="Address of the service (mutual TLS).")
     ] = "0.0.0.0:9443",
+    metrics_address: MetricsOption = "",
 ) -> None:
     """Keep the SuperLink and the coordinator service up until stopped (Ctrl-C,
     SIGTERM): users submit studies, admins enroll sites and users, auditors read
     the audit log, each with a certificate from `fedvault certs user`."""
+    if metrics_address:
+        check_metrics_address(metrics_address)
     cfg = _load(config)
     cfg.check_certs()
     load_limits(policy)  # refuse a bad policy before anything starts
@@ -86,7 +95,16 @@ def serve(
             gov = Governance(
                 gov_root, layout, cfg.ca_cert.read_bytes(), policy.resolve()
             )
-            _serve_until_stopped(gov, cfg, listen)
+            metrics = None
+            if metrics_address:
+                runs = book_runs(RunBook(gov_root, layout))
+                metrics = MetricsServer(metrics_address, runs)
+                say(console, f"Prometheus metrics on {metrics.url}")
+            try:
+                _serve_until_stopped(gov, cfg, listen)
+            finally:
+                if metrics is not None:
+                    metrics.close()
     finally:
         lock.release()
 

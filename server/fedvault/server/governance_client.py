@@ -62,6 +62,12 @@ def call(rpc: Callable[[], T]) -> T:
         if code is grpc.StatusCode.INVALID_ARGUMENT:
             raise ConfigError(str(detail)) from None
         name = code.name if code is not None else "error"
+        if "CERTIFICATE_VERIFY_FAILED" in str(detail):
+            detail = (
+                "the coordinator's certificate is not issued by a CA in the --ca "
+                "file (FEDVAULT_CA), or does not name the address dialled; after a "
+                "CA rotation, install the consortium's current ca.crt"
+            )
         raise FederationError(f"coordinator service: {name}: {detail}") from None
 
 

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from fedvault.common.cli import (
     FormatOption,
@@ -35,9 +34,16 @@ from fedvault.server.deploy import (
 from fedvault.server.governance_cli import register as register_governance
 from fedvault.server.health import HealthServer, health_doc
 from fedvault.server.lineage import load_parent
+from fedvault.server.metrics import (
+    MetricsOption,
+    MetricsServer,
+    check_metrics_address,
+    folder_runs,
+)
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.rundir import PROGRESS_FILE
-from fedvault.server.runstate import RunState, inspect_run, read_events, round_states
+from fedvault.server.runstate import inspect_run, read_events, round_states
+from fedvault.server.status_cli import print_sites, status, status_doc
 from fedvault.server.superlink import read_live
 
 logger = logging.getLogger(__name__)
@@ -88,6 +94,7 @@ def start(
             "columns); overrides [coordinator] init-model."
         ),
     ] = None,
+    metrics_address: MetricsOption = "",
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Start the coordinator (Flower SuperLink with TLS and site authentication),
@@ -104,6 +111,7 @@ def start(
         cfg,
         insecure=insecure,
         output_format=output_format,
+        metrics_address=metrics_address,
         run=lambda poll: coord.start(
             cfg,
             insecure=insecure,
@@ -118,6 +126,7 @@ def start(
 def resume(
     config: ConfigOption = Path("coordinator.toml"),
     insecure: InsecureOption = False,
+    metrics_address: MetricsOption = "",
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """Continue the unfinished run in the config's run folder after the coordinator
@@ -128,6 +137,7 @@ def resume(
         cfg,
         insecure=insecure,
         output_format=output_format,
+        metrics_address=metrics_address,
         run=lambda poll: coord.resume(cfg, insecure=insecure, on_poll=poll),
     )
 
@@ -137,9 +147,13 @@ def _drive(
     *,
     insecure: bool,
     output_format: OutputFormat,
+    metrics_address: str,
     run: Callable[[Callable[[], None]], dict[str, Any]],
 ) -> None:
-    """Run the coordinator with a progress display; report the outcome."""
+    """Run the coordinator with a progress display (and, with a metrics address,
+    its Prometheus metrics); report the outcome."""
+    if metrics_address:
+        check_metrics_address(metrics_address)  # before anything starts
     if insecure:
         say(
             err_console,
@@ -154,13 +168,13 @@ def _drive(
     )
 
     told: set[tuple[str, int]] = set()
-    health: list[HealthServer] = []
+    health: list[HealthServer | MetricsServer] = []
+    started: list[bool] = []
 
     def poll() -> None:
-        if cfg.options.health_address and not health:  # the folder is ours now
-            rounds = cfg.training.rounds
-            state = functools.partial(health_doc, layout, rounds=rounds)
-            health.append(HealthServer(cfg.options.health_address, state))
+        if not started:  # the folder is ours now
+            started.append(True)
+            health.extend(_endpoints(cfg, layout, metrics_address))
         for event in _events(layout):
             if event["event"] == "ready":
                 progress.update(task, status=f"{len(event['sites'])} sites ready")
@@ -195,6 +209,20 @@ def _drive(
         raise typer.Exit(1)
 
 
+def _endpoints(
+    cfg: CoordinatorConfig, layout: CoordinatorLayout, metrics_address: str
+) -> list[HealthServer | MetricsServer]:
+    """The health endpoint and the metrics endpoint the run asks for."""
+    found: list[HealthServer | MetricsServer] = []
+    rounds = cfg.training.rounds
+    if cfg.options.health_address:
+        state = functools.partial(health_doc, layout, rounds=rounds)
+        found.append(HealthServer(cfg.options.health_address, state))
+    if metrics_address:
+        found.append(MetricsServer(metrics_address, folder_runs(layout)))
+    return found
+
+
 def _tell_states(event: dict[str, Any], told: set[tuple[str, int]]) -> None:
     """One line per round (on stderr): what each known site did in it."""
     states = round_states(event)
@@ -206,79 +234,7 @@ def _tell_states(event: dict[str, Any], told: set[tuple[str, int]]) -> None:
     say(err_console, f"round {key[1]}: {sites}")
 
 
-def _status_doc(config: Path) -> dict[str, Any]:
-    cfg = load_coordinator_config(config)
-    layout = CoordinatorLayout(cfg.run_dir)
-    registry = SiteRegistry(layout.registry)
-    folder = inspect_run(layout, rounds=cfg.training.rounds)
-    live = read_live(layout)
-    doc: dict[str, Any] = {
-        "running": folder.state is RunState.RUNNING,
-        "state": folder.state.value,
-        "message": folder.message(cfg.source),
-        "run-dir": str(cfg.run_dir),
-        "pid": folder.pid,
-        "leftovers": [str(p) for p in folder.leftovers],
-    }
-    nodes: dict[int, dict[str, Any]] = {}
-    if live is not None:
-        keys = ("fleet-address", "control-address", "control-socket", "run-id")
-        doc |= {k: live.get(k) for k in keys}
-        try:  # the coordinator may be stopping meanwhile: say so, do not fail
-            if not live.get("insecure"):
-                nodes = {int(n["node-id"]): n for n in control.list_nodes(layout)}
-            if live.get("run-id") is not None:
-                doc["run-status"] = control.run_status(layout, int(live["run-id"]))
-        except FederationError as exc:
-            doc["run-status"] = f"not answering ({exc})"
-    doc["round"] = folder.rounds_done
-    doc["rounds"] = cfg.training.rounds
-    last: dict[str, str] = {}
-    for event in _events(layout):
-        last = round_states(event) or last
-    doc["sites"] = [
-        {
-            "name": e.name,
-            "node-id": e.node_id,
-            "fingerprint": e.fingerprint,
-            "status": _site_state(e.node_id, nodes),
-            "last-round": last.get(e.name, "-"),
-        }
-        for e in registry.sites.values()
-    ]
-    doc["sites"] += control.rogue_nodes(nodes, registry)
-    return doc
-
-
-def _site_state(node_id: int | None, nodes: dict[int, dict[str, Any]]) -> str:
-    """Flower's view (online, offline, registered) while running; else ours."""
-    if node_id is None:
-        return "pending"
-    if node_id in nodes:
-        return str(nodes[node_id].get("status", "unknown"))
-    return "registered" if not nodes else "unknown"
-
-
-@server_app.command("status")
-def status(
-    config: ConfigOption = Path("coordinator.toml"),
-    output_format: FormatOption = OutputFormat.TEXT,
-) -> None:
-    """The run folder's state (new, running, stopped, failed, completed) and what
-    to do about it, the current round, and each site's state."""
-    doc = _status_doc(config)
-    if output_format is OutputFormat.JSON:
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-        return
-    say(console, f"{doc['state']}: {doc['message']}")
-    if doc["running"] and "fleet-address" in doc:
-        say(
-            console,
-            f"Fleet API {doc['fleet-address']}, Control API on the private socket "
-            f"{doc.get('control-socket')}; run {doc.get('run-id')}: "
-            f"{doc.get('run-status', '-')}",
-        )
-    _print_sites(doc["sites"])
+server_app.command("status")(status)
 
 
 @server_app.command("stop")
@@ -291,22 +247,6 @@ def stop(config: ConfigOption = Path("coordinator.toml")) -> None:
     folder = inspect_run(CoordinatorLayout(cfg.run_dir), rounds=cfg.training.rounds)
     done = f"stopped {', '.join(stopped)}" if stopped else "nothing was running"
     say(console, f"{done}; {folder.message(cfg.source)}")
-
-
-def _print_sites(sites: list[dict[str, Any]]) -> None:
-    table = Table(title="Sites")
-    columns = ("name", "node id", "status", "last round", "key fingerprint")
-    for col in columns:
-        table.add_column(col)
-    for s in sites:
-        table.add_row(
-            s["name"],
-            str(s["node-id"] or "-"),
-            s.get("status", "-"),
-            s.get("last-round", "-"),
-            s["fingerprint"],
-        )
-    console.print(table)
 
 
 @sites_app.command("add")
@@ -382,11 +322,11 @@ def sites_list(
     output_format: FormatOption = OutputFormat.TEXT,
 ) -> None:
     """The registered sites and, while the coordinator runs, their state."""
-    sites = _status_doc(config)["sites"]
+    sites = status_doc(config)["sites"]
     if output_format is OutputFormat.JSON:
         sys.stdout.write(json.dumps(sites, indent=2) + "\n")
     else:
-        _print_sites(sites)
+        print_sites(sites)
 
 
 # The coordinator service of issue 17: `serve`, `audit`, `users`, `runs`.

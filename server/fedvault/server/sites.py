@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from fedvault.server.checks import (
     update_norm,
 )
 from fedvault.server.exchange import send_and_receive
+from fedvault.server.held_sites import until_answered
 from fedvault.server.registry import SiteRegistry
 from fedvault.server.report import SiteRecord
 
@@ -125,6 +127,20 @@ class SiteBook:
         return self.site(self.node_of(reply)).name
 
     # -- federated preprocessing --------------------------------------------------
+    def ask_stats(
+        self,
+        exchange: Callable[[list[Message]], list[Message]],
+        messages: list[Message],
+        *,
+        wait: float,
+    ) -> list[dict[str, Any]]:
+        """:meth:`summaries` of the replies to ``messages``; a site holding the run
+        for its operator is asked again for up to ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        return self.summaries(
+            until_answered(self.node_of, exchange, messages, deadline=deadline)
+        )
+
     def summaries(self, replies: Iterable[Message]) -> list[dict[str, Any]]:
         """The decoded summaries of usable sites' stats replies; every other site is
         filed as excluded, with why."""
@@ -359,8 +375,7 @@ class SiteBook:
             self._notified |= set(late)
             notice = ConfigRecord({"text": NEXT_RUN})
             messages = [
-                Message(RecordDict({NOTICE: notice}), n, NOTICE_MESSAGE)
-                for n in late
+                Message(RecordDict({NOTICE: notice}), n, NOTICE_MESSAGE) for n in late
             ]
             send_and_receive(grid, messages, timeout=30.0)  # answers carry nothing
         return states

@@ -6,13 +6,15 @@ one without a restart)::
     [limits]
     models = ["mlp", "logreg"]     # models a study may train
     targets = ["target"]           # label columns a study may predict
+    columns = ["age", "bmi"]       # feature columns a study may train on
     max-epsilon = 3.0              # epsilon a study may ask of each site, per run
     max-rounds = 20
     allow-non-private = false      # true lets a study turn DP off
 
 A study is the TOML of ``fedvault server start --config``; submitted to the
 coordinator service it may not name sites (an admin enrolls them) or a test-data
-path on the coordinator's disk. :func:`check_study` refuses, with a
+path on the coordinator's disk. With ``columns``, a study must name its feature
+columns (``[training] features``), each one listed. :func:`check_study` refuses, with a
 :class:`ConfigError` naming the key, whatever is outside the limits.
 """
 
@@ -35,11 +37,19 @@ class StudyLimits:
 
     models: list[str] = field(default_factory=lambda: ["mlp"])
     targets: list[str] = field(default_factory=list)
+    columns: list[str] | None = None
     max_epsilon: float = 3.0
     max_rounds: int = 20
     allow_non_private: bool = False
 
     def __post_init__(self) -> None:
+        if self.columns is not None and not (
+            isinstance(self.columns, list)
+            and all(isinstance(c, str) for c in self.columns)
+        ):
+            raise ConfigError(
+                f"columns: expected a list of names, got {self.columns!r}"
+            )
         unknown = sorted(set(self.models) - set(MODEL_NAMES))
         if unknown:
             raise ConfigError(f"models: unknown model {unknown[0]!r}")
@@ -103,6 +113,7 @@ def check_study(limits: StudyLimits, study: CoordinatorConfig) -> None:
             f"study: target {target!r} is not allowed "
             f"(allowed: {', '.join(limits.targets) or 'none'})"
         )
+    _check_columns(limits, training.features)
     if training.rounds > limits.max_rounds:
         raise ConfigError(
             f"study: rounds {training.rounds} is above the consortium's "
@@ -117,3 +128,19 @@ def check_study(limits: StudyLimits, study: CoordinatorConfig) -> None:
             f"study: epsilon {training.epsilon:g} is above the consortium's "
             f"max-epsilon {limits.max_epsilon:g}"
         )
+
+
+def _check_columns(limits: StudyLimits, features: tuple[str, ...]) -> None:
+    if limits.columns is None:
+        return
+    allowed = ", ".join(limits.columns) or "none"
+    if not features:
+        raise ConfigError(
+            "study: [training] features not given (a study of every column); the "
+            f"consortium allows only the columns {allowed}: name them"
+        )
+    for column in features:
+        if column not in limits.columns:
+            raise ConfigError(
+                f"study: column {column!r} is not allowed (allowed: {allowed})"
+            )

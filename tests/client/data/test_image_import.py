@@ -131,3 +131,27 @@ def test_cli_demo_import_and_inspect(tmp_path: Path) -> None:
         ["inspect", str(tmp_path / "v"), "--key", str(tmp_path / "k" / "site.key")],
     )
     assert shown.exit_code == 0 and "4 of 1x16x16" in shown.stdout
+
+
+def test_declared_classes_are_the_vault_schema_contract(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from fedvault.client.releases import declared
+    from fedvault.client.site import SiteSettings
+
+    for label in ("cat", "dog"):
+        (tmp_path / "img" / label).mkdir(parents=True)
+        for i in range(2):
+            pixels = np.full((8, 8), 40 * i, dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "img" / label / f"{i}.png")
+    only_cats = ImageImportOptions(classes=("cat",))
+    with pytest.raises(DataError, match="label 'dog' \\(2 images\\) is not among"):
+        import_images(
+            tmp_path / "img", tmp_path / "v", key=KEY, secret=None, options=only_cats
+        )
+    assert not (tmp_path / "v").exists()
+    both = ImageImportOptions(classes=("cat", "dog", "cow"))
+    import_images(tmp_path / "img", tmp_path / "v", key=KEY, secret=None, options=both)
+    write_key(tmp_path / "site.key", KEY)
+    site = SiteSettings(name="a", vault=tmp_path / "v", key_file=tmp_path / "site.key")
+    assert declared(site).categories == {"label": ("cat", "dog", "cow")}

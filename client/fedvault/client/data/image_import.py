@@ -52,11 +52,15 @@ class ImageImportOptions:
     """``size``: (height, width) every image is resized to; ``channels``: 1 or 3
     (default: the first usable file's); ``label``: the label column of a manifest;
     ``allow_burned_in``: accept DICOM headers flagging burned-in annotations;
-    ``replace``: replace the dataset the vault holds (same key only)."""
+    ``replace``: replace the dataset the vault holds (same key only);
+    ``classes``: the label classes the site declares (its schema contract: their
+    noisy counts are always released in the site's summary, docs/privacy.md);
+    empty: none declared."""
 
     size: tuple[int, int] = DEFAULT_SIZE
     channels: int | None = None
     label: str = "label"
+    classes: tuple[str, ...] = ()
     allow_burned_in: bool = False
     replace: bool = False
 
@@ -79,13 +83,17 @@ def import_images(
     """Read, de-identify and encrypt the images of ``source`` (a folder per class,
     or a manifest file) into ``vault_dir``.
 
-    Raises :class:`DataError` when no image can be used or DICOM files come without
-    a site secret, :class:`ConfigError` for a vault that holds data (without
-    ``replace``) or is locked; nothing is written then.
+    Raises :class:`DataError` when no image can be used, DICOM files come without
+    a site secret or an image's label is not among the declared ``classes``,
+    :class:`ConfigError` for a vault that holds data (without ``replace``) or is
+    locked; nothing is written then.
     """
     options = options or ImageImportOptions()
     check_replace(vault_dir, replace=options.replace)
     images = _read(source, options)
+    schema: dict[str, Any] = {"kind": KIND, "shape": list(images.shape)}
+    if options.classes:
+        schema["columns"] = _declared_label(images, options.classes)
     frame = _frame(images, source, secret)
     report = _report(images)
     with VaultWriter(
@@ -98,7 +106,7 @@ def import_images(
             columns=[
                 (str(c), "target" if c == images.label else "feature") for c in frame
             ],
-            schema={"kind": KIND, "shape": list(images.shape)},
+            schema=schema,
             schema_hash="",
             quality=report,
             details={"kind": KIND, "source": source.name, "key-id": key_id(key)},
@@ -131,6 +139,19 @@ def read_image_vault(vault_dir: Path, key: bytes) -> ImageSet:
     )
     meta = frame.drop(columns=[PIXELS])
     return ImageSet(torch.from_numpy(pixels.copy()), meta, manifest.target, report)
+
+
+def _declared_label(images: ImageSet, classes: tuple[str, ...]) -> dict[str, Any]:
+    """The schema's label column declaring ``classes``; every image's label must
+    be one of them."""
+    labels = images.meta[images.label].astype(str)
+    if unknown := sorted(set(labels) - set(classes)):
+        raise DataError(
+            f"label {unknown[0]!r} ({int((labels == unknown[0]).sum())} images) is "
+            f"not among the declared classes {', '.join(classes)}"
+        )
+    spec = {"type": "category", "role": "target", "categories": list(classes)}
+    return {images.label: spec}
 
 
 def _read(source: Path, options: ImageImportOptions) -> ImageSet:
