@@ -144,3 +144,80 @@ def test_tied_or_frozen_layers_take_the_opacus_path(monkeypatch, make):
     assert taken == ["_opacus_engine"]
     kept = [p for p in model.parameters() if not p.requires_grad]
     assert all(torch.equal(a, b) for a, b in zip(frozen, kept, strict=True))
+
+
+def _image_data(n, classes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return TensorDataset(x, y)
+
+
+def _run_cnn(engine, data, classes, *, sigma, clip, momentum, batch=8, epochs=2):
+    from fedvault.common.model_zoo import InputSpec, prepare_for_dp
+
+    torch.manual_seed(0)
+    model = build_model(
+        "cnn", input_spec=InputSpec.image(1, 8, 8), num_classes=classes, hidden=16
+    )
+    model = prepare_for_dp(model)[0]
+    local = LocalSettings(
+        num_classes=classes,
+        lr=0.2,
+        momentum=momentum,
+        epochs=epochs,
+        batch_size=batch,
+        dp_engine=engine,
+    )
+    plan = dp_schedule(len(data), batch).plan(noise_multiplier=sigma, epochs=epochs)
+    torch.manual_seed(11)
+    result = train_private(model, data, local, plan=plan, max_grad_norm=clip)
+    return torch.cat([p.detach().flatten() for p in model.parameters()]), result
+
+
+@pytest.mark.parametrize(
+    ("classes", "sigma", "clip", "momentum"),
+    [
+        (10, 1.0, 0.5, 0.9),  # the cnn's defaults: momentum, clipping, noise
+        (2, 0.0, 0.05, 0.0),  # binary head, clipping only
+        (3, 0.0, 1e6, 0.5),  # no clipping at all
+        (4, 2.0, 1.0, 0.0),  # plain SGD, noise
+    ],
+)
+def test_cnn_layer_step_same_update_as_opacus(classes, sigma, clip, momentum):
+    """Conv2d, GroupNorm and Linear per-sample gradients, their clipping, noise
+    and the momentum step: fedvault's layer-wise step equals Opacus' engine."""
+    data = _image_data(37, classes)
+    fast, r_fast = _run_cnn(
+        "auto", data, classes, sigma=sigma, clip=clip, momentum=momentum
+    )
+    slow, r_slow = _run_cnn(
+        "opacus", data, classes, sigma=sigma, clip=clip, momentum=momentum
+    )
+    assert r_fast.steps == r_slow.steps
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+    assert r_fast.loss == pytest.approx(r_slow.loss, rel=1e-4)
+
+
+def test_cnn_empty_batches_are_noise_steps_as_in_opacus():
+    data = _image_data(3, 3)
+    kwargs = {"sigma": 1.0, "clip": 1.0, "momentum": 0.9, "batch": 1, "epochs": 5}
+    fast, r_fast = _run_cnn("auto", data, 3, **kwargs)
+    slow, r_slow = _run_cnn("opacus", data, 3, **kwargs)
+    assert r_fast.steps == r_slow.steps == 15
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+def test_which_models_take_the_layer_wise_step():
+    from fedvault.client import _fastdp_layers
+    from fedvault.common.model_zoo import InputSpec
+
+    cnn = build_model("cnn", input_spec=InputSpec.image(1, 8, 8), num_classes=10)
+    assert _fastdp_layers.supports(cnn)
+    assert _fastdp_layers.supports(build_model("mlp", in_features=3, num_classes=2))
+    nn = torch.nn
+    grouped = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), nn.Flatten())
+    same = nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"), nn.Flatten())
+    layer_norm = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
+    for model in (grouped, same, layer_norm, _tied(), _frozen()):
+        assert not _fastdp_layers.supports(model)

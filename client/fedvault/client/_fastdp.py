@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-_ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.LeakyReLU, nn.GELU)
+ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.LeakyReLU, nn.GELU)
 
 
 def supports(model: nn.Module) -> bool:
@@ -39,20 +39,31 @@ def supports(model: nn.Module) -> bool:
     norm, and a frozen parameter is neither clipped nor noised by Opacus; this step
     does neither, so such models take Opacus' own path.
     """
+    layers = plain_layers(model)
+    return (
+        layers is not None
+        and all(
+            isinstance(m, nn.Linear)
+            or (isinstance(m, ACTIVATIONS) and not any(True for _ in m.parameters()))
+            for m in layers
+        )
+        and any(isinstance(m, nn.Linear) for m in layers)
+    )
+
+
+def plain_layers(model: nn.Module) -> list[nn.Module] | None:
+    """The layers of an ``nn.Sequential`` that uses each layer once, shares no
+    parameter and trains every parameter; None for any other model."""
     if not isinstance(model, nn.Sequential):
-        return False
+        return None
     layers = list(model)
     if len({id(m) for m in layers}) != len(layers):
-        return False
+        return None
     params = list(model.parameters())
     shared = sum(1 for _ in model.named_parameters(remove_duplicate=False))
     if shared != len(params) or not all(p.requires_grad for p in params):
-        return False
-    return all(
-        isinstance(m, nn.Linear)
-        or (isinstance(m, _ACTIVATIONS) and not any(True for _ in m.parameters()))
-        for m in layers
-    ) and any(isinstance(m, nn.Linear) for m in layers)
+        return None
+    return layers
 
 
 def dp_sgd_step(
@@ -81,15 +92,7 @@ def dp_sgd_step(
         sums = [torch.zeros_like(p) for lin in linears for p in _params(lin)]
         _noisy_update(linears, sums, std, expected_batch_size, lr)
         return 0.0
-    inputs, outputs = [], []
-    h = x
-    for m in model:
-        if isinstance(m, nn.Linear):
-            inputs.append(h.detach())
-            h = m(h)
-            outputs.append(h)
-        else:
-            h = m(h)
+    h, _, inputs, outputs = recorded_forward(model, x, (nn.Linear,))
     losses = per_sample_loss(h, y)
     grads = torch.autograd.grad(losses.sum(), outputs)
     with torch.no_grad():
@@ -110,6 +113,24 @@ def dp_sgd_step(
     return float(losses.detach().sum())
 
 
+def recorded_forward(
+    model: nn.Sequential, x: torch.Tensor, kinds: tuple[type[nn.Module], ...]
+) -> tuple[torch.Tensor, list[nn.Module], list[torch.Tensor], list[torch.Tensor]]:
+    """Forward ``x`` through ``model``: its output, the layers of ``kinds``, the
+    (detached) input and the output of each."""
+    layers, inputs, outputs = [], [], []
+    h = x
+    for m in model:
+        if isinstance(m, kinds):
+            layers.append(m)
+            inputs.append(h.detach())
+            h = m(h)
+            outputs.append(h)
+        else:
+            h = m(h)
+    return h, layers, inputs, outputs
+
+
 def _params(lin: nn.Linear) -> list[torch.Tensor]:
     return [lin.weight] if lin.bias is None else [lin.weight, lin.bias]
 
@@ -125,12 +146,15 @@ def _noisy_update(
     params = [p for lin in linears for p in _params(lin)]
     with torch.no_grad():
         for p, summed in zip(params, sums, strict=True):
-            if std > 0:
-                summed = summed + torch.normal(
-                    mean=0,
-                    std=std,
-                    size=summed.shape,
-                    device=summed.device,
-                    dtype=summed.dtype,
-                )
-            p.add_(summed / expected_batch_size, alpha=-lr)
+            p.add_(noisy(summed, std) / expected_batch_size, alpha=-lr)
+
+
+def noisy(summed: torch.Tensor, std: float) -> torch.Tensor:
+    """``summed`` plus Gaussian noise of standard deviation ``std`` per coordinate,
+    drawn as Opacus' ``_generate_noise`` draws it (one ``torch.normal`` of the
+    tensor's shape from torch's global generator; nothing drawn for std 0)."""
+    if std <= 0:
+        return summed
+    return summed + torch.normal(
+        mean=0, std=std, size=summed.shape, device=summed.device, dtype=summed.dtype
+    )

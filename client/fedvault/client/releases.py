@@ -16,7 +16,8 @@ exactly the RDP of one DP-SGD step at sample rate 1, so each is recorded in the
 ledger as ``Step(noise_multiplier=sigma, sample_rate=1.0, steps=1)`` and the
 accountant composes it with everything else. Budget split of a run's epsilon
 target (docs/privacy.md): the summary's sigma is planned for
-:data:`SUMMARY_SHARE` of it alone, the validation counts' for
+:data:`SUMMARY_SHARE` of it alone (:data:`IMAGE_SUMMARY_SHARE` for an image site's,
+which holds only its row and label counts), the validation counts' for
 :data:`METRICS_SHARE` over all rounds, and the DP-SGD noise for what the
 composition leaves.
 """
@@ -42,7 +43,13 @@ from fedvault.client.policy import SitePolicy
 from fedvault.client.site import SiteSettings
 from fedvault.common.config import TrainingConfig
 from fedvault.common.errors import BudgetExceededError, ConfigError, PrivacyError
-from fedvault.common.privacy import METRICS_SHARE, SUMMARY_SHARE, Step, plan_noise
+from fedvault.common.privacy import (
+    IMAGE_SUMMARY_SHARE,
+    METRICS_SHARE,
+    SUMMARY_SHARE,
+    Step,
+    plan_noise,
+)
 from fedvault.common.wire import summary_from_bytes, summary_to_bytes
 
 logger = logging.getLogger(__name__)
@@ -72,11 +79,15 @@ def _target(settings: TrainingConfig, policy: SitePolicy) -> float:
     return min(settings.epsilon, policy.epsilon_max)
 
 
-def summary_sigma(settings: TrainingConfig, policy: SitePolicy) -> float:
+def summary_sigma(
+    settings: TrainingConfig, policy: SitePolicy, *, images: bool = False
+) -> float:
     """Noise multiplier of the summary: one Gaussian release planned, with the
     same planning code as DP-SGD, for SUMMARY_SHARE of the run's epsilon alone
-    (its target, within the site's lifetime budget)."""
-    return _planned(SUMMARY_SHARE * _target(settings, policy), 1, policy)
+    (its target, within the site's lifetime budget); IMAGE_SUMMARY_SHARE for an
+    image site's (row and label counts only)."""
+    share = IMAGE_SUMMARY_SHARE if images else SUMMARY_SHARE
+    return _planned(share * _target(settings, policy), 1, policy)
 
 
 def metric_sigma(settings: TrainingConfig, policy: SitePolicy) -> float:
@@ -177,7 +188,7 @@ def summary_release(
     kept = _kept(state_dir, version)
     if kept is not None:
         return kept
-    sigma = summary_sigma(settings, policy)
+    sigma = summary_sigma(settings, policy, images=image_shape is not None)
     summary, dropped = noisy_summary(
         frame,
         target,

@@ -8,8 +8,10 @@ at the planned rate. The steps the accountant is given are the steps executed.
 
 Every kind of training goes through one loop over batches (:func:`_run`); what
 differs is the step taken on each batch: fedvault's book-keeping DP-SGD step
-(:mod:`fedvault.client._fastdp`) for plain MLPs, Opacus' ``DPOptimizer`` otherwise,
-and a plain SGD optimizer step without DP.
+(:mod:`fedvault.client._fastdp`) for plain MLPs, its layer-wise step
+(:mod:`fedvault.client._fastdp_layers`) for the cnn and MLPs with momentum, Opacus'
+``DPOptimizer`` otherwise (and with augmentation), and a plain SGD optimizer step
+without DP.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedvault.client import _fastdp
+from fedvault.client import _fastdp, _fastdp_layers
 from fedvault.client._augmult import augmented_step
 from fedvault.common.augment import Augmentation
 from fedvault.common.errors import PrivacyError
@@ -96,8 +99,10 @@ def train_private(
     ``plan.sample_rate``, per-sample gradients are clipped to ``max_grad_norm`` and
     noised with ``plan.noise_multiplier``. Plain MLPs take fedvault's book-keeping
     step (``_fastdp``: same clipping, noise and scaling as Opacus, without
-    per-sample gradient tensors); other models, or ``local.dp_engine == "opacus"``,
-    Opacus' ``PrivacyEngine`` (with augmentation, its per-sample gradients of the
+    per-sample gradient tensors), the cnn and MLPs with momentum its layer-wise
+    step (``_fastdp_layers``: the same again, through the run's SGD optimizer);
+    other models, augmentation, or ``local.dp_engine == "opacus"``, Opacus'
+    ``PrivacyEngine`` (with augmentation, its per-sample gradients of the
     copies of an example are averaged before clipping). Randomness comes from
     torch's global generators: seed them with ``torch.manual_seed`` for a
     reproducible run.
@@ -106,18 +111,21 @@ def train_private(
     (nothing is trained then).
     """
     model.to(local.device)
-    fast = (
-        local.dp_engine == "auto"
-        and local.augmentation is None
-        and local.momentum == 0
-        and _fastdp.supports(model)
-    )
-    engine = _fast_engine if fast else _opacus_engine
+    engine = _dp_engine(model, local)
     with engine(model, data, local, plan, max_grad_norm) as (loader, step):
         if float(loader.sample_rate) != plan.sample_rate:
             raise PrivacyError("DP loader schedule differs from the planned one")
         loss = _run(model, loader, local, plan.steps, step)
     return TrainResult(loss=loss, steps=plan.steps, sample_rate=plan.sample_rate)
+
+
+def _dp_engine(model: nn.Module, local: LocalSettings) -> Callable[..., Any]:
+    """The DP-SGD engine for ``model``: fedvault's book-keeping step for plain
+    MLPs without momentum, its layer-wise step for the other models it supports
+    (the cnn, MLPs with momentum), Opacus' otherwise (and with augmentation)."""
+    if local.dp_engine != "auto" or local.augmentation is not None:
+        return _opacus_engine
+    return _fast_engine if _fastdp_layers.supports(model) else _opacus_engine
 
 
 def train_plain(
@@ -229,28 +237,46 @@ def _fast_engine(
     plan: Step,
     max_grad_norm: float,
 ) -> _Engine:
-    """Opacus' Poisson loader and fedvault's book-keeping DP-SGD step."""
+    """Opacus' Poisson loader and one of fedvault's own DP-SGD steps: book-keeping
+    for plain MLPs without momentum, layer-wise (through the run's SGD optimizer,
+    momentum as under Opacus' DPOptimizer) for the other models it supports."""
     from opacus.data_loader import DPDataLoader
 
     if not isinstance(model, nn.Sequential):
-        raise TypeError("the fast DP-SGD path takes an nn.Sequential MLP")
+        raise TypeError("fedvault's DP-SGD steps take an nn.Sequential")
     loader = DPDataLoader.from_data_loader(
         DataLoader(data, batch_size=local.batch_size)
     )
     per_sample = per_sample_loss(local.num_classes, task=local.task)
-    expected_batch = int(len(data) * plan.sample_rate)  # as Opacus' make_private
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> float:
-        return _fastdp.dp_sgd_step(
+    sigma, ebs = plan.noise_multiplier, int(len(data) * plan.sample_rate)  # Opacus'
+    fast: Callable[[torch.Tensor, torch.Tensor], float]
+    if local.momentum == 0 and _fastdp.supports(model):
+        fast = partial(
+            _fastdp.dp_sgd_step,
             model,
-            x,
-            targets_for_loss(y, local.num_classes, task=local.task),
-            per_sample,
-            noise_multiplier=plan.noise_multiplier,
+            per_sample_loss=per_sample,
+            noise_multiplier=sigma,
             max_grad_norm=max_grad_norm,
-            expected_batch_size=expected_batch,
+            expected_batch_size=ebs,
             lr=local.lr,
         )
+    else:
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=local.lr, momentum=local.momentum
+        )
+        fast = partial(
+            _fastdp_layers.dp_sgd_step,
+            model,
+            optimizer,
+            per_sample_loss=per_sample,
+            noise_multiplier=sigma,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=ebs,
+        )
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        targets = targets_for_loss(y, local.num_classes, task=local.task)
+        return fast(x, targets)
 
     model.train()
     yield loader, step

@@ -24,6 +24,7 @@ from fedvault.common.errors import ConfigError, PrivacyError
 __all__ = [
     "ACCOUNTANTS",
     "CURVE_PATTERN",
+    "IMAGE_SUMMARY_SHARE",
     "METRICS_SHARE",
     "NOT_COVERED",
     "RELEASES",
@@ -44,6 +45,10 @@ Accountant = Literal["rdp", "prv"]
 # rounds on their own, and DP-SGD for what their composition leaves
 # (fedvault.client.releases; measured in docs/privacy.md).
 SUMMARY_SHARE = 0.5
+# An image site's summary is its row count and label counts only (no feature
+# statistics to condition training): its noise is planned for a smaller share, and
+# DP-SGD keeps more of the run's epsilon (docs/models.md, "Measured").
+IMAGE_SUMMARY_SHARE = 0.2
 METRICS_SHARE = 0.05
 
 # Every kind of release that leaves a DP site, its mechanism and its share of the
@@ -63,7 +68,8 @@ RELEASES: tuple[dict[str, str], ...] = (
         "mechanism": "one Gaussian release on per-row contributions clipped to L2 "
         "norm 2; undeclared categories only above a noisy-count threshold",
         "share": f"noise planned for {SUMMARY_SHARE:.0%} of the run's epsilon on "
-        "its own (less once composed); kept and sent again, never charged twice",
+        f"its own ({IMAGE_SUMMARY_SHARE:.0%} for images: counts only; less once "
+        "composed); kept and sent again, never charged twice",
     },
     {
         "release": "validation counts (correct predictions, examples) per "

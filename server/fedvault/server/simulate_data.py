@@ -54,7 +54,7 @@ DATASETS = ("breast-cancer", "digits")
 # The cnn's defaults, where a setting is not given: chosen on digits, 5 sites, IID,
 # epsilon 3 (python -m benchmarks --only B11; docs/benchmarks.md, B11).
 CNN_DEFAULTS: dict[str, Any] = {
-    "rounds": 20,
+    "rounds": 30,
     "batch-size": 64,
     "lr": 0.1,
     "momentum": 0.9,
