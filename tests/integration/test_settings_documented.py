@@ -25,6 +25,7 @@ from fedvault.common.config import TrainingConfig, key_of
 from fedvault.server.deploy import CoordinatorOptions
 from fedvault.server.simulate import SimulationOptions
 from fedvault.server.simulate_cli import setting_help, shown_default
+from fedvault.server.simulate_data import CNN_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "operations.md"
@@ -112,7 +113,7 @@ def test_every_simulate_setting_is_an_option_with_the_shared_help():
 
 
 def test_a_shown_default_is_the_dataclass_default():
-    assert shown_default("rounds") == f"{TrainingConfig.rounds}; 20 with --model cnn"
+    assert shown_default("rounds") == f"{TrainingConfig.rounds}; {CNN_DEFAULTS['rounds']} with --model cnn"
     assert shown_default("client-delta") == "1e-5"
     assert shown_default("round-timeout") == str(TrainingConfig.round_timeout)
     assert shown_default("sites") == str(SimulationOptions.sites)
