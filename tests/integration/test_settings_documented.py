@@ -114,7 +114,8 @@ def test_every_simulate_setting_is_an_option_with_the_shared_help():
 
 def test_a_shown_default_is_the_dataclass_default():
     cnn_rounds = CNN_DEFAULTS["rounds"]
-    assert shown_default("rounds") == f"{TrainingConfig.rounds}; {cnn_rounds} with --model cnn"
+    shown = f"{TrainingConfig.rounds}; {cnn_rounds} with --model cnn"
+    assert shown_default("rounds") == shown
     assert shown_default("client-delta") == "1e-5"
     assert shown_default("round-timeout") == str(TrainingConfig.round_timeout)
     assert shown_default("sites") == str(SimulationOptions.sites)
