@@ -117,7 +117,9 @@ def _plain_words(dp: bool, spent: list[float], delta: float | None, client: Any)
             "No differential privacy: nothing bounds what the model reveals about "
             "any one record."
         )
-    worst = math.floor(max(spent, default=0.0) * 1000) / 1000
+    # A bound is rounded up (2.99797 -> 2.998): the sentence must not claim more
+    # than the accountant gives (tables round down, to compare with a budget).
+    worst = math.ceil(max(spent, default=0.0) * 1000 - 1e-9) / 1000
     text = (
         f"For any one record at any site, whether or not it was used changes the "
         f"probability of anything this training released by at most a factor "
