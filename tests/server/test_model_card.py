@@ -41,6 +41,15 @@ def test_every_run_writes_a_card_filled_from_the_run(run):
         s["examples"] for s in summary["sites"].values()
     )
     assert card["privacy"]["delta"] == privacy["delta"] == 1e-5
+    # each site's own (noisy) validation release, per site, from the last round
+    per_site = card["metrics"]["per_site"]
+    assert set(per_site) == {"site-1", "site-2", "site-3"}
+    last = summary["history"][-1]["val_sites"]
+    for name, values in per_site.items():
+        assert values == last[name]
+        assert 0.0 <= values["accuracy"] <= 1.0 and values["num-examples"] > 0
+    text = (folder / "model_card.md").read_text()
+    assert "Per site: site-1 " in text and "noisy" in text
     assert card["model"]["architecture"] == "MLP 33-128-1 (ReLU)"
     record = card["record_of_processing"]
     assert record["controller"].startswith("[OPERATOR:")

@@ -57,6 +57,7 @@ from fedvault.server.rundir import (
 )
 from fedvault.server.secagg import SecureRound
 from fedvault.server.settings import ServerSettings
+from fedvault.server.site_validation import VAL_SITES, validation_by_site
 from fedvault.server.sites import SiteBook
 from fedvault.server.strategy import StrategyPlan, make_strategy
 
@@ -327,6 +328,7 @@ class Federation:
             row |= {f"val_{k}": number(agg, k) for k in site_metrics(prep)}
         else:
             row |= {f"val_{k}": math.nan for k in site_metrics(prep)}
+        row[VAL_SITES] = validation_by_site(self.book, valid, site_metrics(prep))
         return row
 
     # -- outputs --------------------------------------------------------------------

@@ -30,6 +30,7 @@ from fedvault.server.model_card_metrics import (
 )
 from fedvault.server.model_card_text import markdown
 from fedvault.server.rundir import PRIVACY_FILE, SUMMARY_FILE
+from fedvault.server.site_validation import last_by_site
 from fedvault.server.trained import TrainedModel, load
 
 __all__ = [
@@ -194,8 +195,8 @@ def build(run_dir: Path, test: dict[str, Any] | None) -> dict[str, Any]:
                 "val_r2" if prep.regression else "val_accuracy"
             ),
             "validation_metric": "R²" if prep.regression else "accuracy",
-            "per_site": "not recorded: sites report validation metrics that the "
-            "coordinator averages",
+            "per_site": last_by_site(summary.get("history") or [])
+            or "not recorded (a run from before fedvault kept them per site)",
         },
         "privacy": _privacy(summary, privacy),
         "record_of_processing": _record(prep.target, _data_items(prep), sites, privacy),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from fedvault.server.site_validation import per_site_text
+
 
 def _num(value: Any, digits: int = 4) -> str:
     if value is None:
@@ -51,7 +53,8 @@ def _metrics(metrics: dict[str, Any]) -> list[str]:
         f"| log loss | {_num(test['log_loss'])} | - | - |",
         "",
         f"Last validation accuracy at the sites (their own splits, averaged): "
-        f"{_num(metrics.get('validation_at_sites'))}. Per site: {metrics['per_site']}.",
+        f"{_num(metrics.get('validation_at_sites'))}. Per site: "
+        f"{per_site_text(metrics['per_site'], 'accuracy')}.",
     ]
 
 
@@ -75,7 +78,7 @@ def _regression(test: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
             if sites is not None
             else "none (under DP the sites release no regression metrics)"
         )
-        + f". Per site: {metrics['per_site']}.",
+        + f". Per site: {per_site_text(metrics['per_site'], 'r2')}.",
     ]
 
 
