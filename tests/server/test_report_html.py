@@ -50,6 +50,7 @@ def test_the_page_is_self_contained(run, tmp_path, monkeypatch, capsys):
     ):
         assert section in html
     assert "site-3" in html and "Wilson" not in html  # the card's table, not its md
+    assert "Each site's own validation figure: site-1 " in html
 
 
 def test_events_per_round_counts_every_kind():

@@ -26,6 +26,7 @@ from fedvault.server.rundir import (
     PROGRESS_FILE,
     SUMMARY_FILE,
 )
+from fedvault.server.site_validation import per_site_text
 
 REPORT_FILE = "report.html"
 
@@ -172,6 +173,9 @@ def _card_html(card: Mapping[str, Any] | None) -> str:
         ),
         "</ul><h3>Metrics on the test split (95 % intervals)</h3>",
         _test_table(card["metrics"].get("test_split")),
+        "<p>Each site's own validation figure: "
+        + escape(per_site_text(card["metrics"].get("per_site"), _site_metric(card)))
+        + ".</p>",
         f"<h3>Privacy</h3><p>{escape(privacy['in_plain_words'])}</p>",
         "<p>Not covered: " + escape("; ".join(privacy["not_covered"])) + ".</p>",
         "<h3>Record of processing (GDPR Article 30(1))</h3>",
@@ -184,6 +188,10 @@ def _card_html(card: Mapping[str, Any] | None) -> str:
         ),
     ]
     return "\n".join(parts)
+
+
+def _site_metric(card: Mapping[str, Any]) -> str:
+    return "r2" if card["metrics"].get("validation_metric") == "R²" else "accuracy"
 
 
 def _test_table(test: Mapping[str, Any] | None) -> str:
