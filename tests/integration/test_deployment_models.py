@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 from fedvault.client.client_cli import client_app
 from fedvault.client.data_cli import data_app
 from fedvault.client.ledger import verify_ledger
+from fedvault.common.cli import build_app
 from fedvault.common.config import read_toml
 from fedvault.common.data import default_dataset
 from fedvault.common.images import digits_dataset
@@ -167,6 +168,27 @@ def test_sites_train_a_cnn_on_image_vaults_with_dp(tmp_path):
         steps = [r for r in records if r.sample_rate < 1]  # DP-SGD rounds
         assert sorted(r.round for r in steps) == [1, 2], name
         assert site["epsilon_lifetime"] == pytest.approx(records[-1].epsilon)
+    # the model commands take the deployed image run as a simulated one (issue 16)
+    output = root / "run" / "output"
+    card = json.loads((output / "model_card.json").read_text())
+    assert card["model"]["input"] | {"pixels": ""} == {
+        "kind": "image",
+        "channels": 1,
+        "height": 8,
+        "width": 8,
+        "pixels": "",
+    }
+    app = build_app()
+    _invoke(
+        app, "model", "predict", output, root / "test-images", "--out", root / "p.csv"
+    )
+    preds = (root / "p.csv").read_text().splitlines()
+    assert len(preds) == 1 + 30 and preds[0].startswith("path,label,predicted")
+    said = _invoke(app, "model", "export", output, "--format", "onnx", "--out",
+                   root / "m.onnx", "--data", root / "test-images")  # fmt: skip
+    assert (root / "m.onnx").stat().st_size > 0 and "max |" in said
+    _invoke(app, "report", output, "--out", root / "report.html")
+    assert "digit0" in (root / "report.html").read_text()
 
 
 def test_a_plugin_trains_where_approved_and_is_declined_elsewhere(

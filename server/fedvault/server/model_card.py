@@ -18,10 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from fedvault.common.data import load_table
 from fedvault.common.errors import DataError, FedVaultError
 from fedvault.common.files import atomic_write
+from fedvault.common.image_table import PIXELS, image_shape_of
 from fedvault.common.preprocessing import Preprocessing
+from fedvault.server.central_eval import held_out_set
 from fedvault.server.model_card_metrics import (
     auc_interval,
     bootstrap_interval,
@@ -341,10 +346,32 @@ def write_for_run(run_dir: Path, *, test_data: Path | None) -> None:
     try:
         test = None
         if test_data is not None:
-            frame = load_table(test_data)
+            model = load(run_dir)
             test = test_metrics(
-                load(run_dir), frame, f"the coordinator's test data ({test_data.name})"
+                model,
+                _test_frame(model, test_data),
+                f"the coordinator's test data ({test_data.name})",
             )
         write(run_dir, build(run_dir, test))
     except (FedVaultError, OSError, ValueError) as exc:
         logger.warning("model card not written: %s", exc)
+
+
+def _test_frame(model: TrainedModel, path: Path) -> pd.DataFrame:
+    """The coordinator's test data as a labelled frame: a table, or for an image
+    run a folder per class or a manifest read as the run read it (rows of float32
+    pixels, :mod:`fedvault.common.image_table`)."""
+    shape = model.prep.image_shape
+    if not shape or image_shape_of(path) is not None:
+        return load_table(path)
+    held = held_out_set(path, model.prep)
+    if held is None:  # only for no path
+        raise DataError(f"{path}: no test images")
+    images, labels = held
+    names = np.asarray(model.prep.labels, dtype=object)[labels.numpy()]
+    return pd.DataFrame(
+        {
+            PIXELS: [row.numpy().astype(np.float32).tobytes() for row in images],
+            model.prep.target: list(names),
+        }
+    )
