@@ -83,6 +83,14 @@ def _b10_sites(rounds: int) -> dict[str, Any]:
     return dict(next(r for r in runs if r["model"] == "cnn" and r["rounds"] == rounds))
 
 
+def _b11(case: str) -> dict[str, Any]:
+    return dict(B["B11"]["digits"]["cases"][case])
+
+
+def _b11_r2(case: str) -> float:
+    return float(B["B11"]["regression"]["cases"][case]["r2"])
+
+
 def _b3_share() -> float:
     sim = B["B2"]["cases"]["dp"]["simulation"]
     round_s = sim["later_rounds_seconds"] / max(B["B2"]["rounds"] - 1, 1)
@@ -295,11 +303,57 @@ BENCHMARK_FIGURES: list[Figure] = [
         "`python -m benchmarks --only B11` (docs/benchmarks.md, B11), 5 sites, IID, on "
         "this 2-core machine shared with other engineers' jobs: `fedvault simulate "
         "--dataset digits --model cnn` with its defaults reaches test accuracy {} with "
-        "`--no-dp` (31 s) and {} at epsilon 3",
+        "`--no-dp` ({} s) and {} at epsilon 3 (spent {}, sigma {}; {} s)",
         [
-            (lambda: B["B11"]["digits"]["cases"]["no-dp"]["accuracy"], ".3f"),
-            (lambda: B["B11"]["digits"]["cases"]["dp-eps-3"]["accuracy"], ".3f"),
+            (lambda: _b11("no-dp")["accuracy"], ".3f"),
+            (lambda: _b11("no-dp")["seconds"], ".0f"),
+            (lambda: _b11("dp-eps-3")["accuracy"], ".3f"),
+            (lambda: _b11("dp-eps-3")["epsilon_spent_max"], ".3f"),
+            (lambda: _b11("dp-eps-3")["noise_multiplier"], ".2f"),
+            (lambda: _b11("dp-eps-3")["seconds"], ".0f"),
         ],
+    ),
+    (
+        "docs/models.md",
+        "`--model logreg`, 5 sites): R2 {} with `--no-dp` (lr 0.05), {} at epsilon 3 "
+        "(lr 0.3, 10 rounds) and {} with 20 rounds, against {} for a central linear "
+        "model",
+        [
+            (lambda: _b11_r2("no-dp"), ".3f"),
+            (lambda: _b11_r2("dp-eps-3"), ".3f"),
+            (lambda: _b11_r2("dp-eps-3-20-rounds"), ".3f"),
+            (lambda: B["B11"]["regression"]["central_linear_r2"], ".3f"),
+        ],
+    ),
+    (
+        "docs/models.md",
+        "B10 measured {} for {} rounds at lr 0.05 on a GPU",
+        [
+            (lambda: _b10_sites(40)["accuracy"], ".3f"),
+            (lambda: _b10_sites(40)["rounds"], ".0f"),
+        ],
+    ),
+    (
+        "README.md",
+        "launcher, a fresh interpreter per message, a round took {} s (docs/deploy.md)",
+        [(lambda: _b8("subprocess", "later_round_mean"), ".0f")],
+    ),
+    (
+        "README.md",
+        "regression on breast-cancer `mean area` reaches R\u00b2 {} without DP but {} "
+        "({} with 20 rounds) at \u03b5 = 3 (goal: within 0.05 of a central linear "
+        "model's {}; B11)",
+        [
+            (lambda: _b11_r2("no-dp"), ".2f"),
+            (lambda: _b11_r2("dp-eps-3"), ".2f"),
+            (lambda: _b11_r2("dp-eps-3-20-rounds"), ".2f"),
+            (lambda: B["B11"]["regression"]["central_linear_r2"], ".3f"),
+        ],
+    ),
+    (
+        "README.md",
+        "a deployed round is still {}x a simulated one on a small model (B8)",
+        [(lambda: _b8("fork", "ratio_later_rounds"), ".1f")],
     ),
     (
         "docs/architecture.md",
