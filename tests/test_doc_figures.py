@@ -64,6 +64,10 @@ def _b2(case: str, key: str) -> float:
     return float(got["simulation"][key] if key == "startup_seconds" else got[key])
 
 
+def _b2_startups() -> list[float]:
+    return [_b2(case, "startup_seconds") for case in B["B2"]["cases"]]
+
+
 def _b4(sites: int, key: str) -> float:
     point = next(p for p in B["B4"]["points"] if p["sites"] == sites)
     return float(point[key])
@@ -91,10 +95,14 @@ def _b11_r2(case: str) -> float:
     return float(B["B11"]["regression"]["cases"][case]["r2"])
 
 
-def _b3_share() -> float:
+def _b3_share_round() -> float:
+    """B2's mean simulated round (rounds 2+, DP, embedded data), in seconds."""
     sim = B["B2"]["cases"]["dp"]["simulation"]
-    round_s = sim["later_rounds_seconds"] / max(B["B2"]["rounds"] - 1, 1)
-    return 100 * float(B["B3"]["per_round_seconds"]) / round_s
+    return float(sim["later_rounds_seconds"]) / max(B["B2"]["rounds"] - 1, 1)
+
+
+def _b3_share() -> float:
+    return 100 * float(B["B3"]["per_round_seconds"]) / _b3_share_round()
 
 
 # (doc, the text as printed with {} where the figures go, each figure's value in
@@ -128,8 +136,21 @@ BENCHMARK_FIGURES: list[Figure] = [
     ),
     (
         "README.md",
-        "{}x with ~3,200 rows a site",
-        [(lambda: _b2("dp-large", "ratio_steady_rounds"), ".2f")],
+        "{}x with ~{} rows a site",
+        [
+            (lambda: _b2("dp-large", "ratio_steady_rounds"), ".2f"),
+            (lambda: B["B2"]["large_rows"] * 0.8 / B["B2"]["sites"], ",.0f"),
+        ],
+    ),
+    (
+        "README.md",
+        "(Flower's ~{} s per round against milliseconds of training)",
+        [(lambda: _b3_share_round(), ".1f")],
+    ),
+    (
+        "README.md",
+        "Start-up (SuperLink, Ray, imports, preprocessing) ~{}-{} s on its own",
+        [(lambda: min(_b2_startups()), ".0f"), (lambda: max(_b2_startups()), ".0f")],
     ),
     (
         "README.md",
