@@ -88,3 +88,32 @@ def test_cuda_without_a_gpu_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="no CUDA device"):
         sim.run(cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_regression_on_the_embedded_data_declares_its_published_ranges(tmp_path):
+    from fedvault.client.data.schema_toml import load_schema
+    from fedvault.server.simulate_data import schema_of
+
+    prepared = _prepared(target="mean area")
+    assert prepared.config.training.task == "regression"
+    opts = prepared.config.options
+    path = Path(
+        schema_of(opts, prepared.sites, None, tmp_path, regression=True)["schema"]
+    )
+    columns = {c.name: c for c in load_schema(path).columns}
+    public = default_dataset()
+    area = columns["mean area"]
+    assert area.role.value == "target" and area.type.value == "float"
+    assert (area.min, area.max) == (
+        public["mean area"].min(),
+        public["mean area"].max(),
+    )
+    assert columns["mean radius"].max == public["mean radius"].max()
+    # User data has no published ranges: its sites bound their values with asinh.
+    data = tmp_path / "area.parquet"
+    public.drop(columns=["target"]).to_parquet(data)
+    user = _prepared(data=str(data), target="mean area")
+    assert (
+        schema_of(user.config.options, user.sites, None, tmp_path, regression=True)
+        == {}
+    )

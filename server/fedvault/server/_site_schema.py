@@ -15,14 +15,21 @@ MIN_DECLARED_CLASS = 10
 
 
 def site_schema(
-    options: Any, sites: list[tuple[str, pd.DataFrame | Path]], work: Path
+    options: Any,
+    sites: list[tuple[str, pd.DataFrame | Path]],
+    work: Path,
+    *,
+    regression: bool = False,
 ) -> dict[str, str]:
     """The embedded data's schema contract: its features' published ranges (min and
     max over the public dataset, as scikit-learn documents them), which the sites
-    clip to before their summary release, and its label classes. User data gets
+    clip to before their summary release, and its label classes; for a
+    ``regression`` its numeric target's published range instead. User data gets
     only its label classes held by at least MIN_DECLARED_CLASS rows of the file
-    (one party holds every site): its sites bound their values with asinh
-    (docs/privacy.md)."""
+    (one party holds every site), a regression on it no schema: its sites bound
+    their values with asinh (docs/privacy.md)."""
+    if regression and options.data:
+        return {}
     if options.vaults:
         return {}
     path = work / "schema.toml"
@@ -50,9 +57,13 @@ def site_schema(
                 for c in frame.columns
                 if c != target
             }
-        counts = frame[target].astype(str).value_counts()
-        labels = sorted(str(k) for k, v in counts.items() if v >= MIN_DECLARED_CLASS)
-        columns[target] = {"type": "category", "role": "target", "categories": labels}
+        if regression:
+            lo, hi = float(frame[target].min()), float(frame[target].max())
+            columns[target] = {"type": "float", "role": "target", "min": lo, "max": hi}
+        else:
+            counts = frame[target].astype(str).value_counts()
+            keep = sorted(str(k) for k, v in counts.items() if v >= MIN_DECLARED_CLASS)
+            columns[target] = {"type": "category", "role": "target", "categories": keep}
         doc = {"dataset": {"name": "breast-cancer"}, "columns": columns}
         path.write_text(tomli_w.dumps(doc), encoding="utf-8")
     return {"schema": str(path)}

@@ -232,15 +232,16 @@ def schema_of(
     *,
     regression: bool = False,
 ) -> dict[str, str]:
-    """A simulated data site's schema contract (:func:`site_schema`). None for a
-    regression (a schema's target is a category or an int column): its sites bound
-    every value, the target's too, with asinh. For images only their label classes
+    """A simulated data site's schema contract (:func:`site_schema`): for a
+    regression on the embedded data the published ranges of its features and its
+    target; none for a regression on user data (its sites bound every value, the
+    target's too, with asinh). For images only their label classes
     held by at least MIN_DECLARED_CLASS rows, declared so that the sites' noisy
     summaries release their counts (no bounds: no features)."""
+    if shape is None:
+        return site_schema(options, sites, work, regression=regression)
     if regression:
         return {}
-    if shape is None:
-        return site_schema(options, sites, work)
     path = work / "schema.toml"
     if not path.exists():
         frame = pd.concat([part for _, part in sites if not isinstance(part, Path)])

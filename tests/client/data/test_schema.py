@@ -64,7 +64,7 @@ def test_digest_changes_with_the_contract() -> None:
             ("columns", "x", "generalize", {"method": "band", "width": 5}),
             "only quasi-identifier columns",
         ),
-        (("columns", "y", "type", "float"), "target must be an int or category"),
+        (("columns", "y", "type", "text"), "target must be an int, float or category"),
         (("columns", "y", "required", False), "always required"),
         (("columns", "x", "min", "low"), "columns.x.min: expected a number"),
         (("columns", "x", "pattern", "(["), "not a valid regex"),

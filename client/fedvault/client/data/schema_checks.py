@@ -27,6 +27,8 @@ METHOD_TYPES = {
     Method.MONTH: frozenset({ColumnType.DATE}),
     Method.SHIFT: frozenset({ColumnType.DATE}),
 }
+# A float target is a regression's (the task is inferred from the values).
+TARGET_TYPES = frozenset({ColumnType.INT, ColumnType.FLOAT, ColumnType.CATEGORY})
 
 
 def check_column(  # noqa: C901 - one flat list of compatibility checks
@@ -51,8 +53,8 @@ def check_column(  # noqa: C901 - one flat list of compatibility checks
         raise bad("pseudonymize", "only identifier columns are pseudonymized")
     if column.keep and ctype is not ColumnType.TEXT:
         raise bad("keep", "only text columns need keep = true to be stored")
-    if role is Role.TARGET and ctype not in (ColumnType.INT, ColumnType.CATEGORY):
-        raise bad("type", "the target must be an int or category column")
+    if role is Role.TARGET and ctype not in TARGET_TYPES:
+        raise bad("type", "the target must be an int, float or category column")
     if role is Role.TARGET and not column.required:
         raise bad("required", "the target column is always required")
     gen = column.generalize
