@@ -119,13 +119,14 @@ def _base_image() -> str:
         )
         podman = shutil.which("podman")
         assert podman is not None and tar.stdout is not None
-        subprocess.run(
-            [podman, "import", "-", FALLBACK_BASE],
-            stdin=tar.stdout,
-            capture_output=True,
-            timeout=600,
-            check=True,
-        )
+        with tar.stdout:  # closed here: an open pipe is a ResourceWarning (an error)
+            subprocess.run(
+                [podman, "import", "-", FALLBACK_BASE],
+                stdin=tar.stdout,
+                capture_output=True,
+                timeout=600,
+                check=True,
+            )
         tar.wait(timeout=60)
     finally:
         shutil.rmtree(root, ignore_errors=True)
