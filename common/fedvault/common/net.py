@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 
 from fedvault.common.errors import ConfigError
@@ -23,6 +24,26 @@ def split_address(address: str, *, key: str) -> tuple[str, int]:
     if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
         raise ConfigError(f"{key}: expected HOST:PORT, got {address!r}")
     return host, int(port)
+
+
+def loopback_address(address: str, *, key: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` on loopback (127.0.0.1, ::1 or localhost), for an endpoint
+    without authentication (``what`` names it in the refusal).
+
+    Raises:
+        ConfigError: naming ``key``: not HOST:PORT, or not loopback.
+    """
+    host, port = split_address(address, key=key)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"{key}: {host!r} must be a loopback address (127.0.0.1, ::1 or "
+            f"localhost): {what} has no authentication"
+        )
+    return host, port
 
 
 def port_in_use(address: str, *, key: str) -> bool:

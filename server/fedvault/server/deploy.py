@@ -40,7 +40,7 @@ from fedvault.common import settings_help
 from fedvault.common.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 from fedvault.common.config import TrainingConfig, parse_fields, read_toml
 from fedvault.common.errors import ConfigError
-from fedvault.common.net import split_address
+from fedvault.common.net import loopback_address, split_address
 from fedvault.server import _flower
 from fedvault.server.settings import RunConfig, ServerSettings
 
@@ -96,16 +96,7 @@ def check_loopback(address: str) -> None:
     Raises:
         ConfigError: naming ``health-address``.
     """
-    host, _ = split_address(address, key="health-address")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ConfigError(
-            f"health-address: {host!r} must be a loopback address (127.0.0.1, "
-            "::1 or localhost): the endpoint has no authentication"
-        )
+    loopback_address(address, key="health-address", what="the endpoint")
 
 
 def check_private_host(host: str) -> None:

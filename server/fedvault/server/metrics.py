@@ -19,7 +19,6 @@ run, site, reason).
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from fedvault.common.errors import ConfigError
-from fedvault.common.net import split_address
+from fedvault.common.net import loopback_address
 from fedvault.server.deploy import CoordinatorLayout
 from fedvault.server.run_book import RunBook
 from fedvault.server.rundir import PROGRESS_FILE
@@ -147,17 +146,7 @@ def check_metrics_address(address: str) -> tuple[str, int]:
     Raises:
         ConfigError: naming ``--metrics-address``: not HOST:PORT, or not loopback.
     """
-    host, port = split_address(address, key=KEY)
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ConfigError(
-            f"{KEY}: {host!r} must be a loopback address (127.0.0.1, ::1 or "
-            "localhost): the metrics endpoint has no authentication"
-        )
-    return host, port
+    return loopback_address(address, key=KEY, what="the metrics endpoint")
 
 
 class MetricsServer:
