@@ -212,8 +212,12 @@ def test_a_plugin_trains_where_approved_and_is_declined_elsewhere(
         if name != "site-2":  # site-2 never reviewed the plug-in
             _add_policy(root, name, approved)
     _coordinator(
-        root, fleet, names, target="target", rounds=1, model=PLUGIN, **{"min-sites": 2}
-    )
+        root, fleet, names, target="target", rounds=1, model=PLUGIN,
+        # undeclared classes leave a site only above a noisy count: at epsilon 3
+        # a ~190-row site lost its smaller class now and then (the run failed on
+        # one class); the test is about the plug-in, so its budget is roomier
+        epsilon=8.0, **{"min-sites": 2},
+    )  # fmt: skip
 
     summary = _run(root, names)
     assert summary["status"] == "completed" and summary["rounds_completed"] == 1
