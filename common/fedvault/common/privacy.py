@@ -90,7 +90,10 @@ NOT_COVERED = (
     "reply (q = 1/ceil(n/B) gives the site's row count n to within the batch size "
     "B); the schema's declared bounds and categories; the choice of dropped "
     "identifier-like columns; the undeclared-category threshold's probability "
-    "1e-9 per key, outside delta. No training or validation loss is released"
+    "1e-9 per key, outside delta; the ledger head a site publishes with its "
+    "replies (its ledger's record count, last hash and lifetime epsilon: how often "
+    "the dataset was used); which of a run's feature columns a site lacks (a data "
+    "decline names it). No training or validation loss is released"
 )
 ACCOUNTANTS: tuple[Accountant, ...] = ("rdp", "prv")
 
