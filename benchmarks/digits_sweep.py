@@ -10,6 +10,10 @@ and one validation release a round for 5% of it over all rounds.
 
 ``python -m benchmarks.digits_sweep '{"rounds": 30}' '{"rounds": 30, "seed": 1}'``
 prints one JSON line per setting: the setting, test accuracy, sigma, seconds.
+``"shape"`` compares the cnn with the shapes it replaced: ``"two-blocks-dense"``
+(the cnn before December 2026: two conv blocks of 16 and 32 channels, then
+Dense(hidden)-ReLU before the head) and ``"two-blocks"`` (the same without the
+dense layer).
 """
 
 from __future__ import annotations
@@ -74,10 +78,38 @@ def _data(seed: int) -> tuple[list[Any], Any, Any]:
     return sites, images(xte), torch.tensor(yte)
 
 
+def _model(shape: str, hidden: int) -> Any:
+    from torch import nn
+
+    from fedvault.common.model_zoo import InputSpec, prepare_for_dp
+    from fedvault.common.models import build_model
+
+    if shape == "cnn":
+        spec = InputSpec.image(1, 8, 8)
+        return prepare_for_dp(
+            build_model("cnn", input_spec=spec, num_classes=10, hidden=hidden)
+        )[0]
+    if shape not in ("two-blocks", "two-blocks-dense"):
+        raise ValueError(f"unknown shape {shape!r}")
+    layers: list[nn.Module] = []
+    channels = 1
+    for out in (16, 32):
+        layers += [nn.Conv2d(channels, out, 3, padding=1), nn.GroupNorm(4, out)]
+        layers += [nn.ReLU(), nn.MaxPool2d(2)]
+        channels = out
+    layers.append(nn.Flatten())
+    if shape == "two-blocks":
+        return nn.Sequential(*layers, nn.Linear(128, 10))
+    return nn.Sequential(
+        *layers, nn.Linear(128, hidden), nn.ReLU(), nn.Linear(hidden, 10)
+    )
+
+
 def run(
     *,
+    shape: str = "cnn",
     rounds: int = 30,
-    lr: float = 0.1,
+    lr: float = 0.2,
     batch: int = 64,
     momentum: float = 0.9,
     hidden: int = 32,
@@ -90,18 +122,13 @@ def run(
     import torch
 
     from fedvault.client.training import LocalSettings, dp_schedule, train_private
-    from fedvault.common.model_zoo import InputSpec, prepare_for_dp
-    from fedvault.common.models import build_model
 
     torch.manual_seed(seed)
     sites, x_test, y_test = _data(seed)
     local = LocalSettings(
         num_classes=10, lr=lr, momentum=momentum, epochs=1, batch_size=batch
     )
-    spec = InputSpec.image(1, 8, 8)
-    model = prepare_for_dp(
-        build_model("cnn", input_spec=spec, num_classes=10, hidden=hidden)
-    )[0]
+    model = _model(shape, hidden)
     plans = []
     for data in sites:
         sched = dp_schedule(len(data), batch)

@@ -82,11 +82,6 @@ def _b8(case: str, key: str) -> float:
     return float(got["round_seconds"][0] if key == "first" else got[key])
 
 
-def _b10_sites(rounds: int) -> dict[str, Any]:
-    runs = B["B10"]["sites"]["runs"]
-    return dict(next(r for r in runs if r["model"] == "cnn" and r["rounds"] == rounds))
-
-
 def _b11(case: str) -> dict[str, Any]:
     return dict(B["B11"]["digits"]["cases"][case])
 
@@ -201,14 +196,6 @@ BENCHMARK_FIGURES: list[Figure] = [
         "in simulation a SecAgg+ round took {}x one in the clear at 5 sites (B6 of "
         "`python -m benchmarks --only B6`",
         [(lambda: _b6(5), ".2f")],
-    ),
-    (
-        "README.md",
-        "fedvault's site step alone reaches {} in {} rounds, docs/benchmarks.md B10",
-        [
-            (lambda: _b10_sites(40)["accuracy"], ".2f"),
-            (lambda: _b10_sites(40)["rounds"], ".0f"),
-        ],
     ),
     (
         "README.md",
@@ -357,14 +344,6 @@ BENCHMARK_FIGURES: list[Figure] = [
             (lambda: _b11_r2("dp-eps-3"), ".3f"),
             (lambda: _b11_r2("dp-eps-3-20-rounds"), ".3f"),
             (lambda: B["B11"]["regression"]["central_linear_r2"], ".3f"),
-        ],
-    ),
-    (
-        "docs/models.md",
-        "B10 measured {} for {} rounds at lr 0.05 on a GPU",
-        [
-            (lambda: _b10_sites(40)["accuracy"], ".3f"),
-            (lambda: _b10_sites(40)["rounds"], ".0f"),
         ],
     ),
     (

@@ -53,7 +53,10 @@ TRAINING: dict[str, Meaning] = {
         "`mlp`, `logreg`, `cnn`, `resnet18` or a plug-in `package.module:factory` "
         "(docs/models.md)"
     ),
-    "hidden": Meaning("width of the MLP's hidden layer (and the CNN's dense layer)"),
+    "hidden": Meaning(
+        "width of the MLP's hidden layer; the cnn's conv channels (half of it in "
+        "the first block, all of it in the second, at most 32)"
+    ),
     "features": Meaning(
         "the feature columns the sites train on and summarize, besides the target "
         "(docs/governance.md)",

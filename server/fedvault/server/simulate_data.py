@@ -56,7 +56,7 @@ DATASETS = ("breast-cancer", "digits")
 CNN_DEFAULTS: dict[str, Any] = {
     "rounds": 30,
     "batch-size": 64,
-    "lr": 0.1,
+    "lr": 0.2,
     "momentum": 0.9,
     "hidden": 32,
 }
