@@ -35,6 +35,8 @@ def test_feature_columns_travel_in_the_run_config_as_json():
         ({"learning-rate": 0.1}, "learning-rate"),
         ({"features": "age"}, "features"),
         ({"features": ["age", ""]}, "features"),
+        ({"regression-loss": "mae"}, "regression-loss"),
+        ({"regression-loss": "huber", "task": "classification"}, "regression-loss"),
     ],
 )
 def test_bad_settings_name_their_key(mapping, key):

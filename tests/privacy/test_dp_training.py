@@ -108,3 +108,33 @@ def test_a_plan_the_loader_would_not_run_trains_nothing():
                 max_grad_norm=1.0,
             )
         assert torch.equal(_flat(model), before)
+
+
+@pytest.mark.parametrize("private", [False, True])
+def test_a_regression_trains_on_the_loss_the_run_names(private):
+    """`regression-loss = "huber"` reaches the step a site runs, private or not: one
+    full-batch step from a zero linear model on targets of 10 moves the weight by
+    lr * 2 * 10 under MSE, by lr * 1 under Huber (its gradient is capped at 1)."""
+    x = torch.ones(8, 1)
+    data = TensorDataset(x, torch.full((8,), 10.0))
+    moved = {}
+    for loss in ("mse", "huber"):
+        local = LocalSettings(
+            num_classes=0,
+            task="regression",
+            regression_loss=loss,
+            lr=0.01,
+            epochs=1,
+            batch_size=len(data),
+        )
+        model = build_model("logreg", in_features=1, task="regression")
+        torch.nn.init.zeros_(model[0].weight)
+        torch.nn.init.zeros_(model[0].bias)
+        if private:
+            plan = _plan(data, local, 0.0)
+            train_private(model, data, local, plan=plan, max_grad_norm=1e6)
+        else:
+            train_plain(model, data, local)
+        moved[loss] = float(model[0].weight.detach())
+    assert moved["mse"] == pytest.approx(0.2, rel=1e-5)
+    assert moved["huber"] == pytest.approx(0.01, rel=1e-5)

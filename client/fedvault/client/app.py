@@ -350,6 +350,7 @@ def evaluate_local(msg: Message, context: Context) -> Message:
         labels,
         num_classes=prep.num_classes,
         task=run_task(prep),
+        regression_loss=settings.regression_loss,
         target_scale=(prep.target_mean, prep.target_std),
     )
     weighted = settings.client_dp != "off"

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedvault.client import _fastdp, _fastdp_layers
 from fedvault.client._augmult import augmented_step
 from fedvault.common.augment import Augmentation
+from fedvault.common.config import RegressionLoss
 from fedvault.common.errors import PrivacyError
 from fedvault.common.models import Task, loss_fn, per_sample_loss, targets_for_loss
 from fedvault.common.privacy import Schedule, Step
@@ -49,13 +50,15 @@ class LocalSettings:
 
     ``epochs`` is what :func:`train_plain` runs; a DP round runs the steps of its
     plan (which the budget derived from the same epochs). ``task``: the model's
-    task (None: inferred from ``num_classes``). ``augmentation``: images only,
+    task (None: inferred from ``num_classes``); ``regression_loss``: MSE or Huber
+    for a regression (ignored otherwise). ``augmentation``: images only,
     drawn per sample inside each step, with its multiplicity (copies averaged
     before clipping, :mod:`fedvault.client._augmult`).
     """
 
     num_classes: int
     task: Task | None = None
+    regression_loss: RegressionLoss = "mse"
     augmentation: Augmentation | None = None
     momentum: float = 0.0
     lr: float
@@ -198,7 +201,9 @@ def _sgd_step(
 ) -> _BatchStep:
     """An optimizer step on the mean loss (plain SGD, or Opacus' DPOptimizer); with
     augmentation, on the augmented copies of the batch."""
-    criterion = loss_fn(local.num_classes, task=local.task)
+    criterion = loss_fn(
+        local.num_classes, task=local.task, regression_loss=local.regression_loss
+    )
     if local.augmentation is not None:
 
         def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -247,7 +252,9 @@ def _fast_engine(
     loader = DPDataLoader.from_data_loader(
         DataLoader(data, batch_size=local.batch_size)
     )
-    per_sample = per_sample_loss(local.num_classes, task=local.task)
+    per_sample = per_sample_loss(
+        local.num_classes, task=local.task, regression_loss=local.regression_loss
+    )
     sigma, ebs = plan.noise_multiplier, int(len(data) * plan.sample_rate)  # Opacus'
     fast: Callable[[torch.Tensor, torch.Tensor], float]
     if local.momentum == 0 and _fastdp.supports(model):

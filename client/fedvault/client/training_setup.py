@@ -61,6 +61,7 @@ def local_settings(
     return LocalSettings(
         num_classes=prep.num_classes,
         task=run_task(prep),
+        regression_loss=settings.regression_loss,
         lr=settings.lr,
         momentum=settings.momentum,
         epochs=settings.local_epochs,

@@ -29,6 +29,9 @@ MODEL_NAMES: tuple[ModelName, ...] = get_args(ModelName)
 TaskChoice = Literal["auto", "classification", "regression"]
 TASK_CHOICES: tuple[TaskChoice, ...] = get_args(TaskChoice)
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+# A regression's loss: MSE, or Huber (delta 1, on the standardized target).
+RegressionLoss = Literal["mse", "huber"]
+REGRESSION_LOSSES: tuple[RegressionLoss, ...] = get_args(RegressionLoss)
 DEVICES: tuple[DeviceChoice, ...] = get_args(DeviceChoice)
 _PLUGIN_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 StrategyName = Literal[
@@ -101,6 +104,7 @@ class TrainingConfig:
     # (empty: every column of the site's data). Travels as RUN_FEATURES (JSON).
     features: tuple[str, ...] = ()
     task: TaskChoice = "auto"
+    regression_loss: RegressionLoss = "mse"
     device: DeviceChoice = "auto"
     # Image augmentation inside DP-SGD (off for tables): rotation in degrees,
     # zero-padding then random crop (a shift), and K augmented copies per example
@@ -148,6 +152,12 @@ class TrainingConfig:
                 "plug-in package.module:factory"
             )
         _choice(self, "task", TASK_CHOICES)
+        _choice(self, "regression_loss", REGRESSION_LOSSES)
+        if self.task == "classification" and self.regression_loss != "mse":
+            raise ConfigError(
+                f"regression-loss: {self.regression_loss!r} is for a regression; "
+                "this run's task is classification"
+            )
         _choice(self, "device", DEVICES)
         _positive(self, "augment_copies")
         if not 0 <= self.momentum < 1:

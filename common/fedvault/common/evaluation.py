@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedvault.common.config import RegressionLoss
 from fedvault.common.models import (
-    RegressionLoss,
     Task,
     loss_fn,
     predict_proba,

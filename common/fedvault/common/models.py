@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fedvault.common.config import MODEL_NAMES, ModelName
+from fedvault.common.config import MODEL_NAMES, ModelName, RegressionLoss
 from fedvault.common.errors import ConfigError, DataError
 from fedvault.common.model_zoo import (
     InputSpec,
@@ -31,7 +31,6 @@ from fedvault.common.preprocessing import Preprocessing
 
 Task = Literal["binary", "multiclass", "regression"]
 TASKS: tuple[Task, ...] = get_args(Task)
-RegressionLoss = Literal["mse", "huber"]
 IMAGE_MODELS = ("cnn", "resnet18")
 TABULAR_MODELS = ("mlp", "logreg")
 MAX_CLASSES = 20  # a numeric target with more distinct values is a regression one

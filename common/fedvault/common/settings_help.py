@@ -63,6 +63,10 @@ TRAINING: dict[str, Meaning] = {
         note="(every column)",
     ),
     "task": Meaning("`auto` (from the target), `classification` or `regression`"),
+    "regression-loss": Meaning(
+        "a regression's loss: `mse`, or `huber` (delta 1 on the standardized "
+        "target: squared below 1, linear above; less pulled by outliers)"
+    ),
     "device": Meaning(
         "where a site trains: `auto`, `cpu` or `cuda` (a site without a GPU "
         "declines `cuda`)"

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedvault.common.config import RegressionLoss
 from fedvault.common.data import load_table
 from fedvault.common.evaluation import evaluate
 from fedvault.common.image_table import image_shape_of
@@ -44,10 +45,13 @@ def held_out_set(path: Path | None, prep: Preprocessing) -> HeldOut | None:
 
 
 def held_out_metrics(
-    model: torch.nn.Module, test: HeldOut, prep: Preprocessing
+    model: torch.nn.Module,
+    test: HeldOut,
+    prep: Preprocessing,
+    regression_loss: RegressionLoss = "mse",
 ) -> dict[str, Any]:
-    """Classification: loss, accuracy, AUC; regression: loss, MAE, RMSE, R2 (in
-    the target's units)."""
+    """Classification: loss, accuracy, AUC; regression: loss (the run's
+    ``regression_loss``), MAE, RMSE, R2 (in the target's units)."""
     from fedvault.common.models import run_task
 
     m = evaluate(
@@ -55,6 +59,7 @@ def held_out_metrics(
         *test,
         num_classes=prep.num_classes,
         task=run_task(prep),
+        regression_loss=regression_loss,
         target_scale=(prep.target_mean, prep.target_std),
     )
     return m.values()

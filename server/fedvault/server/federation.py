@@ -315,7 +315,7 @@ class Federation:
         if test is not None:
             model = self._model(prep)
             model.load_state_dict(arrays.to_torch_state_dict())
-            row |= held_out_metrics(model, test, prep)
+            row |= held_out_metrics(model, test, prep, self.training.regression_loss)
         config = ConfigRecord({PREPROCESSING: prep.to_json()})
         replies = self._exchange(
             strategy.configure_evaluate(server_round, arrays, config, grid)

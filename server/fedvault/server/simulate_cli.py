@@ -120,6 +120,7 @@ def simulate(  # every setting of --config, an option of the same name
     features: Annotated[list[str] | None, _opt("features")] = None,
     dataset: Annotated[str | None, _opt("dataset")] = None,
     task: Annotated[str | None, _opt("task")] = None,
+    regression_loss: Annotated[str | None, _opt("regression-loss")] = None,
     image_size: Annotated[int | None, _opt("image-size")] = None,
     augment_copies: Annotated[int | None, _opt("augment-copies")] = None,
     augment_rotation: Annotated[float | None, _opt("augment-rotation")] = None,
