@@ -189,6 +189,7 @@ def test_the_card_and_the_report_describe_the_image_model(
         "pixels": "float32 in [0, 1], resized to the run's image size",
     }
     assert "input 1x8x8" in card["model"]["architecture"]
+    assert "small CNN (3x3 conv 16 channels" in card["model"]["architecture"]
     assert card["metrics"]["test_split"]["rows"] > 0  # the run's own test split
     code, _, err = fedvault(
         monkeypatch, capsys, "report", cnn, "--out", tmp_path / "r.html"
