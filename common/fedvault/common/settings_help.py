@@ -65,7 +65,8 @@ TRAINING: dict[str, Meaning] = {
     "task": Meaning("`auto` (from the target), `classification` or `regression`"),
     "regression-loss": Meaning(
         "a regression's loss: `mse`, or `huber` (delta 1 on the standardized "
-        "target: squared below 1, linear above; less pulled by outliers)"
+        "target: squared below 1, linear above; less pulled by outliers); unused "
+        "when the target is a class label"
     ),
     "device": Meaning(
         "where a site trains: `auto`, `cpu` or `cuda` (a site without a GPU "
