@@ -225,19 +225,18 @@ def train(name: str, *, dp: bool, lr: float, epochs: int, batch: int) -> dict[st
     return result
 
 
-# The cnn's shape on 8x8 digits, recorded with a run: a run without it measured
-# the cnn before December 2026 (two conv blocks and a dense hidden layer).
-CNN_SHAPE = "one conv block of 16 channels -> head"
-
-
 def run(quick: bool = False) -> dict[str, Any]:
     """The B10 case; without CUDA it records why nothing was measured."""
     import torch
 
+    from fedvault.common.model_zoo import InputSpec, describe_small_cnn
+
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA GPU on the machine that ran it"}
     out: dict[str, Any] = {"machine": facts(), "speed": {}, "training": []}
-    out["cnn_shape"] = CNN_SHAPE
+    # The cnn's shape as this run builds it; a result without it measured the cnn
+    # before December 2026 (two conv blocks and a dense hidden layer).
+    out["cnn_shape"] = describe_small_cnn(InputSpec.image(1, 8, 8), 32)
     for name, batch in (("resnet18", 256), ("cnn", 256)):
         out["speed"][name] = speed(name, batch)
         print(name, json.dumps(out["speed"][name]), flush=True)

@@ -29,10 +29,10 @@ MODEL_NAMES: tuple[ModelName, ...] = get_args(ModelName)
 TaskChoice = Literal["auto", "classification", "regression"]
 TASK_CHOICES: tuple[TaskChoice, ...] = get_args(TaskChoice)
 DeviceChoice = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[DeviceChoice, ...] = get_args(DeviceChoice)
 # A regression's loss: MSE, or Huber (delta 1, on the standardized target).
 RegressionLoss = Literal["mse", "huber"]
 REGRESSION_LOSSES: tuple[RegressionLoss, ...] = get_args(RegressionLoss)
-DEVICES: tuple[DeviceChoice, ...] = get_args(DeviceChoice)
 _PLUGIN_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 StrategyName = Literal[
     "fedavg",

@@ -25,6 +25,7 @@ from fedvault.common.data import load_table
 from fedvault.common.errors import DataError, FedVaultError
 from fedvault.common.files import atomic_write
 from fedvault.common.image_table import PIXELS, image_shape_of
+from fedvault.common.model_zoo import InputSpec, describe_small_cnn
 from fedvault.common.preprocessing import Preprocessing
 from fedvault.server.central_eval import held_out_set
 from fedvault.server.model_card_metrics import (
@@ -219,18 +220,6 @@ def _task(prep: Preprocessing) -> str:
     return f"{kind} {what} of {prep.target!r} ({', '.join(prep.labels)})"
 
 
-def _cnn_convs(shape: tuple[int, ...], hidden: int) -> str:
-    """The cnn's conv blocks for ``shape``, as built (model_zoo.small_cnn)."""
-    from torch import nn
-
-    from fedvault.common.model_zoo import InputSpec, small_cnn
-
-    c, h, w = shape
-    net = small_cnn(InputSpec.image(c, h, w), 1, hidden=hidden)
-    widths = [str(m.out_channels) for m in net.modules() if isinstance(m, nn.Conv2d)]
-    return f"3x3 conv {'-'.join(widths)} channels, GroupNorm, linear head"
-
-
 def _architecture(trained: TrainedModel) -> str:
     """The model in words: built-ins by their layers, plug-ins by their name."""
     prep, config = trained.prep, trained.config
@@ -238,7 +227,8 @@ def _architecture(trained: TrainedModel) -> str:
     if prep.image_shape:
         shape = "x".join(map(str, prep.image_shape))
         if config.model == "cnn":
-            what = f"small CNN ({_cnn_convs(prep.image_shape, config.hidden)})"
+            spec = InputSpec.image(*prep.image_shape)
+            what = f"small CNN ({describe_small_cnn(spec, config.hidden)})"
         elif config.model == "resnet18":
             what = "ResNet-18 (torchvision, GroupNorm, random initialisation)"
         else:
