@@ -131,7 +131,11 @@ class Consortium:
                 "batch-size": 16,
                 "min-sites": 2,
                 "round-timeout": 150.0,
-                "epsilon": 3.0,
+                # Of the sites' budget of 10. At 3 a site of ~190 raw rows (no
+                # schema to declare its classes) now and then lost its smaller
+                # class to the noisy-count threshold, and the run failed on one
+                # class (docs/privacy.md); DP stays on.
+                "epsilon": 8.0,
             },
             "sites": {"site-1": "keys/site-1/site.pub"},
         }
@@ -340,7 +344,7 @@ def test_two_rounds_over_tls_with_site_authentication(consortium):
     for name in ("site-0", "site-1", "site-2"):
         site = summary["sites"][name]
         assert site["rounds_trained"] >= 1, name
-        assert 0 < site["epsilon_spent"] <= 3.0, name  # the run's target
+        assert 0 < site["epsilon_spent"] <= 8.0, name  # the run's target
         assert site["epsilon_lifetime"] <= site["epsilon_budget"] == 10.0, name
     assert summary["history"][0]["sites_trained"] == 3
     seconds = [row["seconds"] for row in summary["history"]]
