@@ -1,7 +1,7 @@
 """A real consortium on 127.0.0.1: coordinator and sites as separate processes.
 
 One scenario, started once for the module (a deployment round costs 2-20 s here:
-site-0 uses Flower's own launcher, a fresh interpreter per message, and the other
+site-2 uses Flower's own launcher, a fresh interpreter per message, and the other
 sites fedvault's forking one; see fedvault.client.runtime):
 
 - certificates and site keys are made with fedvault's own CLI (``certs``, ``keygen``);
@@ -11,7 +11,10 @@ sites fedvault's forking one; see fedvault.client.runtime):
   database; three sites connect with TLS and their keys and train 2 rounds;
 - an unregistered site and a plaintext site try to join and are refused;
 - site-2's SuperNode is killed (SIGKILL) as round 2 starts: round 2 completes with the
-  other two (min-sites = 2) once Flower declares it offline.
+  other two (min-sites = 2) once Flower declares it offline. site-2 is the site with
+  the fresh interpreter per message, so its round-2 reply needs seconds of imports
+  after it pulls the message: the kill, made within 0.1 s of round 1's event, lands
+  before that reply (with the forking launcher a site once replied first, in CI).
 
 Every process is started in its own session and stopped in teardown; a final sweep
 finds any Flower process whose FLWR_HOME lies in this test's folder and fails if one
@@ -140,9 +143,9 @@ class Consortium:
             "sites": {"site-1": "keys/site-1/site.pub"},
         }
         (r / "coordinator.toml").write_text(tomli_w.dumps(coordinator))
-        # site-0 keeps Flower's own launcher (a fresh interpreter per message), the
+        # site-2 keeps Flower's own launcher (a fresh interpreter per message), the
         # others fedvault's default (fedvault.client.runtime): both must work.
-        own = {"site-0": {"isolation": "subprocess"}}
+        own = {"site-2": {"isolation": "subprocess"}}
         for i, name in enumerate(("site-0", "site-1", "site-2")):
             self._site_toml(name, data=f"data/site-{i}.parquet", **own.get(name, {}))
         # The two refused sites dial the IPv4 address (also in the certificate):
@@ -187,7 +190,7 @@ class Consortium:
     def events(self) -> list[dict[str, object]]:
         return events(self.root)
 
-    def wait_for(self, what: str, check, timeout: float) -> None:
+    def wait_for(self, what: str, check, timeout: float, interval: float = 0.5) -> None:
         deadline = time.monotonic() + timeout
         while not check():
             coordinator = self.procs.get("coordinator")
@@ -198,7 +201,7 @@ class Consortium:
                 )
             if time.monotonic() > deadline:
                 pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-            time.sleep(0.5)
+            time.sleep(interval)
 
     def wait_exit(self, name: str, timeout: float) -> int:
         try:
@@ -238,7 +241,7 @@ class Consortium:
         self.timings["ready"] = time.monotonic() - started
         self._take_snapshot()
         first = lambda: any(e["event"] == "round" for e in self.events())  # noqa: E731
-        self.wait_for("round 1", first, 150)
+        self.wait_for("round 1", first, 150, interval=0.1)
         self.timings["round-1-done"] = time.monotonic() - started
         self._kill_supernode("site-2")
 
