@@ -96,6 +96,20 @@ def write_site(
     )
 
 
+def write_label_schema(root: Path, target: str = "target") -> str:
+    """``root/schema.toml``: the consortium's contract for the embedded data, which
+    each raw-data site declares (``schema`` in ``[site]``): its label classes, so
+    that a small site keeps both at a small epsilon (docs/privacy.md), and its
+    features' published ranges."""
+    from fedvault.server._site_schema import published_ranges
+
+    columns: dict[str, object] = dict(published_ranges(target))
+    columns[target] = {"type": "category", "role": "target", "categories": ["0", "1"]}
+    doc = {"dataset": {"name": "breast-cancer"}, "columns": columns}
+    (root / "schema.toml").write_text(tomli_w.dumps(doc))
+    return "schema.toml"
+
+
 def stop_all(procs: Iterable[subprocess.Popen[bytes]], root: Path) -> list[int]:
     """TERM each process's session, KILL what lingers, then sweep Flower processes
     under ``root`` (they watch their parent's pid); returns the pids that survived

@@ -159,19 +159,25 @@ def test_site_command_and_node_config(tmp_path):
     assert "policy" not in node
 
 
-def test_site_policy_comes_from_its_privacy_table(tmp_path):
+def _site_files(tmp_path, **extra):
+    """A site's files on disk (CA, private key, data) and its [site] table."""
     certs.create_ca(tmp_path)  # a real one: client start reads its expiry
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "site.key").write_text("x")
     (tmp_path / "keys" / "site.key").chmod(0o600)  # else refused: others can read
     (tmp_path / "a.parquet").write_text("x")
-    site = {
+    return {
         "name": "site-a",
         "coordinator": "c:1",
         "data": "a.parquet",
         "ca-certificate": "ca.crt",
         "private-key": "keys/site.key",
+        **extra,
     }
+
+
+def test_site_policy_comes_from_its_privacy_table(tmp_path):
+    site = _site_files(tmp_path)
     path = tmp_path / "site.toml"
     path.write_text(tomli_w.dumps({"site": site}))
     with pytest.raises(ConfigError, match="no privacy policy"):
@@ -188,6 +194,57 @@ def test_site_policy_comes_from_its_privacy_table(tmp_path):
     path.write_text(tomli_w.dumps({"site": site, "privacy": {"delta": 2.0}}))
     with pytest.raises(ConfigError, match=r"dataset-id|delta"):
         site_config.check_files(site_config.load_site_config(path))
+
+
+SCHEMA = """
+[dataset]
+name = "breast-cancer"
+
+[columns.target]
+type = "category"
+role = "target"
+categories = ["0", "1"]
+
+[columns."mean radius"]
+type = "float"
+role = "feature"
+min = 6.981
+max = 28.11
+"""
+
+
+def test_data_site_declares_its_schema(tmp_path):
+    """A site training on a plain file names a schema contract: its node config
+    carries it, and the site declares its bounds and label classes from it (so
+    that a small site keeps both classes at a small epsilon, docs/privacy.md)."""
+    from flwr.common.config import parse_config_args
+
+    from fedvault.client.releases import declared
+    from fedvault.client.site import site_settings
+
+    (tmp_path / "schema.toml").write_text(SCHEMA)
+    cfg = _site(tmp_path, schema="schema.toml")
+    node = parse_config_args([str(site_config.write_node_config(cfg))])
+    assert node["schema"] == str(tmp_path / "schema.toml")
+    site = declared(site_settings(node, {}))
+    assert site.categories == {"target": ("0", "1")}
+    assert site.bounds == {"mean radius": (6.981, 28.11)}
+    without = parse_config_args([str(site_config.write_node_config(_site(tmp_path)))])
+    assert "schema" not in without
+
+
+def test_data_site_schema_is_checked_before_start(tmp_path):
+    site = _site_files(tmp_path, schema="schema.toml")
+    privacy = {"dataset-id": "d", "epsilon-max": 8.0, "delta": 1e-5}
+    path = tmp_path / "site.toml"
+    path.write_text(tomli_w.dumps({"site": site, "privacy": privacy}))
+    with pytest.raises(ConfigError, match=r"^schema: .*schema.toml not found$"):
+        site_config.check_files(site_config.load_site_config(path))
+    (tmp_path / "schema.toml").write_text("[columns]\n")
+    with pytest.raises(ConfigError, match=r"schema.toml: \[columns\] is empty"):
+        site_config.check_files(site_config.load_site_config(path))
+    (tmp_path / "schema.toml").write_text(SCHEMA)
+    site_config.check_files(site_config.load_site_config(path))
 
 
 def test_site_runs_flower_through_fedvault_launcher_by_default(tmp_path):
@@ -219,6 +276,10 @@ def test_site_runs_flower_through_fedvault_launcher_by_default(tmp_path):
         ({"name": "bad name"}, "name"),
         ({"coordinator": "no-port"}, "coordinator"),
         ({"unknown": 1}, "unknown key"),
+        (
+            {"data": "", "vault": "v", "key-file": "k", "schema": "s.toml"},
+            r"^schema: only with data",
+        ),
     ],
 )
 def test_bad_site_config_names_the_key(tmp_path, site, match):

@@ -8,6 +8,8 @@
     ca-certificate = "certs/ca.crt"               # the consortium CA (public)
     private-key = "keys/site.key"                 # never leaves this site
     data = "data/hospital-a.parquet"
+    schema = "schema.toml"                        # optional, with data: declared
+                                                  # bounds and label classes
     state-dir = "site-state"                      # ledger, logs, Flower home
     runtime-address = "127.0.0.1:9094"            # local ClientApp API (loopback)
     max-retries = 0                               # attempts per outage (0: no limit)
@@ -39,6 +41,7 @@ from typing import Any
 import tomli_w
 
 from fedvault.client.data.keys import load_key
+from fedvault.client.data.schema_toml import load_schema
 from fedvault.client.data.vault_format import MANIFEST_NAME
 from fedvault.client.policy import load_policy
 from fedvault.common import settings_help
@@ -59,6 +62,7 @@ class SiteOptions:
     vault: str = ""
     key_file: str = ""
     data: str = ""
+    schema: str = ""
     ca_certificate: str = ""
     private_key: str = ""
     state_dir: str = "site-state"
@@ -81,6 +85,10 @@ class SiteOptions:
             )
         if self.vault and not self.key_file:
             raise ConfigError("key-file: required with vault")
+        if self.schema and not self.data:
+            raise ConfigError(
+                "schema: only with data (a vault keeps the schema it was imported with)"
+            )
         split_address(self.coordinator, key="coordinator")
         host, _ = split_address(self.runtime_address, key="runtime-address")
         if host != "localhost" and not _is_loopback(host):
@@ -210,7 +218,11 @@ def check_files(cfg: SiteConfig) -> None:
             vault's or the site's private key) is readable by other users.
     """
     opts = cfg.options
-    needed = [("data", opts.data), ("key-file", opts.key_file)]
+    needed = [
+        ("data", opts.data),
+        ("schema", opts.schema),
+        ("key-file", opts.key_file),
+    ]
     if opts.vault and not (cfg.path(opts.vault) / MANIFEST_NAME).is_file():
         raise ConfigError(f"vault: {cfg.path(opts.vault)} is not a fedvault data vault")
     if not opts.insecure:
@@ -227,6 +239,8 @@ def check_files(cfg: SiteConfig) -> None:
             "(dataset-id, epsilon-max, delta, ...) or set policy = PATH in [site]"
         )
     load_policy(cfg.policy_file, warn=True)  # fail here, not in the first round
+    if opts.schema:  # and an invalid schema here too
+        load_schema(cfg.path(opts.schema))
     if opts.vault:  # loose permissions or a key inside the vault: refuse now
         load_key(cfg.path(opts.key_file), vault_dir=cfg.path(opts.vault))
     if not opts.insecure:  # readable by others: refused, as a data key is
@@ -276,6 +290,8 @@ def write_node_config(cfg: SiteConfig) -> Path:
         }
     else:
         node["data"] = str(cfg.path(opts.data))
+        if opts.schema:
+            node["schema"] = str(cfg.path(opts.schema))
     if cfg.policy_file is not None:
         node["policy"] = str(cfg.policy_file)
     cfg.node_config_file.write_text(tomli_w.dumps(node))

@@ -145,6 +145,10 @@ SITE: dict[str, Meaning] = {
     "vault": Meaning("an encrypted vault (`fedvault data import`); or `data`"),
     "key-file": Meaning("the vault's key (with `vault`)"),
     "data": Meaning("a plain CSV/Parquet file instead of a vault"),
+    "schema": Meaning(
+        "with `data`: a schema contract whose bounds and label classes the site "
+        "declares (docs/privacy.md); a vault keeps its own"
+    ),
     "ca-certificate": Meaning(
         "the consortium's `ca.crt`", note="(required unless `insecure`)"
     ),

@@ -47,16 +47,7 @@ def site_schema(
         }
         if not options.data:
             frame = default_dataset()
-            columns = {
-                str(c): {
-                    "type": "float",
-                    "role": "feature",
-                    "min": float(frame[c].min()),
-                    "max": float(frame[c].max()),
-                }
-                for c in frame.columns
-                if c != target
-            }
+            columns = published_ranges(target)
         if regression:
             lo, hi = float(frame[target].min()), float(frame[target].max())
             columns[target] = {"type": "float", "role": "target", "min": lo, "max": hi}
@@ -67,3 +58,20 @@ def site_schema(
         doc = {"dataset": {"name": "breast-cancer"}, "columns": columns}
         path.write_text(tomli_w.dumps(doc), encoding="utf-8")
     return {"schema": str(path)}
+
+
+def published_ranges(target: str) -> dict[str, dict[str, Any]]:
+    """The embedded breast-cancer data's features as schema columns (TOML form),
+    with their published ranges: min and max over the public dataset, as
+    scikit-learn documents them; every column but ``target``."""
+    frame = default_dataset()
+    return {
+        str(c): {
+            "type": "float",
+            "role": "feature",
+            "min": float(frame[c].min()),
+            "max": float(frame[c].max()),
+        }
+        for c in frame.columns
+        if c != target
+    }
