@@ -70,6 +70,17 @@ def test_a_numeric_target_is_a_regression_and_can_be_forced_back(tmp_path):
         _prepared(data=str(data), target="mean area", task="classification")
 
 
+def test_a_huber_loss_is_unused_when_auto_finds_a_class_label():
+    """A study's settings keep regression-loss = huber for a classification target
+    under --task auto: unused, as its help says (an explicit classification
+    refuses it, tests/common/test_config_data.py)."""
+    training = _prepared(**{"regression-loss": "huber"}).training
+    assert training.task == "classification"
+    assert training.regression_loss == "mse"
+    regression = _prepared(target="mean area", **{"regression-loss": "huber"})
+    assert regression.training.regression_loss == "huber"
+
+
 def test_a_model_opacus_cannot_train_is_refused_before_any_round(monkeypatch):
     monkeypatch.syspath_prepend(str(PLUGINS))
     with pytest.raises(ConfigError, match=r"^layer '1' \(_Running\)") as caught:

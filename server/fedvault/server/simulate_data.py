@@ -190,7 +190,13 @@ def settle_task(
             )
         frame = frame.assign(**{target: values})
     settled: TaskChoice = "regression" if task == "regression" else "classification"
-    return frame, replace(training, task=settled)
+    loss = training.regression_loss
+    if settled == "classification" and loss != "mse":
+        # --task auto found a class label: the regression loss is unused (an
+        # explicit --task classification refuses it, TrainingConfig)
+        logger.info("regression-loss %s unused: %r holds class labels", loss, target)
+        loss = "mse"
+    return frame, replace(training, task=settled, regression_loss=loss)
 
 
 def check_model(
