@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from fedvault.client import flower_log, site_config, supernode
 from fedvault.client.client_cli import client_app
 from fedvault.common import certs
+from fedvault.common.data import default_dataset
 from fedvault.common.errors import ConfigError
 from fedvault.server import coordinator as coord
 from fedvault.server import superlink
@@ -235,15 +236,35 @@ def test_data_site_declares_its_schema(tmp_path):
 
 def test_data_site_schema_is_checked_before_start(tmp_path):
     site = _site_files(tmp_path, schema="schema.toml")
+    default_dataset().head(40).to_parquet(tmp_path / "a.parquet")
     privacy = {"dataset-id": "d", "epsilon-max": 8.0, "delta": 1e-5}
     path = tmp_path / "site.toml"
     path.write_text(tomli_w.dumps({"site": site, "privacy": privacy}))
-    with pytest.raises(ConfigError, match=r"^schema: .*schema.toml not found$"):
-        site_config.check_files(site_config.load_site_config(path))
-    (tmp_path / "schema.toml").write_text("[columns]\n")
-    with pytest.raises(ConfigError, match=r"schema.toml: \[columns\] is empty"):
-        site_config.check_files(site_config.load_site_config(path))
-    (tmp_path / "schema.toml").write_text(SCHEMA)
+    schema = tmp_path / "schema.toml"
+
+    def refused(text: str | None, match: str) -> None:
+        if text is not None:
+            schema.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            site_config.check_files(site_config.load_site_config(path))
+
+    refused(None, r"^schema: .*schema.toml not found$")
+    schema.mkdir()
+    refused(None, r"^schema: .*schema.toml is a folder, not a file$")
+    schema.rmdir()
+    refused("[columns]\n", r"^schema: .*schema.toml: \[columns\] is empty")
+    refused("[privacy]\n", r"^schema: .*schema.toml: privacy: unknown key")
+    # a role that only an import applies is refused, not silently not applied
+    drop = '\n[columns."mean area"]\ntype = "float"\nrole = "drop"\n'
+    refused(SCHEMA + drop, r"^schema: .*column 'mean area' has role drop, which only")
+    # a column the file lacks (a typo: underscores for spaces)
+    typo = SCHEMA.replace('"mean radius"', "mean_radius")
+    refused(typo, r"^schema: .*schema.toml names column\(s\) .*a.parquet lacks: 'mean_")
+    # class names that are not the file's labels: every row would lose its label
+    named = SCHEMA.replace('["0", "1"]', '["M", "B"]')
+    refused(named, r"^schema: target 'target' in .* holds label\(s\) .* does not "
+            r"declare: '0', '1' \(declared: 'M', 'B'\)$")  # fmt: skip
+    schema.write_text(SCHEMA)
     site_config.check_files(site_config.load_site_config(path))
 
 

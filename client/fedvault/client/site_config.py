@@ -41,8 +41,8 @@ from typing import Any
 import tomli_w
 
 from fedvault.client.data.keys import load_key
-from fedvault.client.data.schema_toml import load_schema
 from fedvault.client.data.vault_format import MANIFEST_NAME
+from fedvault.client.data_site_schema import check_data_schema
 from fedvault.client.policy import load_policy
 from fedvault.common import settings_help
 from fedvault.common.certs import cert_status, check_site_private_key
@@ -231,6 +231,8 @@ def check_files(cfg: SiteConfig) -> None:
             ("private-key", opts.private_key),
         ]
     for key, value in needed:
+        if value and cfg.path(value).is_dir():
+            raise ConfigError(f"{key}: {cfg.path(value)} is a folder, not a file")
         if value and not cfg.path(value).is_file():
             raise ConfigError(f"{key}: {cfg.path(value)} not found")
     if cfg.policy_file is None:
@@ -239,8 +241,8 @@ def check_files(cfg: SiteConfig) -> None:
             "(dataset-id, epsilon-max, delta, ...) or set policy = PATH in [site]"
         )
     load_policy(cfg.policy_file, warn=True)  # fail here, not in the first round
-    if opts.schema:  # and an invalid schema here too
-        load_schema(cfg.path(opts.schema))
+    if opts.schema:  # and a schema that does not fit the data here too
+        check_data_schema(cfg.path(opts.data), cfg.path(opts.schema))
     if opts.vault:  # loose permissions or a key inside the vault: refuse now
         load_key(cfg.path(opts.key_file), vault_dir=cfg.path(opts.vault))
     if not opts.insecure:  # readable by others: refused, as a data key is

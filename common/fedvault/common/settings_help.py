@@ -159,7 +159,9 @@ SITE: dict[str, Meaning] = {
     "runtime-address": Meaning(
         "the local ClientApp API (loopback; one per site on a host)"
     ),
-    "max-retries": Meaning("connection attempts per outage (0: no limit)"),
+    "max-retries": Meaning(
+        "retries per outage after the first connection attempt (0: no limit)"
+    ),
     "max-wait-time": Meaning("seconds of trying per outage (0: no limit)"),
     "policy": Meaning("a policy file instead of the `[privacy]` table"),
     "insecure": Meaning(
@@ -197,7 +199,10 @@ SIMULATION: dict[str, Meaning] = {
     "dataset": Meaning(
         "embedded data (empty: `breast-cancer`, a table; `digits`: 8x8 images)"
     ),
-    "image-size": Meaning("images are resized to SIZE x SIZE (0: 64)"),
+    "image-size": Meaning(
+        "image files (`--data`) are resized to SIZE x SIZE (0: 64); "
+        "`--dataset digits` stays 8 x 8"
+    ),
     "gpu-fraction": Meaning("share of a GPU per simulated site (0: none)"),
 }
 
