@@ -121,6 +121,12 @@ def test_the_plugin_hash_is_that_of_its_module_file(plugins):
         ("mynets.nets:NOT_CALLABLE", "has no callable NOT_CALLABLE"),
         ("mynets.nets:not_a_module", "returned str, not a torch.nn.Module"),
         ("mynets.nets:wrong_width", r"should have shape \(2, 3\), got \(2, 4\)"),
+        (
+            "mynets.nets:raises",
+            r"^model 'mynets.nets:raises': the factory raised RuntimeError: boom: "
+            r"my factory failed \(it is called as factory\(spec, outputs\)",
+        ),
+        ("mynets.nets:takes_nothing", "the factory raised TypeError: "),
     ],
 )
 def test_a_plugin_that_cannot_be_used_gets_one_line(plugins, name, message):
@@ -137,6 +143,22 @@ def test_a_layer_opacus_cannot_privatize_is_named(plugins):
     model = build_model("mynets.nets:with_running_stats", in_features=4, num_classes=2)
     with pytest.raises(ConfigError, match=r"^layer '1' \(_Running\) cannot be trained"):
         prepare_for_dp(model)
+
+
+def test_a_buffer_that_would_leave_a_site_is_refused(plugins):
+    """A layer without weights that keeps a statistic of what it sees (saved with
+    the model, so sent back with every update) is refused; a constant kept as a
+    non-persistent buffer never leaves a site and is fine."""
+    model = build_model("mynets.nets:with_a_tracked_mean", in_features=4, num_classes=2)
+    with pytest.raises(
+        ConfigError,
+        match=r"^layer '0' \(_Tracking\) cannot be trained with DP-SGD: its buffer "
+        r"'0.mean' would leave each site outside DP-SGD",
+    ):
+        prepare_for_dp(model)
+    constant = build_model("mynets.nets:with_a_constant", in_features=4, num_classes=2)
+    fixed, _ = prepare_for_dp(constant)
+    assert "scale" not in fixed.state_dict()
 
 
 def test_fixable_recurrent_layers_are_replaced_and_said():

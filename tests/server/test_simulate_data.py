@@ -88,6 +88,16 @@ def test_a_model_opacus_cannot_train_is_refused_before_any_round(monkeypatch):
     assert "\n" not in str(caught.value)
 
 
+def test_a_layer_fixed_for_dp_is_said_where_the_user_sees_it(monkeypatch, caplog):
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    with caplog.at_level("WARNING"):
+        _prepared(model="mynets.nets:build")
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert (
+        "model fitted for DP-SGD: layer '1': BatchNorm1d replaced by GroupNorm" in said
+    )
+
+
 def test_an_image_model_on_a_table_is_refused():
     with pytest.raises(ConfigError, match="takes images"):
         _prepared(model="cnn")

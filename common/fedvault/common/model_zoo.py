@@ -124,10 +124,19 @@ def plugin_sha256(name: str) -> str:
 def build_plugin(name: str, spec: InputSpec, outputs: int) -> nn.Module:
     """Call the plug-in factory and check what it returns on a batch of two zeros.
 
-    Raises :class:`ConfigError` if it is not an ``nn.Module``, or its output for a
-    ``(2, *spec.shape)`` batch is not of shape ``(2, outputs)``.
+    Raises :class:`ConfigError` if the factory raises, what it returns is not an
+    ``nn.Module``, or its output for a ``(2, *spec.shape)`` batch is not of shape
+    ``(2, outputs)``.
     """
-    model = resolve_factory(name)(spec, outputs)
+    factory = resolve_factory(name)
+    try:
+        model = factory(spec, outputs)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ConfigError(
+            f"model {name!r}: the factory raised {type(exc).__name__}: {first} "
+            "(it is called as factory(spec, outputs): docs/models.md)"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ConfigError(
             f"model {name!r}: the factory returned {type(model).__name__}, "
@@ -329,4 +338,18 @@ def _check_dp_layers(model: nn.Module) -> None:
                 f"layer {name!r} ({type(layer).__name__}) cannot be trained with "
                 "DP-SGD: it has trainable weights and buffers (running statistics "
                 "are not private); replace it with a layer without buffers"
+            )
+    # Any other buffer the model saves leaves every site with its update, and
+    # DP-SGD does not train it: a statistic a layer keeps of the data would go
+    # out with no noise. A constant can stay, as a non-persistent buffer.
+    saved = set(model.state_dict())
+    for key, _ in model.named_buffers():
+        if key in saved:
+            owner = key.rpartition(".")[0]
+            kind = type(model.get_submodule(owner)).__name__
+            raise ConfigError(
+                f"layer {owner!r} ({kind}) cannot be trained with DP-SGD: its "
+                f"buffer {key!r} would leave each site outside DP-SGD (a statistic "
+                "of the data is not private); register a constant with "
+                "persistent=False, or replace the layer"
             )

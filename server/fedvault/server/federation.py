@@ -181,7 +181,7 @@ class Federation:
             self.training.model, prep, hidden=self.training.hidden, dp=self.training.dp
         )
         for note in notes:
-            logger.info("model fitted for DP-SGD: %s", note)
+            logger.warning("model fitted for DP-SGD: %s", note)
         if self.parent is not None:  # round 1's global model is the parent
             model.load_state_dict(self.parent.state_dict)
         if resumed is not None:

@@ -142,7 +142,8 @@ def prepare_source(
     frame, training = settle_task(source, training, target=options.target)
     shape = source.image_shape
     for note in check_model(frame, training, target=options.target, image_shape=shape):
-        logger.info("model fitted for DP-SGD: %s", note)
+        # a change to the user's model: shown (warnings reach the terminal)
+        logger.warning("model fitted for DP-SGD: %s", note)
     return frame, training, shape
 
 

@@ -44,6 +44,38 @@ def with_running_stats(spec, outputs):
     return nn.Sequential(nn.Linear(spec.features, outputs), _Running(outputs))
 
 
+class _Tracking(nn.Module):
+    """No weights of its own: it keeps the mean of what it sees, and a constant."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("offset", torch.ones(width), persistent=False)
+
+    def forward(self, x):
+        if self.training:
+            self.mean = x.detach().mean(0)
+        return x + self.offset
+
+
+def with_a_tracked_mean(spec, outputs):
+    return nn.Sequential(_Tracking(spec.features), nn.Linear(spec.features, outputs))
+
+
+def with_a_constant(spec, outputs):
+    model = nn.Sequential(nn.Linear(spec.features, outputs))
+    model.register_buffer("scale", torch.ones(1), persistent=False)
+    return model
+
+
+def raises(spec, outputs):
+    raise RuntimeError("boom: my factory failed\nsecond line")
+
+
+def takes_nothing():
+    return nn.Linear(1, 1)
+
+
 def not_a_module(spec, outputs):
     return "a string"
 
