@@ -17,7 +17,7 @@ from fedvault.client.data.image_import import (
     read_image_vault,
 )
 from fedvault.client.data.keys import write_key
-from fedvault.client.data.vault import iter_batches, read_manifest
+from fedvault.client.data.vault import iter_batches, read_frame, read_manifest
 from fedvault.client.data_cli import data_app
 from fedvault.common.errors import ConfigError, DataError, IntegrityError
 
@@ -67,8 +67,12 @@ def test_dicom_import_keeps_nothing_identifying(tmp_path: Path) -> None:
     plain += repr(read_manifest(vault, KEY).to_dict()).encode()
     for value in secrets:
         assert value.encode() not in plain, value
-    # images of one patient stay linked by a keyed pseudonym
-    assert images.meta["patient"].str.len().min() > 0
+    # images of one patient stay linked by a keyed pseudonym, an identifier: read
+    # back only on request, never in the frame a site trains on
+    linked = read_frame(vault, KEY, include_pseudonyms=True)
+    assert linked["patient"].str.len().min() > 0
+    assert {"patient", "study"}.isdisjoint(read_frame(vault, KEY).columns)
+    assert {"patient", "study"}.isdisjoint(images.meta.columns)
 
 
 def test_dicom_needs_a_site_secret(tmp_path: Path) -> None:

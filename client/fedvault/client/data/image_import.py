@@ -103,15 +103,21 @@ def import_images(
             writer.write_chunk(frame.iloc[start : start + CHUNK_IMAGES])
         manifest = writer.commit(
             target=images.label,
-            columns=[
-                (str(c), "target" if c == images.label else "feature") for c in frame
-            ],
+            # the keyed pseudonyms are identifiers: read back only on request
+            # (read_frame's include_pseudonyms), never a model input
+            columns=[(str(c), _role(str(c), images.label)) for c in frame],
             schema=schema,
             schema_hash="",
             quality=report,
             details={"kind": KIND, "source": source.name, "key-id": key_id(key)},
         )
         return ImageImportResult(manifest, report, writer.replaced)
+
+
+def _role(column: str, label: str) -> str:
+    if column == label:
+        return "target"
+    return "identifier" if column in (PATIENT, STUDY) else "feature"
 
 
 def read_image_vault(vault_dir: Path, key: bytes) -> ImageSet:
