@@ -220,7 +220,7 @@ def import_images_command(
         size=(size, size),
         channels=channels,
         label=label,
-        classes=tuple(c.strip() for c in classes.split(",") if c.strip()),
+        classes=_classes(classes),
         allow_burned_in=allow_burned_in,
         replace=replace,
     )
@@ -387,3 +387,13 @@ def _parse_date(text: str | None) -> date | None:
 
 if __name__ == "__main__":  # pragma: no cover - ``python -m fedvault.client.data_cli``
     data_app()
+
+
+def _classes(text: str) -> tuple[str, ...]:
+    """``--classes A,B,...``: the names, or none; an empty name is refused."""
+    if not text.strip():
+        return ()
+    names = tuple(c.strip() for c in text.split(","))
+    if "" in names:
+        raise ConfigError(f"classes: {text!r} has an empty class name")
+    return names

@@ -155,7 +155,13 @@ def read_manifest(
     table = load_table(path)
     for column in (PATH_COLUMN, label):
         if column not in table.columns:
-            raise DataError(f"{path}: manifest has no {column!r} column")
+            hint = (
+                ""
+                if column == PATH_COLUMN
+                else " (name the label column: --target for simulate, --label "
+                "for data import-images)"
+            )
+            raise DataError(f"{path}: manifest has no {column!r} column{hint}")
     table = table[table[label].notna() & table[PATH_COLUMN].notna()]
     table = table.assign(**{PATH_COLUMN: table[PATH_COLUMN].astype("str")})
     reader = _Reader(size, channels, window, dicom_check)

@@ -159,3 +159,22 @@ def test_declared_classes_are_the_vault_schema_contract(tmp_path: Path) -> None:
     write_key(tmp_path / "site.key", KEY)
     site = SiteSettings(name="a", vault=tmp_path / "v", key_file=tmp_path / "site.key")
     assert declared(site).categories == {"label": ("cat", "dog", "cow")}
+
+
+@pytest.mark.parametrize(
+    ("classes", "said"),
+    [
+        ("normal,normal,pneumonia", "classes: 'normal' listed more than once"),
+        ("normal,,pneumonia", "classes: 'normal,,pneumonia' has an empty class name"),
+    ],
+)
+def test_bad_declared_classes_are_refused_before_anything_is_read(
+    tmp_path: Path, classes: str, said: str
+) -> None:
+    write_key(tmp_path / "site.key", KEY)
+    args = ["import-images", str(tmp_path / "none"), "--vault", str(tmp_path / "v")]
+    args += ["--key", str(tmp_path / "site.key"), "--classes", classes]
+    done = CliRunner().invoke(data_app, args)
+    assert done.exit_code == 2, done.output
+    assert said in " ".join(done.output.split())
+    assert not (tmp_path / "v").exists()

@@ -27,7 +27,7 @@ from fedvault.client.data.keys import key_id
 from fedvault.client.data.vault import iter_batches, read_manifest
 from fedvault.client.data.vault_format import Manifest
 from fedvault.client.data.vault_writer import VaultWriter, check_replace
-from fedvault.common.errors import DataError
+from fedvault.common.errors import ConfigError, DataError
 from fedvault.common.images import (
     DEFAULT_SIZE,
     DICOM_SUFFIXES,
@@ -63,6 +63,13 @@ class ImageImportOptions:
     classes: tuple[str, ...] = ()
     allow_burned_in: bool = False
     replace: bool = False
+
+    def __post_init__(self) -> None:
+        twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
+        if twice:
+            raise ConfigError(
+                f"classes: {', '.join(map(repr, twice))} listed more than once"
+            )
 
 
 @dataclass(frozen=True)
