@@ -97,6 +97,23 @@ def test_a_manifest_keeps_its_site_column_and_reports_missing_files(folder, tmp_
     assert data.report.bad[0].reason.startswith("unreadable: No such file")
 
 
+def test_manifest_rows_without_a_path_or_label_are_reported(folder, tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(
+        {
+            "path": ["images/cat/0.png", "", "images/cat/1.png"],
+            "diagnosis": ["a", "b", None],
+        }
+    ).to_csv(manifest, index=False)
+    data = read_manifest(manifest, label="diagnosis", size=(10, 10))
+    assert data.images.shape[0] == 1
+    assert data.report.files == 3 and data.report.read == 1
+    assert [(b.path, b.reason) for b in data.report.bad] == [
+        ("manifest.csv row 3", "no path in the manifest"),
+        ("manifest.csv row 4", "no label in the manifest"),
+    ]
+
+
 def test_a_manifest_without_the_label_column_is_refused(tmp_path):
     manifest = tmp_path / "m.csv"
     pd.DataFrame({"path": ["a.png"]}).to_csv(manifest, index=False)

@@ -202,7 +202,11 @@ def import_images_command(
     ] = "",
     size: Annotated[int, typer.Option(help="Images are resized to SIZE x SIZE.")] = 64,
     channels: Annotated[
-        int | None, typer.Option(help="1 (grey) or 3 (colour); default: detected.")
+        int | None,
+        typer.Option(
+            help="1 (grey) or 3 (colour): files with another channel count are "
+            "left out and reported, not converted; default: the first usable file's."
+        ),
     ] = None,
     allow_burned_in: Annotated[
         bool,

@@ -162,9 +162,20 @@ def read_manifest(
                 "for data import-images)"
             )
             raise DataError(f"{path}: manifest has no {column!r} column{hint}")
-    table = table[table[label].notna() & table[PATH_COLUMN].notna()]
-    table = table.assign(**{PATH_COLUMN: table[PATH_COLUMN].astype("str")})
     reader = _Reader(size, channels, window, dicom_check)
+    no_path = table[PATH_COLUMN].isna() | (
+        table[PATH_COLUMN].astype(str).str.strip() == ""
+    )
+    no_label = table[label].isna()
+    for row in (no_path | no_label).to_numpy().nonzero()[0]:
+        what = "no path" if no_path.iloc[row] else "no label"
+        # row as a spreadsheet numbers it: the header is row 1
+        reader.bad.append(
+            BadFile(f"{path.name} row {row + 2}", f"{what} in the manifest")
+        )
+    reader.skipped = int((no_path | no_label).sum())
+    table = table[~(no_path | no_label)]
+    table = table.assign(**{PATH_COLUMN: table[PATH_COLUMN].astype("str")})
     return reader.read(path.parent, table.reset_index(drop=True), label, str(path))
 
 
@@ -227,6 +238,7 @@ class _Reader:
         self.size, self.channels = size, channels
         self.window, self.dicom_check = window, dicom_check
         self.bad: list[BadFile] = []
+        self.skipped = 0  # manifest rows left out before reading (no path/label)
         self.sizes: Counter[str] = Counter()
         self.counts: Counter[int] = Counter()
         self.hashes: dict[str, list[str]] = {}
@@ -245,7 +257,7 @@ class _Reader:
             first = f" (first: {self.bad[0].path}: {self.bad[0].reason})"
             raise DataError(f"{source}: no usable image{first if self.bad else ''}")
         report = ImageReport(
-            files=len(table),
+            files=len(table) + self.skipped,
             read=len(tensors),
             bad=tuple(self.bad),
             sizes=dict(self.sizes),
