@@ -51,7 +51,7 @@ class BadFile:
 class ImageReport:
     """What reading found: files looked at, files used, bad files with reasons,
     original sizes (``"HxW"``) and channel counts of the files used, and groups of
-    files with identical bytes."""
+    files with identical decoded pixels (shape and values)."""
 
     files: int
     read: int
@@ -287,7 +287,10 @@ class _Reader:
             return None
         self.sizes[f"{height}x{width}"] += 1
         self.counts[channels] += 1
-        self.hashes.setdefault(hashlib.sha256(data).hexdigest(), []).append(name)
+        # Exact duplicates are images with the same decoded pixels: the same scan
+        # saved twice with different headers (or encodings) is one image.
+        digest = hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes())
+        self.hashes.setdefault(digest.hexdigest(), []).append(name)
         return _resize(torch.from_numpy(pixels), self.size)
 
     def _decode(self, path: Path, data: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:

@@ -56,6 +56,10 @@ def test_dicom_import_keeps_nothing_identifying(tmp_path: Path) -> None:
     assert result.manifest.rows == 4
     (bad,) = result.report["unreadable"]
     assert bad["file"] == "mr/burned_in.dcm" and "burned-in" in bad["reason"]
+    # the same scan with another transfer syntax: one image, found by its pixels
+    assert result.report["exact-duplicates"] == [
+        ["mr/MR_small.dcm", "mr/MR_small_implicit.dcm"]
+    ]
     images = read_image_vault(vault, KEY)
     assert tuple(images.images.shape) == (4, 1, 32, 32)
     assert sorted(images.meta["label"]) == ["ct", "mr", "mr", "mr"]
