@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -326,7 +327,9 @@ def _photo(data: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
                 image = image.convert("L")
             pixels = np.asarray(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"unreadable image: {_line(exc)}") from None
+        # (Pillow names the in-memory buffer, a new address each run: not kept)
+        reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", _line(exc))
+        raise DataError(f"unreadable image: {reason}") from None
     if pixels.size == 0:
         raise DataError("empty image")
     unit = _unit(pixels)
