@@ -161,6 +161,14 @@ def test_a_buffer_that_would_leave_a_site_is_refused(plugins):
     assert "scale" not in fixed.state_dict()
 
 
+def test_a_model_class_local_to_its_factory_gets_a_hint(plugins):
+    model = build_model("mynets.nets:local_lstm", in_features=4, num_classes=2)
+    with pytest.raises(
+        ConfigError, match=r"define the model's classes at module level"
+    ):
+        prepare_for_dp(model)
+
+
 def test_fixable_recurrent_layers_are_replaced_and_said():
     fixed, notes = prepare_for_dp(nn.Sequential(nn.LSTM(3, 4)))
     assert notes == ("layer '0': LSTM replaced by DPLSTM",)

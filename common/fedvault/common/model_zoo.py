@@ -294,7 +294,15 @@ def prepare_for_dp(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
         try:
             model = ModuleValidator.fix(model)
         except Exception as exc:
-            raise ConfigError(f"model cannot be made fit for DP-SGD: {exc}") from None
+            hint = ""
+            if "local object" in str(exc):  # fix() copies the model by pickling
+                hint = (
+                    " (define the model's classes at module level, not in the factory)"
+                )
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise ConfigError(
+                f"model cannot be made fit for DP-SGD: {first}{hint}"
+            ) from None
         model.train()
         notes = tuple(
             f"layer {name!r}: {before[name]} replaced by {type(m).__name__}"

@@ -68,6 +68,18 @@ def with_a_constant(spec, outputs):
     return model
 
 
+def local_lstm(spec, outputs):
+    class Recurrent(nn.Module):  # defined in the factory: cannot be pickled
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(spec.features, outputs)
+
+        def forward(self, x):
+            return self.lstm(x.unsqueeze(0))[0][0]
+
+    return Recurrent()
+
+
 def raises(spec, outputs):
     raise RuntimeError("boom: my factory failed\nsecond line")
 
