@@ -150,7 +150,9 @@ def _sites_table(summary: dict[str, Any]) -> Table:
         )
     else:
         title = "Privacy per site: sample-level DP-SGD, at each site's own delta"
-    columns = ["site", "examples", "rounds", "ε this run", "ε lifetime", "budget"]
+    # Under DP a site reports its row count only as a noisy count (docs/privacy.md)
+    examples = "examples (noisy)" if dp["enabled"] else "examples"
+    columns = ["site", examples, "rounds", "ε this run", "ε lifetime", "budget"]
     columns += [] if shared or not dp["enabled"] else ["δ", "accountant"]
     sites = Table(title=title)
     # Nothing is cut in a narrow terminal (hospita… could be any hospital): the
