@@ -328,6 +328,8 @@ def demo(
     if kind == "dicom":
         written = write_dicom_demo(out)
         typer.echo(f"wrote {len(written)} DICOM files (identified headers) in {out}")
+        typer.echo("Next (a key and a site secret first):")
+        typer.echo("  fedvault data keygen site.key; fedvault data keygen site.secret")
         typer.echo(
             f"  fedvault data import-images {out} --vault vaults/dicom "
             "--key site.key --secret site.secret --size 64"
