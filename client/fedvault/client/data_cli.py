@@ -25,6 +25,7 @@ from fedvault.client.data.image_import import (
 from fedvault.client.data.image_import import (
     ImageImportOptions,
     import_images,
+    parse_classes,
 )
 from fedvault.client.data.importer import ImportOptions, OnInvalid, import_raw
 from fedvault.client.data.infer import infer_schema
@@ -224,7 +225,7 @@ def import_images_command(
         size=(size, size),
         channels=channels,
         label=label,
-        classes=_classes(classes),
+        classes=parse_classes(classes),
         allow_burned_in=allow_burned_in,
         replace=replace,
     )
@@ -393,13 +394,3 @@ def _parse_date(text: str | None) -> date | None:
 
 if __name__ == "__main__":  # pragma: no cover - ``python -m fedvault.client.data_cli``
     data_app()
-
-
-def _classes(text: str) -> tuple[str, ...]:
-    """``--classes A,B,...``: the names, or none; an empty name is refused."""
-    if not text.strip():
-        return ()
-    names = tuple(c.strip() for c in text.split(","))
-    if "" in names:
-        raise ConfigError(f"classes: {text!r} has an empty class name")
-    return names

@@ -72,6 +72,17 @@ class ImageImportOptions:
             )
 
 
+def parse_classes(text: str) -> tuple[str, ...]:
+    """``--classes A,B,...``: the names, or none. Raises :class:`ConfigError` for
+    an empty name (a name listed twice: :class:`ImageImportOptions`)."""
+    if not text.strip():
+        return ()
+    names = tuple(c.strip() for c in text.split(","))
+    if "" in names:
+        raise ConfigError(f"classes: {text!r} has an empty class name")
+    return names
+
+
 @dataclass(frozen=True)
 class ImageImportResult:
     manifest: Manifest
