@@ -127,6 +127,10 @@ def test_the_plugin_hash_is_that_of_its_module_file(plugins):
             r"my factory failed \(it is called as factory\(spec, outputs\)",
         ),
         ("mynets.nets:takes_nothing", "the factory raised TypeError: "),
+        (
+            "mynets.nets:fails_without_a_message",
+            r"fails on input of shape \(2, 4\): RuntimeError: RuntimeError$",
+        ),
     ],
 )
 def test_a_plugin_that_cannot_be_used_gets_one_line(plugins, name, message):

@@ -51,3 +51,10 @@ class IntegrityError(FedVaultError, ValueError):
 
 class FederationError(FedVaultError, RuntimeError):
     """The federated run could not start, went wrong, or could not finish."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its class name when it has none):
+    how a library's error is quoted inside one of ours, which stays one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

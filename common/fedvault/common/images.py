@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional
 
 from fedvault.common.data import DEFAULT_TARGET, load_table
-from fedvault.common.errors import DataError
+from fedvault.common.errors import DataError, first_line
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -206,7 +206,9 @@ def dicom_pixels(
     except Exception as exc:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "")
         name = getattr(syntax, "name", str(syntax)) or "unknown transfer syntax"
-        raise DataError(f"cannot decode pixel data ({name}): {_line(exc)}") from None
+        raise DataError(
+            f"cannot decode pixel data ({name}): {first_line(exc)}"
+        ) from None
     if pixels.size == 0:
         raise DataError("empty pixel data")
     if int(dataset.get("SamplesPerPixel", 1)) > 1:
@@ -308,7 +310,7 @@ class _Reader:
         try:
             dataset = pydicom.dcmread(io.BytesIO(data))
         except (InvalidDicomError, EOFError, ValueError, KeyError) as exc:
-            raise DataError(f"unreadable DICOM: {_line(exc)}") from None
+            raise DataError(f"unreadable DICOM: {first_line(exc)}") from None
         if self.dicom_check is not None:
             self.dicom_check(dataset)
         return dicom_pixels(dataset, window=self.window)
@@ -328,7 +330,7 @@ def _photo(data: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
             pixels = np.asarray(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         # (Pillow names the in-memory buffer, a new address each run: not kept)
-        reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", _line(exc))
+        reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", first_line(exc))
         raise DataError(f"unreadable image: {reason}") from None
     if pixels.size == 0:
         raise DataError("empty image")
@@ -369,11 +371,6 @@ def _resize(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _duplicates(groups: Iterable[list[str]]) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(g) for g in groups if len(g) > 1)
-
-
-def _line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _first(value: object) -> float:

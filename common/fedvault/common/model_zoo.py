@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from fedvault.common.errors import ConfigError
+from fedvault.common.errors import ConfigError, first_line
 
 Factory = Callable[["InputSpec", int], nn.Module]
 _PLUGIN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
@@ -96,7 +96,7 @@ def resolve_factory(name: str) -> Factory:
     except Exception as exc:
         raise ConfigError(
             f"model {name!r}: importing {module_name} failed "
-            f"({type(exc).__name__}: {exc})"
+            f"({type(exc).__name__}: {first_line(exc)})"
         ) from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
@@ -132,9 +132,9 @@ def build_plugin(name: str, spec: InputSpec, outputs: int) -> nn.Module:
     try:
         model = factory(spec, outputs)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
         raise ConfigError(
-            f"model {name!r}: the factory raised {type(exc).__name__}: {first} "
+            f"model {name!r}: the factory raised {type(exc).__name__}: "
+            f"{first_line(exc)} "
             "(it is called as factory(spec, outputs): docs/models.md)"
         ) from None
     if not isinstance(model, nn.Module):
@@ -149,7 +149,7 @@ def build_plugin(name: str, spec: InputSpec, outputs: int) -> nn.Module:
     except Exception as exc:
         raise ConfigError(
             f"model {name!r} fails on input of shape {(2, *spec.shape)}: "
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+            f"{type(exc).__name__}: {first_line(exc)}"
         ) from None
     model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, outputs):
@@ -299,9 +299,8 @@ def prepare_for_dp(model: nn.Module) -> tuple[nn.Module, tuple[str, ...]]:
                 hint = (
                     " (define the model's classes at module level, not in the factory)"
                 )
-            first = (str(exc).strip().splitlines() or [""])[0]
             raise ConfigError(
-                f"model cannot be made fit for DP-SGD: {first}{hint}"
+                f"model cannot be made fit for DP-SGD: {first_line(exc)}{hint}"
             ) from None
         model.train()
         notes = tuple(
@@ -336,7 +335,7 @@ def _check_dp_layers(model: nn.Module) -> None:
         validator = ModuleValidator.VALIDATORS.get(type(layer))
         errors = validator(layer) if validator is not None else []
         if errors:
-            reason = str(errors[0]).strip().splitlines()[0]
+            reason = first_line(errors[0])
             raise ConfigError(
                 f"layer {name!r} ({type(layer).__name__}) cannot be trained with "
                 f"DP-SGD: {reason}"

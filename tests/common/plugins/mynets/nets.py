@@ -97,3 +97,12 @@ def wrong_width(spec, outputs):
 
 
 NOT_CALLABLE = 3
+
+
+class _Silent(nn.Module):
+    def forward(self, x):
+        raise RuntimeError()  # no message at all
+
+
+def fails_without_a_message(spec, outputs):
+    return _Silent()
