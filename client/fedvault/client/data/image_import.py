@@ -24,7 +24,7 @@ import torch
 
 from fedvault.client.data.dicom import DeidOptions, check_burned_in, deidentify
 from fedvault.client.data.keys import key_id
-from fedvault.client.data.vault import iter_batches, read_manifest
+from fedvault.client.data.vault import IDENTIFIER_ROLE, iter_batches, read_manifest
 from fedvault.client.data.vault_format import Manifest
 from fedvault.client.data.vault_writer import VaultWriter, check_replace
 from fedvault.common.errors import ConfigError, DataError
@@ -135,7 +135,7 @@ def import_images(
 def _role(column: str, label: str) -> str:
     if column == label:
         return "target"
-    return "identifier" if column in (PATIENT, STUDY) else "feature"
+    return IDENTIFIER_ROLE if column in (PATIENT, STUDY) else "feature"
 
 
 def read_image_vault(vault_dir: Path, key: bytes) -> ImageSet:
