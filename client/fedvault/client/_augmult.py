@@ -21,10 +21,12 @@ gradients.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from fedvault.client._gsm_mode import noise_only_step
 from fedvault.common.augment import Augmentation, augment_batch, repeat_targets
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -71,14 +73,13 @@ def augmented_step(
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
         optimizer.zero_grad(set_to_none=True)
+        if len(y) == 0:
+            # An empty Poisson batch is still a step (pure noise).
+            noise_only_step(optimizer)
+            return 0.0
         copies = augmentation.copies
         out = module(augment_batch(x, augmentation))
-        if len(y) == 0:
-            # An empty Poisson batch is still a step (pure noise); backward lets
-            # Opacus see its empty per-sample gradients.
-            batch_loss = out.sum() * 0.0
-        else:
-            batch_loss = loss(out, repeat_targets(y, copies))
+        batch_loss: Any = loss(out, repeat_targets(y, copies))
         batch_loss.backward()
         average_copies(module, copies)
         optimizer.step()

@@ -10,8 +10,9 @@ Every kind of training goes through one loop over batches (:func:`_run`); what
 differs is the step taken on each batch: fedvault's book-keeping DP-SGD step
 (:mod:`fedvault.client._fastdp`) for plain MLPs, its layer-wise step
 (:mod:`fedvault.client._fastdp_layers`) for the cnn and MLPs with momentum, Opacus'
-``DPOptimizer`` otherwise (and with augmentation), and a plain SGD optimizer step
-without DP.
+``DPOptimizer`` otherwise (and with augmentation; per-sample gradients in the
+fastest grad-sample mode that is correct for the model, measured at the site by
+:mod:`fedvault.client._gsm_mode`), and a plain SGD optimizer step without DP.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedvault.client import _fastdp, _fastdp_layers
 from fedvault.client._augmult import augmented_step
+from fedvault.client._gsm_mode import fastest_correct_mode, noise_only_step
 from fedvault.common.augment import Augmentation
 from fedvault.common.config import RegressionLoss
 from fedvault.common.errors import PrivacyError
@@ -215,15 +217,13 @@ def _sgd_step(
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
         optimizer.zero_grad(set_to_none=True)
-        out = module(x)
         if len(y) == 0:
-            # An empty Poisson batch is still a step (pure noise). It must go
-            # through backward so that Opacus sees its (empty) per-sample grads.
-            loss = out.sum() * 0.0
-        else:
-            loss = criterion(
-                out, targets_for_loss(y, local.num_classes, task=local.task)
-            )
+            # An empty Poisson batch is still a step (pure noise).
+            noise_only_step(optimizer)
+            return 0.0
+        loss = criterion(
+            module(x), targets_for_loss(y, local.num_classes, task=local.task)
+        )
         loss.backward()
         optimizer.step()
         return float(loss.item()) * len(y)
@@ -297,10 +297,23 @@ def _opacus_engine(
     plan: Step,
     max_grad_norm: float,
 ) -> _Engine:
-    """Opacus' ``PrivacyEngine``: its Poisson loader, per-sample gradient hooks and
-    ``DPOptimizer`` (removed again afterwards)."""
+    """Opacus' ``PrivacyEngine``: its Poisson loader, per-sample gradients in the
+    fastest mode that is correct for this model here (:mod:`._gsm_mode`, measured
+    once per process and architecture) and ``DPOptimizer`` (hooks removed again
+    afterwards)."""
     from opacus import PrivacyEngine
 
+    choice = fastest_correct_mode(
+        model,
+        data,
+        batch_size=local.batch_size,
+        lr=local.lr,
+        momentum=local.momentum,
+        max_grad_norm=max_grad_norm,
+        device=local.device,
+        make_step=lambda wrapped, opt: _sgd_step(wrapped, opt, local),
+        key=(local.num_classes, local.task, local.regression_loss, local.augmentation),
+    )
     optimizer = torch.optim.SGD(
         model.parameters(), lr=local.lr, momentum=local.momentum
     )
@@ -314,6 +327,7 @@ def _opacus_engine(
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=max_grad_norm,
             poisson_sampling=True,
+            grad_sample_mode=choice.mode,
         )
     private_model.train()
     try:

@@ -1,0 +1,164 @@
+"""The site's choice of Opacus' grad-sample mode: the fastest mode whose update
+equals the hooks mode's, measured without touching the model or the round's
+random numbers; an empty Poisson batch steps the same in every mode."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+from opacus import PrivacyEngine
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedvault.client import _gsm_mode
+from fedvault.client._gsm_mode import MODES, fastest_correct_mode, noise_only_step
+from fedvault.client.training import LocalSettings, _sgd_step
+from fedvault.common.augment import Augmentation
+from fedvault.common.model_zoo import InputSpec
+from fedvault.common.models import build_model
+
+pytestmark = pytest.mark.privacy
+
+
+class _Scale(nn.Module):
+    """A per-feature scale: hooks and functorch take it, expanded weights cannot."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(width))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+class _Twice(nn.Module):
+    """The same layers as a plain MLP, used differently in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.h = nn.Linear(6, 1)
+
+    def forward(self, x):
+        return self.h(torch.relu(self.a(torch.relu(self.a(x)))))
+
+
+def _rows(n=40, features=6, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(
+        torch.randn(n, features, generator=g), torch.randint(0, 2, (n,), generator=g)
+    )
+
+
+def _choose(model, data, local, **kw):
+    return fastest_correct_mode(
+        model,
+        data,
+        batch_size=local.batch_size,
+        lr=local.lr,
+        momentum=local.momentum,
+        max_grad_norm=1.0,
+        device=torch.device("cpu"),
+        make_step=lambda wrapped, opt: _sgd_step(wrapped, opt, local),
+        **kw,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(monkeypatch):
+    monkeypatch.setattr(_gsm_mode, "_chosen", {})
+
+
+def test_a_mode_that_cannot_run_the_model_is_left_out_and_the_model_is_untouched():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), _Scale(8), nn.ReLU(), nn.Linear(8, 1))
+    before = copy.deepcopy(model.state_dict())
+    local = LocalSettings(num_classes=2, lr=0.1, momentum=0.9, epochs=1, batch_size=16)
+    rng = torch.get_rng_state()
+
+    choice = _choose(model, _rows(), local)
+
+    assert "mul" in choice.left_out["ew"]
+    assert set(choice.seconds) == {"hooks", "functorch"}
+    assert choice.mode == min(choice.seconds, key=choice.seconds.__getitem__)
+    assert all(s > 0 for s in choice.seconds.values())
+    assert torch.equal(torch.get_rng_state(), rng)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_every_mode_that_agrees_is_timed_with_augmentation_too():
+    torch.manual_seed(0)
+    model = build_model("cnn", input_spec=InputSpec.image(1, 8, 8), num_classes=3)
+    g = torch.Generator().manual_seed(1)
+    data = TensorDataset(
+        torch.rand(12, 1, 8, 8, generator=g), torch.randint(0, 3, (12,), generator=g)
+    )
+    augmentation = Augmentation(rotation=10, crop_padding=1, copies=2)
+    local = LocalSettings(
+        num_classes=3, lr=0.1, epochs=1, batch_size=8, augmentation=augmentation
+    )
+
+    choice = _choose(model, data, local, key=(augmentation,))
+
+    assert choice.left_out == {}
+    assert set(choice.seconds) == set(MODES)
+
+
+def test_the_choice_is_kept_per_architecture_and_forward():
+    local = LocalSettings(num_classes=2, lr=0.1, epochs=1, batch_size=16)
+    data = _rows()
+    plain = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 1))
+    first = _choose(plain, data, local)
+
+    assert _choose(copy.deepcopy(plain), data, local) is first
+    assert len(_gsm_mode._chosen) == 1
+    # Same layer types and parameter shapes, another forward: measured again.
+    _choose(_Twice(), data, local)
+    assert len(_gsm_mode._chosen) == 2
+
+
+def test_same_compares_every_parameter_within_tolerance():
+    a = [torch.ones(3), torch.zeros(2)]
+    assert _gsm_mode._same([t.clone() for t in a], a)
+    assert not _gsm_mode._same([torch.ones(3), torch.full((2,), 1e-3)], a)
+    assert not _gsm_mode._same([torch.ones(3)], a)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_empty_batch_steps_as_opacus_hooks_step_it(mode):
+    """noise_only_step in any mode = the hooks mode's backward pass on no rows:
+    the same noise (same seed) and scaling, nothing clipped."""
+
+    def private(grad_sample_mode):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 1))
+        data = _rows()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return PrivacyEngine(accountant="rdp").make_private(
+                module=model,
+                optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+                data_loader=DataLoader(data, batch_size=10),
+                noise_multiplier=1.3,
+                max_grad_norm=1.0,
+                grad_sample_mode=grad_sample_mode,
+            )
+
+    hooks_model, hooks_opt, _ = private("hooks")
+    hooks_opt.zero_grad(set_to_none=True)
+    hooks_model(torch.zeros(0, 6)).sum().mul(0.0).backward()
+    torch.manual_seed(7)
+    hooks_opt.step()
+
+    model, optimizer, _ = private(mode)
+    start = [p.detach().clone() for p in model.parameters()]
+    optimizer.zero_grad(set_to_none=True)
+    torch.manual_seed(7)
+    noise_only_step(optimizer)
+
+    moved = [p.detach() - s for p, s in zip(model.parameters(), start, strict=True)]
+    assert all(m.abs().sum() > 0 for m in moved)  # the noise was added
+    for p, q in zip(model.parameters(), hooks_model.parameters(), strict=True):
+        assert torch.equal(p, q)
