@@ -68,7 +68,8 @@ def build_model(
 ) -> nn.Module:
     """Build a built-in model, or a plug-in ``package.module:factory``.
 
-    Built-ins: ``mlp`` (Dense(hidden)-ReLU -> head) and ``logreg`` for tables;
+    Built-ins: ``mlp`` (Dense(hidden)-ReLU -> head) and ``logreg`` (one linear
+    layer, zero at the start) for tables;
     ``cnn`` (:func:`~fedvault.common.model_zoo.small_cnn`) and ``resnet18``
     (:func:`~fedvault.common.model_zoo.resnet18`, GroupNorm) for images. The input
     is ``input_spec``, or ``in_features`` for a table. The head has
@@ -96,7 +97,7 @@ def build_model(
             nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, out)
         )
     if name == "logreg":
-        return nn.Sequential(nn.Linear(features, out))
+        return nn.Sequential(_zero(nn.Linear(features, out)))
     if name == "cnn":
         return small_cnn(spec, out, hidden=hidden)
     if name == "resnet18":
@@ -105,6 +106,20 @@ def build_model(
         f"unknown model {name!r}; choose one of {MODEL_NAMES} "
         "or a plug-in package.module:factory"
     )
+
+
+def _zero(layer: nn.Linear) -> nn.Linear:
+    """A linear model starts at zero, the usual start of a convex fit.
+
+    PyTorch's random start puts weight on directions that SGD then barely moves:
+    on correlated columns (radius, perimeter and area of the breast-cancer table)
+    it stayed in the model. On ``fedvault simulate --target 'mean area'``, 5
+    sites, epsilon 3, lr 0.1, test R2 went from 0.930 to 0.962 (seed 0) and from
+    0.927 to 0.945 (seed 1); docs/models.md, "Measured".
+    """
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 def infer_task(target: pd.Series) -> Literal["classification", "regression"]:
