@@ -6,10 +6,11 @@ runs tabular data.
 - images: two sites import 8x8 digits PNGs into their encrypted vaults with
   ``fedvault data import-images`` and train the built-in ``cnn`` with DP-SGD for 2
   rounds; both ledgers are charged, ``summary.json`` and ``model.pt`` are written;
-- plug-in: a study of ``mynets.nets:build`` (tests/common/plugins, on the sites'
+- plug-in: a study of ``mynets.nets:scaled`` (tests/common/plugins, on the sites'
   and the coordinator's PYTHONPATH); two sites approve its module file's sha256 in
-  their policy's ``[models.plugins]``, a third does not and declines with reason
-  ``policy``, which the run's summary names.
+  their policy's ``[models.plugins]`` and train it under Opacus in the
+  grad-sample mode they measure (their ``supernode.log`` says which), a third
+  does not and declines with reason ``policy``, which the run's summary names.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ pytestmark = [
 SERVER = "fedvault.server.server_cli:server_app"
 CLIENT = "fedvault.client.client_cli:client_app"
 PLUGINS = Path(__file__).parents[1] / "common" / "plugins"
-PLUGIN = "mynets.nets:build"
+PLUGIN = "mynets.nets:scaled"  # trains under Opacus: the site measures the mode
 
 
 def _invoke(app, *args) -> str:
@@ -230,3 +231,7 @@ def test_a_plugin_trains_where_approved_and_is_declined_elsewhere(
     said = " ".join((root / "site-2.out").read_text().split())
     assert f"declined (policy: plug-in model '{PLUGIN}' is not approved here)" in said
     assert not (root / "state" / "site-2" / "ledger").exists()  # nothing released
+    # each training site measured Opacus' modes before its DP round (its own log)
+    log = (root / "state" / "site-0" / "supernode.log").read_text()
+    assert "fedvault site: grad-sample mode " in log
+    assert "ew: Expanded Weights encountered but cannot handle function mul" in log

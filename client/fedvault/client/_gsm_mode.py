@@ -25,9 +25,10 @@ augmentation multiplicity cannot average them, and its loss wrapper differs.
 
 The probe changes nothing the round uses: it trains deep copies of the model, draws
 its random numbers (dropout, augmentation) inside ``torch.random.fork_rng`` from a
-fixed seed, and releases nothing (the timing stays at the site). The choice is
-kept per process for the same architecture, input shape, batch size, device and
-loss, so a long-lived site measures once.
+fixed seed, and releases nothing (the timing stays at the site; a deployed
+site writes the choice to its own log, ``supernode.log``). The choice is kept per
+process for the same architecture, input shape, batch size, device and loss, so a
+long-lived process measures once.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedvault.common.errors import first_line
 
-logger = logging.getLogger(__name__)
+# A child of the site's log (fedvault.client.answer_log): on a deployed site the
+# choice is a line of supernode.log; in simulation nothing is printed.
+logger = logging.getLogger("fedvault.site.grad_sample")
 
 MODES = ("hooks", "ew", "functorch")
 """Opacus' grad-sample modes a site measures, the reference first."""

@@ -66,6 +66,8 @@ def answers_mod(
 ) -> Message:
     """Record the site's answer to ``msg`` (see the module); answer notices."""
     state = context.node_config.get("state")
+    if state:
+        _logger()  # before the message runs: training's notes go to the site log
     if msg.metadata.message_type == NOTICE_MESSAGE:
         record = msg.content.config_records.get(NOTICE)
         text = str(record.get("text", "")) if record is not None else ""

@@ -44,6 +44,26 @@ def with_running_stats(spec, outputs):
     return nn.Sequential(nn.Linear(spec.features, outputs), _Running(outputs))
 
 
+class _Scale(nn.Module):
+    """A learned per-feature scale: Opacus' hooks and functorch modes take it,
+    its expanded-weights mode cannot (PyTorch has no expanded rule for mul)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(width))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def scaled(spec, outputs):
+    """Tables: Dense(16)-scale-ReLU -> head. fedvault's own DP-SGD steps do not
+    take the scale layer, so it trains under Opacus in the mode the site measures."""
+    return nn.Sequential(
+        nn.Linear(spec.features, 16), _Scale(16), nn.ReLU(), nn.Linear(16, outputs)
+    )
+
+
 class _Tracking(nn.Module):
     """No weights of its own: it keeps the mean of what it sees, and a constant."""
 
