@@ -1,6 +1,7 @@
 """The site's choice of Opacus' grad-sample mode: the fastest mode whose update
-equals the hooks mode's, measured without touching the model or the round's
-random numbers; an empty Poisson batch steps the same in every mode."""
+equals DP-SGD's by definition (each row's own gradient, clipped), measured
+without touching the model or the round's random numbers; a model no mode gets
+right is refused; an empty Poisson batch steps the same in every mode."""
 
 import copy
 import warnings
@@ -15,6 +16,7 @@ from fedvault.client import _gsm_mode
 from fedvault.client._gsm_mode import MODES, fastest_correct_mode, noise_only_step
 from fedvault.client.training import LocalSettings, _sgd_step
 from fedvault.common.augment import Augmentation
+from fedvault.common.errors import ConfigError
 from fedvault.common.model_zoo import InputSpec
 from fedvault.common.models import build_model
 
@@ -106,7 +108,73 @@ def test_every_mode_that_agrees_is_timed_with_augmentation_too():
     assert set(choice.seconds) == set(MODES)
 
 
-def test_the_choice_is_kept_per_architecture_and_forward():
+def test_hooks_is_left_out_where_it_is_wrong():
+    # Opacus' hooks ignore a convolution's padding mode; ew and functorch do not
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"),
+        nn.Flatten(),
+        nn.Linear(72, 1),
+    )
+    g = torch.Generator().manual_seed(1)
+    data = TensorDataset(
+        torch.rand(16, 1, 6, 6, generator=g), torch.randint(0, 2, (16,), generator=g)
+    )
+    local = LocalSettings(num_classes=2, lr=0.1, epochs=1, batch_size=16)
+
+    choice = _choose(model, data, local)
+
+    assert choice.left_out == {"hooks": "its update differs from the per-row update"}
+    assert choice.mode in {"ew", "functorch"}
+
+
+class _Centre(nn.Module):
+    def forward(self, x):
+        return x - x.mean(0, keepdim=True)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        # each row's output depends on the other rows of its batch
+        lambda: nn.Sequential(nn.Linear(6, 8), _Centre(), nn.ReLU(), nn.Linear(8, 1)),
+        # a weight also used outside its layer: every mode misses that use
+        lambda: _Tied(),
+    ],
+    ids=["mixes-rows", "tied-weight"],
+)
+def test_a_model_no_mode_gets_right_is_refused(model):
+    local = LocalSettings(num_classes=2, lr=0.1, epochs=1, batch_size=16)
+    with pytest.raises(ConfigError, match="no Opacus grad-sample mode") as refused:
+        _choose(model(), _rows(), local)
+    message = str(refused.value)
+    assert "\n" not in message and "hooks: its update differs" in message
+    assert _gsm_mode._chosen == {}
+
+
+class _Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6, bias=False)
+        self.h = nn.Linear(6, 1)
+
+    def forward(self, x):
+        z = torch.relu(self.a(x))
+        return self.h(torch.nn.functional.linear(z, self.a.weight.t()))
+
+
+def test_dropout_is_off_for_the_comparison_only():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 1))
+    local = LocalSettings(num_classes=2, lr=0.1, epochs=1, batch_size=16)
+
+    choice = _choose(model, _rows(), local)
+
+    assert choice.left_out == {} and set(choice.seconds) == set(MODES)
+    assert model[2].training
+
+
+def test_the_choice_is_kept_per_architecture_and_forward(monkeypatch):
     local = LocalSettings(num_classes=2, lr=0.1, epochs=1, batch_size=16)
     data = _rows()
     plain = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 1))
@@ -114,6 +182,16 @@ def test_the_choice_is_kept_per_architecture_and_forward():
 
     assert _choose(copy.deepcopy(plain), data, local) is first
     assert len(_gsm_mode._chosen) == 1
+    # the kept mode is checked against the truth again: a model it gets wrong
+    # (same signature, as the cache sees it) is measured afresh
+    with monkeypatch.context() as m:
+        m.setattr(
+            _gsm_mode,
+            "_truth",
+            lambda model, *_: [torch.zeros_like(p) for p in model.parameters()],
+        )
+        with pytest.raises(ConfigError):
+            _choose(copy.deepcopy(plain), data, local)
     # Same layer types and parameter shapes, another forward: measured again.
     _choose(_Twice(), data, local)
     assert len(_gsm_mode._chosen) == 2

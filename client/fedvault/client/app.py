@@ -297,9 +297,12 @@ def _train_private(
     plan = budget.plan_round(dp_schedule(len(data), settings.batch_size))
     if isinstance(plan, Decline):
         return _decline(msg, plan)
-    result = train_private(
-        model, data, local, plan=plan, max_grad_norm=settings.max_grad_norm
-    )
+    try:
+        result = train_private(
+            model, data, local, plan=plan, max_grad_norm=settings.max_grad_norm
+        )
+    except ConfigError as exc:  # a model Opacus cannot train right: nothing ran
+        return _decline(msg, Decline("policy", str(exc)))
     sent = update_of(msg, model, settings, seed)
     try:
         figures = budget.record(

@@ -298,9 +298,9 @@ def _opacus_engine(
     max_grad_norm: float,
 ) -> _Engine:
     """Opacus' ``PrivacyEngine``: its Poisson loader, per-sample gradients in the
-    fastest mode that is correct for this model here (:mod:`._gsm_mode`, measured
-    once per process and architecture) and ``DPOptimizer`` (hooks removed again
-    afterwards)."""
+    fastest mode whose update equals the per-row one for this model here
+    (:mod:`._gsm_mode`; raises its :class:`ConfigError` when none does) and
+    ``DPOptimizer`` (hooks removed again afterwards)."""
     from opacus import PrivacyEngine
 
     choice = fastest_correct_mode(

@@ -64,6 +64,25 @@ def scaled(spec, outputs):
     )
 
 
+class _Centre(nn.Module):
+    """Subtracts the batch's mean: each row's output depends on the other rows."""
+
+    def forward(self, x):
+        return x - x.mean(0, keepdim=True)
+
+
+def mixes_rows(spec, outputs):
+    """Tables: Dense(16)-scale-centre-ReLU -> head. The centring mixes a batch's
+    rows, so no Opacus mode gives per-example gradients: the sites refuse it."""
+    return nn.Sequential(
+        nn.Linear(spec.features, 16),
+        _Scale(16),
+        _Centre(),
+        nn.ReLU(),
+        nn.Linear(16, outputs),
+    )
+
+
 class _Tracking(nn.Module):
     """No weights of its own: it keeps the mean of what it sees, and a constant."""
 
