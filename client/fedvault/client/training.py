@@ -17,6 +17,7 @@ fastest grad-sample mode that is correct for the model, measured at the site by
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import warnings
@@ -32,7 +33,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedvault.client import _fastdp, _fastdp_layers
 from fedvault.client._augmult import augmented_step
-from fedvault.client._gsm_mode import fastest_correct_mode, noise_only_step
+from fedvault.client._gsm_mode import (
+    ModeChoice,
+    fastest_correct_mode,
+    noise_only_step,
+)
 from fedvault.common.augment import Augmentation
 from fedvault.common.config import RegressionLoss
 from fedvault.common.errors import PrivacyError
@@ -289,6 +294,31 @@ def _fast_engine(
     yield loader, step
 
 
+def grad_sample_mode_for(
+    model: nn.Module, data: TensorDataset, local: LocalSettings, max_grad_norm: float
+) -> ModeChoice:
+    """Opacus' fastest correct grad-sample mode for ``model`` at this site
+    (:func:`fedvault.client._gsm_mode.fastest_correct_mode`): the round's step
+    is timed, the same step without augmentation is checked.
+
+    Raises :class:`~fedvault.common.errors.ConfigError` for a model DP-SGD
+    cannot train right under Opacus.
+    """
+    unaugmented = dataclasses.replace(local, augmentation=None)
+    return fastest_correct_mode(
+        model,
+        data,
+        batch_size=local.batch_size,
+        lr=local.lr,
+        momentum=local.momentum,
+        max_grad_norm=max_grad_norm,
+        device=local.device,
+        make_step=lambda wrapped, opt: _sgd_step(wrapped, opt, local),
+        check_step=lambda wrapped, opt: _sgd_step(wrapped, opt, unaugmented),
+        key=(local.num_classes, local.task, local.regression_loss, local.augmentation),
+    )
+
+
 @contextmanager
 def _opacus_engine(
     model: nn.Module,
@@ -303,17 +333,7 @@ def _opacus_engine(
     ``DPOptimizer`` (hooks removed again afterwards)."""
     from opacus import PrivacyEngine
 
-    choice = fastest_correct_mode(
-        model,
-        data,
-        batch_size=local.batch_size,
-        lr=local.lr,
-        momentum=local.momentum,
-        max_grad_norm=max_grad_norm,
-        device=local.device,
-        make_step=lambda wrapped, opt: _sgd_step(wrapped, opt, local),
-        key=(local.num_classes, local.task, local.regression_loss, local.augmentation),
-    )
+    choice = grad_sample_mode_for(model, data, local, max_grad_norm)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=local.lr, momentum=local.momentum
     )

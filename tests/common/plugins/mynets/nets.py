@@ -73,7 +73,7 @@ class _Centre(nn.Module):
 
 def mixes_rows(spec, outputs):
     """Tables: Dense(16)-scale-centre-ReLU -> head. The centring mixes a batch's
-    rows, so no Opacus mode gives per-example gradients: the sites refuse it."""
+    rows, so per-example clipping would bound nothing: the sites refuse it."""
     return nn.Sequential(
         nn.Linear(spec.features, 16),
         _Scale(16),
