@@ -51,3 +51,21 @@ def test_missing_reply_is_absent_at_the_deadline():
     replies = send_and_receive(grid, ["a", "b"], timeout=0.4)
     assert [r.metadata.reply_to_message_id for r in replies] == ["a"]
     assert 0.4 <= time.monotonic() - started < 1.0
+
+
+def test_a_pull_blocked_past_the_deadline_still_collects_replies_that_came_meanwhile():
+    # Flower's pull retries a killed site's half-uploaded reply ("a") until the
+    # SuperLink drops it; the other site's reply ("b") arrived meanwhile.
+    class _Blocking(_Grid):
+        def pull_messages(self, ids):
+            self.pulls += 1
+            if self.pulls == 1:
+                time.sleep(0.5)  # blocked on "a", then its error reply
+                return [
+                    SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id="a"))
+                ]
+            return super().pull_messages(ids)
+
+    grid = _Blocking({"a": None, "b": 0.1})
+    replies = send_and_receive(grid, ["a", "b"], timeout=0.3)
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
