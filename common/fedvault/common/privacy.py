@@ -93,7 +93,10 @@ NOT_COVERED = (
     "1e-9 per key, outside delta; the ledger head a site publishes with its "
     "replies (its ledger's record count, last hash and lifetime epsilon: how often "
     "the dataset was used); which of a run's feature columns a site lacks (a data "
-    "decline names it). No training or validation loss is released"
+    "decline names it); a policy decline of a model that no Opacus grad-sample "
+    "mode trains right, naming which modes fail or differ (checked on a batch of "
+    "the site's rows: a property of the model, up to float rounding). No "
+    "training or validation loss is released"
 )
 ACCOUNTANTS: tuple[Accountant, ...] = ("rdp", "prv")
 
